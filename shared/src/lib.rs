@@ -1,0 +1,12 @@
+//! Pieces that every service of the mesh shares: telemetry set-up, shutdown signalling,
+//! the vocabulary of error kinds and their gRPC codes, W3C trace-context propagation over
+//! tonic metadata, health and reflection services, and helpers for tests.
+
+pub mod error;
+pub mod grpc;
+pub mod shutdown;
+pub mod telemetry;
+pub mod testing;
+pub mod trace_context;
+
+pub use error::{ErrorKind, ServiceError};

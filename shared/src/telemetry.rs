@@ -1,0 +1,165 @@
+//! Logging, tracing and metrics set-up shared by every service.
+//!
+//! Logs go to stderr as pretty text or JSON lines (`--log-format`). When an OTLP endpoint is
+//! configured (`OTEL_EXPORTER_OTLP_ENDPOINT`), spans and metrics are exported over OTLP/gRPC
+//! too; without one, the OpenTelemetry API stays a no-op and costs next to nothing.
+
+use std::time::Duration;
+
+use opentelemetry::global;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable, coloured when stderr is a terminal.
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Telemetry flags, flattened into every service's configuration.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TelemetryArgs {
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+
+    /// Log filter in `tracing` syntax, e.g. `info` or `inference=debug,info`.
+    #[arg(long, env = "RUST_LOG", default_value = "info,ort=warn")]
+    pub log_filter: String,
+
+    /// OTLP/gRPC endpoint for traces and metrics, e.g. `http://127.0.0.1:4317`.
+    /// Unset: nothing is exported.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// Interval between two metric exports, in milliseconds.
+    #[arg(long, env = "OTEL_METRIC_EXPORT_INTERVAL", default_value_t = 1000)]
+    pub metric_export_interval_ms: u64,
+
+    /// Service name reported in traces and metrics (`service.name`); defaults to the binary's name.
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    pub service_name: Option<String>,
+}
+
+/// Telemetry could not be set up; the text says what and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TelemetryError(String);
+
+/// Keeps the exporters alive; dropping it flushes what is still buffered.
+#[must_use = "dropping the guard stops telemetry export"]
+pub struct TelemetryGuard {
+    tracer: Option<SdkTracerProvider>,
+    meter: Option<SdkMeterProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(tracer) = self.tracer.take()
+            && let Err(err) = tracer.shutdown()
+        {
+            eprintln!("trace export shutdown failed: {err}");
+        }
+        if let Some(meter) = self.meter.take()
+            && let Err(err) = meter.shutdown()
+        {
+            eprintln!("metric export shutdown failed: {err}");
+        }
+    }
+}
+
+/// Installs the global `tracing` subscriber and, when an endpoint is set, the OTLP exporters.
+///
+/// Must be called from within a Tokio runtime (the exporters run on it).
+pub fn init(
+    default_service_name: &str,
+    args: &TelemetryArgs,
+) -> Result<TelemetryGuard, TelemetryError> {
+    let service_name = args
+        .service_name
+        .clone()
+        .unwrap_or_else(|| default_service_name.to_owned());
+    global::set_text_map_propagator(TraceContextPropagator::new());
+
+    let filter = EnvFilter::try_new(&args.log_filter).map_err(|err| {
+        TelemetryError(format!("invalid log filter {:?}: {err}", args.log_filter))
+    })?;
+    let fmt: Box<dyn Layer<Registry> + Send + Sync> = match args.log_format {
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+
+    let mut guard = TelemetryGuard {
+        tracer: None,
+        meter: None,
+    };
+    let otel_layer = match &args.otlp_endpoint {
+        Some(endpoint) => {
+            let resource = Resource::builder()
+                .with_service_name(service_name.clone())
+                .build();
+            let spans = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.clone())
+                .build()
+                .map_err(|err| {
+                    TelemetryError(format!("OTLP span exporter for {endpoint}: {err}"))
+                })?;
+            let tracer_provider = SdkTracerProvider::builder()
+                .with_resource(resource.clone())
+                .with_batch_exporter(spans)
+                .build();
+            let metrics = opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.clone())
+                .build()
+                .map_err(|err| {
+                    TelemetryError(format!("OTLP metric exporter for {endpoint}: {err}"))
+                })?;
+            let reader = PeriodicReader::builder(metrics)
+                .with_interval(Duration::from_millis(
+                    args.metric_export_interval_ms.max(100),
+                ))
+                .build();
+            let meter_provider = SdkMeterProvider::builder()
+                .with_resource(resource)
+                .with_reader(reader)
+                .build();
+            global::set_meter_provider(meter_provider.clone());
+            let tracer = tracer_provider.tracer(service_name.clone());
+            global::set_tracer_provider(tracer_provider.clone());
+            guard.tracer = Some(tracer_provider);
+            guard.meter = Some(meter_provider);
+            Some(tracing_opentelemetry::layer().with_tracer(tracer).boxed())
+        }
+        None => None,
+    };
+
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel_layer)
+        .with(filter)
+        .try_init()
+        .map_err(|err| TelemetryError(format!("a global subscriber is already set: {err}")))?;
+    if let Some(endpoint) = &args.otlp_endpoint {
+        tracing::info!(%endpoint, service = %service_name, "exporting traces and metrics over OTLP");
+    }
+    Ok(guard)
+}
