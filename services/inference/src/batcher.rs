@@ -405,3 +405,207 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::mpsc::{Receiver, Sender};
+
+    use super::*;
+    use crate::runtime::BatchOutput;
+
+    /// A backend that says when a batch starts, waits to be released, records the batch's
+    /// shape and echoes each row's length.
+    struct GatedBackend {
+        batches: Arc<Mutex<Vec<(usize, usize)>>>,
+        started: Sender<()>,
+        release: Receiver<()>,
+    }
+
+    impl Backend for GatedBackend {
+        fn run(
+            &mut self,
+            batch: &EncodedBatch,
+            _outputs: &[String],
+        ) -> Result<Vec<BatchOutput>, String> {
+            let _ = self.started.send(());
+            let _ = self.release.recv();
+            self.batches
+                .lock()
+                .unwrap()
+                .push((batch.rows, batch.seq_len));
+            let values = (0..batch.rows)
+                .map(|row| {
+                    batch.attention_mask[row * batch.seq_len..(row + 1) * batch.seq_len]
+                        .iter()
+                        .sum::<i64>() as f32
+                })
+                .collect();
+            Ok(vec![BatchOutput { values, row_len: 1 }])
+        }
+    }
+
+    struct Harness {
+        batcher: DynamicBatcher,
+        batches: Arc<Mutex<Vec<(usize, usize)>>>,
+        started: Receiver<()>,
+        release: Sender<()>,
+    }
+
+    impl Harness {
+        fn new(limits: BatchLimits) -> Harness {
+            let batches = Arc::new(Mutex::new(Vec::new()));
+            let (started_tx, started) = std::sync::mpsc::channel();
+            let (release, release_rx) = std::sync::mpsc::channel();
+            let backend = GatedBackend {
+                batches: batches.clone(),
+                started: started_tx,
+                release: release_rx,
+            };
+            let batcher = DynamicBatcher::start(
+                "fake",
+                1,
+                Box::new(backend),
+                vec!["len".into()],
+                limits,
+                Arc::default(),
+            )
+            .unwrap();
+            Harness {
+                batcher,
+                batches,
+                started,
+                release,
+            }
+        }
+
+        /// Blocks until the model thread is inside a batch.
+        fn wait_until_running(&self) {
+            self.started.recv().unwrap();
+        }
+
+        /// Lets every batch, current and future, finish.
+        fn release_all(&self) {
+            for _ in 0..64 {
+                self.release.send(()).unwrap();
+            }
+        }
+
+        fn submit(
+            &self,
+            tokens: usize,
+            deadline: Option<Instant>,
+        ) -> oneshot::Receiver<Result<BatchReply, InferError>> {
+            let (reply, answer) = oneshot::channel();
+            self.batcher
+                .submit(QueuedRequest {
+                    tokens: vec![vec![7; tokens]],
+                    outputs: vec![0],
+                    deadline,
+                    enqueued: Instant::now(),
+                    reply,
+                    span: tracing::Span::none(),
+                    permit: self.batcher.admit().unwrap(),
+                })
+                .unwrap();
+            answer
+        }
+
+        fn batches(&self) -> Vec<(usize, usize)> {
+            self.batches.lock().unwrap().clone()
+        }
+    }
+
+    fn limits() -> BatchLimits {
+        BatchLimits {
+            max_rows: 8,
+            max_tokens: 1000,
+            max_queue_size: 100,
+            idle_delay: Duration::ZERO,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_model_runs_a_lone_request_at_once_and_rows_return_to_their_requests() {
+        let h = Harness::new(limits());
+        h.release_all();
+        assert_eq!(
+            h.submit(3, None).await.unwrap().unwrap().outputs,
+            vec![vec![3.0]]
+        );
+        assert_eq!(
+            h.submit(9, None).await.unwrap().unwrap().outputs,
+            vec![vec![9.0]]
+        );
+        assert_eq!(h.batches(), vec![(1, 3), (1, 9)]);
+    }
+
+    #[tokio::test]
+    async fn requests_queued_while_busy_share_one_batch_within_the_row_limit() {
+        let h = Harness::new(limits());
+        let first = h.submit(4, None);
+        h.wait_until_running();
+        let rest: Vec<_> = (0..10).map(|_| h.submit(4, None)).collect();
+        h.release_all();
+        first.await.unwrap().unwrap();
+        for answer in rest {
+            assert_eq!(answer.await.unwrap().unwrap().outputs, vec![vec![4.0]]);
+        }
+        assert_eq!(h.batches(), vec![(1, 4), (8, 4), (2, 4)]);
+    }
+
+    #[tokio::test]
+    async fn the_token_budget_closes_a_batch() {
+        let h = Harness::new(BatchLimits {
+            max_tokens: 40,
+            ..limits()
+        });
+        let first = h.submit(4, None);
+        h.wait_until_running();
+        // 3 rows × 10 tokens = 30 fits; a 4th row of 20 tokens would make 4 × 20 = 80.
+        let rest: Vec<_> = [10, 10, 10, 20]
+            .into_iter()
+            .map(|t| h.submit(t, None))
+            .collect();
+        h.release_all();
+        first.await.unwrap().unwrap();
+        for answer in rest {
+            answer.await.unwrap().unwrap();
+        }
+        assert_eq!(h.batches(), vec![(1, 4), (3, 10), (1, 20)]);
+    }
+
+    #[tokio::test]
+    async fn expired_and_cancelled_requests_are_dropped_before_compute() {
+        let h = Harness::new(limits());
+        let first = h.submit(4, None);
+        h.wait_until_running();
+        let expired = h.submit(5, Some(Instant::now()));
+        drop(h.submit(6, None)); // the caller went away
+        let kept = h.submit(7, None);
+        h.release_all();
+        first.await.unwrap().unwrap();
+        let err = expired.await.unwrap().unwrap_err();
+        assert!(matches!(err, InferError::DeadlineExceeded { .. }), "{err}");
+        kept.await.unwrap().unwrap();
+        assert_eq!(
+            h.batches(),
+            vec![(1, 4), (1, 7)],
+            "only live requests reach the model"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once() {
+        let h = Harness::new(BatchLimits {
+            max_queue_size: 2,
+            ..limits()
+        });
+        let _a = h.submit(1, None);
+        let _b = h.submit(1, None);
+        let err = h.batcher.admit().unwrap_err();
+        assert!(matches!(err, InferError::Overloaded(_)), "{err}");
+        assert!(err.to_string().contains("full"), "{err}");
+        h.release_all();
+    }
+}

@@ -1,0 +1,316 @@
+//! Model lifecycle and serving behaviour: version switching under traffic with no failed
+//! request, unload/load, dynamic batching, draining on shutdown, refusing a bad start.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use integration_tests::*;
+use proto::inference::{
+    ModelRepositoryParameter, ModelStatisticsRequest, RepositoryIndexRequest,
+    RepositoryModelLoadRequest, RepositoryModelUnloadRequest,
+    model_repository_parameter::ParameterChoice,
+};
+use proto::serving::inference::v1::{EmbedRequest, ModelRef};
+use tonic::Code;
+
+/// A model repository in a temporary folder whose `minilm-l6` versions are links to the built
+/// model, so that versions can be added without copying 90 MB.
+fn temp_repository(versions: &[i64]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let source = models_dir().join("minilm-l6");
+    let model = dir.path().join("minilm-l6");
+    std::fs::create_dir(&model).unwrap();
+    std::fs::copy(source.join("config.toml"), model.join("config.toml")).unwrap();
+    std::os::unix::fs::symlink(source.join("tokenizer.json"), model.join("tokenizer.json"))
+        .unwrap();
+    for version in versions {
+        add_version(dir.path(), *version);
+    }
+    dir
+}
+
+fn add_version(repository: &Path, version: i64) {
+    let folder = repository.join("minilm-l6").join(version.to_string());
+    std::fs::create_dir(&folder).unwrap();
+    std::os::unix::fs::symlink(
+        models_dir().join("minilm-l6/1/model.onnx"),
+        folder.join("model.onnx"),
+    )
+    .unwrap();
+}
+
+fn load_request(config: Option<&str>) -> RepositoryModelLoadRequest {
+    let mut request = RepositoryModelLoadRequest {
+        model_name: "minilm-l6".into(),
+        ..Default::default()
+    };
+    if let Some(config) = config {
+        request.parameters.insert(
+            "config".into(),
+            ModelRepositoryParameter {
+                parameter_choice: Some(ParameterChoice::StringParam(config.into())),
+            },
+        );
+    }
+    request
+}
+
+async fn embed_version(addr: std::net::SocketAddr, version: i64) -> Result<i64, tonic::Status> {
+    let mut client = task_client(addr).await;
+    let request = EmbedRequest {
+        model: Some(ModelRef {
+            name: "minilm-l6".into(),
+            version,
+        }),
+        texts: vec!["kids waterproof winter boots".into()],
+    };
+    Ok(client.embed(request).await?.into_inner().version)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_switch_under_traffic_without_a_failed_request() {
+    let repository = temp_repository(&[1]);
+    let mut server = RunningInference::start(inference_config(repository.path(), &["minilm-l6"]))
+        .await
+        .unwrap();
+    let addr = server.addr;
+
+    // Steady traffic, newest version, from four clients.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let served = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<
+        i64,
+        usize,
+    >::new()));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (stop, failures, served) = (stop.clone(), failures.clone(), served.clone());
+        workers.push(tokio::spawn(async move {
+            let mut client = task_client(addr).await;
+            while !stop.load(Ordering::Relaxed) {
+                let request = EmbedRequest {
+                    model: None,
+                    texts: vec!["stainless steel water bottle".into()],
+                };
+                match client.embed(request).await {
+                    Ok(response) => {
+                        *served
+                            .lock()
+                            .unwrap()
+                            .entry(response.into_inner().version)
+                            .or_default() += 1
+                    }
+                    Err(status) => {
+                        eprintln!("failed during switching: {status:?}");
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+
+    let mut admin = oip_client(addr).await;
+    // Version 2 appears on disk and is loaded: the default policy (latest 1) moves to it.
+    add_version(repository.path(), 2);
+    admin
+        .repository_model_load(load_request(None))
+        .await
+        .unwrap();
+    assert_eq!(embed_version(addr, 0).await.unwrap(), 2);
+    let status = embed_version(addr, 1).await.unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::Unavailable,
+        "retired version: {}",
+        status.message()
+    );
+
+    // Roll back to version 1 with a specific-version policy, as tritonclient's load_model(config=…) sends it.
+    admin
+        .repository_model_load(load_request(Some(
+            r#"{"version_policy":{"specific":{"versions":[1]}}}"#,
+        )))
+        .await
+        .unwrap();
+    assert_eq!(embed_version(addr, 0).await.unwrap(), 1);
+
+    // Serve both at once.
+    admin
+        .repository_model_load(load_request(Some(
+            r#"{"version_policy":{"latest":{"num_versions":2}}}"#,
+        )))
+        .await
+        .unwrap();
+    assert_eq!(embed_version(addr, 1).await.unwrap(), 1);
+    assert_eq!(embed_version(addr, 2).await.unwrap(), 2);
+
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "requests failed while versions switched"
+    );
+    let served = served.lock().unwrap().clone();
+    assert!(served.contains_key(&2), "traffic saw version 2: {served:?}");
+
+    // Unload: the model stops serving, the index says so, and a load brings it back.
+    admin
+        .repository_model_unload(RepositoryModelUnloadRequest {
+            model_name: "minilm-l6".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let status = embed_version(addr, 0).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+    let index = admin
+        .repository_index(RepositoryIndexRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        index.models.iter().all(|m| m.state == "UNAVAILABLE"),
+        "{:?}",
+        index.models
+    );
+    admin
+        .repository_model_load(load_request(None))
+        .await
+        .unwrap();
+    assert_eq!(embed_version(addr, 0).await.unwrap(), 2);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_single_text_requests_are_batched() {
+    let repository = temp_repository(&[1]);
+    let mut server = RunningInference::start(inference_config(repository.path(), &["minilm-l6"]))
+        .await
+        .unwrap();
+    let addr = server.addr;
+    let mut client = oip_client(addr).await;
+    let stats = |client: &mut proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient<_>| {
+        let mut client = client.clone();
+        async move {
+            let response = client
+                .model_statistics(ModelStatisticsRequest { name: "minilm-l6".into(), version: String::new() })
+                .await
+                .unwrap()
+                .into_inner();
+            let s = &response.model_stats[0];
+            (s.inference_count, s.execution_count)
+        }
+    };
+    let (inferences_before, executions_before) = stats(&mut client).await;
+
+    let channel = server.channel().await;
+    let requests = (0..64).map(|i| {
+        let mut client =
+            proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient::new(
+                channel.clone(),
+            );
+        async move {
+            let text = format!("wireless noise cancelling headphones model {i}");
+            client
+                .model_infer(text_request("minilm-l6", &[&text]))
+                .await
+        }
+    });
+    let results = futures::future::join_all(requests).await;
+    assert!(results.iter().all(Result::is_ok), "every request succeeds");
+
+    let (inferences_after, executions_after) = stats(&mut client).await;
+    let inferences = inferences_after - inferences_before;
+    let executions = executions_after - executions_before;
+    eprintln!("64 requests ran in {executions} executions");
+    assert_eq!(inferences, 64);
+    assert!(
+        executions < 64,
+        "64 concurrent requests took {executions} executions: no batching"
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_requests() {
+    let repository = temp_repository(&[1]);
+    let mut server = RunningInference::start(inference_config(repository.path(), &["minilm-l6"]))
+        .await
+        .unwrap();
+    let channel = server.channel().await;
+    let (first_done, first) = tokio::sync::mpsc::channel::<()>(32);
+    let requests: Vec<_> = (0..32)
+        .map(|i| {
+            let mut client =
+                proto::serving::inference::v1::inference_tasks_client::InferenceTasksClient::new(
+                    channel.clone(),
+                );
+            let first_done = first_done.clone();
+            tokio::spawn(async move {
+                let request = EmbedRequest {
+                    model: None,
+                    texts: vec![format!("4K HDR smart TV {i} inch")],
+                };
+                let result = client.embed(request).await;
+                let _ = first_done.try_send(());
+                result
+            })
+        })
+        .collect();
+    // Once one request has finished, the others are in the server's queue: stop it now.
+    let mut first = first;
+    first.recv().await.unwrap();
+    server.trigger_shutdown();
+    for request in requests {
+        let result = request.await.unwrap();
+        assert!(
+            result.is_ok(),
+            "an in-flight request was dropped at shutdown: {result:?}"
+        );
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_broken_model_refuses_the_start_and_says_why() {
+    let repository = temp_repository(&[1]);
+    std::fs::write(
+        repository.path().join("minilm-l6/config.toml"),
+        "name = \"minilm-l6\"\nmax_batch_size = \"many\"\n",
+    )
+    .unwrap();
+    let (listener, _) = shared::testing::ephemeral_listener().await.unwrap();
+    let err = inference::serve(
+        listener,
+        inference_config(repository.path(), &["minilm-l6"]),
+        std::future::pending(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("minilm-l6") && err.contains("config.toml") && err.contains("max_batch_size"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn demanding_cuda_without_it_refuses_the_start() {
+    let repository = temp_repository(&[1]);
+    let mut config = inference_config(repository.path(), &["minilm-l6"]);
+    config.runtime.device = Some(inference::runtime::Device::Cuda);
+    let (listener, _) = shared::testing::ephemeral_listener().await.unwrap();
+    // These tests build the service without the `cuda` feature, so CUDA is never usable here.
+    let err = inference::serve(listener, config, std::future::pending())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--device cuda") && err.contains("CUDA execution provider"),
+        "{err}"
+    );
+}
