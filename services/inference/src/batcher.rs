@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::error::InferError;
+use crate::metrics;
 use crate::runtime::{Backend, EncodedBatch};
 use crate::stats::{ExecutionTimes, StatsRecorder};
 use crate::tokenize::TokenIds;
@@ -50,8 +51,10 @@ pub struct QueuedRequest {
     pub enqueued: Instant,
     /// Where the result goes.
     pub reply: oneshot::Sender<Result<BatchReply, InferError>>,
-    /// The request's span; queue-wait and compute spans are its children.
+    /// The request's span; the compute span is its child.
     pub span: tracing::Span,
+    /// Open from enqueue until the request's batch starts (or it is dropped).
+    pub queue_span: tracing::Span,
     /// The admission permit, released when the request leaves the batcher.
     pub permit: OwnedSemaphorePermit,
 }
@@ -72,6 +75,7 @@ pub struct BatchReply {
 /// The queue and model thread of one model version.
 pub struct DynamicBatcher {
     sender: SyncSender<QueuedRequest>,
+    attributes: [opentelemetry::KeyValue; 2],
     admission: Arc<Semaphore>,
     depth: Arc<AtomicUsize>,
     label: Arc<str>,
@@ -94,6 +98,7 @@ impl DynamicBatcher {
         let worker = ModelWorker {
             model: model.to_owned(),
             version,
+            attributes: metrics::model_attributes(model, version),
             label: label.clone(),
             backend,
             outputs,
@@ -111,6 +116,7 @@ impl DynamicBatcher {
             })?;
         Ok(DynamicBatcher {
             sender,
+            attributes: metrics::model_attributes(model, version),
             admission: Arc::new(Semaphore::new(limits.max_queue_size)),
             depth,
             label,
@@ -132,7 +138,10 @@ impl DynamicBatcher {
     pub fn submit(&self, request: QueuedRequest) -> Result<(), InferError> {
         self.depth.fetch_add(1, Ordering::Relaxed);
         match self.sender.try_send(request) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                metrics::instruments().queue_depth.add(1, &self.attributes);
+                Ok(())
+            }
             Err(TrySendError::Full(_)) => {
                 self.depth.fetch_sub(1, Ordering::Relaxed);
                 Err(InferError::Overloaded(format!(
@@ -159,6 +168,7 @@ impl DynamicBatcher {
 struct ModelWorker {
     model: String,
     version: i64,
+    attributes: [opentelemetry::KeyValue; 2],
     label: Arc<str>,
     backend: Box<dyn Backend>,
     outputs: Vec<String>,
@@ -225,7 +235,9 @@ impl ModelWorker {
         let started = Instant::now();
         // Drop what nobody waits for any more, before spending compute on it.
         let mut live = Vec::with_capacity(batch.len());
-        for request in batch {
+        for mut request in batch {
+            // Closing the queue-wait span here gives it the true wait as its duration.
+            request.queue_span = tracing::Span::none();
             let waited = started.saturating_duration_since(request.enqueued);
             if request.reply.is_closed() {
                 tracing::debug!(parent: &request.span, model = %self.label, "request cancelled while queued");
@@ -245,6 +257,9 @@ impl ModelWorker {
         }
 
         let rows: usize = live.iter().map(|r| r.tokens.len()).sum();
+        metrics::instruments()
+            .batch_size
+            .record(rows as u64, &self.attributes);
         let seq_len = live
             .iter()
             .flat_map(|r| r.tokens.iter().map(Vec::len))
@@ -252,12 +267,7 @@ impl ModelWorker {
             .unwrap_or(0);
         let compute_spans: Vec<tracing::Span> = live
             .iter()
-            .map(|r| {
-                // The queue-wait span covers enqueue..now; recorded as a closed child span.
-                let queue_span = tracing::info_span!(parent: &r.span, "queue_wait");
-                drop(queue_span);
-                tracing::info_span!(parent: &r.span, "compute", batch_rows = rows, seq_len)
-            })
+            .map(|r| tracing::info_span!(parent: &r.span, "compute", batch_rows = rows, seq_len))
             .collect();
 
         let mut wanted = vec![false; self.outputs.len()];
@@ -505,6 +515,7 @@ mod tests {
                     enqueued: Instant::now(),
                     reply,
                     span: tracing::Span::none(),
+                    queue_span: tracing::Span::none(),
                     permit: self.batcher.admit().unwrap(),
                 })
                 .unwrap();

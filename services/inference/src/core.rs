@@ -150,6 +150,7 @@ impl InferenceCore {
             deadline: request.deadline,
             enqueued: Instant::now(),
             reply,
+            queue_span: tracing::info_span!(parent: &span, "queue_wait"),
             span,
             permit,
         })?;

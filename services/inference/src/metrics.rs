@@ -3,7 +3,7 @@
 use std::sync::OnceLock;
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram};
+use opentelemetry::metrics::{Counter, Histogram, UpDownCounter};
 
 /// The service's instruments, created once from the global meter provider.
 pub struct Instruments {
@@ -15,6 +15,8 @@ pub struct Instruments {
     pub queue_wait: Histogram<f64>,
     /// Rows per model execution.
     pub batch_size: Histogram<u64>,
+    /// Requests waiting in a model version's queue.
+    pub queue_depth: UpDownCounter<i64>,
     /// Model versions loaded, by execution provider (the CPU fallback shows here).
     pub loads: Counter<u64>,
 }
@@ -49,6 +51,10 @@ pub fn instruments() -> &'static Instruments {
                 .u64_histogram("inference.batch.size")
                 .with_description("Rows per model execution")
                 .with_boundaries(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0])
+                .build(),
+            queue_depth: meter
+                .i64_up_down_counter("inference.queue.depth")
+                .with_description("Requests waiting in a model version's queue")
                 .build(),
             loads: meter
                 .u64_counter("inference.model.loads")

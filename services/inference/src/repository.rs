@@ -431,6 +431,7 @@ async fn warm_up(served: &ServedVersion) -> Result<(), InferError> {
         enqueued: Instant::now(),
         reply,
         span: tracing::Span::none(),
+        queue_span: tracing::Span::none(),
         permit: served.batcher.admit()?,
     })?;
     answer
