@@ -388,6 +388,7 @@ impl ModelRepository {
             provider,
         };
         warm_up(&served).await?;
+        served.stats.reset();
         tracing::info!(
             model,
             version,

@@ -108,6 +108,12 @@ impl StatsRecorder {
             .map_or(0, |d| d.as_millis() as u64);
     }
 
+    /// Forgets everything recorded so far (used after warm-up, so that statistics count
+    /// only real traffic).
+    pub fn reset(&self) {
+        *self.lock() = VersionStats::default();
+    }
+
     /// A copy of the current figures.
     pub fn snapshot(&self) -> VersionStats {
         self.lock().clone()
