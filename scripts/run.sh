@@ -9,15 +9,22 @@ export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$PWD/.deps/onnxruntime/lib/libonnxruntim
 export MODEL_REPOSITORY=${MODEL_REPOSITORY:-$PWD/models}
 
 pids=()
+watcher=
 stop() {
     trap - INT TERM
+    [ -n "$watcher" ] && kill "$watcher" 2>/dev/null
     echo "[run] stopping ${#pids[@]} process(es)" >&2
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-    wait
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
     echo "[run] stopped" >&2
     exit 0
 }
 trap stop INT TERM
+
+# make does not pass SIGTERM on to its children: when the parent (make) goes away, stop too.
+parent=$PPID
+( while kill -0 "$parent" 2>/dev/null; do sleep 1; done; kill -TERM $$ 2>/dev/null ) </dev/null &
+watcher=$!
 
 start() {
     local name=$1; shift
@@ -35,7 +42,7 @@ cat >&2 <<MSG
 MSG
 
 # Exit (and stop the rest) as soon as any service exits on its own.
-wait -n
+wait -n "${pids[@]}"
 status=$?
 echo "[run] a service exited with status $status" >&2
 stop

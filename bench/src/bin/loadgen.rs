@@ -1,0 +1,279 @@
+//! `loadgen`: a closed-loop gRPC load generator for the inference service.
+//!
+//! `--concurrency` workers each send one request, wait for its answer and send the next, for
+//! `--warmup-secs` unmeasured and then `--duration-secs` measured seconds. The texts cycle
+//! through sixty-four realistic product-search texts (about 32 tokens each), so the dynamic
+//! batcher sees a real token mix. Prints one JSON object: requests/s, latency percentiles and
+//! errors by status code.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bench::latency::LatencyRecorder;
+use bench::texts::PRODUCT_SEARCHES;
+use clap::{Parser, ValueEnum};
+use proto::inference::ModelInferRequest;
+use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use proto::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+use proto::serving::inference::v1::inference_tasks_client::InferenceTasksClient;
+use proto::serving::inference::v1::{EmbedRequest, ModelRef};
+use serde_json::json;
+use tonic::transport::{Channel, Endpoint};
+
+/// Closed-loop load generator: N workers send embedding requests back to back over gRPC and
+/// measure throughput (requests/s), latency (p50/p90/p99, ms) and errors. Prints one JSON
+/// object to stdout.
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", version, about, long_about)]
+struct Args {
+    /// The inference service, `host:port` or `http://host:port`.
+    #[arg(long, default_value = "http://127.0.0.1:50052")]
+    addr: String,
+
+    /// Which API to call.
+    #[arg(long, value_enum, default_value_t = Api::Oip)]
+    api: Api,
+
+    /// Model to call.
+    #[arg(long, default_value = "minilm-l6")]
+    model: String,
+
+    /// Workers, each with one request in flight at all times.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    concurrency: u32,
+
+    /// Measured seconds (after the warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    duration_secs: f64,
+
+    /// Unmeasured seconds of load before the measurement starts.
+    #[arg(long, default_value_t = 2.0)]
+    warmup_secs: f64,
+
+    /// Texts in each request (rows of the request's batch).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    texts_per_request: u32,
+
+    /// Cycle through only the first N of the 64 texts. 1 sends the in-process benchmark's
+    /// default sentence (exactly 32 tokens) every time: a like-for-like comparison with
+    /// `inprocess`, free of padding to the longest text of each batch.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=64))]
+    texts: u32,
+
+    /// HTTP/2 connections the workers share, round-robin; 0 opens one per worker.
+    /// One connection multiplexes every worker's requests and measured as fast as one per
+    /// worker on a 2-core machine (see BENCHMARKS.md).
+    #[arg(long, default_value_t = 1)]
+    connections: u32,
+
+    /// Threads of the load generator's async runtime. Keep it small: the generator shares
+    /// the machine's cores with the service it measures.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    client_threads: u32,
+}
+
+/// The API a worker calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Api {
+    /// Open Inference Protocol `ModelInfer` (input `TEXT`, BYTES `[n, 1]`, raw contents, as
+    /// `tritonclient` sends it), asking for `sentence_embedding`.
+    Oip,
+    /// The task API's `Embed`.
+    Task,
+}
+
+impl Api {
+    fn name(self) -> &'static str {
+        match self {
+            Api::Oip => "oip",
+            Api::Task => "task",
+        }
+    }
+}
+
+/// A connected client of one API.
+#[derive(Clone)]
+enum Client {
+    Oip(GrpcInferenceServiceClient<Channel>),
+    Task(InferenceTasksClient<Channel>),
+}
+
+impl Client {
+    fn new(api: Api, channel: Channel) -> Client {
+        match api {
+            Api::Oip => Client::Oip(GrpcInferenceServiceClient::new(channel)),
+            Api::Task => Client::Task(InferenceTasksClient::new(channel)),
+        }
+    }
+
+    /// Sends one request for `texts` and waits for its answer.
+    async fn call(&mut self, model: &str, texts: &[&str]) -> Result<(), tonic::Status> {
+        match self {
+            Client::Oip(client) => {
+                // BYTES elements, each prefixed by its 4-byte little-endian length.
+                let mut raw = Vec::new();
+                for text in texts {
+                    raw.extend_from_slice(&(text.len() as u32).to_le_bytes());
+                    raw.extend_from_slice(text.as_bytes());
+                }
+                let request = ModelInferRequest {
+                    model_name: model.to_owned(),
+                    inputs: vec![InferInputTensor {
+                        name: "TEXT".into(),
+                        datatype: "BYTES".into(),
+                        shape: vec![texts.len() as i64, 1],
+                        ..Default::default()
+                    }],
+                    outputs: vec![InferRequestedOutputTensor {
+                        name: "sentence_embedding".into(),
+                        ..Default::default()
+                    }],
+                    raw_input_contents: vec![raw.into()],
+                    ..Default::default()
+                };
+                client.model_infer(request).await.map(drop)
+            }
+            Client::Task(client) => {
+                let request = EmbedRequest {
+                    model: Some(ModelRef {
+                        name: model.to_owned(),
+                        version: 0,
+                    }),
+                    texts: texts.iter().map(|t| (*t).to_owned()).collect(),
+                };
+                client.embed(request).await.map(drop)
+            }
+        }
+    }
+}
+
+/// What one worker measured.
+#[derive(Default)]
+struct WorkerReport {
+    latency: LatencyRecorder,
+    errors: BTreeMap<String, u64>,
+    first_error: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if !(args.duration_secs > 0.0 && args.warmup_secs >= 0.0) {
+        bail!("--duration-secs must be positive and --warmup-secs not negative");
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.client_threads as usize)
+        .enable_all()
+        .build()?
+        .block_on(generate(args))
+}
+
+async fn generate(args: Args) -> anyhow::Result<()> {
+    let addr = if args.addr.contains("://") {
+        args.addr.clone()
+    } else {
+        format!("http://{}", args.addr)
+    };
+    let endpoint = Endpoint::from_shared(addr.clone())
+        .with_context(|| format!("--addr {addr} is not a valid URI"))?
+        .tcp_nodelay(true);
+    let connections = if args.connections == 0 {
+        args.concurrency
+    } else {
+        args.connections.min(args.concurrency)
+    };
+    let mut channels = Vec::with_capacity(connections as usize);
+    for _ in 0..connections {
+        channels.push(
+            endpoint
+                .connect()
+                .await
+                .with_context(|| format!("cannot connect to {addr}"))?,
+        );
+    }
+
+    let started = Instant::now();
+    let measure_from = started + Duration::from_secs_f64(args.warmup_secs);
+    let measure_until = measure_from + Duration::from_secs_f64(args.duration_secs);
+    let per_request = args.texts_per_request as usize;
+    let texts_used = args.texts as usize;
+    let workers = (0..args.concurrency as usize).map(|worker| {
+        let mut client = Client::new(args.api, channels[worker % channels.len()].clone());
+        let model = args.model.clone();
+        tokio::spawn(async move {
+            let mut report = WorkerReport::default();
+            // Workers start at different texts so that concurrent requests differ.
+            let mut next = worker * 17;
+            let mut texts = Vec::with_capacity(per_request);
+            while Instant::now() < measure_until {
+                texts.clear();
+                for _ in 0..per_request {
+                    texts.push(PRODUCT_SEARCHES[next % texts_used].as_str());
+                    next += 1;
+                }
+                let sent = Instant::now();
+                let result = client.call(&model, &texts).await;
+                let done = Instant::now();
+                if done < measure_from || done > measure_until {
+                    continue;
+                }
+                match result {
+                    Ok(()) => report.latency.record(done - sent),
+                    Err(status) => {
+                        *report
+                            .errors
+                            .entry(format!("{:?}", status.code()))
+                            .or_default() += 1;
+                        report.first_error.get_or_insert_with(|| status.to_string());
+                    }
+                }
+            }
+            report
+        })
+    });
+    let mut total = WorkerReport::default();
+    for report in futures::future::join_all(workers.collect::<Vec<_>>()).await {
+        let report = report.context("a worker panicked")?;
+        total.latency.merge(&report.latency);
+        for (code, count) in report.errors {
+            *total.errors.entry(code).or_default() += count;
+        }
+        if total.first_error.is_none() {
+            total.first_error = report.first_error;
+        }
+    }
+
+    let ok = total.latency.count();
+    let errors: u64 = total.errors.values().sum();
+    let requests_per_sec = ok as f64 / args.duration_secs;
+    if let Some(error) = &total.first_error {
+        eprintln!("[loadgen] {errors} error(s); first: {error}");
+    }
+    eprintln!(
+        "[loadgen] {} c={}: {requests_per_sec:.1} req/s, {}",
+        args.api.name(),
+        args.concurrency,
+        total.latency.summary()
+    );
+    let report = json!({
+        "api": args.api.name(),
+        "addr": addr,
+        "model": args.model,
+        "concurrency": args.concurrency,
+        "connections": connections,
+        "client_threads": args.client_threads,
+        "texts_per_request": args.texts_per_request,
+        "distinct_texts": args.texts,
+        "warmup_secs": args.warmup_secs,
+        "duration_secs": args.duration_secs,
+        "requests": ok,
+        "errors": errors,
+        "errors_by_code": total.errors,
+        "first_error": total.first_error,
+        "requests_per_sec": requests_per_sec,
+        "texts_per_sec": requests_per_sec * f64::from(args.texts_per_request),
+        "latency": total.latency.summary(),
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}

@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# Benchmarks the served model against ONNX Runtime in-process (see BENCHMARKS.md).
+# Called by `make bench` after `scripts/deps.sh --bench` and a release build.
+#
+#   1. target/release/inprocess: ONNX Runtime alone, 32-token texts, batch 1..64 + batch-1 latency
+#   2. target/release/inference on a free loopback port, until health says SERVING
+#   3. target/release/loadgen: Open Inference Protocol at concurrency 1, 8, 64 with 64 realistic
+#      texts (26-36 tokens), once more at 64 with inprocess's 32-token sentence only (like for
+#      like), and the task API at 1, 64
+#   4. perf_analyzer (tritonclient) at concurrency 1, 8, 64 with the same product-search texts
+#   5. stops the server (SIGTERM), runs inprocess again at its best batch (how much the machine
+#      drifted during the run), prints a summary table
+#
+# Raw results go to target/bench/. Environment knobs:
+#   BENCH_SECS (10)           measured seconds of each loadgen run
+#   BENCH_WARMUP_SECS (2)     unmeasured seconds before each loadgen measurement
+#   BENCH_PA_INTERVAL_MS (5000) perf_analyzer's measurement window
+#   BENCH_SERVER_ARGS ("")    extra flags for the inference server (e.g. "--spin")
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=target/release
+OUT=target/bench
+VENV=.venv
+MODEL=minilm-l6
+TEXTS=bench/product_searches.json
+SECS=${BENCH_SECS:-10}
+WARMUP=${BENCH_WARMUP_SECS:-2}
+PA_INTERVAL_MS=${BENCH_PA_INTERVAL_MS:-5000}
+read -r -a SERVER_ARGS <<<"${BENCH_SERVER_ARGS:-}"
+export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$PWD/.deps/onnxruntime/lib/libonnxruntime.so}
+
+say() { printf '[bench] %s\n' "$*" >&2; }
+die() { say "FAILED: $*"; exit 1; }
+
+for bin in inference inprocess loadgen; do
+    [ -x "$BIN/$bin" ] || die "$BIN/$bin is missing: run \`cargo build --release --workspace --bins\`"
+done
+[ -f "models/$MODEL/1/model.onnx" ] || die "models/$MODEL is missing: run \`make model\`"
+[ -f "$ORT_DYLIB_PATH" ] || die "ONNX Runtime not found at $ORT_DYLIB_PATH: run \`make deps\`"
+[ -x "$VENV/bin/perf_analyzer" ] && [ -x "$VENV/bin/grpcurl" ] || die "perf_analyzer or grpcurl missing in $VENV: run \`make deps\`"
+cuda_lib=$(ls -d "$VENV"/lib/python3*/site-packages/nvidia/cuda_runtime/lib 2>/dev/null | head -n 1)
+[ -n "$cuda_lib" ] || die "perf_analyzer needs nvidia-cuda-runtime-cu12: run \`bash scripts/deps.sh --bench\`"
+
+# Percentage of CPU time spent busy over one second: other work on the machine skews results.
+cpu_busy_percent() {
+    local -a a b
+    read -r -a a < <(grep '^cpu ' /proc/stat)
+    sleep 1
+    read -r -a b < <(grep '^cpu ' /proc/stat)
+    local total=0 idle=$(((b[4] - a[4]) + (b[5] - a[5]))) i
+    for i in 1 2 3 4 5 6 7 8; do total=$((total + b[i] - a[i])); done
+    echo $((total > 0 ? 100 * (total - idle) / total : 0))
+}
+
+rm -rf "$OUT"
+mkdir -p "$OUT"
+busy=$(cpu_busy_percent)
+{
+    echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    echo "nproc: $(nproc)"
+    echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+    echo "commit: $(git describe --always --dirty 2>/dev/null || echo unknown)"
+    echo "server args: ${SERVER_ARGS[*]:-}"
+    echo "cpu busy just before the run: $busy%"
+} >"$OUT/machine.txt"
+if [ "$busy" -gt 20 ]; then
+    say "warning: the CPUs were $busy% busy before the run: other work on this machine will skew the figures"
+fi
+
+# 1. ONNX Runtime in-process, alone on the machine.
+say "in-process ONNX Runtime (about 30 s)"
+"$BIN/inprocess" >"$OUT/inprocess.json" 2>"$OUT/inprocess.log" || die "inprocess: see $OUT/inprocess.log"
+
+# 2. The server, on a free loopback port.
+port=$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+addr=127.0.0.1:$port
+server_pid=
+stop_server() {
+    [ -n "$server_pid" ] || return 0
+    if kill -0 "$server_pid" 2>/dev/null; then
+        kill -TERM "$server_pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$server_pid" 2>/dev/null || true
+    fi
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=
+}
+trap stop_server EXIT
+trap 'exit 130' INT TERM
+
+say "starting the inference service on $addr"
+"$BIN/inference" --listen "$addr" --model-repository models --models "$MODEL" "${SERVER_ARGS[@]}" \
+    </dev/null >"$OUT/server.log" 2>&1 &
+server_pid=$!
+deadline=$((SECONDS + 60))
+until "$VENV/bin/grpcurl" -plaintext -max-time 2 "$addr" grpc.health.v1.Health/Check 2>/dev/null | grep -q '"SERVING"'; do
+    kill -0 "$server_pid" 2>/dev/null || die "the inference service exited during start-up; see $OUT/server.log"
+    [ "$SECONDS" -lt "$deadline" ] || die "the inference service was not SERVING after 60 s; see $OUT/server.log"
+    sleep 0.5
+done
+say "SERVING"
+
+# 3. Closed-loop load over both APIs.
+loadgen() {
+    local name=$1; shift
+    say "loadgen $* ($((SECS + WARMUP)) s)"
+    "$BIN/loadgen" --addr "$addr" --duration-secs "$SECS" --warmup-secs "$WARMUP" \
+        --texts-per-request 1 "$@" >"$OUT/loadgen-$name.json" 2>>"$OUT/loadgen.log" \
+        || die "loadgen $*: see $OUT/loadgen.log"
+}
+for c in 1 8 64; do loadgen "oip-c$c" --api oip --concurrency "$c"; done
+loadgen oip-c64-fixed32 --api oip --concurrency 64 --texts 1
+for c in 1 64; do loadgen "task-c$c" --api task --concurrency "$c"; done
+
+# 4. Triton's perf_analyzer, unchanged, with the same texts.
+for c in 1 8 64; do
+    say "perf_analyzer --concurrency-range $c"
+    LD_LIBRARY_PATH="$cuda_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$VENV/bin/perf_analyzer" \
+        -m "$MODEL" -i grpc -u "$addr" -b 1 --shape TEXT:1 --input-data "$TEXTS" \
+        --concurrency-range "$c" --measurement-interval "$PA_INTERVAL_MS" --stability-percentage 15 \
+        --max-trials 8 -f "$OUT/perf_analyzer-c$c.csv" >"$OUT/perf_analyzer-c$c.log" 2>&1 \
+        || die "perf_analyzer at concurrency $c: see $OUT/perf_analyzer-c$c.log"
+done
+
+say "stopping the inference service"
+stop_server
+if grep -q 'ERROR' "$OUT/server.log"; then
+    say "the server logged errors; see $OUT/server.log"
+fi
+
+best_batch=$("$VENV/bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["best"]["batch"])' "$OUT/inprocess.json")
+say "in-process ONNX Runtime again, batch $best_batch (drift check)"
+"$BIN/inprocess" --batch-sizes "$best_batch" --latency-runs 500 >"$OUT/inprocess-after.json" 2>>"$OUT/inprocess.log" \
+    || die "inprocess (drift check): see $OUT/inprocess.log"
+
+# 5. Summary (also written to target/bench/summary.txt).
+"$VENV/bin/python" - "$OUT" <<'PY' | tee "$OUT/summary.txt"
+import csv, json, pathlib, re, sys
+
+out = pathlib.Path(sys.argv[1])
+load = lambda name: json.loads((out / name).read_text())
+inproc = load("inprocess.json")
+after = load("inprocess-after.json")
+oip = {c: load(f"loadgen-oip-c{c}.json") for c in (1, 8, 64)}
+fixed = load("loadgen-oip-c64-fixed32.json")
+task = {c: load(f"loadgen-task-c{c}.json") for c in (1, 64)}
+pa = {}
+for c in (1, 8, 64):
+    with open(out / f"perf_analyzer-c{c}.csv") as f:
+        pa[c] = next(csv.DictReader(f))
+
+best = inproc["best"]
+lat1 = inproc["batch1_latency"]
+ceiling = inproc["one_at_a_time_ceiling_per_sec"]
+verdict = lambda ok: "met" if ok else "MISSED"
+
+print((out / "machine.txt").read_text().strip())
+print()
+print("in-process ONNX Runtime, %d-token texts, %d intra-op threads:" % (inproc["tokens_per_row"], inproc["intra_op_threads"]))
+for p in inproc["throughput"]:
+    print("  batch %3d  %8.1f sentences/s  (%.2f ms per run)" % (p["batch"], p["sentences_per_sec"], p["run_mean_ms"]))
+print("  batch-1 latency  p50 %.3f ms  p99 %.3f ms  mean %.3f ms  -> one-at-a-time ceiling %.1f/s"
+      % (lat1["p50_ms"], lat1["p99_ms"], lat1["mean_ms"], ceiling))
+print("  drift check after the served runs: batch %d %.1f sentences/s (%+.1f%%), batch-1 p50 %.3f ms (%+.1f%%)"
+      % (after["best"]["batch"], after["best"]["sentences_per_sec"],
+         100 * (after["best"]["sentences_per_sec"] / best["sentences_per_sec"] - 1),
+         after["batch1_latency"]["p50_ms"], 100 * (after["batch1_latency"]["p50_ms"] / lat1["p50_ms"] - 1)))
+print()
+print("%-28s %10s %9s %9s %9s %7s" % ("served", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors"))
+rows = [(f"loadgen oip c={c}", r) for c, r in oip.items()]
+rows.append(("loadgen oip c=64 32-tok only", fixed))
+rows += [(f"loadgen task c={c}", r) for c, r in task.items()]
+for name, r in rows:
+    l = r["latency"]
+    print("%-28s %10.1f %9.2f %9.2f %9.2f %7d" % (name, r["requests_per_sec"], l["p50_ms"], l["p90_ms"], l["p99_ms"], r["errors"]))
+for c, r in pa.items():
+    print("%-28s %10.1f %9.2f %9.2f %9.2f %7s" % (f"perf_analyzer c={c}", float(r["Inferences/Second"]),
+          float(r["p50 latency"]) / 1000, float(r["p90 latency"]) / 1000, float(r["p99 latency"]) / 1000, "-"))
+print()
+print("server side, from perf_analyzer's statistics (ModelStatistics):")
+for c in pa:
+    log = (out / f"perf_analyzer-c{c}.log").read_text()
+    grab = lambda pattern: float(re.search(pattern, log).group(1))
+    inferences, executions = grab(r"Inference count: (\d+)"), grab(r"Execution count: (\d+)")
+    print("  c=%-2d  mean batch %5.1f rows  queue %8.0f us  compute infer %8.0f us"
+          % (c, inferences / executions, grab(r"queue (\d+) usec"), grab(r"compute infer (\d+) usec")))
+print()
+ratio = oip[64]["requests_per_sec"] / best["sentences_per_sec"]
+like = fixed["requests_per_sec"] / best["sentences_per_sec"]
+added = oip[1]["latency"]["p50_ms"] - lat1["p50_ms"]
+print("targets:")
+print("  served c=64 / in-process best (batch %d): %.1f / %.1f = %.1f%%  (target >= 90%%: %s)"
+      % (best["batch"], oip[64]["requests_per_sec"], best["sentences_per_sec"], 100 * ratio, verdict(ratio >= 0.9)))
+print("    like for like (32-token sentence only): %.1f / %.1f = %.1f%%"
+      % (fixed["requests_per_sec"], best["sentences_per_sec"], 100 * like))
+print("  added p50 latency at c=1: %.3f - %.3f = %+.3f ms  (target <= 1 ms: %s)"
+      % (oip[1]["latency"]["p50_ms"], lat1["p50_ms"], added, verdict(added <= 1.0)))
+for c in (1, 8, 64):
+    rps = oip[c]["requests_per_sec"]
+    print("  served c=%-2d %.1f req/s vs one-at-a-time ceiling %.1f/s: %.2fx  (target >= 1: %s)"
+          % (c, rps, ceiling, rps / ceiling, verdict(rps >= ceiling)))
+failed = [name for name, r in rows if r["errors"]]
+if failed:
+    print("FAILED: requests failed in %s (see loadgen.log)" % ", ".join(failed))
+    sys.exit(1)
+PY
