@@ -129,6 +129,23 @@ if grep -q 'ERROR' "$OUT/server.log"; then
     say "the server logged errors; see $OUT/server.log"
 fi
 
+# 5. The baseline: a plain one-at-a-time Python server (grpcio, onnxruntime, tokenizers), same
+#    model file, same load generator.
+plain_port=$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+say "starting the plain one-at-a-time server on 127.0.0.1:$plain_port"
+"$VENV/bin/python" bench/plain_server.py --port "$plain_port" --model-dir "models/$MODEL" \
+    </dev/null >"$OUT/plain-server.log" 2>&1 &
+server_pid=$!
+addr=127.0.0.1:$plain_port
+deadline=$((SECONDS + 60))
+until "$VENV/bin/python" -c 'import sys, tritonclient.grpc as g; sys.exit(0 if g.InferenceServerClient(sys.argv[1]).is_server_ready() else 1)' "$addr" 2>/dev/null; do
+    kill -0 "$server_pid" 2>/dev/null || die "the plain server exited during start-up; see $OUT/plain-server.log"
+    [ "$SECONDS" -lt "$deadline" ] || die "the plain server was not ready after 60 s; see $OUT/plain-server.log"
+    sleep 0.5
+done
+for c in 1 8 64; do loadgen "plain-c$c" --api oip --concurrency "$c"; done
+stop_server
+
 best_batch=$("$VENV/bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["best"]["batch"])' "$OUT/inprocess.json")
 say "in-process ONNX Runtime again, batch $best_batch (drift check)"
 "$BIN/inprocess" --batch-sizes "$best_batch" --latency-runs 500 >"$OUT/inprocess-after.json" 2>>"$OUT/inprocess.log" \
@@ -171,6 +188,7 @@ print("%-28s %10s %9s %9s %9s %7s" % ("served", "req/s", "p50 ms", "p90 ms", "p9
 rows = [(f"loadgen oip c={c}", r) for c, r in oip.items()]
 rows.append(("loadgen oip c=64 32-tok only", fixed))
 rows += [(f"loadgen task c={c}", r) for c, r in task.items()]
+rows += [(f"plain server c={c}", load(f"loadgen-plain-c{c}.json")) for c in (1, 8, 64)]
 for name, r in rows:
     l = r["latency"]
     print("%-28s %10.1f %9.2f %9.2f %9.2f %7d" % (name, r["requests_per_sec"], l["p50_ms"], l["p90_ms"], l["p99_ms"], r["errors"]))
@@ -196,10 +214,14 @@ print("    like for like (32-token sentence only): %.1f / %.1f = %.1f%%"
       % (fixed["requests_per_sec"], best["sentences_per_sec"], 100 * like))
 print("  added p50 latency at c=1: %.3f - %.3f = %+.3f ms  (target <= 1 ms: %s)"
       % (oip[1]["latency"]["p50_ms"], lat1["p50_ms"], added, verdict(added <= 1.0)))
+plain = {c: load(f"loadgen-plain-c{c}.json") for c in (1, 8, 64)}
 for c in (1, 8, 64):
-    rps = oip[c]["requests_per_sec"]
-    print("  served c=%-2d %.1f req/s vs one-at-a-time ceiling %.1f/s: %.2fx  (target >= 1: %s)"
-          % (c, rps, ceiling, rps / ceiling, verdict(rps >= ceiling)))
+    rps, base = oip[c]["requests_per_sec"], plain[c]["requests_per_sec"]
+    print("  served c=%-2d %.1f req/s vs plain one-at-a-time server %.1f req/s: %.2fx  (target >= 1: %s)"
+          % (c, rps, base, rps / base, verdict(rps >= base)))
+    print("        p50 %.2f ms vs %.2f ms, p99 %.2f ms vs %.2f ms;  in-process one-at-a-time ceiling %.1f/s"
+          % (oip[c]["latency"]["p50_ms"], plain[c]["latency"]["p50_ms"], oip[c]["latency"]["p99_ms"],
+             plain[c]["latency"]["p99_ms"], ceiling))
 failed = [name for name, r in rows if r["errors"]]
 if failed:
     print("FAILED: requests failed in %s (see loadgen.log)" % ", ".join(failed))

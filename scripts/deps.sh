@@ -52,6 +52,10 @@ if [ "${1:-}" = "--bench" ]; then
         say "installing perf_analyzer's CUDA runtime library (nvidia-cuda-runtime-cu12)"
         "$VENV/bin/pip" install -q --disable-pip-version-check nvidia-cuda-runtime-cu12==12.9.79
     fi
+    if ! "$VENV/bin/python" -c 'import tokenizers' >/dev/null 2>&1; then
+        say "installing tokenizers (PyPI) for the plain baseline server"
+        "$VENV/bin/pip" install -q --disable-pip-version-check tokenizers==0.23.3
+    fi
     if ! ldconfig -p | grep -q libb64.so.0d; then
         say "installing libb64-0d (Debian), needed by perf_analyzer"
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libb64-0d >/dev/null

@@ -314,3 +314,29 @@ async fn demanding_cuda_without_it_refuses_the_start() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_cannot_finish_by_its_deadline_gets_deadline_exceeded() {
+    let repository = temp_repository(&[1]);
+    let mut server = RunningInference::start(inference_config(repository.path(), &["minilm-l6"]))
+        .await
+        .unwrap();
+    let mut client = task_client(server.addr).await;
+    // 64 texts of 256 tokens take far longer than 100 ms on this model.
+    let long = "stainless steel insulated water bottle keeps drinks cold ".repeat(30);
+    let mut request = tonic::Request::new(EmbedRequest {
+        model: None,
+        texts: vec![long; 64],
+    });
+    request.set_timeout(std::time::Duration::from_millis(100));
+    let status = client.embed(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("minilm-l6"),
+        "{}",
+        status.message()
+    );
+    // The service goes on serving.
+    assert_eq!(embed_version(server.addr, 0).await.unwrap(), 1);
+    server.stop().await.unwrap();
+}

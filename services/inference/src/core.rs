@@ -15,6 +15,10 @@ use crate::batcher::QueuedRequest;
 use crate::error::InferError;
 use crate::repository::{ModelRepository, ServedVersion};
 
+/// How long before the caller's deadline an unfinished request is answered
+/// DEADLINE_EXCEEDED (and dropped from the queue).
+const DEADLINE_MARGIN: Duration = Duration::from_millis(2);
+
 /// A text-inference request, whichever API it came by.
 pub struct TextRequest {
     /// Model name.
@@ -95,7 +99,22 @@ impl InferenceCore {
     pub async fn infer(&self, request: TextRequest) -> Result<TextResponse, InferError> {
         let model = request.model.clone();
         let arrived = request.arrived;
-        let result = self.infer_inner(request).await;
+        let result = match request.deadline {
+            // Answer DEADLINE_EXCEEDED a little before the deadline: at the deadline itself the
+            // transport cancels the call and the caller would only see CANCELLED.
+            Some(deadline) => {
+                let give_up = deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(deadline);
+                tokio::time::timeout_at(give_up.into(), self.infer_inner(request))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(InferError::DeadlineExceeded {
+                            model: model.clone(),
+                            waited_ms: arrived.elapsed().as_millis() as u64,
+                        })
+                    })
+            }
+            None => self.infer_inner(request).await,
+        };
         let instruments = metrics::instruments();
         let (version, code) = match &result {
             Ok(response) => (response.version, "OK"),

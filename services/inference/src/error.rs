@@ -20,8 +20,8 @@ pub enum InferError {
     /// The model's queue is full: the request was refused at once.
     #[error("{0}")]
     Overloaded(String),
-    /// The request's deadline passed before its batch ran.
-    #[error("deadline exceeded after {waited_ms} ms in the queue of model '{model}'")]
+    /// The request's deadline passed before it could be answered.
+    #[error("deadline exceeded after {waited_ms} ms waiting for model '{model}'")]
     DeadlineExceeded {
         /// Model whose queue the request waited in.
         model: String,
