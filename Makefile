@@ -34,6 +34,7 @@ run: deps model build ## Build what is missing, then run the services until Ctrl
 lint: ## Formatting and clippy, warnings as errors
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p inference --features cuda --all-targets -- -D warnings
 
 fmt: ## Format the code
 	cargo fmt --all

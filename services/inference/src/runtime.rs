@@ -88,6 +88,10 @@ pub struct RuntimeOptions {
     pub spin: bool,
 }
 
+/// Set once the CPU fallback has been announced.
+static CPU_FALLBACK_WARNED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
 
 /// Loads the ONNX Runtime library once per process and returns its environment.
@@ -186,7 +190,12 @@ impl OrtBackend {
                     )));
                 }
                 Err(reason) => {
-                    tracing::warn!(%reason, model = %model_path.display(), "CUDA unavailable, running on CPU");
+                    // One loud line per process; later loads repeat it at debug level only.
+                    if CPU_FALLBACK_WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::debug!(%reason, model = %model_path.display(), "CUDA unavailable, running on CPU");
+                    } else {
+                        tracing::warn!(%reason, "CUDA unavailable: models run on the CPU execution provider");
+                    }
                     Provider::Cpu
                 }
             },
@@ -210,7 +219,7 @@ impl OrtBackend {
 fn register_cuda(builder: &mut ort::session::builder::SessionBuilder) -> Result<(), String> {
     use ort::ep::ExecutionProvider;
     let cuda = ort::ep::CUDA::default();
-    match cuda.is_available() {
+    match ort::ep::CUDA::is_available() {
         Ok(true) => {}
         Ok(false) => {
             return Err("this ONNX Runtime library was built without the CUDA provider".into());
