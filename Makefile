@@ -42,6 +42,7 @@ fmt: ## Format the code
 test: deps model ## Unit and integration tests (real model, real clients)
 	$(PY) scripts/check_proto_compat.py >/dev/null
 	$(PY) scripts/check_parity.py
+	cargo build --workspace --bins
 	cargo test --workspace
 
 bench: model ## Benchmarks: in-process ONNX Runtime against the served model (see BENCHMARKS.md)

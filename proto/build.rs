@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "inference/grpc_service.proto",
     "inference/model_config.proto",
     "serving/inference/v1/tasks.proto",
+    "ecommerce/gateway/v1/gateway.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

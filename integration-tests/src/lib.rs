@@ -268,3 +268,164 @@ pub async fn run_command(program: &Path, args: &[&str]) -> anyhow::Result<String
     }
     Ok(stdout)
 }
+
+/// A service binary of the workspace (`target/debug/<name>`), built by `make test`.
+pub fn service_binary(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| repo_root().join("target"), PathBuf::from);
+    let path = target.join("debug").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port, for a service started as a separate process (in-process services
+/// get a pre-bound listener instead).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An inference service running as a separate process, so that a test can kill it.
+pub struct InferenceProcess {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    child: tokio::process::Child,
+}
+
+impl InferenceProcess {
+    /// Starts `target/debug/inference` with `args` on a free port and waits until SERVING.
+    pub async fn start(
+        repository: &Path,
+        models: &[&str],
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<InferenceProcess> {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let mut command = tokio::process::Command::new(service_binary("inference"));
+        command
+            .args(["--listen", &addr.to_string(), "--model-repository"])
+            .arg(repository)
+            .arg("--ort-dylib-path")
+            .arg(ort_dylib())
+            .args(["--device", "cpu", "--models", &models.join(",")])
+            .envs(envs.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let child = command.spawn()?;
+        let process = InferenceProcess { addr, child };
+        // The process may not listen yet: retry the connection until the health stream answers.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if Channel::from_shared(format!("http://{addr}"))?
+                .connect()
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "inference process did not listen in 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        wait_until_serving(addr).await?;
+        Ok(process)
+    }
+
+    /// Kills the process at once (SIGKILL): no draining, connections break.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Stops the process gracefully (SIGTERM) and waits for it.
+    pub async fn terminate(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        let _ = self.child.wait().await;
+    }
+}
+
+/// Gateway configuration for tests: the given replicas and keys `client-key` (tenant `shop`,
+/// role client) and `admin-key` (tenant `ops`, role admin), plus `extra` flags.
+pub fn gateway_config(replicas: &[SocketAddr], extra: &[&str]) -> gateway::GatewayConfig {
+    use clap::Parser as _;
+    let replicas: Vec<String> = replicas.iter().map(ToString::to_string).collect();
+    let mut args = vec![
+        "gateway".to_owned(),
+        "--inference".to_owned(),
+        replicas.join(","),
+        "--api-keys".to_owned(),
+        "client-key:shop:client,admin-key:ops:admin".to_owned(),
+        "--health-interval-ms".to_owned(),
+        "200".to_owned(),
+    ];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    gateway::GatewayConfig::parse_from(args)
+}
+
+/// A gateway running in-process on an ephemeral port.
+pub struct RunningGateway {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), gateway::ServeError>>>,
+}
+
+impl RunningGateway {
+    /// Starts the gateway and waits until its health is SERVING.
+    pub async fn start(config: gateway::GatewayConfig) -> anyhow::Result<RunningGateway> {
+        let (listener, addr) = shared::testing::ephemeral_listener().await?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(gateway::serve(listener, config, async move {
+            let _ = stopped.await;
+        }));
+        wait_until_serving(addr).await?;
+        Ok(RunningGateway {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// Shuts the gateway down and returns what `serve` returned.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.context("the gateway task panicked")??;
+        }
+        Ok(())
+    }
+}
+
+/// Adds `authorization: Bearer <key>` (and optionally a routing key) to a request.
+pub fn with_key<T>(message: T, key: &str, routing_key: Option<&str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    if let Some(routing_key) = routing_key {
+        request
+            .metadata_mut()
+            .insert("x-routing-key", routing_key.parse().unwrap());
+    }
+    request
+}
+
+/// A gateway task-API client of `addr`.
+pub async fn gateway_client(
+    addr: SocketAddr,
+) -> proto::ecommerce::gateway::v1::gateway_client::GatewayClient<Channel> {
+    proto::ecommerce::gateway::v1::gateway_client::GatewayClient::new(connect(addr).await)
+}

@@ -3,6 +3,7 @@
 //! - [`inference`]: the Open Inference Protocol (KServe v2), wire-compatible with Triton, so
 //!   that `tritonclient` and `perf_analyzer` work unchanged.
 //! - [`serving::inference::v1`]: the inference service's task API (`Embed`, `Classify`).
+//! - [`ecommerce::gateway::v1`]: the gateway's API for recommender services.
 
 #![allow(
     clippy::large_enum_variant,
@@ -22,6 +23,17 @@ pub mod serving {
         /// Version 1 of the inference task API.
         pub mod v1 {
             tonic::include_proto!("serving.inference.v1");
+        }
+    }
+}
+
+/// APIs of the gateway.
+pub mod ecommerce {
+    /// The gateway's packages.
+    pub mod gateway {
+        /// Version 1 of the gateway API.
+        pub mod v1 {
+            tonic::include_proto!("ecommerce.gateway.v1");
         }
     }
 }

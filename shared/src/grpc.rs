@@ -43,3 +43,45 @@ pub fn incoming(
         Ok(conn)
     })
 }
+
+/// The caller's deadline from the `grpc-timeout` header, as an instant counted from `arrived`.
+pub fn deadline(
+    metadata: &tonic::metadata::MetadataMap,
+    arrived: std::time::Instant,
+) -> Option<std::time::Instant> {
+    use std::time::Duration;
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    };
+    arrived.checked_add(timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use tonic::metadata::MetadataMap;
+
+    use super::deadline;
+
+    #[test]
+    fn grpc_timeout_units_are_understood() {
+        let now = Instant::now();
+        let mut md = MetadataMap::new();
+        md.insert("grpc-timeout", "250m".parse().unwrap());
+        assert_eq!(deadline(&md, now), Some(now + Duration::from_millis(250)));
+        md.insert("grpc-timeout", "3S".parse().unwrap());
+        assert_eq!(deadline(&md, now), Some(now + Duration::from_secs(3)));
+        md.insert("grpc-timeout", "x".parse().unwrap());
+        assert_eq!(deadline(&md, now), None);
+    }
+}

@@ -1,27 +1,51 @@
-//! The gateway service. Front door of the mesh (task API, auth, routing, canary). This build serves health and reflection only.
+//! The gateway: the front door for recommender and search services.
+//!
+//! [`admission`] authenticates, checks roles and rate limits every call before a handler runs;
+//! [`grpc`] converts wire types; [`core`] picks the model version ([`canary`]), serves
+//! embeddings from the [`cache`] or the inference replicas ([`routing`]), and keeps prediction
+//! and feedback [`records`]; [`payload`] logs sampled summaries with personal data masked
+//! ([`pii`]).
+
+pub mod admission;
+pub mod auth;
+pub mod cache;
+pub mod canary;
+pub mod config;
+pub mod core;
+pub mod grpc;
+pub mod metrics;
+pub mod payload;
+pub mod pii;
+pub mod records;
+pub mod routing;
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use shared::telemetry::TelemetryArgs;
+use proto::ecommerce::gateway::v1::gateway_admin_server::GatewayAdminServer;
+use proto::ecommerce::gateway::v1::gateway_server::GatewayServer;
+use proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use tokio::net::TcpListener;
 
-/// Front door of the mesh (task API, auth, routing, canary). This build serves health and reflection only.
-#[derive(Debug, Clone, clap::Parser)]
-#[command(name = "gateway", version, about, long_about)]
-pub struct Config {
-    /// Address to serve gRPC on.
-    #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:50051")]
-    pub listen: SocketAddr,
+use crate::admission::{Admission, AdmissionLayer};
+use crate::auth::ApiKeys;
+pub use crate::config::GatewayConfig;
+use crate::core::GatewayCore;
+use crate::routing::ReplicaPool;
 
-    /// Telemetry.
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
-}
+/// Largest gRPC message the gateway accepts or sends.
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
-/// Why the service stopped abnormally.
+/// Why the gateway could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The API keys could not be read.
+    #[error("API keys: {0}")]
+    Keys(#[from] auth::KeyStoreError),
+    /// The inference replicas could not be resolved.
+    #[error("inference replicas: {0}")]
+    Routing(#[from] routing::RoutingError),
     /// Reflection could not be set up.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -30,20 +54,98 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves on `listener` until `shutdown` resolves, then drains in-flight requests.
+/// Serves on `listener` until `shutdown` resolves, then drains in-flight calls (at most
+/// `shutdown_grace_secs`) and returns.
 pub async fn serve(
     listener: TcpListener,
-    _config: Config,
-    shutdown: impl Future<Output = ()> + Send,
+    config: GatewayConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let (routes, health) = shared::grpc::base_routes().await?;
+    let keys = ApiKeys::load(config.api_keys_file.as_deref(), &config.api_keys)?;
+    if keys.is_empty() {
+        tracing::warn!(
+            "no API keys configured: every call except health and reflection will be refused"
+        );
+    }
+    let pool = Arc::new(ReplicaPool::resolve(&config.inference, config.retry_ratio).await?);
+    let core = Arc::new(GatewayCore::new(
+        pool.clone(),
+        config.cache_entries,
+        config.record_buffer,
+        config.payload_log_sample,
+        &config.embed_model,
+        &config.classify_model,
+    ));
+    let admission = Arc::new(Admission::new(
+        keys,
+        config.rate_limit,
+        config.rate_burst,
+        config.max_concurrency,
+    ));
+
+    let (mut routes, health) = shared::grpc::base_routes().await?;
+    routes
+        .add_service(
+            GatewayServer::new(grpc::tasks::GatewayService::new(core.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(GatewayAdminServer::new(grpc::admin::AdminService::new(
+            core.clone(),
+        )))
+        .add_service(
+            GrpcInferenceServiceServer::new(grpc::oip::OipProxy::new(core.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        );
+
+    let (trigger, stop) = shared::shutdown::channel();
+    tokio::spawn(pool.clone().run_health_checks(
+        Duration::from_millis(config.health_interval_ms.max(50)),
+        stop.clone(),
+    ));
+    let local = listener.local_addr().ok();
+    let server = tonic::transport::Server::builder()
+        .layer(AdmissionLayer(admission))
+        .add_routes(routes.routes())
+        .serve_with_incoming_shutdown(shared::grpc::incoming(listener), stop.clone().wait());
+    let mut server = tokio::spawn(server);
     health
         .set_service_status("", shared::grpc::ServingStatus::Serving)
         .await;
-    tracing::info!(addr = ?listener.local_addr().ok(), "gateway listening");
-    tonic::transport::Server::builder()
-        .add_routes(routes.routes())
-        .serve_with_incoming_shutdown(shared::grpc::incoming(listener), shutdown)
-        .await?;
+    let replicas: Vec<String> = pool.replicas().iter().map(|r| r.addr.to_string()).collect();
+    tracing::info!(addr = ?local, ?replicas, "gateway ready");
+
+    let mut shutdown = Box::pin(shutdown);
+    tokio::select! {
+        result = &mut server => return flatten(result),
+        () = &mut shutdown => {}
+    }
+    tracing::info!("draining in-flight calls");
+    health
+        .set_service_status("", shared::grpc::ServingStatus::NotServing)
+        .await;
+    trigger.trigger();
+    match tokio::time::timeout(Duration::from_secs(config.shutdown_grace_secs), &mut server).await {
+        Ok(result) => flatten(result)?,
+        Err(_) => tracing::warn!(
+            grace_secs = config.shutdown_grace_secs,
+            "calls still running at the end of the grace period; stopping anyway"
+        ),
+    }
+    let dropped = core.records.dropped();
+    tracing::info!(records_dropped = dropped, "gateway stopped");
     Ok(())
+}
+
+fn flatten(
+    result: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> Result<(), ServeError> {
+    match result {
+        Ok(inner) => Ok(inner?),
+        Err(err) => {
+            tracing::error!(%err, "server task failed");
+            Ok(())
+        }
+    }
 }

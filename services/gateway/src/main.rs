@@ -2,10 +2,11 @@
 
 use anyhow::Context;
 use clap::Parser;
+use gateway::GatewayConfig;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = gateway::Config::parse();
+    let config = GatewayConfig::parse();
     let _telemetry = shared::telemetry::init("gateway", &config.telemetry)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

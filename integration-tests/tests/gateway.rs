@@ -1,0 +1,570 @@
+//! The gateway in front of real inference replicas: the auth matrix through grpcurl, rate
+//! limits, a replica killed under traffic, canary splits, ranking against the reference
+//! embeddings, and payload logs with personal data masked.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use integration_tests::*;
+use proto::ecommerce::gateway::v1 as pb;
+use proto::ecommerce::gateway::v1::gateway_admin_client::GatewayAdminClient;
+use tonic::Code;
+
+/// A repository whose `minilm-l6` serves versions 1 and 2 (links to the built model).
+fn two_version_repository() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let source = models_dir().join("minilm-l6");
+    let model = dir.path().join("minilm-l6");
+    std::fs::create_dir(&model).unwrap();
+    let config = std::fs::read_to_string(source.join("config.toml")).unwrap();
+    std::fs::write(
+        model.join("config.toml"),
+        config.replace("latest = 1", "latest = 2"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(source.join("tokenizer.json"), model.join("tokenizer.json"))
+        .unwrap();
+    for version in ["1", "2"] {
+        std::fs::create_dir(model.join(version)).unwrap();
+        std::os::unix::fs::symlink(
+            source.join("1/model.onnx"),
+            model.join(version).join("model.onnx"),
+        )
+        .unwrap();
+    }
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_sees_the_auth_matrix() {
+    let mut gateway = RunningGateway::start(gateway_config(&[shared_inference()], &[]))
+        .await
+        .unwrap();
+    let addr = gateway.addr.to_string();
+    let grpcurl = venv_bin("grpcurl");
+    let embed = r#"{"texts": ["wireless headphones"]}"#;
+    let run = |args: Vec<String>| {
+        let grpcurl = grpcurl.clone();
+        async move {
+            let output = tokio::process::Command::new(&grpcurl)
+                .args(&args)
+                .output()
+                .await
+                .unwrap();
+            (
+                output.status.success(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                ),
+            )
+        }
+    };
+    let call = |key: Option<&str>, data: &str, method: &str| {
+        let mut args = vec!["-plaintext".to_owned()];
+        if let Some(key) = key {
+            args.push("-H".to_owned());
+            args.push(format!("authorization: Bearer {key}"));
+        }
+        args.extend([
+            "-d".to_owned(),
+            data.to_owned(),
+            addr.clone(),
+            method.to_owned(),
+        ]);
+        args
+    };
+    let (ok, out) = run(call(None, embed, "ecommerce.gateway.v1.Gateway/Embed")).await;
+    assert!(!ok && out.contains("Unauthenticated"), "no key: {out}");
+    let (ok, out) = run(call(
+        Some("wrong-key"),
+        embed,
+        "ecommerce.gateway.v1.Gateway/Embed",
+    ))
+    .await;
+    assert!(
+        !ok && out.contains("Unauthenticated") && out.contains("unknown API key"),
+        "wrong key: {out}"
+    );
+    let (ok, out) = run(call(
+        Some("client-key"),
+        embed,
+        "ecommerce.gateway.v1.Gateway/Embed",
+    ))
+    .await;
+    assert!(
+        ok && out.contains("requestId") && out.contains("servedBy"),
+        "client key: {out}"
+    );
+    let canary = r#"{"model": "minilm-l6", "weights": [{"version": 1, "weight": 100}]}"#;
+    let (ok, out) = run(call(
+        Some("client-key"),
+        canary,
+        "ecommerce.gateway.v1.GatewayAdmin/SetCanary",
+    ))
+    .await;
+    assert!(
+        !ok && out.contains("PermissionDenied"),
+        "client key on an admin RPC: {out}"
+    );
+    let (ok, out) = run(call(
+        Some("admin-key"),
+        canary,
+        "ecommerce.gateway.v1.GatewayAdmin/SetCanary",
+    ))
+    .await;
+    assert!(ok && out.contains("\"weight\": 100"), "admin key: {out}");
+    let (ok, out) = run(call(None, "{}", "grpc.health.v1.Health/Check")).await;
+    assert!(ok && out.contains("SERVING"), "health stays open: {out}");
+    let (ok, out) = run(vec!["-plaintext".into(), addr.clone(), "list".into()]).await;
+    assert!(
+        ok && out.contains("ecommerce.gateway.v1.Gateway"),
+        "reflection stays open: {out}"
+    );
+    gateway.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_over_the_rate_limit_is_refused_and_the_key_recovers() {
+    let config = gateway_config(
+        &[shared_inference()],
+        &["--rate-limit", "2", "--rate-burst", "3"],
+    );
+    let mut gateway = RunningGateway::start(config).await.unwrap();
+    let mut client = gateway_client(gateway.addr).await;
+    let request = || {
+        with_key(
+            pb::EmbedRequest {
+                texts: vec!["tea".into()],
+            },
+            "client-key",
+            None,
+        )
+    };
+    for _ in 0..3 {
+        client.embed(request()).await.unwrap();
+    }
+    let status = client.embed(request()).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().contains("rate limit"),
+        "{}",
+        status.message()
+    );
+    // The bucket refills at 2 per second: one token after 500 ms.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    client.embed(request()).await.unwrap();
+    gateway.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_under_traffic_fails_no_request() {
+    let repository = models_dir();
+    let mut first = InferenceProcess::start(&repository, &["minilm-l6"], &[])
+        .await
+        .unwrap();
+    let second = InferenceProcess::start(&repository, &["minilm-l6"], &[])
+        .await
+        .unwrap();
+    let mut gateway = RunningGateway::start(gateway_config(
+        &[first.addr, second.addr],
+        &[
+            "--cache-entries",
+            "1",
+            "--rate-limit",
+            "100000",
+            "--rate-burst",
+            "100000",
+        ],
+    ))
+    .await
+    .unwrap();
+    let done = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let total = 2000;
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let (done, failed) = (done.clone(), failed.clone());
+            let addr = gateway.addr;
+            tokio::spawn(async move {
+                let mut client = gateway_client(addr).await;
+                for i in (w..total).step_by(8) {
+                    let request = with_key(
+                        pb::EmbedRequest {
+                            texts: vec![format!("product title number {i}")],
+                        },
+                        "client-key",
+                        None,
+                    );
+                    if let Err(status) = client.embed(request).await {
+                        eprintln!("request {i} failed: {status:?}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    while done.load(Ordering::Relaxed) < total / 4 {
+        tokio::task::yield_now().await;
+    }
+    first.kill().await;
+    let killed_at = done.load(Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    assert!(
+        killed_at < total,
+        "the replica was killed mid-traffic ({killed_at} of {total} done)"
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed after a replica was killed"
+    );
+    gateway.stop().await.unwrap();
+    second.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_split_holds_its_weights_sticks_per_shopper_and_changes_at_run_time() {
+    let repository = two_version_repository();
+    let mut inference =
+        RunningInference::start(inference_config(repository.path(), &["minilm-l6"]))
+            .await
+            .unwrap();
+    let mut gateway = RunningGateway::start(gateway_config(
+        &[inference.addr],
+        &["--rate-limit", "100000", "--rate-burst", "100000"],
+    ))
+    .await
+    .unwrap();
+    let mut admin = GatewayAdminClient::new(connect(gateway.addr).await);
+    let split = |weights: &[(i64, u32)]| {
+        with_key(
+            pb::SetCanaryRequest {
+                model: "minilm-l6".into(),
+                weights: weights
+                    .iter()
+                    .map(|&(version, weight)| pb::VersionWeight { version, weight })
+                    .collect(),
+            },
+            "admin-key",
+            None,
+        )
+    };
+    admin.set_canary(split(&[(1, 90), (2, 10)])).await.unwrap();
+    let state = admin
+        .get_canary(with_key(
+            pb::GetCanaryRequest {
+                model: "minilm-l6".into(),
+            },
+            "admin-key",
+            None,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(state.weights.len(), 2);
+
+    // 2,000 shoppers; a few dozen distinct titles, so most answers come from the cache, which
+    // is keyed by version and so reports the version the split chose.
+    let counts = Arc::new(std::sync::Mutex::new([0_usize; 3]));
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let counts = counts.clone();
+            let addr = gateway.addr;
+            tokio::spawn(async move {
+                let mut client = gateway_client(addr).await;
+                for i in (w..2000).step_by(8) {
+                    let shopper = format!("shopper-{i}");
+                    let request = with_key(
+                        pb::EmbedRequest {
+                            texts: vec![format!("title {}", i % 40)],
+                        },
+                        "client-key",
+                        Some(&shopper),
+                    );
+                    let version = client
+                        .embed(request)
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .served_by
+                        .unwrap()
+                        .version;
+                    counts.lock().unwrap()[version as usize] += 1;
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let counts = *counts.lock().unwrap();
+    let canary_share = counts[2] as f64 / 2000.0;
+    assert!(
+        (0.07..=0.13).contains(&canary_share),
+        "canary share {canary_share} (counts {counts:?})"
+    );
+
+    let mut client = gateway_client(gateway.addr).await;
+    let version_of = |shopper: &'static str| {
+        let request = with_key(
+            pb::EmbedRequest {
+                texts: vec!["tea".into()],
+            },
+            "client-key",
+            Some(shopper),
+        );
+        let mut client = client.clone();
+        async move {
+            client
+                .embed(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .served_by
+                .unwrap()
+                .version
+        }
+    };
+    let first = version_of("shopper-sticky").await;
+    for _ in 0..20 {
+        assert_eq!(
+            version_of("shopper-sticky").await,
+            first,
+            "one shopper, one version"
+        );
+    }
+    // Shift all traffic to the canary by RPC: no restart.
+    admin.set_canary(split(&[(1, 0), (2, 100)])).await.unwrap();
+    for shopper in ["a", "b", "c", "d", "e"] {
+        let request = with_key(
+            pb::EmbedRequest {
+                texts: vec!["tea".into()],
+            },
+            "client-key",
+            Some(shopper),
+        );
+        assert_eq!(
+            client
+                .embed(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .served_by
+                .unwrap()
+                .version,
+            2
+        );
+    }
+    gateway.stop().await.unwrap();
+    inference.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rank_equals_a_brute_force_cosine_ranking_of_the_reference_embeddings() {
+    let mut gateway = RunningGateway::start(gateway_config(&[shared_inference()], &[]))
+        .await
+        .unwrap();
+    let mut client = gateway_client(gateway.addr).await;
+    let cases = reference_cases();
+    let (query, candidates) = cases.split_first().unwrap();
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let mut expected: Vec<(String, f32)> = candidates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (format!("item-{i}"), dot(&query.embedding, &c.embedding)))
+        .collect();
+    expected.sort_by(|a, b| b.1.total_cmp(&a.1));
+
+    let request = pb::RankRequest {
+        query: query.text.clone(),
+        candidates: candidates
+            .iter()
+            .enumerate()
+            .map(|(i, c)| pb::Candidate {
+                id: format!("item-{i}"),
+                text: c.text.clone(),
+            })
+            .collect(),
+        top_k: 5,
+    };
+    let first = client
+        .rank(with_key(request.clone(), "client-key", None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.ranked.len(), 5);
+    for (got, want) in first.ranked.iter().zip(&expected) {
+        assert_eq!(
+            got.id, want.0,
+            "ranking order: got {:?}, want {expected:?}",
+            first.ranked
+        );
+        assert!(
+            (got.score - want.1).abs() < 1e-4,
+            "{} scored {} vs {}",
+            got.id,
+            got.score,
+            want.1
+        );
+    }
+    // The same candidates again: every embedding comes from the cache.
+    let second = client
+        .rank(with_key(request, "client-key", None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        second.cache_hits as usize,
+        cases.len(),
+        "query and candidates cached"
+    );
+    assert_eq!(second.ranked, first.ranked);
+    assert_ne!(second.request_id, first.request_id);
+    gateway.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_calls_get_invalid_argument() {
+    let mut gateway = RunningGateway::start(gateway_config(&[shared_inference()], &[]))
+        .await
+        .unwrap();
+    let mut client = gateway_client(gateway.addr).await;
+    let status = client
+        .embed(with_key(
+            pb::EmbedRequest { texts: vec![] },
+            "client-key",
+            None,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let rank = pb::RankRequest {
+        query: "tea".into(),
+        candidates: vec![],
+        top_k: 0,
+    };
+    let status = client
+        .rank(with_key(rank, "client-key", None))
+        .await
+        .unwrap_err();
+    assert!(
+        status.code() == Code::InvalidArgument && status.message().contains("candidates"),
+        "{status:?}"
+    );
+    let feedback = pb::FeedbackRequest {
+        request_id: "r".into(),
+        item_id: "i".into(),
+        event: 0,
+        label: 0,
+    };
+    let status = client
+        .feedback(with_key(feedback, "client-key", None))
+        .await
+        .unwrap_err();
+    assert!(
+        status.code() == Code::InvalidArgument && status.message().contains("CLICK"),
+        "{status:?}"
+    );
+    let feedback = pb::FeedbackRequest {
+        request_id: "r".into(),
+        item_id: "i".into(),
+        event: pb::FeedbackEvent::Click as i32,
+        label: 0,
+    };
+    assert!(
+        client
+            .feedback(with_key(feedback, "client-key", None))
+            .await
+            .unwrap()
+            .into_inner()
+            .accepted
+    );
+    gateway.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_logs_mask_personal_data_and_never_show_keys() {
+    let inference = shared_inference();
+    let port = free_port();
+    let mut gateway = tokio::process::Command::new(service_binary("gateway"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--inference",
+            &inference.to_string(),
+        ])
+        .args([
+            "--api-keys",
+            "secret-client-key:shop:client",
+            "--payload-log-sample",
+            "1",
+            "--log-format",
+            "json",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gateway did not listen"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    wait_until_serving(addr).await.unwrap();
+    let pii = [
+        ("jane.doe@example.com", "[email]"),
+        ("+1 (415) 555-2671", "[phone]"),
+        ("4111 1111 1111 1111", "[card]"),
+        ("11010519491231002X", "[cn-id]"),
+    ];
+    let mut client = gateway_client(addr).await;
+    for (secret, _) in pii {
+        let text = format!("order for {secret} please");
+        client
+            .embed(with_key(
+                pb::EmbedRequest { texts: vec![text] },
+                "secret-client-key",
+                None,
+            ))
+            .await
+            .unwrap();
+    }
+    gateway.kill().await.unwrap();
+    let output = gateway.wait_with_output().await.unwrap();
+    let logs = String::from_utf8_lossy(&output.stderr);
+    let payload_lines: Vec<&str> = logs.lines().filter(|l| l.contains("\"payload\"")).collect();
+    assert_eq!(
+        payload_lines.len(),
+        pii.len(),
+        "one payload line per call:\n{logs}"
+    );
+    for (secret, tag) in pii {
+        assert!(
+            !logs.contains(secret),
+            "{secret} leaked into the logs:\n{logs}"
+        );
+        assert!(
+            logs.contains(&format!("order for {tag} please")),
+            "{tag} missing:\n{logs}"
+        );
+    }
+    assert!(
+        !logs.contains("secret-client-key"),
+        "the API key leaked into the logs"
+    );
+}

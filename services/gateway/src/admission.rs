@@ -1,0 +1,219 @@
+//! Admission: authentication, role check, per-key rate limit and the global concurrency limit,
+//! as one tower layer in front of every gRPC service of the gateway.
+//!
+//! Refusals are answered at once with a gRPC status, before any handler runs: nothing queues.
+//! The caller's principal goes into the request's extensions for the handlers.
+
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::sync::Semaphore;
+use tonic::Status;
+
+use crate::auth::{ApiKeys, Principal, required_role};
+
+/// Shared admission state.
+pub struct Admission {
+    keys: ApiKeys,
+    limiter: DefaultKeyedRateLimiter<Arc<str>>,
+    concurrency: Arc<Semaphore>,
+    max_concurrency: usize,
+}
+
+impl Admission {
+    /// Admission over `keys`, allowing `rate` calls per second per key with bursts of `burst`,
+    /// and `max_concurrency` calls at once in all.
+    pub fn new(keys: ApiKeys, rate: u32, burst: u32, max_concurrency: usize) -> Admission {
+        let rate = NonZeroU32::new(rate.max(1)).expect("at least 1");
+        let burst = NonZeroU32::new(burst.max(1)).expect("at least 1");
+        Admission {
+            keys,
+            limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            concurrency: Arc::new(Semaphore::new(max_concurrency)),
+            max_concurrency,
+        }
+    }
+
+    /// Decides on one call to `path`: the caller's principal and a concurrency permit, or the
+    /// status to refuse it with. Open methods get neither.
+    fn admit(
+        &self,
+        path: &str,
+        authorization: Option<&str>,
+    ) -> Result<Option<(Principal, tokio::sync::OwnedSemaphorePermit)>, Status> {
+        let Some(role) = required_role(path) else {
+            return Ok(None);
+        };
+        let principal = self
+            .keys
+            .authenticate(authorization)
+            .map_err(Status::unauthenticated)?;
+        if principal.role < role {
+            return Err(Status::permission_denied(format!(
+                "the key of tenant '{}' has role {:?}; {path} needs {role:?}",
+                principal.tenant, principal.role
+            )));
+        }
+        if let Err(not_until) = self.limiter.check_key(&principal.key_id) {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            return Err(Status::resource_exhausted(format!(
+                "rate limit of key {} (tenant '{}') exceeded; retry in {} ms",
+                principal.key_id,
+                principal.tenant,
+                wait.as_millis().max(1)
+            )));
+        }
+        let permit = self.concurrency.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "the gateway is handling its maximum of {} calls; retry later",
+                self.max_concurrency
+            ))
+        })?;
+        Ok(Some((principal.clone(), permit)))
+    }
+}
+
+/// The tower layer applying [`Admission`].
+#[derive(Clone)]
+pub struct AdmissionLayer(pub Arc<Admission>);
+
+impl<S> tower::Layer<S> for AdmissionLayer {
+    type Service = AdmissionService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AdmissionService {
+            admission: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// Service produced by [`AdmissionLayer`].
+#[derive(Clone)]
+pub struct AdmissionService<S> {
+    admission: Arc<Admission>,
+    inner: S,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for AdmissionService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let authorization = request
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        match self.admission.admit(request.uri().path(), authorization) {
+            Err(status) => {
+                tracing::debug!(path = request.uri().path(), code = ?status.code(), "call refused");
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+            Ok(admitted) => {
+                let permit = admitted.map(|(principal, permit)| {
+                    request.extensions_mut().insert(principal);
+                    permit
+                });
+                // Take the service that was driven to readiness; leave a clone in its place.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                Box::pin(async move {
+                    let response = inner.call(request).await;
+                    drop(permit);
+                    response
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(rate: u32, burst: u32, concurrency: usize) -> Admission {
+        let keys = ApiKeys::load(
+            None,
+            &["c-key:shop:client".to_owned(), "a-key:ops:admin".to_owned()],
+        )
+        .unwrap();
+        Admission::new(keys, rate, burst, concurrency)
+    }
+
+    #[test]
+    fn the_auth_matrix_holds() {
+        let a = admission(100, 100, 10);
+        let embed = "/ecommerce.gateway.v1.Gateway/Embed";
+        let canary = "/ecommerce.gateway.v1.GatewayAdmin/SetCanary";
+        assert_eq!(
+            a.admit(embed, None).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            a.admit(embed, Some("Bearer wrong")).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert!(a.admit(embed, Some("Bearer c-key")).unwrap().is_some());
+        assert_eq!(
+            a.admit(canary, Some("Bearer c-key")).unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+        assert!(a.admit(canary, Some("Bearer a-key")).unwrap().is_some());
+        assert!(
+            a.admit("/grpc.health.v1.Health/Check", None)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_burst_over_the_limit_is_refused_per_key() {
+        let a = admission(1, 3, 10);
+        let embed = "/ecommerce.gateway.v1.Gateway/Embed";
+        for _ in 0..3 {
+            a.admit(embed, Some("Bearer c-key")).unwrap();
+        }
+        let refused = a.admit(embed, Some("Bearer c-key")).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused.message().contains("rate limit") && !refused.message().contains("c-key"),
+            "{}",
+            refused.message()
+        );
+        // Another key has its own bucket.
+        a.admit(embed, Some("Bearer a-key")).unwrap();
+    }
+
+    #[test]
+    fn the_concurrency_limit_refuses_at_once_and_frees_on_completion() {
+        let a = admission(100, 100, 1);
+        let embed = "/ecommerce.gateway.v1.Gateway/Embed";
+        let held = a.admit(embed, Some("Bearer c-key")).unwrap();
+        assert_eq!(
+            a.admit(embed, Some("Bearer c-key")).unwrap_err().code(),
+            tonic::Code::ResourceExhausted
+        );
+        drop(held);
+        a.admit(embed, Some("Bearer c-key")).unwrap();
+    }
+}

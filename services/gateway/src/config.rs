@@ -1,0 +1,98 @@
+//! Command-line and environment configuration of the gateway.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use shared::telemetry::TelemetryArgs;
+
+/// The front door of the mesh: the `ecommerce.gateway.v1` task API and the Open Inference
+/// Protocol, with API-key auth, per-key rate limits, routing over inference replicas, canary
+/// splits between model versions and payload logging with personal data masked.
+///
+/// Every flag can also be set through the environment variable named in its help.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "gateway", version, about, long_about)]
+pub struct GatewayConfig {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Inference replicas, comma-separated `host:port`. A name that resolves to several
+    /// addresses (e.g. a headless Kubernetes Service) gives one replica per address.
+    #[arg(
+        long,
+        env = "GATEWAY_INFERENCE",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:50052"
+    )]
+    pub inference: Vec<String>,
+
+    /// API keys file (TOML): `[[key]]` tables with `sha256` (hex digest of the key), `tenant`
+    /// and `role` (`client` or `admin`). Keys are never stored in clear.
+    #[arg(long, env = "GATEWAY_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// API keys given directly, comma-separated `key:tenant:role`; hashed at start-up and never
+    /// logged.
+    #[arg(
+        long,
+        env = "GATEWAY_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+
+    /// Requests per second allowed per API key (token bucket refill rate).
+    #[arg(long, env = "GATEWAY_RATE_LIMIT", default_value_t = 500)]
+    pub rate_limit: u32,
+
+    /// Burst allowed per API key (token bucket size).
+    #[arg(long, env = "GATEWAY_RATE_BURST", default_value_t = 1000)]
+    pub rate_burst: u32,
+
+    /// Calls handled at once across all keys; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "GATEWAY_MAX_CONCURRENCY", default_value_t = 1024)]
+    pub max_concurrency: usize,
+
+    /// Interval between health checks of each inference replica, in milliseconds.
+    #[arg(long, env = "GATEWAY_HEALTH_INTERVAL_MS", default_value_t = 1000)]
+    pub health_interval_ms: u64,
+
+    /// Retries allowed per request, on average (a retry budget: each request earns this
+    /// fraction of a retry; a burst of 10 is kept in hand).
+    #[arg(long, env = "GATEWAY_RETRY_RATIO", default_value_t = 0.2)]
+    pub retry_ratio: f64,
+
+    /// Embeddings kept in the cache (keyed by model, version and text).
+    #[arg(long, env = "GATEWAY_CACHE_ENTRIES", default_value_t = 100_000)]
+    pub cache_entries: usize,
+
+    /// Fraction of calls whose payload summary is logged (0 = off), personal data masked.
+    #[arg(long, env = "GATEWAY_PAYLOAD_LOG_SAMPLE", default_value_t = 0.0)]
+    pub payload_log_sample: f64,
+
+    /// Prediction and feedback records kept for the metrics collector; the oldest are dropped
+    /// (and counted) beyond this.
+    #[arg(long, env = "GATEWAY_RECORD_BUFFER", default_value_t = 10_000)]
+    pub record_buffer: usize,
+
+    /// Model that serves Embed and Rank.
+    #[arg(long, env = "GATEWAY_EMBED_MODEL", default_value = "minilm-l6")]
+    pub embed_model: String,
+
+    /// Model that serves Classify.
+    #[arg(
+        long,
+        env = "GATEWAY_CLASSIFY_MODEL",
+        default_value = "purchase-intent"
+    )]
+    pub classify_model: String,
+
+    /// How long shutdown waits for in-flight requests, in seconds.
+    #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+
+    /// Telemetry.
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}

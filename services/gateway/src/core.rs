@@ -1,0 +1,292 @@
+//! The gateway's core: resolves the model version (canary), serves embeddings from the cache or
+//! the replicas, ranks, classifies, and records predictions and feedback.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use proto::serving::inference::v1 as inference;
+use proto::serving::inference::v1::inference_tasks_client::InferenceTasksClient;
+use tonic::{Code, Status};
+
+use crate::cache::EmbeddingCache;
+use crate::canary::CanaryTable;
+use crate::payload::PayloadLogger;
+use crate::records::{Record, RecordBuffer, RecordKind};
+use crate::routing::ReplicaPool;
+
+/// Texts one inference call carries at most (the models' max batch size).
+pub const MAX_TEXTS_PER_CALL: usize = 64;
+/// Candidates one Rank call may carry.
+pub const MAX_CANDIDATES: usize = 1000;
+
+/// Everything a call needs to know about its caller and its limits.
+pub struct CallContext {
+    /// Id given to the call, returned to the caller.
+    pub request_id: String,
+    /// The caller's tenant.
+    pub tenant: String,
+    /// Sticky routing key (shopper or session), or the request id.
+    pub routing_key: String,
+    /// The caller's deadline.
+    pub deadline: Option<Instant>,
+    /// When the call arrived.
+    pub arrived: Instant,
+}
+
+/// Embeddings of a list of texts, and where they came from.
+pub struct Embedded {
+    /// The model version that produced them.
+    pub version: i64,
+    /// One vector per text.
+    pub vectors: Vec<Arc<[f32]>>,
+    /// How many came from the cache.
+    pub cache_hits: usize,
+    /// Time spent waiting for replicas.
+    pub inference: Duration,
+}
+
+/// The gateway's shared state.
+pub struct GatewayCore {
+    /// Inference replicas.
+    pub pool: Arc<ReplicaPool>,
+    /// Canary splits.
+    pub canary: CanaryTable,
+    /// Embedding cache.
+    pub cache: EmbeddingCache,
+    /// Prediction and feedback records.
+    pub records: RecordBuffer,
+    /// Payload logging.
+    pub payload: PayloadLogger,
+    /// Model of Embed and Rank.
+    pub embed_model: Arc<str>,
+    /// Model of Classify.
+    pub classify_model: Arc<str>,
+    /// Newest version each model answered with when no split pinned one (0: not known yet),
+    /// so that cache lookups know which version to look for.
+    current: Mutex<HashMap<String, Arc<AtomicI64>>>,
+}
+
+/// Builds an outgoing request that carries the caller's remaining deadline and the current
+/// trace context.
+pub fn outgoing<T>(message: T, deadline: Option<Instant>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(deadline) = deadline {
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+    }
+    shared::trace_context::inject(&tracing::Span::current(), request.metadata_mut());
+    request
+}
+
+impl GatewayCore {
+    /// The core over `pool`.
+    pub fn new(
+        pool: Arc<ReplicaPool>,
+        cache_entries: usize,
+        record_buffer: usize,
+        payload_sample: f64,
+        embed_model: &str,
+        classify_model: &str,
+    ) -> GatewayCore {
+        GatewayCore {
+            pool,
+            canary: CanaryTable::default(),
+            cache: EmbeddingCache::new(cache_entries),
+            records: RecordBuffer::new(record_buffer),
+            payload: PayloadLogger::new(payload_sample),
+            embed_model: Arc::from(embed_model),
+            classify_model: Arc::from(classify_model),
+            current: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn current_version(&self, model: &str) -> Arc<AtomicI64> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        current.entry(model.to_owned()).or_default().clone()
+    }
+
+    /// The version a call should use: the canary's choice, or `None` for the newest.
+    pub fn pinned_version(&self, model: &str, call: &CallContext) -> Option<i64> {
+        self.canary.choose(model, &call.routing_key)
+    }
+
+    /// Embeds `texts`, from the cache where possible.
+    pub async fn embed(&self, texts: &[String], call: &CallContext) -> Result<Embedded, Status> {
+        let model = self.embed_model.clone();
+        let pinned = self.pinned_version(&model, call);
+        let current = self.current_version(&model);
+        let known = pinned.or_else(|| Some(current.load(Ordering::Relaxed)).filter(|v| *v > 0));
+        let mut vectors: Vec<Option<Arc<[f32]>>> = match known {
+            Some(version) => texts
+                .iter()
+                .map(|t| self.cache.get(&model, version, t))
+                .collect(),
+            None => vec![None; texts.len()],
+        };
+        let cache_hits = vectors.iter().filter(|v| v.is_some()).count();
+        let started = Instant::now();
+        let mut version = known.unwrap_or(0);
+        if cache_hits < texts.len() {
+            let missing: Vec<usize> = (0..texts.len()).filter(|&i| vectors[i].is_none()).collect();
+            let fetched = match self
+                .fetch_embeddings(&model, version, texts, &missing, call)
+                .await
+            {
+                // The version the cache knew was retired meanwhile: ask for the newest, all texts.
+                Err(status)
+                    if pinned.is_none()
+                        && known.is_some()
+                        && matches!(status.code(), Code::NotFound | Code::Unavailable) =>
+                {
+                    current.store(0, Ordering::Relaxed);
+                    let all: Vec<usize> = (0..texts.len()).collect();
+                    vectors = vec![None; texts.len()];
+                    self.fetch_embeddings(&model, 0, texts, &all, call).await?
+                }
+                other => other?,
+            };
+            version = fetched.0;
+            for (index, vector) in fetched.1 {
+                self.cache
+                    .insert(&model, version, &texts[index], vector.clone());
+                vectors[index] = Some(vector);
+            }
+            if pinned.is_none() {
+                current.store(version, Ordering::Relaxed);
+            }
+        }
+        let vectors = vectors
+            .into_iter()
+            .map(|v| v.expect("every text embedded"))
+            .collect();
+        Ok(Embedded {
+            version,
+            vectors,
+            cache_hits,
+            inference: started.elapsed(),
+        })
+    }
+
+    /// Embeds `texts[missing]` on the replicas, in calls of at most 64 texts, all of one version.
+    async fn fetch_embeddings(
+        &self,
+        model: &Arc<str>,
+        version: i64,
+        texts: &[String],
+        missing: &[usize],
+        call: &CallContext,
+    ) -> Result<(i64, Vec<(usize, Arc<[f32]>)>), Status> {
+        let chunks: Vec<&[usize]> = missing.chunks(MAX_TEXTS_PER_CALL).collect();
+        let first = self
+            .embed_call(model, version, texts, chunks[0], call)
+            .await?;
+        // Later chunks ask for the version the first one got, so one answer never mixes versions.
+        let version = first.0;
+        let rest = futures::future::try_join_all(
+            chunks[1..]
+                .iter()
+                .map(|chunk| self.embed_call(model, version, texts, chunk, call)),
+        )
+        .await?;
+        let mut all = first.1;
+        for (_, vectors) in rest {
+            all.extend(vectors);
+        }
+        Ok((version, all))
+    }
+
+    async fn embed_call(
+        &self,
+        model: &Arc<str>,
+        version: i64,
+        texts: &[String],
+        indexes: &[usize],
+        call: &CallContext,
+    ) -> Result<(i64, Vec<(usize, Arc<[f32]>)>), Status> {
+        let message = inference::EmbedRequest {
+            model: Some(inference::ModelRef {
+                name: model.to_string(),
+                version,
+            }),
+            texts: indexes.iter().map(|&i| texts[i].clone()).collect(),
+        };
+        let response = self
+            .pool
+            .call(true, |channel| {
+                let request = outgoing(message.clone(), call.deadline);
+                async move { InferenceTasksClient::new(channel).embed(request).await }
+            })
+            .await?
+            .into_inner();
+        if response.embeddings.len() != indexes.len() {
+            return Err(Status::internal(format!(
+                "inference answered {} embeddings for {} texts",
+                response.embeddings.len(),
+                indexes.len()
+            )));
+        }
+        let vectors = indexes
+            .iter()
+            .zip(response.embeddings)
+            .map(|(&i, e)| (i, Arc::from(e.values)))
+            .collect();
+        Ok((response.version, vectors))
+    }
+
+    /// Classifies `texts`.
+    pub async fn classify(
+        &self,
+        texts: Vec<String>,
+        call: &CallContext,
+    ) -> Result<inference::ClassifyResponse, Status> {
+        let model = self.classify_model.clone();
+        let version = self.pinned_version(&model, call).unwrap_or(0);
+        let message = inference::ClassifyRequest {
+            model: Some(inference::ModelRef {
+                name: model.to_string(),
+                version,
+            }),
+            texts,
+        };
+        let response = self
+            .pool
+            .call(true, |channel| {
+                let request = outgoing(message.clone(), call.deadline);
+                async move { InferenceTasksClient::new(channel).classify(request).await }
+            })
+            .await?
+            .into_inner();
+        self.record(
+            call,
+            RecordKind::Prediction {
+                model: response.model.clone(),
+                version: response.version,
+                items: (0..response.classifications.len())
+                    .map(|i| i.to_string())
+                    .collect(),
+                scores: response
+                    .classifications
+                    .iter()
+                    .map(|c| c.probabilities.get(1).copied().unwrap_or(0.0))
+                    .collect(),
+            },
+        );
+        Ok(response)
+    }
+
+    /// Keeps a record for the feedback join.
+    pub fn record(&self, call: &CallContext, kind: RecordKind) {
+        self.records.push(Record {
+            request_id: call.request_id.clone(),
+            tenant: call.tenant.clone(),
+            at: SystemTime::now(),
+            kind,
+        });
+    }
+}
+
+/// Cosine similarity of two L2-normalised vectors (their dot product).
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}

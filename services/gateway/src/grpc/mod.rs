@@ -1,0 +1,39 @@
+//! Protocol layer of the gateway: converts wire types and calls the [`crate::core`].
+
+pub mod admin;
+pub mod oip;
+pub mod tasks;
+
+use std::time::Instant;
+
+use tonic::Request;
+
+use crate::auth::Principal;
+use crate::core::CallContext;
+
+/// Metadata key of the sticky routing key (a shopper or session id).
+pub const ROUTING_KEY: &str = "x-routing-key";
+
+/// The call's context: a new request id, the caller (set by admission), its routing key and
+/// deadline.
+pub fn call_context<T>(request: &Request<T>) -> CallContext {
+    let arrived = Instant::now();
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let tenant = request
+        .extensions()
+        .get::<Principal>()
+        .map_or_else(|| "anonymous".to_owned(), |p| p.tenant.to_string());
+    let routing_key = request
+        .metadata()
+        .get(ROUTING_KEY)
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty())
+        .map_or_else(|| request_id.clone(), str::to_owned);
+    CallContext {
+        deadline: shared::grpc::deadline(request.metadata(), arrived),
+        request_id,
+        tenant,
+        routing_key,
+        arrived,
+    }
+}

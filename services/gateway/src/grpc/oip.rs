@@ -1,0 +1,257 @@
+//! `inference.GRPCInferenceService` through the gateway: the Open Inference Protocol with auth
+//! (admission), routing, retries and canary splits applied, so that tritonclient and
+//! perf_analyzer work through the front door unchanged.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use proto::inference as pb;
+use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use proto::inference::grpc_inference_service_server::GrpcInferenceService;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use super::call_context;
+use crate::core::{CallContext, GatewayCore, outgoing};
+
+/// Most requests one stream may have in flight at once.
+const STREAM_IN_FLIGHT: usize = 64;
+
+/// The protocol, proxied to the inference replicas.
+#[derive(Clone)]
+pub struct OipProxy {
+    core: Arc<GatewayCore>,
+}
+
+impl OipProxy {
+    /// Proxies through `core`'s replicas.
+    pub fn new(core: Arc<GatewayCore>) -> Self {
+        OipProxy { core }
+    }
+
+    /// Sends an idempotent call to one replica (retried once elsewhere if it cannot take it).
+    async fn forward<M, R, F, Fut>(
+        &self,
+        message: M,
+        call: &CallContext,
+        rpc: F,
+    ) -> Result<Response<R>, Status>
+    where
+        M: Clone,
+        F: Fn(GrpcInferenceServiceClient<Channel>, Request<M>) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
+    {
+        let response = self
+            .core
+            .pool
+            .call(true, |channel| {
+                rpc(
+                    GrpcInferenceServiceClient::new(channel),
+                    outgoing(message.clone(), call.deadline),
+                )
+            })
+            .await?;
+        Ok(Response::new(response.into_inner()))
+    }
+
+    async fn infer(
+        &self,
+        mut request: pb::ModelInferRequest,
+        call: &CallContext,
+    ) -> Result<pb::ModelInferResponse, Status> {
+        if request.model_version.is_empty()
+            && let Some(version) = self.core.pinned_version(&request.model_name, call)
+        {
+            request.model_version = version.to_string();
+        }
+        let span = tracing::info_span!("gateway", rpc = "ModelInfer", tenant = %call.tenant, model = %request.model_name);
+        self.forward(request, call, |mut client, r| async move {
+            client.model_infer(r).await
+        })
+        .instrument(span)
+        .await
+        .map(Response::into_inner)
+    }
+}
+
+type InferStream = Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for OipProxy {
+    async fn server_live(
+        &self,
+        _: Request<pb::ServerLiveRequest>,
+    ) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        let ready = self.core.pool.replicas().iter().any(|r| r.is_healthy());
+        Ok(Response::new(pb::ServerReadyResponse { ready }))
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<pb::ModelReadyRequest>,
+    ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        let call = call_context(&request);
+        self.forward(request.into_inner(), &call, |mut c, r| async move {
+            c.model_ready(r).await
+        })
+        .await
+    }
+
+    async fn server_metadata(
+        &self,
+        request: Request<pb::ServerMetadataRequest>,
+    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        let call = call_context(&request);
+        self.forward(request.into_inner(), &call, |mut c, r| async move {
+            c.server_metadata(r).await
+        })
+        .await
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<pb::ModelMetadataRequest>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let call = call_context(&request);
+        self.forward(request.into_inner(), &call, |mut c, r| async move {
+            c.model_metadata(r).await
+        })
+        .await
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<pb::ModelInferRequest>,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let call = call_context(&request);
+        self.infer(request.into_inner(), &call)
+            .await
+            .map(Response::new)
+    }
+
+    type ModelStreamInferStream = InferStream;
+
+    async fn model_stream_infer(
+        &self,
+        request: Request<Streaming<pb::ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let call = Arc::new(call_context(&request));
+        let mut incoming = request.into_inner();
+        let (sender, receiver) = tokio::sync::mpsc::channel(STREAM_IN_FLIGHT);
+        let proxy = self.clone();
+        let limit = Arc::new(tokio::sync::Semaphore::new(STREAM_IN_FLIGHT));
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = incoming.next().await {
+                let Ok(permit) = limit.clone().acquire_owned().await else {
+                    break;
+                };
+                let (proxy, sender, call) = (proxy.clone(), sender.clone(), call.clone());
+                tokio::spawn(async move {
+                    let id = message.id.clone();
+                    let reply = match proxy.infer(message, &call).await {
+                        Ok(response) => pb::ModelStreamInferResponse {
+                            error_message: String::new(),
+                            infer_response: Some(response),
+                        },
+                        Err(status) => pb::ModelStreamInferResponse {
+                            error_message: status.message().to_owned(),
+                            infer_response: Some(pb::ModelInferResponse {
+                                id,
+                                ..Default::default()
+                            }),
+                        },
+                    };
+                    let _ = sender.send(Ok(reply)).await;
+                    drop(permit);
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
+    }
+
+    async fn model_config(
+        &self,
+        request: Request<pb::ModelConfigRequest>,
+    ) -> Result<Response<pb::ModelConfigResponse>, Status> {
+        let call = call_context(&request);
+        self.forward(request.into_inner(), &call, |mut c, r| async move {
+            c.model_config(r).await
+        })
+        .await
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<pb::ModelStatisticsRequest>,
+    ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+        let call = call_context(&request);
+        self.forward(request.into_inner(), &call, |mut c, r| async move {
+            c.model_statistics(r).await
+        })
+        .await
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<pb::RepositoryIndexRequest>,
+    ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        let call = call_context(&request);
+        self.forward(request.into_inner(), &call, |mut c, r| async move {
+            c.repository_index(r).await
+        })
+        .await
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        let call = call_context(&request);
+        let message = request.into_inner();
+        // Every replica must serve the same versions: load on all of them.
+        self.core
+            .pool
+            .broadcast(|channel| {
+                let request = outgoing(message.clone(), call.deadline);
+                async move {
+                    GrpcInferenceServiceClient::new(channel)
+                        .repository_model_load(request)
+                        .await
+                }
+            })
+            .await?;
+        Ok(Response::new(pb::RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        let call = call_context(&request);
+        let message = request.into_inner();
+        self.core
+            .pool
+            .broadcast(|channel| {
+                let request = outgoing(message.clone(), call.deadline);
+                async move {
+                    GrpcInferenceServiceClient::new(channel)
+                        .repository_model_unload(request)
+                        .await
+                }
+            })
+            .await?;
+        Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+}

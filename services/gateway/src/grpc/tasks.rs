@@ -1,0 +1,319 @@
+//! `ecommerce.gateway.v1.Gateway`: Embed, Classify, Rank and Feedback.
+
+use std::sync::Arc;
+
+use opentelemetry::KeyValue;
+use proto::ecommerce::gateway::v1 as pb;
+use proto::ecommerce::gateway::v1::gateway_server::Gateway;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use super::call_context;
+use crate::core::{CallContext, GatewayCore, MAX_CANDIDATES, MAX_TEXTS_PER_CALL, cosine};
+use crate::metrics;
+use crate::payload::PayloadLogger;
+use crate::records::RecordKind;
+
+/// Handlers of the task API.
+#[derive(Clone)]
+pub struct GatewayService {
+    core: Arc<GatewayCore>,
+}
+
+impl GatewayService {
+    /// Serves `core`.
+    pub fn new(core: Arc<GatewayCore>) -> Self {
+        GatewayService { core }
+    }
+}
+
+/// The span of one gateway call; payload fields are filled only for sampled calls.
+fn call_span(rpc: &'static str, call: &CallContext) -> tracing::Span {
+    tracing::info_span!(
+        "gateway",
+        rpc,
+        tenant = %call.tenant,
+        request_id = %call.request_id,
+        model = tracing::field::Empty,
+        model_version = tracing::field::Empty,
+        payload.request = tracing::field::Empty,
+        payload.response = tracing::field::Empty,
+    )
+}
+
+fn timings(call: &CallContext, inference: std::time::Duration) -> pb::Timings {
+    let total = call.arrived.elapsed();
+    pb::Timings {
+        gateway_us: total.saturating_sub(inference).as_micros() as u64,
+        inference_us: inference.as_micros() as u64,
+        total_us: total.as_micros() as u64,
+    }
+}
+
+fn check_texts(texts: &[String]) -> Result<(), Status> {
+    if texts.is_empty() {
+        return Err(Status::invalid_argument(
+            "texts is empty: send at least one text",
+        ));
+    }
+    if texts.len() > MAX_TEXTS_PER_CALL {
+        return Err(Status::invalid_argument(format!(
+            "texts has {} entries; at most {MAX_TEXTS_PER_CALL} per call",
+            texts.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Runs a handler body inside the call's span and records its outcome in the metrics.
+async fn observed<T>(
+    rpc: &'static str,
+    call: &CallContext,
+    model: &str,
+    span: tracing::Span,
+    body: impl Future<Output = Result<(T, i64), Status>>,
+) -> Result<Response<T>, Status> {
+    span.record("model", model);
+    let result = body.instrument(span.clone()).await;
+    let (version, code) = match &result {
+        Ok((_, version)) => {
+            span.record("model_version", version);
+            (*version, "OK".to_owned())
+        }
+        Err(status) => (0, format!("{:?}", status.code())),
+    };
+    let attributes = [
+        KeyValue::new("rpc", rpc),
+        KeyValue::new("model", model.to_owned()),
+        KeyValue::new("model_version", version.to_string()),
+        KeyValue::new("tenant", call.tenant.clone()),
+        KeyValue::new("status", code),
+    ];
+    let instruments = metrics::instruments();
+    instruments.requests.add(1, &attributes);
+    instruments
+        .duration
+        .record(call.arrived.elapsed().as_secs_f64(), &attributes[..3]);
+    result.map(|(response, _)| Response::new(response))
+}
+
+#[tonic::async_trait]
+impl Gateway for GatewayService {
+    async fn embed(
+        &self,
+        request: Request<pb::EmbedRequest>,
+    ) -> Result<Response<pb::EmbedResponse>, Status> {
+        let call = call_context(&request);
+        let span = call_span("Embed", &call);
+        shared::trace_context::set_remote_parent(&span, request.metadata());
+        let texts = request.into_inner().texts;
+        let core = &self.core;
+        observed("Embed", &call, &core.embed_model, span.clone(), async {
+            check_texts(&texts)?;
+            let embedded = core.embed(&texts, &call).await?;
+            metrics::cache_lookups(embedded.cache_hits, texts.len());
+            if core.payload.sampled() {
+                let request = PayloadLogger::summarize(texts.iter().map(String::as_str));
+                core.payload.write(
+                    &span,
+                    &call.request_id,
+                    &request,
+                    &format!("{} embeddings", texts.len()),
+                );
+            }
+            let response = pb::EmbedResponse {
+                request_id: call.request_id.clone(),
+                embeddings: embedded
+                    .vectors
+                    .iter()
+                    .map(|v| pb::Embedding { values: v.to_vec() })
+                    .collect(),
+                served_by: Some(pb::ServedBy {
+                    model: core.embed_model.to_string(),
+                    version: embedded.version,
+                }),
+                timings: Some(timings(&call, embedded.inference)),
+            };
+            Ok((response, embedded.version))
+        })
+        .await
+    }
+
+    async fn classify(
+        &self,
+        request: Request<pb::ClassifyRequest>,
+    ) -> Result<Response<pb::ClassifyResponse>, Status> {
+        let call = call_context(&request);
+        let span = call_span("Classify", &call);
+        shared::trace_context::set_remote_parent(&span, request.metadata());
+        let texts = request.into_inner().texts;
+        let core = &self.core;
+        observed(
+            "Classify",
+            &call,
+            &core.classify_model,
+            span.clone(),
+            async {
+                check_texts(&texts)?;
+                let summary = core
+                    .payload
+                    .sampled()
+                    .then(|| PayloadLogger::summarize(texts.iter().map(String::as_str)));
+                let started = std::time::Instant::now();
+                let response = core.classify(texts, &call).await?;
+                let inference = started.elapsed();
+                let classifications: Vec<pb::Classification> = response
+                    .classifications
+                    .into_iter()
+                    .map(|c| pb::Classification {
+                        probabilities: c.probabilities,
+                        label: c.label,
+                    })
+                    .collect();
+                if let Some(request) = summary {
+                    let labels: Vec<String> = classifications
+                        .iter()
+                        .map(|c| c.label.to_string())
+                        .collect();
+                    core.payload.write(
+                        &span,
+                        &call.request_id,
+                        &request,
+                        &format!("labels {}", labels.join(",")),
+                    );
+                }
+                let reply = pb::ClassifyResponse {
+                    request_id: call.request_id.clone(),
+                    classifications,
+                    served_by: Some(pb::ServedBy {
+                        model: response.model,
+                        version: response.version,
+                    }),
+                    timings: Some(timings(&call, inference)),
+                };
+                Ok((reply, response.version))
+            },
+        )
+        .await
+    }
+
+    async fn rank(
+        &self,
+        request: Request<pb::RankRequest>,
+    ) -> Result<Response<pb::RankResponse>, Status> {
+        let call = call_context(&request);
+        let span = call_span("Rank", &call);
+        shared::trace_context::set_remote_parent(&span, request.metadata());
+        let rank = request.into_inner();
+        let core = &self.core;
+        observed("Rank", &call, &core.embed_model, span.clone(), async {
+            if rank.query.is_empty() {
+                return Err(Status::invalid_argument("query is empty"));
+            }
+            if rank.candidates.is_empty() || rank.candidates.len() > MAX_CANDIDATES {
+                return Err(Status::invalid_argument(format!(
+                    "candidates has {} entries; send 1 to {MAX_CANDIDATES}",
+                    rank.candidates.len()
+                )));
+            }
+            if let Some(i) = rank.candidates.iter().position(|c| c.id.is_empty()) {
+                return Err(Status::invalid_argument(format!(
+                    "candidate {i} has an empty id"
+                )));
+            }
+            let mut texts = Vec::with_capacity(rank.candidates.len() + 1);
+            texts.push(rank.query.clone());
+            texts.extend(rank.candidates.iter().map(|c| c.text.clone()));
+            let embedded = core.embed(&texts, &call).await?;
+            metrics::cache_lookups(embedded.cache_hits, texts.len());
+            let query = &embedded.vectors[0];
+            let mut scored: Vec<(usize, f32)> = embedded.vectors[1..]
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i, cosine(query, v)))
+                .collect();
+            scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            if rank.top_k > 0 {
+                scored.truncate(rank.top_k as usize);
+            }
+            let ranked: Vec<pb::RankedCandidate> = scored
+                .iter()
+                .map(|&(i, score)| pb::RankedCandidate {
+                    id: rank.candidates[i].id.clone(),
+                    score,
+                })
+                .collect();
+            core.record(
+                &call,
+                RecordKind::Prediction {
+                    model: core.embed_model.to_string(),
+                    version: embedded.version,
+                    items: ranked.iter().map(|r| r.id.clone()).collect(),
+                    scores: ranked.iter().map(|r| r.score).collect(),
+                },
+            );
+            if core.payload.sampled() {
+                let request = PayloadLogger::summarize(std::iter::once(rank.query.as_str()));
+                let top: Vec<String> = ranked
+                    .iter()
+                    .take(5)
+                    .map(|r| format!("{}:{:.3}", r.id, r.score))
+                    .collect();
+                core.payload
+                    .write(&span, &call.request_id, &request, &top.join(","));
+            }
+            let cache_hits = embedded.cache_hits as u32;
+            let reply = pb::RankResponse {
+                request_id: call.request_id.clone(),
+                ranked,
+                served_by: Some(pb::ServedBy {
+                    model: core.embed_model.to_string(),
+                    version: embedded.version,
+                }),
+                timings: Some(timings(&call, embedded.inference)),
+                cache_hits,
+            };
+            Ok((reply, embedded.version))
+        })
+        .await
+    }
+
+    async fn feedback(
+        &self,
+        request: Request<pb::FeedbackRequest>,
+    ) -> Result<Response<pb::FeedbackResponse>, Status> {
+        let call = call_context(&request);
+        let feedback = request.into_inner();
+        if feedback.request_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "request_id is empty: quote the request_id of the served call",
+            ));
+        }
+        let event = match pb::FeedbackEvent::try_from(feedback.event) {
+            Ok(pb::FeedbackEvent::Impression) => "impression",
+            Ok(pb::FeedbackEvent::Click) => "click",
+            Ok(pb::FeedbackEvent::AddToCart) => "add_to_cart",
+            Ok(pb::FeedbackEvent::Purchase) => "purchase",
+            Ok(pb::FeedbackEvent::Label) => "label",
+            Ok(pb::FeedbackEvent::Unspecified) | Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "event {} is not one of IMPRESSION, CLICK, ADD_TO_CART, PURCHASE, LABEL",
+                    feedback.event
+                )));
+            }
+        };
+        let record_call = CallContext {
+            request_id: feedback.request_id,
+            ..call
+        };
+        self.core.record(
+            &record_call,
+            RecordKind::Feedback {
+                item_id: feedback.item_id,
+                event,
+                label: (event == "label").then_some(feedback.label),
+            },
+        );
+        Ok(Response::new(pb::FeedbackResponse { accepted: true }))
+    }
+}

@@ -1,0 +1,309 @@
+//! Routing over inference replicas: power-of-two-choices by in-flight calls, health checks
+//! that eject and re-admit replicas, and one retry on another replica within a retry budget.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// One inference replica.
+pub struct Replica {
+    /// Its address.
+    pub addr: SocketAddr,
+    channel: Channel,
+    in_flight: AtomicUsize,
+    healthy: AtomicBool,
+}
+
+impl Replica {
+    /// Whether the last health check (or call) found it serving.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    fn set_healthy(&self, healthy: bool, why: &str) {
+        if self.healthy.swap(healthy, Ordering::Relaxed) != healthy {
+            if healthy {
+                tracing::info!(replica = %self.addr, "replica re-admitted");
+            } else {
+                tracing::warn!(replica = %self.addr, reason = why, "replica ejected");
+            }
+        }
+    }
+}
+
+/// Retries allowed: each call earns `ratio` of a retry, up to a reserve; a retry spends one.
+struct RetryBudget {
+    /// Thousandths of a retry in hand.
+    milli: AtomicU64,
+    earn_milli: u64,
+    cap_milli: u64,
+}
+
+impl RetryBudget {
+    fn new(ratio: f64) -> RetryBudget {
+        let cap_milli = 10_000;
+        RetryBudget {
+            milli: AtomicU64::new(cap_milli),
+            earn_milli: (ratio.clamp(0.0, 1.0) * 1000.0) as u64,
+            cap_milli,
+        }
+    }
+
+    fn earn(&self) {
+        let _ = self
+            .milli
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
+                Some((m + self.earn_milli).min(self.cap_milli))
+            });
+    }
+
+    fn spend(&self) -> bool {
+        self.milli
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
+                m.checked_sub(1000)
+            })
+            .is_ok()
+    }
+}
+
+/// Why the replica pool could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RoutingError(String);
+
+/// The inference replicas and how calls are spread over them.
+pub struct ReplicaPool {
+    replicas: Vec<Arc<Replica>>,
+    budget: RetryBudget,
+    next: AtomicUsize,
+}
+
+/// Releases a replica's in-flight slot when a call ends, however it ends.
+struct InFlight<'a>(&'a Replica);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether a failed call may be sent again: the replica could not take it (UNAVAILABLE: a
+/// refused connection or a replica shutting down), or the connection broke under the call (a
+/// transport error, as when a replica is killed). Only idempotent calls are retried.
+fn retryable(status: &Status) -> bool {
+    use std::error::Error as _;
+    match status.code() {
+        Code::Unavailable => true,
+        Code::Unknown | Code::Internal | Code::Cancelled => {
+            let mut source = status.source();
+            while let Some(err) = source {
+                if err.is::<tonic::transport::Error>() {
+                    return true;
+                }
+                source = err.source();
+            }
+            false
+        }
+        _ => false,
+    }
+}
+
+impl ReplicaPool {
+    /// Resolves every `host:port` (a name may give several addresses) into replicas.
+    pub async fn resolve(
+        endpoints: &[String],
+        retry_ratio: f64,
+    ) -> Result<ReplicaPool, RoutingError> {
+        let mut replicas = Vec::new();
+        for endpoint in endpoints.iter().filter(|e| !e.is_empty()) {
+            let addrs = tokio::net::lookup_host(endpoint.as_str())
+                .await
+                .map_err(|err| {
+                    RoutingError(format!(
+                        "cannot resolve inference endpoint '{endpoint}': {err}"
+                    ))
+                })?;
+            for addr in addrs {
+                if replicas.iter().any(|r: &Arc<Replica>| r.addr == addr) {
+                    continue;
+                }
+                let channel = Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|err| {
+                        RoutingError(format!("bad inference endpoint '{endpoint}': {err}"))
+                    })?
+                    .connect_timeout(Duration::from_secs(2))
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                replicas.push(Arc::new(Replica {
+                    addr,
+                    channel,
+                    in_flight: AtomicUsize::new(0),
+                    healthy: AtomicBool::new(true),
+                }));
+            }
+        }
+        if replicas.is_empty() {
+            return Err(RoutingError(
+                "no inference endpoint given (--inference)".to_owned(),
+            ));
+        }
+        Ok(ReplicaPool {
+            replicas,
+            budget: RetryBudget::new(retry_ratio),
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// The replicas.
+    pub fn replicas(&self) -> &[Arc<Replica>] {
+        &self.replicas
+    }
+
+    /// Power of two choices among healthy replicas other than `exclude`: the less loaded of
+    /// two. Falls back to unhealthy ones when no healthy one is left.
+    fn pick(&self, exclude: Option<SocketAddr>) -> Option<&Arc<Replica>> {
+        let candidates: Vec<&Arc<Replica>> = self
+            .replicas
+            .iter()
+            .filter(|r| Some(r.addr) != exclude && r.is_healthy())
+            .collect();
+        let candidates = if candidates.is_empty() {
+            self.replicas
+                .iter()
+                .filter(|r| Some(r.addr) != exclude)
+                .collect()
+        } else {
+            candidates
+        };
+        match candidates.len() {
+            0 => None,
+            1 => Some(candidates[0]),
+            n => {
+                // Two distinct replicas from a rotating start: cheap and spread evenly.
+                let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
+                let j = (i + 1 + self.next.load(Ordering::Relaxed) % (n - 1)) % n;
+                let (a, b) = (candidates[i], candidates[j]);
+                Some(
+                    if b.in_flight.load(Ordering::Relaxed) < a.in_flight.load(Ordering::Relaxed) {
+                        b
+                    } else {
+                        a
+                    },
+                )
+            }
+        }
+    }
+
+    /// Runs `call` on a replica. An idempotent call that fails because the replica could not
+    /// take it is sent once more to another replica, if the retry budget allows.
+    pub async fn call<T, F, Fut>(&self, idempotent: bool, call: F) -> Result<T, Status>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.budget.earn();
+        let first = self
+            .pick(None)
+            .ok_or_else(|| Status::unavailable("no inference replica configured"))?;
+        let status = match self.call_on(first, &call).await {
+            Ok(value) => return Ok(value),
+            Err(status) => status,
+        };
+        if !(idempotent && retryable(&status)) {
+            return Err(status);
+        }
+        first.set_healthy(false, status.message());
+        let Some(second) = self.pick(Some(first.addr)) else {
+            return Err(status);
+        };
+        if !self.budget.spend() {
+            tracing::warn!(replica = %first.addr, "retry budget exhausted; not retrying");
+            return Err(status);
+        }
+        tracing::debug!(from = %first.addr, to = %second.addr, %status, "retrying on another replica");
+        self.call_on(second, &call).await
+    }
+
+    async fn call_on<T, F, Fut>(&self, replica: &Replica, call: &F) -> Result<T, Status>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        replica.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _slot = InFlight(replica);
+        call(replica.channel.clone()).await
+    }
+
+    /// Runs `call` on every replica (model loads and unloads); fails if any fails.
+    pub async fn broadcast<T, F, Fut>(&self, call: F) -> Result<Vec<T>, Status>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let results =
+            futures::future::join_all(self.replicas.iter().map(|r| call(r.channel.clone()))).await;
+        results.into_iter().collect()
+    }
+
+    /// Checks every replica's health every `interval` until `shutdown` resolves; ejects those
+    /// that do not answer SERVING and re-admits them when they do again.
+    pub async fn run_health_checks(
+        self: Arc<Self>,
+        interval: Duration,
+        shutdown: shared::shutdown::Shutdown,
+    ) {
+        let checks = async {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                futures::future::join_all(self.replicas.iter().map(|replica| async move {
+                    let mut client = HealthClient::new(replica.channel.clone());
+                    let mut request = tonic::Request::new(HealthCheckRequest {
+                        service: String::new(),
+                    });
+                    request.set_timeout(interval.max(Duration::from_millis(200)));
+                    match client.check(request).await {
+                        Ok(response)
+                            if response.get_ref().status == ServingStatus::Serving as i32 =>
+                        {
+                            replica.set_healthy(true, "")
+                        }
+                        Ok(_) => replica.set_healthy(false, "health check: not serving"),
+                        Err(status) => replica.set_healthy(false, status.message()),
+                    }
+                }))
+                .await;
+            }
+        };
+        tokio::select! {
+            () = checks => {}
+            () = shutdown.wait() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retry_budget_refills_with_traffic() {
+        let budget = RetryBudget::new(0.2);
+        let spent = (0..20).filter(|_| budget.spend()).count();
+        assert_eq!(spent, 10, "a reserve of 10 retries");
+        for _ in 0..5 {
+            budget.earn();
+        }
+        assert!(budget.spend(), "5 calls at 0.2 earn one retry");
+        assert!(!budget.spend());
+    }
+}
