@@ -33,11 +33,19 @@ start() {
     echo "[run] started $name (pid $!)" >&2
 }
 
+# Demonstration keys for a local run; real deployments give a keys file of SHA-256 digests
+# (--api-keys-file, see deploy/api-keys.example.toml).
+export GATEWAY_API_KEYS=${GATEWAY_API_KEYS:-demo-client-key:demo-shop:client,demo-admin-key:ops:admin}
+
 start inference
+start gateway --inference 127.0.0.1:50052
 
 cat >&2 <<MSG
+[run] gateway:   grpc 127.0.0.1:50051 (ecommerce.gateway.v1 + Open Inference Protocol), API keys
+[run]            demo-client-key (role client) and demo-admin-key (role admin)
 [run] inference: grpc 127.0.0.1:50052 (Open Inference Protocol + serving.inference.v1)
-[run] try:  .venv/bin/grpcurl -plaintext 127.0.0.1:50052 list
+[run] try:  .venv/bin/grpcurl -plaintext -H 'authorization: Bearer demo-client-key' \\
+[run]         -d '{"texts": ["wireless headphones"]}' 127.0.0.1:50051 ecommerce.gateway.v1.Gateway/Embed
 [run] stop: Ctrl-C
 MSG
 

@@ -568,3 +568,66 @@ async fn payload_logs_mask_personal_data_and_never_show_keys() {
         "the API key leaked into the logs"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tritonclient_works_through_the_gateway_with_a_key_and_is_refused_without() {
+    let mut gateway = RunningGateway::start(gateway_config(&[shared_inference()], &[]))
+        .await
+        .unwrap();
+    let addr = gateway.addr.to_string();
+    let script = repo_root().join("integration-tests/clients/triton_client.py");
+    let fixture = repo_root().join("integration-tests/fixtures/minilm_l6_embeddings.json");
+    let (script, fixture) = (script.to_str().unwrap(), fixture.to_str().unwrap());
+    let out = run_command(&venv_bin("python"), &[script, &addr, fixture, "client-key"])
+        .await
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["shape"], serde_json::json!([8, 384]));
+    assert!(
+        report["max_abs_diff"].as_f64().unwrap() <= 1e-5,
+        "{}",
+        report["max_abs_diff"]
+    );
+    assert_eq!(report["config"]["max_batch_size"], 64);
+    let refused = run_command(&venv_bin("python"), &[script, &addr, fixture])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("UNAUTHENTICATED") || refused.contains("Unauthenticated"),
+        "{refused}"
+    );
+    gateway.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_naming_an_unserved_version_is_refused() {
+    let mut gateway = RunningGateway::start(gateway_config(&[shared_inference()], &[]))
+        .await
+        .unwrap();
+    let mut admin = GatewayAdminClient::new(connect(gateway.addr).await);
+    let request = pb::SetCanaryRequest {
+        model: "minilm-l6".into(),
+        weights: vec![
+            pb::VersionWeight {
+                version: 1,
+                weight: 90,
+            },
+            pb::VersionWeight {
+                version: 9,
+                weight: 10,
+            },
+        ],
+    };
+    let status = admin
+        .set_canary(with_key(request, "admin-key", None))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("version 9"),
+        "{}",
+        status.message()
+    );
+    gateway.stop().await.unwrap();
+}

@@ -7,7 +7,9 @@ use proto::ecommerce::gateway::v1::gateway_admin_server::GatewayAdmin;
 use tonic::{Request, Response, Status};
 
 use crate::canary::VersionWeight;
-use crate::core::GatewayCore;
+use crate::core::{GatewayCore, outgoing};
+use proto::inference as pb_inference;
+use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 
 /// Handlers of the admin API (role `admin`, enforced by admission).
 #[derive(Clone)]
@@ -45,6 +47,37 @@ impl GatewayAdmin for AdminService {
         request: Request<pb::SetCanaryRequest>,
     ) -> Result<Response<pb::CanaryState>, Status> {
         let request = request.into_inner();
+        // Refuse a split that would send shoppers to a version no replica serves.
+        for w in request
+            .weights
+            .iter()
+            .filter(|w| w.weight > 0 && w.version > 0)
+        {
+            let ready = pb_inference::ModelReadyRequest {
+                name: request.model.clone(),
+                version: w.version.to_string(),
+            };
+            let ready = self
+                .core
+                .pool
+                .call(true, |channel| {
+                    let request = outgoing(ready.clone(), None);
+                    async move {
+                        GrpcInferenceServiceClient::new(channel)
+                            .model_ready(request)
+                            .await
+                    }
+                })
+                .await
+                .map(|r| r.into_inner().ready)
+                .unwrap_or(false);
+            if !ready {
+                return Err(Status::failed_precondition(format!(
+                    "version {} of model '{}' is not ready on the inference replicas; load it first",
+                    w.version, request.model
+                )));
+            }
+        }
         let weights = request
             .weights
             .iter()
