@@ -5,7 +5,7 @@ thread, ONNX Runtime and Hugging Face tokenizers in Python, one request run at a
 batching. It speaks the Open Inference Protocol (through the stubs that tritonclient ships), so
 the same load generator and perf_analyzer drive it and the inference service alike.
 
-Usage: plain_server.py --port PORT --model-dir models/minilm-l6 [--threads 2]
+Usage: plain_server.py --port PORT --model-dir models/minilm-l6 [--threads 2] [--spin]
 It serves ServerLive/ServerReady/ModelReady/ModelMetadata/ModelConfig/ModelInfer for the
 model in --model-dir (input TEXT BYTES [batch, 1], output sentence_embedding FP32 [batch, 384]).
 """
@@ -36,9 +36,12 @@ def split_raw(raw: bytes) -> list[bytes]:
 class PlainServer(service_pb2_grpc.GRPCInferenceServiceServicer):
     """Tokenize, run, reply: one request at a time."""
 
-    def __init__(self, model_dir: str, threads: int) -> None:
+    def __init__(self, model_dir: str, threads: int, spin: bool) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        # Same setting as the inference service (its --spin flag), so that the comparison is
+        # about serving, not about ONNX Runtime's thread spinning.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(f"{model_dir}/1/model.onnx", options, providers=["CPUExecutionProvider"])
         self.tokenizer = Tokenizer.from_file(f"{model_dir}/tokenizer.json")
@@ -102,10 +105,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True, help="port to serve on (127.0.0.1)")
     parser.add_argument("--model-dir", required=True, help="model folder: <dir>/1/model.onnx and <dir>/tokenizer.json")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    parser.add_argument("--spin", action="store_true", help="let ONNX Runtime threads spin (off, as in the inference service)")
     args = parser.parse_args()
     # One worker thread: requests are served strictly one at a time.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(PlainServer(args.model_dir, args.threads), server)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(PlainServer(args.model_dir, args.threads, args.spin), server)
     server.add_insecure_port(f"127.0.0.1:{args.port}")
     server.start()
     print(f"plain one-at-a-time server on 127.0.0.1:{args.port}", flush=True)

@@ -73,6 +73,9 @@ impl TraceService for Receiver {
     }
 }
 
+/// A text with one of each kind of personal data the gateway masks.
+const PERSONAL: &str = "ship to jane.doe@example.com, call +1 (415) 555-2671, card 4111 1111 1111 1111, id 11010519491231002X";
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -116,7 +119,7 @@ async fn one_trace_holds_the_gateway_and_the_inference_spans() {
     let caller_span = "b7ad6b7169203331";
     let mut request = with_key(
         pb::EmbedRequest {
-            texts: vec!["ship to jane.doe@example.com".into()],
+            texts: vec![PERSONAL.into()],
         },
         "client-key",
         None,
@@ -173,11 +176,18 @@ async fn one_trace_holds_the_gateway_and_the_inference_spans() {
         .find(|(k, _)| k == "payload.request")
         .map(|(_, v)| v.clone())
         .expect("payload.request attribute");
-    assert_eq!(payload, "ship to [email]");
-    assert!(
-        !format!("{spans:?}").contains("jane.doe@example.com"),
-        "personal data in spans"
+    assert_eq!(
+        payload,
+        "ship to [email], call [phone], card [card], id [cn-id]"
     );
+    for secret in [
+        "jane.doe@example.com",
+        "555-2671",
+        "4111 1111 1111 1111",
+        "11010519491231002X",
+    ] {
+        assert!(!format!("{spans:?}").contains(secret), "{secret} in spans");
+    }
     assert!(
         !format!("{spans:?}").contains("client-key"),
         "the API key in spans"

@@ -1,4 +1,4 @@
-//! `loadgen`: a closed-loop gRPC load generator for the inference service.
+//! `loadgen`: a closed-loop gRPC load generator for the inference service and the gateway.
 //!
 //! `--concurrency` workers each send one request, wait for its answer and send the next, for
 //! `--warmup-secs` unmeasured and then `--duration-secs` measured seconds. The texts cycle
@@ -13,12 +13,15 @@ use anyhow::{Context, bail};
 use bench::latency::LatencyRecorder;
 use bench::texts::PRODUCT_SEARCHES;
 use clap::{Parser, ValueEnum};
+use proto::ecommerce::gateway::v1::gateway_client::GatewayClient;
+use proto::ecommerce::gateway::v1::{Candidate, RankRequest};
 use proto::inference::ModelInferRequest;
 use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use proto::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use proto::serving::inference::v1::inference_tasks_client::InferenceTasksClient;
 use proto::serving::inference::v1::{EmbedRequest, ModelRef};
 use serde_json::json;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 /// Closed-loop load generator: N workers send embedding requests back to back over gRPC and
@@ -27,7 +30,7 @@ use tonic::transport::{Channel, Endpoint};
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version, about, long_about)]
 struct Args {
-    /// The inference service, `host:port` or `http://host:port`.
+    /// The inference service or the gateway, `host:port` or `http://host:port`.
     #[arg(long, default_value = "http://127.0.0.1:50052")]
     addr: String,
 
@@ -67,6 +70,10 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     connections: u32,
 
+    /// API key sent as `authorization: Bearer <key>` (for calls through the gateway).
+    #[arg(long, env = "LOADGEN_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+
     /// Threads of the load generator's async runtime. Keep it small: the generator shares
     /// the machine's cores with the service it measures.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
@@ -81,6 +88,9 @@ enum Api {
     Oip,
     /// The task API's `Embed`.
     Task,
+    /// The gateway's `Rank`: the request's text as the query against 100 fixed product
+    /// candidates (after the warm-up their embeddings all come from the gateway's cache).
+    GatewayRank,
 }
 
 impl Api {
@@ -88,6 +98,7 @@ impl Api {
         match self {
             Api::Oip => "oip",
             Api::Task => "task",
+            Api::GatewayRank => "gateway-rank",
         }
     }
 }
@@ -97,6 +108,34 @@ impl Api {
 enum Client {
     Oip(GrpcInferenceServiceClient<Channel>),
     Task(InferenceTasksClient<Channel>),
+    Rank(GatewayClient<Channel>),
+}
+
+/// Wraps a message with the API key, if any.
+fn with_key<T>(message: T, key: Option<&MetadataValue<Ascii>>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(key) = key {
+        request.metadata_mut().insert("authorization", key.clone());
+    }
+    request
+}
+
+/// The 100 candidates of `--api gateway-rank`: the 64 product texts and 36 variants.
+fn rank_candidates() -> Vec<Candidate> {
+    let texts = PRODUCT_SEARCHES.as_slice();
+    (0..100)
+        .map(|i| {
+            let text = if i < texts.len() {
+                texts[i].clone()
+            } else {
+                format!("{} (bundle {i})", texts[i % texts.len()])
+            };
+            Candidate {
+                id: format!("sku-{i}"),
+                text,
+            }
+        })
+        .collect()
 }
 
 impl Client {
@@ -104,11 +143,18 @@ impl Client {
         match api {
             Api::Oip => Client::Oip(GrpcInferenceServiceClient::new(channel)),
             Api::Task => Client::Task(InferenceTasksClient::new(channel)),
+            Api::GatewayRank => Client::Rank(GatewayClient::new(channel)),
         }
     }
 
     /// Sends one request for `texts` and waits for its answer.
-    async fn call(&mut self, model: &str, texts: &[&str]) -> Result<(), tonic::Status> {
+    async fn call(
+        &mut self,
+        model: &str,
+        texts: &[&str],
+        key: Option<&MetadataValue<Ascii>>,
+        candidates: &[Candidate],
+    ) -> Result<(), tonic::Status> {
         match self {
             Client::Oip(client) => {
                 // BYTES elements, each prefixed by its 4-byte little-endian length.
@@ -132,7 +178,7 @@ impl Client {
                     raw_input_contents: vec![raw.into()],
                     ..Default::default()
                 };
-                client.model_infer(request).await.map(drop)
+                client.model_infer(with_key(request, key)).await.map(drop)
             }
             Client::Task(client) => {
                 let request = EmbedRequest {
@@ -142,7 +188,15 @@ impl Client {
                     }),
                     texts: texts.iter().map(|t| (*t).to_owned()).collect(),
                 };
-                client.embed(request).await.map(drop)
+                client.embed(with_key(request, key)).await.map(drop)
+            }
+            Client::Rank(client) => {
+                let request = RankRequest {
+                    query: texts.join(" "),
+                    candidates: candidates.to_vec(),
+                    top_k: 10,
+                };
+                client.rank(with_key(request, key)).await.map(drop)
             }
         }
     }
@@ -197,9 +251,17 @@ async fn generate(args: Args) -> anyhow::Result<()> {
     let measure_until = measure_from + Duration::from_secs_f64(args.duration_secs);
     let per_request = args.texts_per_request as usize;
     let texts_used = args.texts as usize;
+    let key = args
+        .api_key
+        .as_deref()
+        .map(|k| format!("Bearer {k}").parse::<MetadataValue<Ascii>>())
+        .transpose()
+        .context("--api-key holds characters not allowed in gRPC metadata")?;
+    let candidates = std::sync::Arc::new(rank_candidates());
     let workers = (0..args.concurrency as usize).map(|worker| {
         let mut client = Client::new(args.api, channels[worker % channels.len()].clone());
         let model = args.model.clone();
+        let (key, candidates) = (key.clone(), candidates.clone());
         tokio::spawn(async move {
             let mut report = WorkerReport::default();
             // Workers start at different texts so that concurrent requests differ.
@@ -212,7 +274,7 @@ async fn generate(args: Args) -> anyhow::Result<()> {
                     next += 1;
                 }
                 let sent = Instant::now();
-                let result = client.call(&model, &texts).await;
+                let result = client.call(&model, &texts, key.as_ref(), &candidates).await;
                 let done = Instant::now();
                 if done < measure_from || done > measure_until {
                     continue;

@@ -19,6 +19,10 @@ use crate::repository::{ModelRepository, ServedVersion};
 /// DEADLINE_EXCEEDED (and dropped from the queue).
 const DEADLINE_MARGIN: Duration = Duration::from_millis(2);
 
+/// Requests whose texts add up to at most this many bytes are tokenized on the async runtime
+/// (microseconds of work); larger ones go to the blocking pool so they never stall it.
+const INLINE_TOKENIZE_BYTES: usize = 1024;
+
 /// A text-inference request, whichever API it came by.
 pub struct TextRequest {
     /// Model name.
@@ -146,9 +150,13 @@ impl InferenceCore {
         let span = tracing::Span::current();
         let tokenize_started = Instant::now();
         let texts = request.texts;
-        let tokens = {
+        let tokenize_span = tracing::info_span!("tokenize", texts = texts.len());
+        let text_bytes: usize = texts.iter().map(String::len).sum();
+        let tokens = if text_bytes <= INLINE_TOKENIZE_BYTES {
+            // A few short texts tokenize in microseconds: cheaper than a hop to another thread.
+            tokenize_span.in_scope(|| served.spec.encoder.encode(&texts))?
+        } else {
             let served = served.clone();
-            let tokenize_span = tracing::info_span!("tokenize", texts = texts.len());
             tokio::task::spawn_blocking(move || served.spec.encoder.encode(&texts))
                 .instrument(tokenize_span)
                 .await
