@@ -5,6 +5,12 @@
 use std::sync::{Arc, Mutex};
 
 use integration_tests::*;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -27,6 +33,47 @@ struct SpanRecord {
 
 #[derive(Clone, Default)]
 struct Receiver(Arc<Mutex<Vec<SpanRecord>>>);
+
+/// Names of the metrics received, with the attribute keys of their data points.
+#[derive(Clone, Default)]
+struct MetricNames(Arc<Mutex<Vec<MetricRecord>>>);
+
+/// A metric's name and the attribute keys of its data points.
+type MetricRecord = (String, Vec<String>);
+
+#[tonic::async_trait]
+impl MetricsService for MetricNames {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+        let mut names = self.0.lock().unwrap();
+        for resource in request.into_inner().resource_metrics {
+            for scope in resource.scope_metrics {
+                for metric in scope.metrics {
+                    let keys = match &metric.data {
+                        Some(Data::Sum(sum)) => sum
+                            .data_points
+                            .iter()
+                            .flat_map(|p| p.attributes.iter().map(|a| a.key.clone()))
+                            .collect(),
+                        Some(Data::Histogram(h)) => h
+                            .data_points
+                            .iter()
+                            .flat_map(|p| p.attributes.iter().map(|a| a.key.clone()))
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    names.push((metric.name, keys));
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
 
 #[tonic::async_trait]
 impl TraceService for Receiver {
@@ -83,10 +130,12 @@ fn hex(bytes: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_holds_the_gateway_and_the_inference_spans() {
     let receiver = Receiver::default();
+    let metrics = MetricNames::default();
     let (listener, collector) = shared::testing::ephemeral_listener().await.unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(receiver.clone()))
+            .add_service(MetricsServiceServer::new(metrics.clone()))
             .serve_with_incoming(shared::grpc::incoming(listener)),
     );
     let endpoint = format!("http://{collector}");
@@ -192,4 +241,23 @@ async fn one_trace_holds_the_gateway_and_the_inference_spans() {
         !format!("{spans:?}").contains("client-key"),
         "the API key in spans"
     );
+    // The gateway's metrics carry rpc, model, version, tenant and status.
+    let metrics = metrics.0.lock().unwrap().clone();
+    let requests = metrics
+        .iter()
+        .find(|(name, _)| name == "gateway.requests")
+        .unwrap_or_else(|| panic!("gateway.requests not exported: {metrics:?}"));
+    for key in ["rpc", "model", "model_version", "tenant", "status"] {
+        assert!(
+            requests.1.iter().any(|k| k == key),
+            "gateway.requests lacks {key}: {:?}",
+            requests.1
+        );
+    }
+    for name in ["gateway.request.duration", "gateway.cache.lookups"] {
+        assert!(
+            metrics.iter().any(|(n, _)| n == name),
+            "{name} not exported: {metrics:?}"
+        );
+    }
 }
