@@ -1,6 +1,8 @@
 //! Helpers for the mesh's integration tests: start services in-process on ephemeral ports,
 //! wait for their readiness signal, find the real model and the real third-party clients.
 
+pub mod otlp;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

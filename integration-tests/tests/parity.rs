@@ -155,3 +155,42 @@ async fn a_subset_of_outputs_can_be_requested() {
     assert_eq!(subset.outputs[0].shape, vec![1, 2]);
     assert_eq!(subset.raw_output_contents[0], all.raw_output_contents[1]);
 }
+
+#[tokio::test]
+async fn model_stream_infer_answers_every_request_of_a_stream_by_id() {
+    let mut client = oip_client(shared_inference()).await;
+    let mut requests = Vec::new();
+    for (i, case) in reference_cases().iter().take(3).enumerate() {
+        let mut request = text_request("minilm-l6", &[&case.text]);
+        request.id = format!("stream-{i}");
+        requests.push(request);
+    }
+    let mut bad = text_request("minilm-l6", &["x"]);
+    bad.id = "stream-bad".into();
+    bad.inputs[0].datatype = "FP32".into();
+    requests.push(bad);
+    let mut replies = client
+        .model_stream_infer(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let cases = reference_cases();
+    let mut seen = std::collections::BTreeMap::new();
+    while let Some(reply) = tokio_stream::StreamExt::next(&mut replies).await {
+        let reply = reply.unwrap();
+        let response = reply.infer_response.unwrap();
+        seen.insert(response.id.clone(), (reply.error_message, response));
+    }
+    assert_eq!(seen.len(), 4, "{:?}", seen.keys());
+    for i in 0..3 {
+        let (error, response) = &seen[&format!("stream-{i}")];
+        assert!(error.is_empty(), "{error}");
+        let diff = max_abs_diff(&f32s(&response.raw_output_contents[0]), &cases[i].embedding);
+        assert!(diff <= TOLERANCE, "stream reply {i}: max |diff| {diff}");
+    }
+    assert!(
+        seen["stream-bad"].0.contains("BYTES"),
+        "{}",
+        seen["stream-bad"].0
+    );
+}

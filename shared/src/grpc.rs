@@ -65,6 +65,59 @@ pub fn deadline(
     arrived.checked_add(timeout)
 }
 
+/// Answers a client stream of requests with `handle`: each request on its own task, at most
+/// `in_flight` at once (the reader waits for a free slot, so a fast client cannot queue without
+/// bound), replies in completion order. The stream ends when the client closes its side.
+pub fn answer_stream<Req, Resp, F, Fut>(
+    mut incoming: tonic::Streaming<Req>,
+    in_flight: usize,
+    handle: F,
+) -> tokio_stream::wrappers::ReceiverStream<Result<Resp, tonic::Status>>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    F: Fn(Req) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Resp> + Send + 'static,
+{
+    use tokio_stream::StreamExt;
+    let (sender, receiver) = tokio::sync::mpsc::channel(in_flight.max(1));
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
+    tokio::spawn(async move {
+        while let Some(message) = incoming.next().await {
+            let request = match message {
+                Ok(request) => request,
+                Err(status) => {
+                    tracing::debug!(%status, "request stream closed by the client");
+                    break;
+                }
+            };
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            let (handle, sender) = (handle.clone(), sender.clone());
+            tokio::spawn(async move {
+                let reply = handle(request).await;
+                let _ = sender.send(Ok(reply)).await;
+                drop(slot);
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(receiver)
+}
+
+/// What a spawned tonic server task returned: its own error, or a panic (logged).
+pub fn server_outcome(
+    result: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> Result<(), tonic::transport::Error> {
+    match result {
+        Ok(inner) => inner,
+        Err(err) => {
+            tracing::error!(%err, "server task failed");
+            Ok(())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, Instant};

@@ -118,7 +118,7 @@ pub async fn serve(
 
     let mut shutdown = Box::pin(shutdown);
     tokio::select! {
-        result = &mut server => return flatten(result),
+        result = &mut server => return Ok(shared::grpc::server_outcome(result)?),
         () = &mut shutdown => {}
     }
     tracing::info!("draining in-flight calls");
@@ -127,7 +127,7 @@ pub async fn serve(
         .await;
     trigger.trigger();
     match tokio::time::timeout(Duration::from_secs(config.shutdown_grace_secs), &mut server).await {
-        Ok(result) => flatten(result)?,
+        Ok(result) => shared::grpc::server_outcome(result)?,
         Err(_) => tracing::warn!(
             grace_secs = config.shutdown_grace_secs,
             "calls still running at the end of the grace period; stopping anyway"
@@ -136,16 +136,4 @@ pub async fn serve(
     let dropped = core.records.dropped();
     tracing::info!(records_dropped = dropped, "gateway stopped");
     Ok(())
-}
-
-fn flatten(
-    result: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
-) -> Result<(), ServeError> {
-    match result {
-        Ok(inner) => Ok(inner?),
-        Err(err) => {
-            tracing::error!(%err, "server task failed");
-            Ok(())
-        }
-    }
 }

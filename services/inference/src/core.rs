@@ -16,8 +16,11 @@ use crate::error::InferError;
 use crate::repository::{ModelRepository, ServedVersion};
 
 /// How long before the caller's deadline an unfinished request is answered
-/// DEADLINE_EXCEEDED (and dropped from the queue).
-const DEADLINE_MARGIN: Duration = Duration::from_millis(2);
+/// DEADLINE_EXCEEDED (and dropped from the queue): a tenth of the time the caller allowed,
+/// within these bounds, so that the answer arrives before the caller's own timer fires even on
+/// a busy machine.
+const MIN_DEADLINE_MARGIN: Duration = Duration::from_millis(2);
+const MAX_DEADLINE_MARGIN: Duration = Duration::from_millis(50);
 
 /// Requests whose texts add up to at most this many bytes are tokenized on the async runtime
 /// (microseconds of work); larger ones go to the blocking pool so they never stall it.
@@ -107,7 +110,9 @@ impl InferenceCore {
             // Answer DEADLINE_EXCEEDED a little before the deadline: at the deadline itself the
             // transport cancels the call and the caller would only see CANCELLED.
             Some(deadline) => {
-                let give_up = deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(deadline);
+                let margin = (deadline.saturating_duration_since(arrived) / 10)
+                    .clamp(MIN_DEADLINE_MARGIN, MAX_DEADLINE_MARGIN);
+                let give_up = deadline.checked_sub(margin).unwrap_or(deadline);
                 tokio::time::timeout_at(give_up.into(), self.infer_inner(request))
                     .await
                     .unwrap_or_else(|_| {

@@ -157,7 +157,7 @@ pub async fn serve(
     tracing::info!(addr = ?local, "inference service ready");
 
     tokio::select! {
-        result = &mut server => return flatten(result),
+        result = &mut server => return Ok(shared::grpc::server_outcome(result)?),
         () = &mut shutdown => {}
     }
     tracing::info!("draining in-flight requests");
@@ -167,7 +167,7 @@ pub async fn serve(
         .await;
     trigger.trigger();
     match tokio::time::timeout(Duration::from_secs(config.shutdown_grace_secs), &mut server).await {
-        Ok(result) => flatten(result)?,
+        Ok(result) => shared::grpc::server_outcome(result)?,
         Err(_) => tracing::warn!(
             grace_secs = config.shutdown_grace_secs,
             "in-flight requests still running at the end of the grace period; stopping anyway"
@@ -175,16 +175,4 @@ pub async fn serve(
     }
     tracing::info!("inference service stopped");
     Ok(())
-}
-
-fn flatten(
-    result: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
-) -> Result<(), ServeError> {
-    match result {
-        Ok(inner) => Ok(inner?),
-        Err(err) => {
-            tracing::error!(%err, "server task failed");
-            Ok(())
-        }
-    }
 }

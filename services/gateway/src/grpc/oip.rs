@@ -9,7 +9,6 @@ use futures::Stream;
 use proto::inference as pb;
 use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use proto::inference::grpc_inference_service_server::GrpcInferenceService;
-use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
@@ -146,19 +145,15 @@ impl GrpcInferenceService for OipProxy {
         request: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let call = Arc::new(call_context(&request));
-        let mut incoming = request.into_inner();
-        let (sender, receiver) = tokio::sync::mpsc::channel(STREAM_IN_FLIGHT);
         let proxy = self.clone();
-        let limit = Arc::new(tokio::sync::Semaphore::new(STREAM_IN_FLIGHT));
-        tokio::spawn(async move {
-            while let Some(Ok(message)) = incoming.next().await {
-                let Ok(permit) = limit.clone().acquire_owned().await else {
-                    break;
-                };
-                let (proxy, sender, call) = (proxy.clone(), sender.clone(), call.clone());
-                tokio::spawn(async move {
+        let replies = shared::grpc::answer_stream(
+            request.into_inner(),
+            STREAM_IN_FLIGHT,
+            move |message: pb::ModelInferRequest| {
+                let (proxy, call) = (proxy.clone(), call.clone());
+                async move {
                     let id = message.id.clone();
-                    let reply = match proxy.infer(message, &call).await {
+                    match proxy.infer(message, &call).await {
                         Ok(response) => pb::ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(response),
@@ -170,15 +165,11 @@ impl GrpcInferenceService for OipProxy {
                                 ..Default::default()
                             }),
                         },
-                    };
-                    let _ = sender.send(Ok(reply)).await;
-                    drop(permit);
-                });
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(receiver),
-        )))
+                    }
+                }
+            },
+        );
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn model_config(

@@ -10,7 +10,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures::Stream;
 use proto::inference as pb;
 use proto::inference::grpc_inference_service_server::GrpcInferenceService;
-use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
@@ -318,28 +317,16 @@ impl GrpcInferenceService for OpenInferenceService {
         &self,
         request: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
-        let mut incoming = request.into_inner();
-        let (sender, receiver) = tokio::sync::mpsc::channel(STREAM_IN_FLIGHT);
         let service = self.clone();
-        let limit = Arc::new(tokio::sync::Semaphore::new(STREAM_IN_FLIGHT));
-        tokio::spawn(async move {
-            while let Some(message) = incoming.next().await {
-                let request = match message {
-                    Ok(request) => request,
-                    Err(status) => {
-                        tracing::debug!(%status, "stream closed by the client");
-                        break;
-                    }
-                };
-                let Ok(permit) = limit.clone().acquire_owned().await else {
-                    break;
-                };
+        let replies = shared::grpc::answer_stream(
+            request.into_inner(),
+            STREAM_IN_FLIGHT,
+            move |request: pb::ModelInferRequest| {
                 let service = service.clone();
-                let sender = sender.clone();
-                tokio::spawn(async move {
+                async move {
                     let id = request.id.clone();
                     let span = tracing::info_span!("ModelStreamInfer", model = %request.model_name);
-                    let reply = match service
+                    match service
                         .infer_one(request, None, Instant::now())
                         .instrument(span)
                         .await
@@ -355,15 +342,11 @@ impl GrpcInferenceService for OpenInferenceService {
                                 ..Default::default()
                             }),
                         },
-                    };
-                    let _ = sender.send(Ok(reply)).await;
-                    drop(permit);
-                });
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(receiver),
-        )))
+                    }
+                }
+            },
+        );
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn model_config(
