@@ -302,13 +302,24 @@ pub struct InferenceProcess {
 }
 
 impl InferenceProcess {
-    /// Starts `target/debug/inference` with `args` on a free port and waits until SERVING.
+    /// Starts `target/debug/inference` on a free port and waits until SERVING.
     pub async fn start(
         repository: &Path,
         models: &[&str],
         envs: &[(&str, &str)],
     ) -> anyhow::Result<InferenceProcess> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        Self::start_on(addr, repository, models, envs).await
+    }
+
+    /// Starts `target/debug/inference` on `addr` (e.g. where a killed one listened) and waits
+    /// until SERVING.
+    pub async fn start_on(
+        addr: SocketAddr,
+        repository: &Path,
+        models: &[&str],
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<InferenceProcess> {
         let mut command = tokio::process::Command::new(service_binary("inference"));
         command
             .args(["--listen", &addr.to_string(), "--model-repository"])

@@ -631,3 +631,77 @@ async fn a_split_naming_an_unserved_version_is_refused() {
     );
     gateway.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_comes_back_is_readmitted() {
+    use proto::inference::ModelStatisticsRequest;
+    let repository = models_dir();
+    let mut first = InferenceProcess::start(&repository, &["minilm-l6"], &[])
+        .await
+        .unwrap();
+    let second = InferenceProcess::start(&repository, &["minilm-l6"], &[])
+        .await
+        .unwrap();
+    let first_addr = first.addr;
+    let config = gateway_config(
+        &[first.addr, second.addr],
+        &[
+            "--cache-entries",
+            "1",
+            "--rate-limit",
+            "100000",
+            "--rate-burst",
+            "100000",
+        ],
+    );
+    let mut gateway = RunningGateway::start(config).await.unwrap();
+    let client = gateway_client(gateway.addr).await;
+    let call = |i: usize| {
+        let request = with_key(
+            pb::EmbedRequest {
+                texts: vec![format!("replica check {i}")],
+            },
+            "client-key",
+            None,
+        );
+        let mut client = client.clone();
+        async move { client.embed(request).await.map(drop) }
+    };
+    first.kill().await;
+    for i in 0..20 {
+        call(i)
+            .await
+            .expect("the other replica serves while one is down");
+    }
+    // The same address comes back; health checks (every 200 ms here) re-admit it.
+    let back = InferenceProcess::start_on(first_addr, &repository, &["minilm-l6"], &[])
+        .await
+        .unwrap();
+    let served_by_back = || async {
+        let mut stats = oip_client(first_addr).await;
+        let request = ModelStatisticsRequest {
+            name: "minilm-l6".into(),
+            version: String::new(),
+        };
+        stats
+            .model_statistics(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .model_stats[0]
+            .inference_count
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut i = 100;
+    while served_by_back().await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the restarted replica never got traffic back"
+        );
+        call(i).await.unwrap();
+        i += 1;
+    }
+    gateway.stop().await.unwrap();
+    back.terminate().await;
+    second.terminate().await;
+}
