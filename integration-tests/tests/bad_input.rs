@@ -93,6 +93,16 @@ fn cases() -> Vec<Case> {
             message: &["TEXT", "stray bytes"],
         },
         Case {
+            what: "an absurd batch size in the shape",
+            request: with(&|r| {
+                r.inputs[0].contents = None;
+                r.inputs[0].shape = vec![1 << 50, 1];
+                r.raw_input_contents = vec![vec![0, 0, 0, 0].into()];
+            }),
+            code: Code::InvalidArgument,
+            message: &["TEXT", "1 elements"],
+        },
+        Case {
             what: "invalid UTF-8",
             request: with(&|r| {
                 r.inputs[0].contents.as_mut().unwrap().bytes_contents =

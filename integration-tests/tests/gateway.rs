@@ -470,6 +470,20 @@ async fn bad_calls_get_invalid_argument() {
         status.code() == Code::InvalidArgument && status.message().contains("CLICK"),
         "{status:?}"
     );
+    let too_long = pb::FeedbackRequest {
+        request_id: "r".into(),
+        item_id: "i".repeat(300),
+        event: pb::FeedbackEvent::Click as i32,
+        label: 0,
+    };
+    let status = client
+        .feedback(with_key(too_long, "client-key", None))
+        .await
+        .unwrap_err();
+    assert!(
+        status.code() == Code::InvalidArgument && status.message().contains("item_id"),
+        "{status:?}"
+    );
     let feedback = pb::FeedbackRequest {
         request_id: "r".into(),
         item_id: "i".into(),

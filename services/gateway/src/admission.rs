@@ -59,6 +59,16 @@ impl Admission {
                 principal.tenant, principal.role
             )));
         }
+        let permit = self.admit_call(principal)?;
+        Ok(Some((principal.clone(), permit)))
+    }
+
+    /// The per-call part of admission: the key's rate limit and a concurrency slot. Also used
+    /// for each message of a stream, which the layer sees only once.
+    pub fn admit_call(
+        &self,
+        principal: &Principal,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
         if let Err(not_until) = self.limiter.check_key(&principal.key_id) {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             return Err(Status::resource_exhausted(format!(
@@ -68,13 +78,12 @@ impl Admission {
                 wait.as_millis().max(1)
             )));
         }
-        let permit = self.concurrency.clone().try_acquire_owned().map_err(|_| {
+        self.concurrency.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
                 "the gateway is handling its maximum of {} calls; retry later",
                 self.max_concurrency
             ))
-        })?;
-        Ok(Some((principal.clone(), permit)))
+        })
     }
 }
 

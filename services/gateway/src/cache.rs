@@ -16,7 +16,8 @@ struct EmbeddingKey {
 
 /// Bounded cache of embeddings, with hit and miss counts.
 pub struct EmbeddingCache {
-    cache: Cache<EmbeddingKey, Arc<[f32]>>,
+    /// `None` when the cache is switched off (0 entries).
+    cache: Option<Cache<EmbeddingKey, Arc<[f32]>>>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -25,7 +26,7 @@ impl EmbeddingCache {
     /// A cache of at most `entries` embeddings (0 disables it).
     pub fn new(entries: usize) -> EmbeddingCache {
         EmbeddingCache {
-            cache: Cache::new(entries.max(1)),
+            cache: (entries > 0).then(|| Cache::new(entries)),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -38,7 +39,7 @@ impl EmbeddingCache {
             version,
             text: text.into(),
         };
-        let found = self.cache.get(&key);
+        let found = self.cache.as_ref().and_then(|cache| cache.get(&key));
         let counter = if found.is_some() {
             &self.hits
         } else {
@@ -50,7 +51,10 @@ impl EmbeddingCache {
 
     /// Keeps an embedding.
     pub fn insert(&self, model: &Arc<str>, version: i64, text: &str, embedding: Arc<[f32]>) {
-        self.cache.insert(
+        let Some(cache) = &self.cache else {
+            return;
+        };
+        cache.insert(
             EmbeddingKey {
                 model: model.clone(),
                 version,
@@ -91,5 +95,11 @@ mod tests {
             .filter(|i| cache.get(&model, 1, &format!("t{i}")).is_some())
             .count();
         assert!(kept <= 110, "bounded: {kept} kept");
+        let off = EmbeddingCache::new(0);
+        off.insert(&model, 1, "tea", Arc::from(vec![1.0]));
+        assert!(
+            off.get(&model, 1, "tea").is_none(),
+            "0 entries switches the cache off"
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use proto::serving::inference::v1 as inference;
 use proto::serving::inference::v1::inference_tasks_client::InferenceTasksClient;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::cache::EmbeddingCache;
 use crate::canary::CanaryTable;
@@ -124,30 +124,30 @@ impl GatewayCore {
                 .collect(),
             None => vec![None; texts.len()],
         };
-        let cache_hits = vectors.iter().filter(|v| v.is_some()).count();
+        let mut cache_hits = vectors.iter().filter(|v| v.is_some()).count();
         let started = Instant::now();
         let mut version = known.unwrap_or(0);
         if cache_hits < texts.len() {
+            // Unpinned misses ask for the newest version, so a rollout is seen at the next miss.
             let missing: Vec<usize> = (0..texts.len()).filter(|&i| vectors[i].is_none()).collect();
-            let fetched = match self
-                .fetch_embeddings(&model, version, texts, &missing, call)
-                .await
-            {
-                // The version the cache knew was retired meanwhile: ask for the newest, all texts.
-                Err(status)
-                    if pinned.is_none()
-                        && known.is_some()
-                        && matches!(status.code(), Code::NotFound | Code::Unavailable) =>
-                {
-                    current.store(0, Ordering::Relaxed);
-                    let all: Vec<usize> = (0..texts.len()).collect();
-                    vectors = vec![None; texts.len()];
-                    self.fetch_embeddings(&model, 0, texts, &all, call).await?
+            let (fetched_version, fetched) = self
+                .fetch_embeddings(&model, pinned.unwrap_or(0), texts, &missing, call)
+                .await?;
+            if cache_hits > 0 && Some(fetched_version) != known {
+                // The cache hits are of an older version: one answer never mixes versions.
+                let hits: Vec<usize> = (0..texts.len()).filter(|&i| vectors[i].is_some()).collect();
+                let (_, refetched) = self
+                    .fetch_embeddings(&model, fetched_version, texts, &hits, call)
+                    .await?;
+                for (index, vector) in refetched {
+                    self.cache
+                        .insert(&model, fetched_version, &texts[index], vector.clone());
+                    vectors[index] = Some(vector);
                 }
-                other => other?,
-            };
-            version = fetched.0;
-            for (index, vector) in fetched.1 {
+                cache_hits = 0;
+            }
+            version = fetched_version;
+            for (index, vector) in fetched {
                 self.cache
                     .insert(&model, version, &texts[index], vector.clone());
                 vectors[index] = Some(vector);

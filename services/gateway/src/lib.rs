@@ -94,9 +94,12 @@ pub async fn serve(
             core.clone(),
         )))
         .add_service(
-            GrpcInferenceServiceServer::new(grpc::oip::OipProxy::new(core.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            GrpcInferenceServiceServer::new(grpc::oip::OipProxy::new(
+                core.clone(),
+                admission.clone(),
+            ))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
         );
 
     let (trigger, stop) = shared::shutdown::channel();

@@ -95,23 +95,27 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Whether a failed call may be sent again: the replica could not take it (UNAVAILABLE: a
-/// refused connection or a replica shutting down), or the connection broke under the call (a
-/// transport error, as when a replica is killed). Only idempotent calls are retried.
-fn retryable(status: &Status) -> bool {
+/// Whether the failure came from the connection itself (refused, reset, broken), as opposed
+/// to an answer the replica gave.
+fn transport_failure(status: &Status) -> bool {
     use std::error::Error as _;
+    let mut source = status.source();
+    while let Some(err) = source {
+        if err.is::<tonic::transport::Error>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// Whether a failed call may be sent again: the replica could not take it (UNAVAILABLE: a
+/// refused connection, a replica shutting down, a model not loaded there), or the connection
+/// broke under the call (as when a replica is killed). Only idempotent calls are retried.
+fn retryable(status: &Status) -> bool {
     match status.code() {
         Code::Unavailable => true,
-        Code::Unknown | Code::Internal | Code::Cancelled => {
-            let mut source = status.source();
-            while let Some(err) = source {
-                if err.is::<tonic::transport::Error>() {
-                    return true;
-                }
-                source = err.source();
-            }
-            false
-        }
+        Code::Unknown | Code::Internal | Code::Cancelled => transport_failure(status),
         _ => false,
     }
 }
@@ -220,7 +224,11 @@ impl ReplicaPool {
         if !(idempotent && retryable(&status)) {
             return Err(status);
         }
-        first.set_healthy(false, status.message());
+        // Only a broken connection says the replica is gone; an answer (say, a model not
+        // loaded there) says nothing about its health.
+        if transport_failure(&status) {
+            first.set_healthy(false, status.message());
+        }
         let Some(second) = self.pick(Some(first.addr)) else {
             return Err(status);
         };

@@ -184,10 +184,26 @@ impl ModelRepository {
 
     /// The repository index: every model on disk or loaded, per version.
     pub fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
-        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        // Copy what the table says, then read the disk without holding the lock.
+        let table: HashMap<String, (Option<ModelState>, String, Vec<i64>)> = {
+            let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+            slots
+                .iter()
+                .map(|(name, slot)| {
+                    (
+                        name.clone(),
+                        (
+                            slot.state,
+                            slot.reason.clone(),
+                            slot.versions.keys().copied().collect(),
+                        ),
+                    )
+                })
+                .collect()
+        };
         let mut names = self.models_on_disk();
         names.extend(
-            slots
+            table
                 .keys()
                 .filter(|n| !names.contains(n))
                 .cloned()
@@ -196,21 +212,20 @@ impl ModelRepository {
         names.sort();
         let mut entries = Vec::new();
         for name in names {
-            let slot = slots.get(&name);
+            let slot = table.get(&name);
+            let served: &[i64] = slot.map_or(&[], |s| s.2.as_slice());
             let mut versions: Vec<i64> = self.versions_on_disk(&name);
-            if let Some(slot) = slot {
-                versions.extend(slot.versions.keys());
-            }
+            versions.extend(served);
             versions.sort_unstable();
             versions.dedup();
             if versions.is_empty() {
                 versions.push(0);
             }
             for version in versions {
-                let served = slot.is_some_and(|s| s.versions.contains_key(&version));
-                let state = match slot.and_then(|s| s.state) {
-                    Some(ModelState::Loading) if !served => ModelState::Loading,
-                    _ if served => ModelState::Ready,
+                let is_served = served.contains(&version);
+                let state = match slot.and_then(|s| s.0) {
+                    Some(ModelState::Loading) if !is_served => ModelState::Loading,
+                    _ if is_served => ModelState::Ready,
                     _ => ModelState::Unavailable,
                 };
                 if ready_only && state != ModelState::Ready {
@@ -219,7 +234,7 @@ impl ModelRepository {
                 let reason = match state {
                     ModelState::Ready => String::new(),
                     _ => slot
-                        .map(|s| s.reason.clone())
+                        .map(|s| s.1.clone())
                         .unwrap_or_else(|| "not loaded".to_owned()),
                 };
                 entries.push(IndexEntry {

@@ -57,10 +57,11 @@ impl GatewayAdmin for AdminService {
                 name: request.model.clone(),
                 version: w.version.to_string(),
             };
+            // Every replica must serve it, or part of the canary traffic would fail.
             let ready = self
                 .core
                 .pool
-                .call(true, |channel| {
+                .broadcast(|channel| {
                     let request = outgoing(ready.clone(), None);
                     async move {
                         GrpcInferenceServiceClient::new(channel)
@@ -69,7 +70,7 @@ impl GatewayAdmin for AdminService {
                     }
                 })
                 .await
-                .map(|r| r.into_inner().ready)
+                .map(|answers| answers.iter().all(|r| r.get_ref().ready))
                 .unwrap_or(false);
             if !ready {
                 return Err(Status::failed_precondition(format!(

@@ -14,6 +14,8 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use super::call_context;
+use crate::admission::Admission;
+use crate::auth::Principal;
 use crate::core::{CallContext, GatewayCore, outgoing};
 
 /// Most requests one stream may have in flight at once.
@@ -23,12 +25,13 @@ const STREAM_IN_FLIGHT: usize = 64;
 #[derive(Clone)]
 pub struct OipProxy {
     core: Arc<GatewayCore>,
+    admission: Arc<Admission>,
 }
 
 impl OipProxy {
-    /// Proxies through `core`'s replicas.
-    pub fn new(core: Arc<GatewayCore>) -> Self {
-        OipProxy { core }
+    /// Proxies through `core`'s replicas; `admission` limits each message of a stream.
+    pub fn new(core: Arc<GatewayCore>, admission: Arc<Admission>) -> Self {
+        OipProxy { core, admission }
     }
 
     /// Sends an idempotent call to one replica (retried once elsewhere if it cannot take it).
@@ -145,15 +148,26 @@ impl GrpcInferenceService for OipProxy {
         request: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let call = Arc::new(call_context(&request));
+        // Admission saw the stream once; each message still counts against the key's rate
+        // limit and the gateway's concurrency limit.
+        let principal = request.extensions().get::<Principal>().cloned();
         let proxy = self.clone();
         let replies = shared::grpc::answer_stream(
             request.into_inner(),
             STREAM_IN_FLIGHT,
             move |message: pb::ModelInferRequest| {
-                let (proxy, call) = (proxy.clone(), call.clone());
+                let (proxy, call, principal) = (proxy.clone(), call.clone(), principal.clone());
                 async move {
                     let id = message.id.clone();
-                    match proxy.infer(message, &call).await {
+                    let admitted = match &principal {
+                        Some(principal) => proxy.admission.admit_call(principal).map(Some),
+                        None => Ok(None),
+                    };
+                    let result = match admitted {
+                        Ok(_slot) => proxy.infer(message, &call).await,
+                        Err(status) => Err(status),
+                    };
+                    match result {
                         Ok(response) => pb::ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(response),

@@ -50,6 +50,19 @@ fn timings(call: &CallContext, inference: std::time::Duration) -> pb::Timings {
     }
 }
 
+/// Longest accepted id (request ids, item ids, candidate ids): ids are kept in records.
+const MAX_ID_BYTES: usize = 256;
+
+fn check_id(what: &str, id: &str) -> Result<(), Status> {
+    if id.len() > MAX_ID_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "{what} is {} bytes; at most {MAX_ID_BYTES}",
+            id.len()
+        )));
+    }
+    Ok(())
+}
+
 fn check_texts(texts: &[String]) -> Result<(), Status> {
     if texts.is_empty() {
         return Err(Status::invalid_argument(
@@ -216,6 +229,9 @@ impl Gateway for GatewayService {
                     rank.candidates.len()
                 )));
             }
+            for (i, candidate) in rank.candidates.iter().enumerate() {
+                check_id(&format!("candidate {i}'s id"), &candidate.id)?;
+            }
             if let Some(i) = rank.candidates.iter().position(|c| c.id.is_empty()) {
                 return Err(Status::invalid_argument(format!(
                     "candidate {i} has an empty id"
@@ -289,6 +305,8 @@ impl Gateway for GatewayService {
                 "request_id is empty: quote the request_id of the served call",
             ));
         }
+        check_id("request_id", &feedback.request_id)?;
+        check_id("item_id", &feedback.item_id)?;
         let event = match pb::FeedbackEvent::try_from(feedback.event) {
             Ok(pb::FeedbackEvent::Impression) => "impression",
             Ok(pb::FeedbackEvent::Click) => "click",

@@ -126,7 +126,8 @@ fn decode_texts(request: &mut pb::ModelInferRequest) -> Result<(String, Vec<Stri
 
 /// Splits raw BYTES contents: each element is a 4-byte little-endian length, then the bytes.
 fn split_raw_bytes(name: &str, mut raw: Bytes, expected: usize) -> Result<Vec<Bytes>, InferError> {
-    let mut elements = Vec::with_capacity(expected);
+    // The shape is the client's word: never reserve more than the bytes could hold.
+    let mut elements = Vec::with_capacity(expected.min(raw.len() / 4));
     while !raw.is_empty() {
         if raw.len() < 4 {
             return Err(InferError::Invalid(format!(
