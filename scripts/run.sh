@@ -37,6 +37,10 @@ start() {
 # (--api-keys-file, see deploy/api-keys.example.toml).
 export GATEWAY_API_KEYS=${GATEWAY_API_KEYS:-demo-client-key:demo-shop:client,demo-admin-key:ops:admin}
 
+# The collector first, without an OTLP endpoint of its own (it would export to itself); the
+# other services send their traces and metrics to it.
+OTEL_EXPORTER_OTLP_ENDPOINT= start metrics-collector
+export OTEL_EXPORTER_OTLP_ENDPOINT=${OTEL_EXPORTER_OTLP_ENDPOINT:-http://127.0.0.1:4317}
 start inference
 start gateway --inference 127.0.0.1:50052
 
@@ -44,6 +48,7 @@ cat >&2 <<MSG
 [run] gateway:   grpc 127.0.0.1:50051 (ecommerce.gateway.v1 + Open Inference Protocol), API keys
 [run]            demo-client-key (role client) and demo-admin-key (role admin)
 [run] inference: grpc 127.0.0.1:50052 (Open Inference Protocol + serving.inference.v1)
+[run] metrics:   OTLP 127.0.0.1:4317, Prometheus text on http://127.0.0.1:9464/metrics
 [run] try:  .venv/bin/grpcurl -plaintext -H 'authorization: Bearer demo-client-key' \\
 [run]         -d '{"texts": ["wireless headphones"]}' 127.0.0.1:50051 ecommerce.gateway.v1.Gateway/Embed
 [run] stop: Ctrl-C

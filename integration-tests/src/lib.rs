@@ -442,3 +442,25 @@ pub async fn gateway_client(
 ) -> proto::ecommerce::gateway::v1::gateway_client::GatewayClient<Channel> {
     proto::ecommerce::gateway::v1::gateway_client::GatewayClient::new(connect(addr).await)
 }
+
+/// A plain HTTP/1.1 GET on loopback; returns the status code and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("no HTTP header end")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .context("no status")?
+        .parse()?;
+    Ok((status, body.to_owned()))
+}

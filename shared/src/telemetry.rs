@@ -110,14 +110,19 @@ pub fn init(
         tracer: None,
         meter: None,
     };
-    let otel_layer = match &args.otlp_endpoint {
+    // An empty endpoint (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT=`) means no export, like an unset one.
+    let endpoint = args
+        .otlp_endpoint
+        .as_deref()
+        .filter(|e| !e.trim().is_empty());
+    let otel_layer = match endpoint {
         Some(endpoint) => {
             let resource = Resource::builder()
                 .with_service_name(service_name.clone())
                 .build();
             let spans = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
-                .with_endpoint(endpoint.clone())
+                .with_endpoint(endpoint)
                 .build()
                 .map_err(|err| {
                     TelemetryError(format!("OTLP span exporter for {endpoint}: {err}"))
@@ -128,7 +133,7 @@ pub fn init(
                 .build();
             let metrics = opentelemetry_otlp::MetricExporter::builder()
                 .with_tonic()
-                .with_endpoint(endpoint.clone())
+                .with_endpoint(endpoint)
                 .build()
                 .map_err(|err| {
                     TelemetryError(format!("OTLP metric exporter for {endpoint}: {err}"))
@@ -158,7 +163,7 @@ pub fn init(
         .with(filter)
         .try_init()
         .map_err(|err| TelemetryError(format!("a global subscriber is already set: {err}")))?;
-    if let Some(endpoint) = &args.otlp_endpoint {
+    if let Some(endpoint) = endpoint {
         tracing::info!(%endpoint, service = %service_name, "exporting traces and metrics over OTLP");
     }
     Ok(guard)

@@ -7,9 +7,12 @@ use clap::Parser;
 async fn main() -> anyhow::Result<()> {
     let config = metrics_collector::Config::parse();
     let _telemetry = shared::telemetry::init("metrics-collector", &config.telemetry)?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let grpc = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    metrics_collector::serve(listener, config, shared::shutdown::signal()).await?;
+    let http = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http_listen))?;
+    metrics_collector::serve(grpc, http, config, shared::shutdown::signal()).await?;
     Ok(())
 }

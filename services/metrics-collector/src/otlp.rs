@@ -1,0 +1,215 @@
+//! The OTLP/gRPC receiver: metrics go into the [`MetricStore`]; traces are accepted (so that
+//! services can point every signal at the collector) and counted, not yet kept.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsService;
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, Metric, metric::Data, number_data_point,
+};
+use tonic::{Request, Response, Status};
+
+use crate::store::{Kind, Labels, MetricStore, Point, Value};
+
+/// Longest attribute value kept; longer ones are cut (a label is not a payload).
+const MAX_LABEL_VALUE_BYTES: usize = 256;
+
+/// Receives OTLP metrics and traces.
+#[derive(Clone)]
+pub struct OtlpReceiver {
+    store: Arc<MetricStore>,
+    spans: Arc<AtomicU64>,
+}
+
+impl OtlpReceiver {
+    /// A receiver writing into `store`.
+    pub fn new(store: Arc<MetricStore>) -> Self {
+        OtlpReceiver {
+            store,
+            spans: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Spans received so far.
+    pub fn spans_received(&self) -> u64 {
+        self.spans.load(Ordering::Relaxed)
+    }
+}
+
+fn text(value: &Option<AnyValue>) -> String {
+    let text = match value.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::BoolValue(b)) => b.to_string(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    };
+    if text.len() <= MAX_LABEL_VALUE_BYTES {
+        return text;
+    }
+    let mut end = MAX_LABEL_VALUE_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+/// Labels of a point: its attributes plus the sender's `service.name` as `job`.
+fn labels(job: &str, attributes: &[KeyValue]) -> Labels {
+    let mut labels: Labels = attributes
+        .iter()
+        .map(|kv| (kv.key.clone(), text(&kv.value)))
+        .collect();
+    if !job.is_empty() {
+        labels.push(("job".to_owned(), job.to_owned()));
+    }
+    labels.sort();
+    labels.dedup_by(|a, b| a.0 == b.0);
+    labels
+}
+
+/// Decodes one metric into its kind and points, or says why it cannot be stored.
+fn decode(job: &str, metric: &Metric) -> Result<(Kind, Vec<Point>), String> {
+    let delta = |temporality: i32| temporality == AggregationTemporality::Delta as i32;
+    let number = |value: &Option<number_data_point::Value>| match value {
+        Some(number_data_point::Value::AsDouble(d)) => *d,
+        Some(number_data_point::Value::AsInt(i)) => *i as f64,
+        None => f64::NAN,
+    };
+    match &metric.data {
+        Some(Data::Sum(sum)) => {
+            let kind = if sum.is_monotonic {
+                Kind::Counter
+            } else {
+                Kind::Gauge
+            };
+            let points = sum
+                .data_points
+                .iter()
+                .map(|p| Point {
+                    labels: labels(job, &p.attributes),
+                    start_time_ns: p.start_time_unix_nano,
+                    delta: delta(sum.aggregation_temporality),
+                    value: Value::Scalar(number(&p.value)),
+                })
+                .collect();
+            Ok((kind, points))
+        }
+        Some(Data::Gauge(gauge)) => Ok((
+            Kind::Gauge,
+            gauge
+                .data_points
+                .iter()
+                .map(|p| Point {
+                    labels: labels(job, &p.attributes),
+                    start_time_ns: p.start_time_unix_nano,
+                    delta: false,
+                    value: Value::Scalar(number(&p.value)),
+                })
+                .collect(),
+        )),
+        Some(Data::Histogram(histogram)) => Ok((
+            Kind::Histogram,
+            histogram
+                .data_points
+                .iter()
+                .map(|p| Point {
+                    labels: labels(job, &p.attributes),
+                    start_time_ns: p.start_time_unix_nano,
+                    delta: delta(histogram.aggregation_temporality),
+                    value: Value::Histogram {
+                        bounds: p.explicit_bounds.clone(),
+                        counts: p.bucket_counts.clone(),
+                        sum: p.sum.unwrap_or(0.0),
+                        count: p.count,
+                    },
+                })
+                .collect(),
+        )),
+        Some(Data::ExponentialHistogram(_)) => Err(format!(
+            "metric '{}' is an exponential histogram, which this collector does not store yet; export explicit-bucket histograms",
+            metric.name
+        )),
+        Some(Data::Summary(_)) => Err(format!(
+            "metric '{}' is a summary, which this collector does not store",
+            metric.name
+        )),
+        None => Err(format!("metric '{}' has no data", metric.name)),
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for OtlpReceiver {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        let mut rejected = 0_i64;
+        let mut first_error: Option<String> = None;
+        for resource in request.into_inner().resource_metrics {
+            let job = resource
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+                .map(|kv| text(&kv.value))
+                .unwrap_or_default();
+            for metric in resource.scope_metrics.iter().flat_map(|s| &s.metrics) {
+                let refusal = match decode(&job, metric) {
+                    Err(err) => Some((1, err)),
+                    Ok((kind, points)) => self
+                        .store
+                        .record(
+                            &metric.name,
+                            kind,
+                            &metric.description,
+                            &metric.unit,
+                            points,
+                        )
+                        .err()
+                        .map(|(n, err)| (n, err.to_string())),
+                };
+                if let Some((n, err)) = refusal {
+                    rejected += n as i64;
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        let partial_success = first_error.map(|error_message| ExportMetricsPartialSuccess {
+            rejected_data_points: rejected,
+            error_message,
+        });
+        Ok(Response::new(ExportMetricsServiceResponse {
+            partial_success,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for OtlpReceiver {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let spans: usize = request
+            .into_inner()
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        self.spans.fetch_add(spans as u64, Ordering::Relaxed);
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}

@@ -1,0 +1,237 @@
+//! Prometheus text exposition of the store, with names and labels converted by the
+//! OpenTelemetry-to-Prometheus compatibility rules: invalid characters become `_`, the unit
+//! becomes a suffix (`s` → `_seconds`), monotonic sums get `_total`, histograms become
+//! `_bucket{le=…}`, `_sum` and `_count`, and the sender's `service.name` is the `job` label.
+
+use std::fmt::Write as _;
+
+use crate::store::{Family, Kind, Value};
+
+/// A metric or label name with every character outside `[a-zA-Z0-9_:]` replaced by `_`
+/// (and a leading digit prefixed by `_`).
+pub fn sanitize(name: &str, allow_colon: bool) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || (allow_colon && c == ':') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.starts_with(|c: char| c.is_ascii_digit()) || out.is_empty() {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// The unit suffix of a UCUM unit, if it has a Prometheus spelling.
+fn unit_suffix(unit: &str) -> Option<&'static str> {
+    Some(match unit {
+        "s" => "seconds",
+        "ms" => "milliseconds",
+        "us" => "microseconds",
+        "ns" => "nanoseconds",
+        "By" => "bytes",
+        "KiBy" => "kibibytes",
+        "MiBy" => "mebibytes",
+        "1" => "ratio",
+        _ => return None,
+    })
+}
+
+/// The Prometheus name of an OpenTelemetry metric.
+pub fn metric_name(name: &str, family: &Family) -> String {
+    let mut out = sanitize(name, true);
+    if let Some(suffix) = unit_suffix(&family.unit)
+        && !out.ends_with(suffix)
+    {
+        out.push('_');
+        out.push_str(suffix);
+    }
+    if family.kind == Kind::Counter && !out.ends_with("_total") {
+        out.push_str("_total");
+    }
+    out
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn label_set(labels: &[(String, String)], extra: Option<(&str, &str)>) -> String {
+    let mut parts: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{}=\"{}\"", sanitize(k, false), escape(v)))
+        .collect();
+    if let Some((k, v)) = extra {
+        parts.push(format!("{k}=\"{v}\""));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", parts.join(","))
+    }
+}
+
+fn number(v: f64) -> String {
+    if v.is_infinite() {
+        if v > 0.0 {
+            "+Inf".to_owned()
+        } else {
+            "-Inf".to_owned()
+        }
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Renders every family, plus the collector's own counter of refused points.
+pub fn render<'a>(
+    families: impl IntoIterator<Item = (&'a String, &'a Family)>,
+    refused: u64,
+) -> String {
+    let mut out = String::new();
+    for (name, family) in families {
+        let prom = metric_name(name, family);
+        let kind = match family.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        };
+        // HELP and TYPE name the family without the `_total` suffix for counters.
+        let family_name = prom
+            .strip_suffix("_total")
+            .filter(|_| family.kind == Kind::Counter)
+            .unwrap_or(&prom);
+        if !family.description.is_empty() {
+            let _ = writeln!(
+                out,
+                "# HELP {family_name} {}",
+                family
+                    .description
+                    .replace('\\', "\\\\")
+                    .replace('\n', "\\n")
+            );
+        }
+        let _ = writeln!(out, "# TYPE {family_name} {kind}");
+        for (labels, value) in family.series() {
+            match value {
+                Value::Scalar(v) => {
+                    let _ = writeln!(out, "{prom}{} {}", label_set(labels, None), number(*v));
+                }
+                Value::Histogram {
+                    bounds,
+                    counts,
+                    sum,
+                    count,
+                } => {
+                    let mut cumulative = 0;
+                    for (i, c) in counts.iter().enumerate() {
+                        cumulative += c;
+                        let le = bounds
+                            .get(i)
+                            .map_or_else(|| "+Inf".to_owned(), |b| number(*b));
+                        let _ = writeln!(
+                            out,
+                            "{prom}_bucket{} {cumulative}",
+                            label_set(labels, Some(("le", &le)))
+                        );
+                    }
+                    let _ = writeln!(
+                        out,
+                        "{prom}_sum{} {}",
+                        label_set(labels, None),
+                        number(*sum)
+                    );
+                    let _ = writeln!(out, "{prom}_count{} {count}", label_set(labels, None));
+                }
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP collector_refused_points Data points refused (cardinality limit, kind change, malformed)."
+    );
+    let _ = writeln!(out, "# TYPE collector_refused_points counter");
+    let _ = writeln!(out, "collector_refused_points_total {refused}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MetricStore, Point};
+
+    #[test]
+    fn names_labels_and_histograms_follow_the_compatibility_rules() {
+        let store = MetricStore::new(10);
+        let labels = vec![
+            ("job".to_owned(), "inference".to_owned()),
+            ("model.name".to_owned(), "mini\"lm".to_owned()),
+        ];
+        store
+            .record(
+                "inference.requests",
+                Kind::Counter,
+                "Finished requests",
+                "",
+                vec![Point {
+                    labels: labels.clone(),
+                    start_time_ns: 1,
+                    delta: false,
+                    value: Value::Scalar(3.0),
+                }],
+            )
+            .unwrap();
+        store
+            .record(
+                "inference.request.duration",
+                Kind::Histogram,
+                "Duration",
+                "s",
+                vec![Point {
+                    labels,
+                    start_time_ns: 1,
+                    delta: false,
+                    value: Value::Histogram {
+                        bounds: vec![0.1, 1.0],
+                        counts: vec![2, 1, 1],
+                        sum: 2.5,
+                        count: 4,
+                    },
+                }],
+            )
+            .unwrap();
+        let text = render(&store.snapshot(), 7);
+        assert!(text.contains("# TYPE inference_requests counter"), "{text}");
+        assert!(
+            text.contains(
+                "inference_requests_total{job=\"inference\",model_name=\"mini\\\"lm\"} 3"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE inference_request_duration_seconds histogram"),
+            "{text}"
+        );
+        assert!(text.contains("inference_request_duration_seconds_bucket{job=\"inference\",model_name=\"mini\\\"lm\",le=\"0.1\"} 2"), "{text}");
+        assert!(text.contains("le=\"+Inf\"} 4"), "{text}");
+        assert!(text.contains("inference_request_duration_seconds_count{job=\"inference\",model_name=\"mini\\\"lm\"} 4"), "{text}");
+        assert!(text.contains("collector_refused_points_total 7"), "{text}");
+    }
+
+    #[test]
+    fn invalid_characters_are_replaced() {
+        assert_eq!(
+            sanitize("gateway.cache-lookups", true),
+            "gateway_cache_lookups"
+        );
+        assert_eq!(sanitize("9lives", false), "_9lives");
+        assert_eq!(sanitize("a:b", false), "a_b");
+    }
+}
