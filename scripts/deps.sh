@@ -2,6 +2,7 @@
 # Installs what the project needs, from the package registries only, into the project:
 #   .venv/                          Python tools: model build, test clients (grpcurl, tritonclient)
 #   .deps/onnxruntime/lib/          libonnxruntime.so from the PyPI onnxruntime wheel (ORT_DYLIB_PATH)
+#   promtool                        from Debian's prometheus package, for the tests
 # Idempotent and fast when everything is already there: a stamp records what was installed.
 # With --bench it also installs perf_analyzer's runtime needs (CUDA runtime wheel, libb64).
 set -euo pipefail
@@ -34,6 +35,12 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     printf '%s' "$want" > "$stamp"
 else
     say "Python environment up to date"
+fi
+
+# promtool (Debian's prometheus package) lints the collector's /metrics in the tests.
+if ! command -v promtool >/dev/null 2>&1; then
+    say "installing prometheus (Debian) for promtool"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
 lib=$(ls "$VENV"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -n 1)

@@ -60,6 +60,26 @@ async fn services_metrics_reach_the_prometheus_endpoint() {
     assert!(body.contains("inference_request_duration_seconds_count{job=\"inference\",model=\"minilm-l6\",model_version=\"1\"} 3"), "{body}");
     assert!(body.contains("inference_batch_size_bucket{"), "{body}");
     assert!(body.contains("collector_refused_points_total 0"), "{body}");
+    // Prometheus' own linter accepts the exposition.
+    let mut promtool = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; `make deps` installs it)");
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = promtool.stdin.take().unwrap();
+        stdin.write_all(body.as_bytes()).await.unwrap();
+    }
+    let lint = promtool.wait_with_output().await.unwrap();
+    assert!(
+        lint.status.success(),
+        "promtool check metrics: {}{}\n{body}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
     inference.terminate().await;
     let _ = stop.send(());
     collector.await.unwrap().unwrap();

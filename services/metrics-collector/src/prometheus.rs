@@ -103,22 +103,20 @@ pub fn render<'a>(
             Kind::Gauge => "gauge",
             Kind::Histogram => "histogram",
         };
-        // HELP and TYPE name the family without the `_total` suffix for counters.
-        let family_name = prom
-            .strip_suffix("_total")
-            .filter(|_| family.kind == Kind::Counter)
-            .unwrap_or(&prom);
-        if !family.description.is_empty() {
-            let _ = writeln!(
-                out,
-                "# HELP {family_name} {}",
-                family
-                    .description
-                    .replace('\\', "\\\\")
-                    .replace('\n', "\\n")
-            );
-        }
-        let _ = writeln!(out, "# TYPE {family_name} {kind}");
+        // Text format 0.0.4: HELP and TYPE carry the exposed name (with `_total`); every family
+        // has a HELP line (`promtool check metrics` insists), the OpenTelemetry name when the
+        // sender gave no description.
+        let help = if family.description.is_empty() {
+            name.as_str()
+        } else {
+            family.description.as_str()
+        };
+        let _ = writeln!(
+            out,
+            "# HELP {prom} {}",
+            help.replace('\\', "\\\\").replace('\n', "\\n")
+        );
+        let _ = writeln!(out, "# TYPE {prom} {kind}");
         for (labels, value) in family.series() {
             match value {
                 Value::Scalar(v) => {
@@ -155,9 +153,9 @@ pub fn render<'a>(
     }
     let _ = writeln!(
         out,
-        "# HELP collector_refused_points Data points refused (cardinality limit, kind change, malformed)."
+        "# HELP collector_refused_points_total Data points refused (cardinality limit, kind change, malformed)."
     );
-    let _ = writeln!(out, "# TYPE collector_refused_points counter");
+    let _ = writeln!(out, "# TYPE collector_refused_points_total counter");
     let _ = writeln!(out, "collector_refused_points_total {refused}");
     out
 }
@@ -208,7 +206,14 @@ mod tests {
             )
             .unwrap();
         let text = render(&store.snapshot(), 7);
-        assert!(text.contains("# TYPE inference_requests counter"), "{text}");
+        assert!(
+            text.contains("# TYPE inference_requests_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP inference_requests_total Finished requests"),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "inference_requests_total{job=\"inference\",model_name=\"mini\\\"lm\"} 3"
