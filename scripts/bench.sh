@@ -129,7 +129,7 @@ gateway_port=$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind
 gateway_addr=127.0.0.1:$gateway_port
 say "starting the gateway on $gateway_addr"
 "$BIN/gateway" --listen "$gateway_addr" --inference "$addr" --api-keys bench-key:bench:client \
-    --rate-limit 1000000 --rate-burst 1000000 </dev/null >"$OUT/gateway.log" 2>&1 &
+    --anonymous-tenant perf --rate-limit 1000000 --rate-burst 1000000 </dev/null >"$OUT/gateway.log" 2>&1 &
 gateway_pid=$!
 deadline=$((SECONDS + 60))
 until "$VENV/bin/grpcurl" -plaintext -max-time 2 "$gateway_addr" grpc.health.v1.Health/Check 2>/dev/null | grep -q '"SERVING"'; do
@@ -148,6 +148,15 @@ for i in 1 2 3 4 5; do
     SECS=3 WARMUP=1 LOAD_ADDR=$gateway_addr loadgen "pair-gateway-$i" --api oip --concurrency 1 --api-key bench-key
 done
 LOAD_ADDR=$gateway_addr loadgen gateway-rank-c1 --api gateway-rank --concurrency 1 --api-key bench-key
+# perf_analyzer 2.51 drops -H on gRPC, so it reaches the gateway as the anonymous tenant.
+for c in 1 64; do
+    say "perf_analyzer through the gateway --concurrency-range $c"
+    LD_LIBRARY_PATH="$cuda_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$VENV/bin/perf_analyzer" \
+        -m "$MODEL" -i grpc -u "$gateway_addr" -b 1 --shape TEXT:1 --input-data "$TEXTS" \
+        --concurrency-range "$c" --measurement-interval "$PA_INTERVAL_MS" --stability-percentage 15 \
+        --max-trials 8 -f "$OUT/perf_analyzer-gateway-c$c.csv" >"$OUT/perf_analyzer-gateway-c$c.log" 2>&1 \
+        || die "perf_analyzer through the gateway at concurrency $c: see $OUT/perf_analyzer-gateway-c$c.log"
+done
 kill -TERM "$gateway_pid" 2>/dev/null || true
 wait "$gateway_pid" 2>/dev/null || true
 
@@ -232,12 +241,15 @@ rows.append(("gateway Rank 100 cand. c=1", rank))
 for name, r in rows:
     l = r["latency"]
     print("%-28s %10.1f %9.2f %9.2f %9.2f %7d" % (name, r["requests_per_sec"], l["p50_ms"], l["p90_ms"], l["p99_ms"], r["errors"]))
+for c in (1, 64):
+    with open(out / f"perf_analyzer-gateway-c{c}.csv") as f:
+        pa[f"{c} via gateway"] = next(csv.DictReader(f))
 for c, r in pa.items():
     print("%-28s %10.1f %9.2f %9.2f %9.2f %7s" % (f"perf_analyzer c={c}", float(r["Inferences/Second"]),
           float(r["p50 latency"]) / 1000, float(r["p90 latency"]) / 1000, float(r["p99 latency"]) / 1000, "-"))
 print()
 print("server side, from perf_analyzer's statistics (ModelStatistics):")
-for c in pa:
+for c in (1, 8, 64):
     log = (out / f"perf_analyzer-c{c}.log").read_text()
     grab = lambda pattern: float(re.search(pattern, log).group(1))
     inferences, executions = grab(r"Inference count: (\d+)"), grab(r"Execution count: (\d+)")

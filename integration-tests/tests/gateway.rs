@@ -719,3 +719,40 @@ async fn a_replica_that_comes_back_is_readmitted() {
     back.terminate().await;
     second.terminate().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_tenant_admits_keyless_inference_only_when_configured() {
+    let mut gateway = RunningGateway::start(gateway_config(
+        &[shared_inference()],
+        &["--anonymous-tenant", "perf"],
+    ))
+    .await
+    .unwrap();
+    // No metadata at all, as perf_analyzer sends it: admitted as a client.
+    let mut oip = oip_client(gateway.addr).await;
+    let response = oip
+        .model_infer(text_request("minilm-l6", &["organic green tea"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.outputs[0].shape, vec![1, 384]);
+    // Never as an admin, and a wrong key is still refused.
+    let mut admin = GatewayAdminClient::new(connect(gateway.addr).await);
+    let status = admin
+        .get_canary(pb::GetCanaryRequest {
+            model: "minilm-l6".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let status = oip
+        .model_infer(with_key(
+            text_request("minilm-l6", &["tea"]),
+            "wrong-key",
+            None,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    gateway.stop().await.unwrap();
+}

@@ -20,6 +20,8 @@ use crate::auth::{ApiKeys, Principal, required_role};
 /// Shared admission state.
 pub struct Admission {
     keys: ApiKeys,
+    /// Principal for calls without an `authorization` header, when the operator allows them.
+    anonymous: Option<Principal>,
     limiter: DefaultKeyedRateLimiter<Arc<str>>,
     concurrency: Arc<Semaphore>,
     max_concurrency: usize,
@@ -29,10 +31,28 @@ impl Admission {
     /// Admission over `keys`, allowing `rate` calls per second per key with bursts of `burst`,
     /// and `max_concurrency` calls at once in all.
     pub fn new(keys: ApiKeys, rate: u32, burst: u32, max_concurrency: usize) -> Admission {
+        Admission::with_anonymous(keys, None, rate, burst, max_concurrency)
+    }
+
+    /// Like [`Admission::new`], but calls that carry no `authorization` header at all are
+    /// admitted as `anonymous_tenant` with role client (its own rate-limit bucket), for tools
+    /// that cannot send gRPC metadata. A wrong key is still refused.
+    pub fn with_anonymous(
+        keys: ApiKeys,
+        anonymous_tenant: Option<&str>,
+        rate: u32,
+        burst: u32,
+        max_concurrency: usize,
+    ) -> Admission {
         let rate = NonZeroU32::new(rate.max(1)).expect("at least 1");
         let burst = NonZeroU32::new(burst.max(1)).expect("at least 1");
         Admission {
             keys,
+            anonymous: anonymous_tenant.map(|tenant| Principal {
+                tenant: Arc::from(tenant),
+                role: crate::auth::Role::Client,
+                key_id: Arc::from("anonymous"),
+            }),
             limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
             concurrency: Arc::new(Semaphore::new(max_concurrency)),
             max_concurrency,
@@ -49,10 +69,13 @@ impl Admission {
         let Some(role) = required_role(path) else {
             return Ok(None);
         };
-        let principal = self
-            .keys
-            .authenticate(authorization)
-            .map_err(Status::unauthenticated)?;
+        let principal = match (&self.anonymous, authorization) {
+            (Some(anonymous), None) => anonymous,
+            _ => self
+                .keys
+                .authenticate(authorization)
+                .map_err(Status::unauthenticated)?,
+        };
         if principal.role < role {
             return Err(Status::permission_denied(format!(
                 "the key of tenant '{}' has role {:?}; {path} needs {role:?}",
@@ -192,6 +215,25 @@ mod tests {
             a.admit("/grpc.health.v1.Health/Check", None)
                 .unwrap()
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn anonymous_calls_are_admitted_only_when_allowed_and_only_as_clients() {
+        let keys = ApiKeys::load(None, &["c-key:shop:client".to_owned()]).unwrap();
+        let a = Admission::with_anonymous(keys, Some("load-test"), 100, 100, 10);
+        let embed = "/inference.GRPCInferenceService/ModelInfer";
+        let (principal, _) = a.admit(embed, None).unwrap().unwrap();
+        assert_eq!(&*principal.tenant, "load-test");
+        assert_eq!(
+            a.admit("/ecommerce.gateway.v1.GatewayAdmin/SetCanary", None)
+                .unwrap_err()
+                .code(),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            a.admit(embed, Some("Bearer wrong")).unwrap_err().code(),
+            tonic::Code::Unauthenticated
         );
     }
 

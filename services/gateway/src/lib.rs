@@ -76,8 +76,12 @@ pub async fn serve(
         &config.embed_model,
         &config.classify_model,
     ));
-    let admission = Arc::new(Admission::new(
+    if let Some(tenant) = &config.anonymous_tenant {
+        tracing::warn!(%tenant, "calls without an API key are admitted as a client tenant (--anonymous-tenant)");
+    }
+    let admission = Arc::new(Admission::with_anonymous(
         keys,
+        config.anonymous_tenant.as_deref(),
         config.rate_limit,
         config.rate_burst,
         config.max_concurrency,
