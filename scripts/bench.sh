@@ -43,6 +43,21 @@ cuda_lib=$(ls -d "$VENV"/lib/python3*/site-packages/nvidia/cuda_runtime/lib 2>/d
 [ -n "$cuda_lib" ] || die "perf_analyzer needs nvidia-cuda-runtime-cu12: run \`bash scripts/deps.sh --bench\`"
 
 # Percentage of CPU time spent busy over one second: other work on the machine skews results.
+# A free loopback port.
+free_port() {
+    "$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits (60 s at most) until the service NAME at ADDR answers SERVING; fails if PID exits.
+wait_serving() {
+    local name=$1 addr=$2 pid=$3 log=$4 deadline=$((SECONDS + 60))
+    until "$VENV/bin/grpcurl" -plaintext -max-time 2 "$addr" grpc.health.v1.Health/Check 2>/dev/null | grep -q '"SERVING"'; do
+        kill -0 "$pid" 2>/dev/null || die "the $name exited during start-up; see $log"
+        [ "$SECONDS" -lt "$deadline" ] || die "the $name was not SERVING after 60 s; see $log"
+        sleep 0.5
+    done
+}
+
 cpu_busy_percent() {
     local -a a b
     read -r -a a < <(grep '^cpu ' /proc/stat)
@@ -73,7 +88,7 @@ say "in-process ONNX Runtime (about 30 s)"
 "$BIN/inprocess" >"$OUT/inprocess.json" 2>"$OUT/inprocess.log" || die "inprocess: see $OUT/inprocess.log"
 
 # 2. The server, on a free loopback port.
-port=$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 addr=127.0.0.1:$port
 server_pid=
 stop_server() {
@@ -93,12 +108,7 @@ say "starting the inference service on $addr"
 "$BIN/inference" --listen "$addr" --model-repository models --models "$MODEL" "${SERVER_ARGS[@]}" \
     </dev/null >"$OUT/server.log" 2>&1 &
 server_pid=$!
-deadline=$((SECONDS + 60))
-until "$VENV/bin/grpcurl" -plaintext -max-time 2 "$addr" grpc.health.v1.Health/Check 2>/dev/null | grep -q '"SERVING"'; do
-    kill -0 "$server_pid" 2>/dev/null || die "the inference service exited during start-up; see $OUT/server.log"
-    [ "$SECONDS" -lt "$deadline" ] || die "the inference service was not SERVING after 60 s; see $OUT/server.log"
-    sleep 0.5
-done
+wait_serving "inference service" "$addr" "$server_pid" "$OUT/server.log"
 say "SERVING"
 
 # 3. Closed-loop load over both APIs.
@@ -125,18 +135,13 @@ done
 
 # 4b. The gateway in front of the same inference service: through it and straight to the
 #     service, back to back, plus Rank of 100 candidates with a warm cache.
-gateway_port=$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+gateway_port=$(free_port)
 gateway_addr=127.0.0.1:$gateway_port
 say "starting the gateway on $gateway_addr"
 "$BIN/gateway" --listen "$gateway_addr" --inference "$addr" --api-keys bench-key:bench:client \
     --anonymous-tenant perf --rate-limit 1000000 --rate-burst 1000000 </dev/null >"$OUT/gateway.log" 2>&1 &
 gateway_pid=$!
-deadline=$((SECONDS + 60))
-until "$VENV/bin/grpcurl" -plaintext -max-time 2 "$gateway_addr" grpc.health.v1.Health/Check 2>/dev/null | grep -q '"SERVING"'; do
-    kill -0 "$gateway_pid" 2>/dev/null || die "the gateway exited during start-up; see $OUT/gateway.log"
-    [ "$SECONDS" -lt "$deadline" ] || die "the gateway was not SERVING after 60 s; see $OUT/gateway.log"
-    sleep 0.5
-done
+wait_serving gateway "$gateway_addr" "$gateway_pid" "$OUT/gateway.log"
 for c in 1 64; do
     loadgen "direct-c$c" --api oip --concurrency "$c"
     LOAD_ADDR=$gateway_addr loadgen "gateway-c$c" --api oip --concurrency "$c" --api-key bench-key
@@ -163,7 +168,7 @@ wait "$gateway_pid" 2>/dev/null || true
 # 5. The baseline: a plain one-at-a-time Python server (grpcio, onnxruntime, tokenizers), same
 #    model file, same ONNX Runtime settings (2 intra-op threads, no spinning), same load
 #    generator. Both servers stay up (idle costs nothing) so that concurrency 1 can alternate.
-plain_port=$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+plain_port=$(free_port)
 plain_addr=127.0.0.1:$plain_port
 say "starting the plain one-at-a-time server on $plain_addr"
 "$VENV/bin/python" bench/plain_server.py --port "$plain_port" --model-dir "models/$MODEL" \

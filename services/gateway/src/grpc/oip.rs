@@ -59,6 +59,31 @@ impl OipProxy {
         Ok(Response::new(response.into_inner()))
     }
 
+    /// Sends a call to every replica (model loads and unloads: every replica must serve the
+    /// same versions); fails if any replica fails.
+    async fn broadcast<M, R, F, Fut>(
+        &self,
+        message: M,
+        call: &CallContext,
+        rpc: F,
+    ) -> Result<(), Status>
+    where
+        M: Clone,
+        F: Fn(GrpcInferenceServiceClient<Channel>, Request<M>) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
+    {
+        self.core
+            .pool
+            .broadcast(|channel| {
+                rpc(
+                    GrpcInferenceServiceClient::new(channel),
+                    outgoing(message.clone(), call.deadline),
+                )
+            })
+            .await
+            .map(drop)
+    }
+
     async fn infer(
         &self,
         mut request: pb::ModelInferRequest,
@@ -224,19 +249,10 @@ impl GrpcInferenceService for OipProxy {
         request: Request<pb::RepositoryModelLoadRequest>,
     ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
         let call = call_context(&request);
-        let message = request.into_inner();
-        // Every replica must serve the same versions: load on all of them.
-        self.core
-            .pool
-            .broadcast(|channel| {
-                let request = outgoing(message.clone(), call.deadline);
-                async move {
-                    GrpcInferenceServiceClient::new(channel)
-                        .repository_model_load(request)
-                        .await
-                }
-            })
-            .await?;
+        self.broadcast(request.into_inner(), &call, |mut c, r| async move {
+            c.repository_model_load(r).await
+        })
+        .await?;
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))
     }
 
@@ -245,18 +261,10 @@ impl GrpcInferenceService for OipProxy {
         request: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
         let call = call_context(&request);
-        let message = request.into_inner();
-        self.core
-            .pool
-            .broadcast(|channel| {
-                let request = outgoing(message.clone(), call.deadline);
-                async move {
-                    GrpcInferenceServiceClient::new(channel)
-                        .repository_model_unload(request)
-                        .await
-                }
-            })
-            .await?;
+        self.broadcast(request.into_inner(), &call, |mut c, r| async move {
+            c.repository_model_unload(r).await
+        })
+        .await?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 }
