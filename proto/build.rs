@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "inference/model_config.proto",
     "serving/inference/v1/tasks.proto",
     "ecommerce/gateway/v1/gateway.proto",
+    "monitoring/metrics/v1/metrics.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the project needs, from the package registries only, into the project:
 #   .venv/                          Python tools: model build, test clients (grpcurl, tritonclient)
+#   .venv-otel/                     the OpenTelemetry Python SDK, an OTLP sender for the tests
 #   .deps/onnxruntime/lib/          libonnxruntime.so from the PyPI onnxruntime wheel (ORT_DYLIB_PATH)
-#   promtool                        from Debian's prometheus package, for the tests
+#   prometheus, promtool            from Debian's prometheus package, for the tests
 # Idempotent and fast when everything is already there: a stamp records what was installed.
 # With --bench it also installs perf_analyzer's runtime needs (CUDA runtime wheel, libb64).
 set -euo pipefail
@@ -37,8 +38,17 @@ else
     say "Python environment up to date"
 fi
 
-# promtool (Debian's prometheus package) lints the collector's /metrics in the tests.
-if ! command -v promtool >/dev/null 2>&1; then
+otel_stamp=".venv-otel/.deps-stamp"
+if [ ! -f "$otel_stamp" ] || ! cmp -s "$otel_stamp" scripts/requirements-otel.txt; then
+    say "creating the OpenTelemetry SDK environment in .venv-otel"
+    [ -x .venv-otel/bin/python ] || "$PYTHON" -m venv .venv-otel
+    .venv-otel/bin/pip install -q --disable-pip-version-check -r scripts/requirements-otel.txt
+    cp scripts/requirements-otel.txt "$otel_stamp"
+fi
+
+# prometheus and promtool (Debian's prometheus package): the tests lint /metrics with promtool
+# and let a real Prometheus scrape it. lints the collector's /metrics in the tests.
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
     say "installing prometheus (Debian) for promtool"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi

@@ -42,13 +42,17 @@ export GATEWAY_API_KEYS=${GATEWAY_API_KEYS:-demo-client-key:demo-shop:client,dem
 OTEL_EXPORTER_OTLP_ENDPOINT= start metrics-collector
 export OTEL_EXPORTER_OTLP_ENDPOINT=${OTEL_EXPORTER_OTLP_ENDPOINT:-http://127.0.0.1:4317}
 start inference
-start gateway --inference 127.0.0.1:50052
+start gateway --inference 127.0.0.1:50052 --records-endpoint http://127.0.0.1:4317
 
 cat >&2 <<MSG
 [run] gateway:   grpc 127.0.0.1:50051 (ecommerce.gateway.v1 + Open Inference Protocol), API keys
 [run]            demo-client-key (role client) and demo-admin-key (role admin)
 [run] inference: grpc 127.0.0.1:50052 (Open Inference Protocol + serving.inference.v1)
-[run] metrics:   OTLP 127.0.0.1:4317, Prometheus text on http://127.0.0.1:9464/metrics
+[run] metrics:   OTLP + monitoring.metrics.v1 queries on 127.0.0.1:4317, Prometheus text on
+[run]            http://127.0.0.1:9464/metrics; e.g. the gateway's request rate:
+[run]   .venv/bin/grpcurl -plaintext -d '{"selector": {"metric": "gateway.requests"},
+[run]     "function": "FUNCTION_RATE", "window_seconds": 60, "group_by": ["rpc"]}' \\
+[run]     127.0.0.1:4317 monitoring.metrics.v1.MetricsQuery/Query
 [run] try:  .venv/bin/grpcurl -plaintext -H 'authorization: Bearer demo-client-key' \\
 [run]         -d '{"texts": ["wireless headphones"]}' 127.0.0.1:50051 ecommerce.gateway.v1.Gateway/Embed
 [run] stop: Ctrl-C

@@ -464,3 +464,106 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Stri
         .parse()?;
     Ok((status, body.to_owned()))
 }
+
+/// A metrics collector running in-process on ephemeral ports.
+pub struct RunningCollector {
+    /// OTLP and query (gRPC) address.
+    pub grpc: SocketAddr,
+    /// `/metrics` (HTTP) address.
+    pub http: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), metrics_collector::ServeError>>>,
+}
+
+impl RunningCollector {
+    /// Starts a collector with `extra` flags and waits until its health is SERVING.
+    pub async fn start(extra: &[&str]) -> anyhow::Result<RunningCollector> {
+        use clap::Parser as _;
+        let (grpc_listener, grpc) = shared::testing::ephemeral_listener().await?;
+        let (http_listener, http) = shared::testing::ephemeral_listener().await?;
+        let mut args = vec!["metrics-collector"];
+        args.extend_from_slice(extra);
+        let config = metrics_collector::Config::parse_from(args);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(metrics_collector::serve(
+            grpc_listener,
+            http_listener,
+            config,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        wait_until_serving(grpc).await?;
+        Ok(RunningCollector {
+            grpc,
+            http,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// The OTLP endpoint, as senders spell it.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// A client of the query API.
+    pub async fn query_client(
+        &self,
+    ) -> proto::monitoring::metrics::v1::metrics_query_client::MetricsQueryClient<Channel> {
+        proto::monitoring::metrics::v1::metrics_query_client::MetricsQueryClient::new(
+            connect(self.grpc).await,
+        )
+    }
+
+    /// Shuts the collector down and returns what `serve` returned.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.context("the collector task panicked")??;
+        }
+        Ok(())
+    }
+}
+
+/// A query request of `function` over `metric` (no matchers).
+pub fn metric_query(
+    metric: &str,
+    function: proto::monitoring::metrics::v1::Function,
+    window_seconds: u32,
+    group_by: &[&str],
+) -> proto::monitoring::metrics::v1::QueryRequest {
+    proto::monitoring::metrics::v1::QueryRequest {
+        selector: Some(proto::monitoring::metrics::v1::Selector {
+            metric: metric.to_owned(),
+            matchers: vec![],
+        }),
+        function: function as i32,
+        window_seconds,
+        quantile: 0.0,
+        group_by: group_by.iter().map(|s| (*s).to_owned()).collect(),
+        at_unix_seconds: 0,
+    }
+}
+
+/// Polls `probe` every 50 ms until it returns `Some`, for at most `limit`; the error names
+/// `what` was awaited.
+pub async fn eventually<T, F, Fut>(what: &str, limit: std::time::Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not seen within {limit:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -60,6 +60,29 @@ async fn services_metrics_reach_the_prometheus_endpoint() {
     assert!(body.contains("inference_request_duration_seconds_count{job=\"inference\",model=\"minilm-l6\",model_version=\"1\"} 3"), "{body}");
     assert!(body.contains("inference_batch_size_bucket{"), "{body}");
     assert!(body.contains("collector_refused_points_total 0"), "{body}");
+    // The query API returns what the service sent: exact counts, a quantile within its bucket.
+    let mut queries = proto::monitoring::metrics::v1::metrics_query_client::MetricsQueryClient::new(
+        connect(otlp).await,
+    );
+    use proto::monitoring::metrics::v1::Function;
+    let requests = queries
+        .query(metric_query(
+            "inference.requests",
+            Function::Increase,
+            300,
+            &["job", "status"],
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .samples;
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0].labels["job"], "inference");
+    assert_eq!(requests[0].value, 3.0);
+    let mut p50 = metric_query("inference.request.duration", Function::Quantile, 300, &[]);
+    p50.quantile = 0.5;
+    let p50 = queries.query(p50).await.unwrap().into_inner().samples;
+    assert!(p50[0].value > 0.0 && p50[0].value < 1.0, "{p50:?}");
     // Prometheus' own linter accepts the exposition.
     let mut promtool = tokio::process::Command::new("promtool")
         .args(["check", "metrics"])

@@ -4,6 +4,7 @@
 //!   that `tritonclient` and `perf_analyzer` work unchanged.
 //! - [`serving::inference::v1`]: the inference service's task API (`Embed`, `Classify`).
 //! - [`ecommerce::gateway::v1`]: the gateway's API for recommender services.
+//! - [`monitoring::metrics::v1`]: the metrics collector's query and record API.
 
 #![allow(
     clippy::large_enum_variant,
@@ -34,6 +35,17 @@ pub mod ecommerce {
         /// Version 1 of the gateway API.
         pub mod v1 {
             tonic::include_proto!("ecommerce.gateway.v1");
+        }
+    }
+}
+
+/// Monitoring APIs.
+pub mod monitoring {
+    /// The metrics collector's packages.
+    pub mod metrics {
+        /// Version 1 of the collector's query and record API.
+        pub mod v1 {
+            tonic::include_proto!("monitoring.metrics.v1");
         }
     }
 }

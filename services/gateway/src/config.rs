@@ -82,6 +82,12 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_RECORD_BUFFER", default_value_t = 10_000)]
     pub record_buffer: usize,
 
+    /// The metrics collector that receives prediction and feedback records for its
+    /// prediction–feedback join (e.g. `http://127.0.0.1:4317`); unset keeps them in the buffer
+    /// only (and drops the oldest).
+    #[arg(long, env = "GATEWAY_RECORDS_ENDPOINT")]
+    pub records_endpoint: Option<String>,
+
     /// Model that serves Embed and Rank.
     #[arg(long, env = "GATEWAY_EMBED_MODEL", default_value = "minilm-l6")]
     pub embed_model: String,

@@ -13,7 +13,7 @@ use tonic::Status;
 use crate::cache::EmbeddingCache;
 use crate::canary::CanaryTable;
 use crate::payload::PayloadLogger;
-use crate::records::{Record, RecordBuffer, RecordKind};
+use crate::records::{Record, RecordBuffer, RecordKind, Task};
 use crate::routing::ReplicaPool;
 
 /// Texts one inference call carries at most (the models' max batch size).
@@ -56,7 +56,7 @@ pub struct GatewayCore {
     /// Embedding cache.
     pub cache: EmbeddingCache,
     /// Prediction and feedback records.
-    pub records: RecordBuffer,
+    pub records: Arc<RecordBuffer>,
     /// Payload logging.
     pub payload: PayloadLogger,
     /// Model of Embed and Rank.
@@ -93,7 +93,7 @@ impl GatewayCore {
             pool,
             canary: CanaryTable::default(),
             cache: EmbeddingCache::new(cache_entries),
-            records: RecordBuffer::new(record_buffer),
+            records: Arc::new(RecordBuffer::new(record_buffer)),
             payload: PayloadLogger::new(payload_sample),
             embed_model: Arc::from(embed_model),
             classify_model: Arc::from(classify_model),
@@ -113,6 +113,7 @@ impl GatewayCore {
 
     /// Embeds `texts`, from the cache where possible.
     pub async fn embed(&self, texts: &[String], call: &CallContext) -> Result<Embedded, Status> {
+        crate::metrics::input_lengths(&self.embed_model, texts.iter().map(String::as_str));
         let model = self.embed_model.clone();
         let pinned = self.pinned_version(&model, call);
         let current = self.current_version(&model);
@@ -241,6 +242,7 @@ impl GatewayCore {
         call: &CallContext,
     ) -> Result<inference::ClassifyResponse, Status> {
         let model = self.classify_model.clone();
+        crate::metrics::input_lengths(&model, texts.iter().map(String::as_str));
         let version = self.pinned_version(&model, call).unwrap_or(0);
         let message = inference::ClassifyRequest {
             model: Some(inference::ModelRef {
@@ -260,6 +262,7 @@ impl GatewayCore {
         self.record(
             call,
             RecordKind::Prediction {
+                task: Task::Classify,
                 model: response.model.clone(),
                 version: response.version,
                 items: (0..response.classifications.len())
@@ -277,6 +280,16 @@ impl GatewayCore {
 
     /// Keeps a record for the feedback join.
     pub fn record(&self, call: &CallContext, kind: RecordKind) {
+        if let RecordKind::Prediction {
+            task,
+            model,
+            version,
+            scores,
+            ..
+        } = &kind
+        {
+            crate::metrics::scores(task.rpc(), model, *version, scores);
+        }
         self.records.push(Record {
             request_id: call.request_id.clone(),
             tenant: call.tenant.clone(),

@@ -18,6 +18,7 @@ pub mod payload;
 pub mod pii;
 pub mod records;
 pub mod routing;
+pub mod shipper;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -52,6 +53,9 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The records endpoint is not a valid URI.
+    #[error("--records-endpoint '{0}': {1}")]
+    RecordsEndpoint(String, tonic::transport::Error),
 }
 
 /// Serves on `listener` until `shutdown` resolves, then drains in-flight calls (at most
@@ -111,6 +115,16 @@ pub async fn serve(
         Duration::from_millis(config.health_interval_ms.max(50)),
         stop.clone(),
     ));
+    let shipper = match &config.records_endpoint {
+        Some(endpoint) => {
+            let shipper = shipper::RecordShipper::new(core.records.clone(), endpoint)
+                .map_err(|e| ServeError::RecordsEndpoint(endpoint.clone(), e))?;
+            Some(tokio::spawn(
+                shipper.run(Duration::from_secs(1), stop.clone()),
+            ))
+        }
+        None => None,
+    };
     let local = listener.local_addr().ok();
     let server = tonic::transport::Server::builder()
         .layer(AdmissionLayer(admission))
@@ -139,6 +153,10 @@ pub async fn serve(
             grace_secs = config.shutdown_grace_secs,
             "calls still running at the end of the grace period; stopping anyway"
         ),
+    }
+    if let Some(shipper) = shipper {
+        // The last push empties the buffer into the collector.
+        let _ = tokio::time::timeout(Duration::from_secs(10), shipper).await;
     }
     let dropped = core.records.dropped();
     tracing::info!(records_dropped = dropped, "gateway stopped");

@@ -13,6 +13,16 @@ pub struct Instruments {
     pub duration: Histogram<f64>,
     /// Embedding cache lookups by result (`hit`, `miss`).
     pub cache: Counter<u64>,
+    /// Scores returned (purchase-intent probability, ranking similarity) by model, version and
+    /// rpc: the collector's drift statistics compare its distribution over time.
+    pub score: Histogram<f64>,
+    /// Length of input texts in characters by model: drift of what shoppers type.
+    pub input_length: Histogram<u64>,
+}
+
+/// Bounds of the score histogram: 0.05 wide from -1 (cosine similarity) to 1.
+fn score_bounds() -> Vec<f64> {
+    (-19..=20).map(|i| f64::from(i) * 0.05).collect()
 }
 
 /// The instruments (created on first use, after telemetry set-up).
@@ -37,6 +47,18 @@ pub fn instruments() -> &'static Instruments {
                 .u64_counter("gateway.cache.lookups")
                 .with_description("Embedding cache lookups")
                 .build(),
+            score: meter
+                .f64_histogram("gateway.prediction.score")
+                .with_description("Scores returned: purchase-intent probability or similarity")
+                .with_boundaries(score_bounds())
+                .build(),
+            input_length: meter
+                .u64_histogram("gateway.input.length")
+                .with_description("Length of input texts in characters")
+                .with_boundaries(vec![
+                    8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
+                ])
+                .build(),
         }
     })
 }
@@ -49,4 +71,26 @@ pub fn cache_lookups(hits: usize, lookups: usize) {
         lookups.saturating_sub(hits) as u64,
         &[KeyValue::new("result", "miss")],
     );
+}
+
+/// Records the lengths of the texts a model is asked about.
+pub fn input_lengths<'a>(model: &str, texts: impl Iterator<Item = &'a str>) {
+    let attributes = [KeyValue::new("model", model.to_owned())];
+    let histogram = &instruments().input_length;
+    for text in texts {
+        histogram.record(text.chars().count() as u64, &attributes);
+    }
+}
+
+/// Records the scores a model version returned.
+pub fn scores(rpc: &'static str, model: &str, version: i64, scores: &[f32]) {
+    let attributes = [
+        KeyValue::new("rpc", rpc),
+        KeyValue::new("model", model.to_owned()),
+        KeyValue::new("model_version", version.to_string()),
+    ];
+    let histogram = &instruments().score;
+    for score in scores {
+        histogram.record(f64::from(*score), &attributes);
+    }
 }

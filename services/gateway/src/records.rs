@@ -8,11 +8,32 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
+/// What a prediction answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// Classify: purchase-intent probabilities of texts.
+    Classify,
+    /// Rank: candidates ordered by similarity.
+    Rank,
+}
+
+impl Task {
+    /// The RPC's name.
+    pub fn rpc(self) -> &'static str {
+        match self {
+            Task::Classify => "Classify",
+            Task::Rank => "Rank",
+        }
+    }
+}
+
 /// What a record says.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RecordKind {
     /// A served Classify or Rank call: the scores it returned.
     Prediction {
+        /// Classify or Rank.
+        task: Task,
         /// Model name.
         model: String,
         /// Model version.
@@ -82,6 +103,19 @@ impl RecordBuffer {
             .collect()
     }
 
+    /// Puts back records taken by [`RecordBuffer::drain`] that could not be delivered, ahead of
+    /// newer ones; when they do not all fit, the oldest are dropped and counted.
+    pub fn requeue(&self, taken: Vec<Record>) {
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        for record in taken.into_iter().rev() {
+            if records.len() >= self.capacity {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            } else {
+                records.push_front(record);
+            }
+        }
+    }
+
     /// Records dropped because the buffer was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -114,5 +148,11 @@ mod tests {
         assert_eq!(buffer.dropped(), 1);
         let ids: Vec<String> = buffer.drain().into_iter().map(|r| r.request_id).collect();
         assert_eq!(ids, ["b", "c"]);
+        // Undelivered records go back ahead of newer ones; what does not fit is the oldest.
+        buffer.push(feedback("d"));
+        buffer.requeue(vec![feedback("b"), feedback("c")]);
+        let ids: Vec<String> = buffer.drain().into_iter().map(|r| r.request_id).collect();
+        assert_eq!(ids, ["c", "d"]);
+        assert_eq!(buffer.dropped(), 2);
     }
 }

@@ -1,12 +1,22 @@
-//! The metrics collector: receives OTLP metrics (and traces) from every service of the mesh,
-//! keeps the current value of every series in a bounded store, and exposes them in Prometheus
-//! text format on `/metrics` for existing scrapers and dashboards.
+//! The metrics collector: receives OTLP metrics and traces from every service of the mesh,
+//! keeps every series in bounded time windows, answers queries over them (rates, ratios,
+//! quantiles, drift) for the alert-manager and operators, joins delayed feedback to predictions
+//! for online model quality, keeps exemplar traces, and exposes Prometheus text on `/metrics`.
 //!
-//! [`otlp`] decodes OTLP into [`store`] points; [`prometheus`] renders the store.
+//! [`otlp`] decodes OTLP into [`store`] points kept in [`window`] rings; [`query`] reads them;
+//! [`join`] holds predictions and feedback; [`exemplars`] the slow and failed spans;
+//! [`statistics`] the formulas; [`grpc`] the `monitoring.metrics.v1` handlers; [`prometheus`]
+//! renders the current values.
 
+pub mod exemplars;
+pub mod grpc;
+pub mod join;
 pub mod otlp;
 pub mod prometheus;
+pub mod query;
+pub mod statistics;
 pub mod store;
+pub mod window;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,12 +24,17 @@ use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsServiceServer;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+use proto::monitoring::metrics::v1::metrics_query_server::MetricsQueryServer;
+use proto::monitoring::metrics::v1::record_ingest_server::RecordIngestServer;
 use shared::telemetry::TelemetryArgs;
 use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
 
+use crate::exemplars::ExemplarRings;
+use crate::grpc::QueryService;
+use crate::join::FeedbackJoin;
 use crate::otlp::OtlpReceiver;
-use crate::store::MetricStore;
+use crate::store::{Limits, MetricStore};
 
 /// Receives OTLP metrics and traces from the mesh and exposes the metrics in Prometheus text
 /// format on `/metrics`.
@@ -40,6 +55,34 @@ pub struct Config {
     /// (`collector_refused_points_total`), so memory stays bounded under an attribute explosion.
     #[arg(long, env = "COLLECTOR_MAX_SERIES", default_value_t = 10_000)]
     pub max_series: usize,
+
+    /// Memory for the time windows of all series together, in MiB. Each series reserves its
+    /// windows when first seen (1 s steps for an hour and 1 min steps for a day: about 40 KiB
+    /// for a counter, 8 bytes per step per histogram bucket); further series are refused and
+    /// counted.
+    #[arg(long, env = "COLLECTOR_WINDOW_MEMORY_MB", default_value_t = 2048)]
+    pub window_memory_mb: u64,
+
+    /// How long a prediction waits for its feedback in the prediction–feedback join, seconds.
+    #[arg(long, env = "COLLECTOR_JOIN_WINDOW_SECONDS", default_value_t = 3600)]
+    pub join_window_seconds: u32,
+
+    /// Predictions held in the join; when full, the oldest leave first (counted).
+    #[arg(
+        long,
+        env = "COLLECTOR_JOIN_MAX_PREDICTIONS",
+        default_value_t = 200_000
+    )]
+    pub join_max_predictions: usize,
+
+    /// A span at least this long (milliseconds) is kept as a slow exemplar; failed spans always
+    /// are.
+    #[arg(long, env = "COLLECTOR_SLOW_SPAN_MS", default_value_t = 250.0)]
+    pub slow_span_ms: f64,
+
+    /// Exemplars kept per service (the oldest go first), for at most 64 services.
+    #[arg(long, env = "COLLECTOR_EXEMPLARS_PER_SERVICE", default_value_t = 1000)]
+    pub exemplars_per_service: usize,
 
     /// Largest accepted OTLP message, in bytes.
     #[arg(long, env = "COLLECTOR_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
@@ -71,8 +114,25 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let store = Arc::new(MetricStore::new(config.max_series));
-    let receiver = OtlpReceiver::new(store.clone());
+    let started_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let store = Arc::new(MetricStore::new(Limits {
+        max_series: config.max_series,
+        max_window_bytes: config.window_memory_mb.saturating_mul(1024 * 1024),
+        started_ns,
+    }));
+    let exemplars = Arc::new(ExemplarRings::new(
+        config.exemplars_per_service,
+        64,
+        config.slow_span_ms,
+    ));
+    let join = Arc::new(FeedbackJoin::new(
+        i64::from(config.join_window_seconds) * 1000,
+        config.join_max_predictions,
+    ));
+    let receiver = OtlpReceiver::new(store.clone(), exemplars.clone());
+    let queries = QueryService::new(store.clone(), join, exemplars);
     let (mut routes, health) = shared::grpc::base_routes().await?;
     let limit = config.max_message_bytes;
     routes
@@ -83,6 +143,12 @@ pub async fn serve(
         )
         .add_service(
             TraceServiceServer::new(receiver)
+                .max_decoding_message_size(limit)
+                .accept_compressed(CompressionEncoding::Gzip),
+        )
+        .add_service(MetricsQueryServer::new(queries.clone()))
+        .add_service(
+            RecordIngestServer::new(queries)
                 .max_decoding_message_size(limit)
                 .accept_compressed(CompressionEncoding::Gzip),
         );

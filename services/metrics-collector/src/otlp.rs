@@ -1,8 +1,9 @@
-//! The OTLP/gRPC receiver: metrics go into the [`MetricStore`]; traces are accepted (so that
-//! services can point every signal at the collector) and counted, not yet kept.
+//! The OTLP/gRPC receiver: metrics go into the [`MetricStore`]; of traces, the slow and failed
+//! spans are kept as exemplars ([`ExemplarRings`]) and the rest are counted.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsService;
 use opentelemetry_proto::tonic::collector::metrics::v1::{
@@ -18,6 +19,9 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use opentelemetry_proto::tonic::trace::v1::{Span, status::StatusCode};
+
+use crate::exemplars::{Exemplar, ExemplarRings};
 use crate::store::{Kind, Labels, MetricStore, Point, Value};
 
 /// Longest attribute value kept; longer ones are cut (a label is not a payload).
@@ -27,14 +31,23 @@ const MAX_LABEL_VALUE_BYTES: usize = 256;
 #[derive(Clone)]
 pub struct OtlpReceiver {
     store: Arc<MetricStore>,
+    exemplars: Arc<ExemplarRings>,
     spans: Arc<AtomicU64>,
 }
 
+/// Unix seconds now.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 impl OtlpReceiver {
-    /// A receiver writing into `store`.
-    pub fn new(store: Arc<MetricStore>) -> Self {
+    /// A receiver writing metrics into `store` and exemplars into `exemplars`.
+    pub fn new(store: Arc<MetricStore>, exemplars: Arc<ExemplarRings>) -> Self {
         OtlpReceiver {
             store,
+            exemplars,
             spans: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -62,6 +75,53 @@ fn text(value: &Option<AnyValue>) -> String {
         end -= 1;
     }
     text[..end].to_owned()
+}
+
+fn service_name(resource: Option<&opentelemetry_proto::tonic::resource::v1::Resource>) -> String {
+    resource
+        .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+        .map(|kv| text(&kv.value))
+        .unwrap_or_default()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl OtlpReceiver {
+    /// The exemplar of a span, if it is slow or failed.
+    fn exemplar(&self, service: &str, span: &Span) -> Option<Exemplar> {
+        let duration_ms = span
+            .end_time_unix_nano
+            .saturating_sub(span.start_time_unix_nano) as f64
+            / 1e6;
+        let status = span.status.as_ref();
+        let error = status.is_some_and(|s| s.code == StatusCode::Error as i32);
+        if !self.exemplars.wanted(duration_ms, error) {
+            return None;
+        }
+        let attribute = |name: &str| {
+            span.attributes
+                .iter()
+                .find(|kv| kv.key == name)
+                .map(|kv| text(&kv.value))
+                .unwrap_or_default()
+        };
+        Some(Exemplar {
+            trace_id: hex(&span.trace_id),
+            span_id: hex(&span.span_id),
+            service: service.to_owned(),
+            span_name: span.name.chars().take(MAX_LABEL_VALUE_BYTES).collect(),
+            model: attribute("model"),
+            version: attribute("model_version").parse().unwrap_or(0),
+            error,
+            status_message: status
+                .map(|s| s.message.chars().take(1024).collect())
+                .unwrap_or_default(),
+            duration_ms,
+            end_unix_ms: (span.end_time_unix_nano / 1_000_000) as i64,
+        })
+    }
 }
 
 /// Labels of a point: its attributes plus the sender's `service.name` as `job`.
@@ -154,21 +214,18 @@ impl MetricsService for OtlpReceiver {
         &self,
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        let now = unix_now();
         let mut rejected = 0_i64;
         let mut first_error: Option<String> = None;
         for resource in request.into_inner().resource_metrics {
-            let job = resource
-                .resource
-                .as_ref()
-                .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
-                .map(|kv| text(&kv.value))
-                .unwrap_or_default();
+            let job = service_name(resource.resource.as_ref());
             for metric in resource.scope_metrics.iter().flat_map(|s| &s.metrics) {
                 let refusal = match decode(&job, metric) {
                     Err(err) => Some((1, err)),
                     Ok((kind, points)) => self
                         .store
                         .record(
+                            now,
                             &metric.name,
                             kind,
                             &metric.description,
@@ -200,14 +257,17 @@ impl TraceService for OtlpReceiver {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let spans: usize = request
-            .into_inner()
-            .resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len())
-            .sum();
-        self.spans.fetch_add(spans as u64, Ordering::Relaxed);
+        let mut spans = 0;
+        for resource in request.into_inner().resource_spans {
+            let service = service_name(resource.resource.as_ref());
+            for span in resource.scope_spans.iter().flat_map(|s| &s.spans) {
+                spans += 1;
+                if let Some(exemplar) = self.exemplar(&service, span) {
+                    self.exemplars.offer(exemplar);
+                }
+            }
+        }
+        self.spans.fetch_add(spans, Ordering::Relaxed);
         Ok(Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))

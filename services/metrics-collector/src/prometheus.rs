@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use crate::store::{Family, Kind, Value};
+use crate::store::{FamilyValues, Kind, Value};
 
 /// A metric or label name with every character outside `[a-zA-Z0-9_:]` replaced by `_`
 /// (and a leading digit prefixed by `_`).
@@ -42,15 +42,15 @@ fn unit_suffix(unit: &str) -> Option<&'static str> {
 }
 
 /// The Prometheus name of an OpenTelemetry metric.
-pub fn metric_name(name: &str, family: &Family) -> String {
+pub fn metric_name(name: &str, kind: Kind, unit: &str) -> String {
     let mut out = sanitize(name, true);
-    if let Some(suffix) = unit_suffix(&family.unit)
+    if let Some(suffix) = unit_suffix(unit)
         && !out.ends_with(suffix)
     {
         out.push('_');
         out.push_str(suffix);
     }
-    if family.kind == Kind::Counter && !out.ends_with("_total") {
+    if kind == Kind::Counter && !out.ends_with("_total") {
         out.push_str("_total");
     }
     out
@@ -92,12 +92,12 @@ fn number(v: f64) -> String {
 
 /// Renders every family, plus the collector's own counter of refused points.
 pub fn render<'a>(
-    families: impl IntoIterator<Item = (&'a String, &'a Family)>,
+    families: impl IntoIterator<Item = (&'a String, &'a FamilyValues)>,
     refused: u64,
 ) -> String {
     let mut out = String::new();
     for (name, family) in families {
-        let prom = metric_name(name, family);
+        let prom = metric_name(name, family.kind, &family.unit);
         let kind = match family.kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
@@ -117,7 +117,7 @@ pub fn render<'a>(
             help.replace('\\', "\\\\").replace('\n', "\\n")
         );
         let _ = writeln!(out, "# TYPE {prom} {kind}");
-        for (labels, value) in family.series() {
+        for (labels, value) in &family.series {
             match value {
                 Value::Scalar(v) => {
                     let _ = writeln!(out, "{prom}{} {}", label_set(labels, None), number(*v));
@@ -163,17 +163,19 @@ pub fn render<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::tests::limits;
     use crate::store::{MetricStore, Point};
 
     #[test]
     fn names_labels_and_histograms_follow_the_compatibility_rules() {
-        let store = MetricStore::new(10);
+        let store = MetricStore::new(limits(10));
         let labels = vec![
             ("job".to_owned(), "inference".to_owned()),
             ("model.name".to_owned(), "mini\"lm".to_owned()),
         ];
         store
             .record(
+                0,
                 "inference.requests",
                 Kind::Counter,
                 "Finished requests",
@@ -188,6 +190,7 @@ mod tests {
             .unwrap();
         store
             .record(
+                0,
                 "inference.request.duration",
                 Kind::Histogram,
                 "Duration",

@@ -1,15 +1,20 @@
-//! The metric store: the current value of every series received over OTLP.
+//! The metric store: every series received over OTLP, its current value and its time windows.
 //!
 //! A series is a metric name plus its labels (the data point's attributes and the sender's
-//! `service.name`). Cumulative sums and histograms are kept as sent, with counter resets (a new
-//! start time, or a value going down) folded into an offset so that what is exposed never goes
-//! backwards; delta points are added up. Each metric holds at most `max_series` series: points
-//! of further series are refused and counted, so memory stays bounded under an attribute
-//! explosion.
+//! `service.name` as `job`). Cumulative sums and histograms are kept as sent, with counter resets
+//! (a new start time, or a value going down) folded into an offset so that the value never goes
+//! backwards; delta points are added up. After each point the series' value is written into its
+//! [`Ring`]s (1 s for an hour, 1 min for a day), which the [`crate::query`] engine reads.
+//!
+//! Memory is bounded twice: each metric holds at most `max_series` series, and the windows of all
+//! series together at most `max_window_bytes` (each series reserves its windows' full size when
+//! created). Points of series beyond either bound are refused and counted.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::window::{MINUTE_STEPS, Ring, SECOND_STEPS, Slot};
 
 /// Labels of a series, sorted by name.
 pub type Labels = Vec<(String, String)>;
@@ -25,13 +30,13 @@ pub enum Kind {
     Histogram,
 }
 
-/// One series' state.
+/// One series' value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     /// Counter or gauge value.
     Scalar(f64),
-    /// Histogram: upper bounds, cumulative-over-time count per bucket (one more than the
-    /// bounds, the last is +Inf), sum and count.
+    /// Histogram: upper bounds, count per bucket (one more than the bounds, the last is +Inf),
+    /// sum and count.
     Histogram {
         /// Bucket upper bounds.
         bounds: Vec<f64>,
@@ -44,16 +49,146 @@ pub enum Value {
     },
 }
 
-#[derive(Debug, Clone)]
-struct Series {
-    /// What is exposed.
+impl Value {
+    /// The value as the numbers a window step holds: a scalar as itself; a histogram as its
+    /// bucket counts, then its sum, then its count.
+    fn flat(&self) -> Vec<f64> {
+        match self {
+            Value::Scalar(v) => vec![*v],
+            Value::Histogram {
+                counts, sum, count, ..
+            } => counts
+                .iter()
+                .map(|c| *c as f64)
+                .chain([*sum, *count as f64])
+                .collect(),
+        }
+    }
+}
+
+/// Numbers per step of a gauge's minute tier: sum and number of points in the minute, maximum,
+/// minimum, last.
+const GAUGE_MINUTE_STRIDE: usize = 5;
+
+/// One series: its current value and its windows.
+#[derive(Debug)]
+pub struct Series {
+    /// The current value (cumulative for counters and histograms).
     value: Value,
     /// Last raw cumulative point and its start time, to detect resets.
     last_raw: Option<(u64, Value)>,
+    /// Value before the first point: zero when the sender started counting after the collector
+    /// did (everything it reports is new), else the first point's value (what was counted
+    /// before is not attributed to any window).
+    origin: Vec<f64>,
+    /// 1 s steps.
+    pub seconds: Ring,
+    /// 1 min steps.
+    pub minutes: Ring,
+    /// Last second a point arrived.
+    pub updated: i64,
+}
+
+impl Series {
+    fn new(kind: Kind, value: &Value) -> Series {
+        let stride = value.flat().len();
+        let minute_stride = if kind == Kind::Gauge {
+            GAUGE_MINUTE_STRIDE
+        } else {
+            stride
+        };
+        Series {
+            value: zero_like(value),
+            last_raw: None,
+            origin: vec![0.0; stride],
+            seconds: Ring::new(SECOND_STEPS, stride),
+            minutes: Ring::new(MINUTE_STEPS, minute_stride),
+            updated: i64::MIN,
+        }
+    }
+
+    fn bytes(kind: Kind, value: &Value) -> u64 {
+        let stride = value.flat().len();
+        let minute_stride = if kind == Kind::Gauge {
+            GAUGE_MINUTE_STRIDE
+        } else {
+            stride
+        };
+        (Ring::bytes(SECOND_STEPS, stride) + Ring::bytes(MINUTE_STEPS, minute_stride)) as u64
+    }
+
+    /// The current value.
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
+    /// The series' value at the end of `step` of a tier, as flat numbers: before the first
+    /// point, its origin; `None` when the step is older than the tier keeps.
+    pub fn at(&self, tier: Tier, step: i64) -> Option<&[f64]> {
+        let ring = match tier {
+            Tier::Seconds => &self.seconds,
+            Tier::Minutes => &self.minutes,
+        };
+        match ring.get(step) {
+            Slot::Before => Some(&self.origin),
+            Slot::Value(v) => Some(v),
+            Slot::Evicted => None,
+        }
+    }
+
+    /// Writes the current value into the windows at second `now`.
+    fn write_windows(&mut self, kind: Kind, now: i64) {
+        let flat = self.value.flat();
+        self.seconds.write(now, &flat);
+        let minute = now.div_euclid(60);
+        if kind == Kind::Gauge {
+            let v = flat[0];
+            match self.minutes.last_mut() {
+                Some((m, agg)) if m >= minute => {
+                    agg[0] += v;
+                    agg[1] += 1.0;
+                    agg[2] = agg[2].max(v);
+                    agg[3] = agg[3].min(v);
+                    agg[4] = v;
+                }
+                _ => self.minutes.write(minute, &[v, 1.0, v, v, v]),
+            }
+        } else {
+            self.minutes.write(minute, &flat);
+        }
+        self.updated = now;
+    }
+}
+
+/// A resolution tier of the windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// One step per second, the last hour.
+    Seconds,
+    /// One step per minute, the last 24 hours.
+    Minutes,
+}
+
+impl Tier {
+    /// Seconds per step.
+    pub fn step_seconds(self) -> i64 {
+        match self {
+            Tier::Seconds => 1,
+            Tier::Minutes => 60,
+        }
+    }
+
+    /// Steps the tier keeps, less a margin for the step being filled.
+    pub fn reach_seconds(self) -> i64 {
+        match self {
+            Tier::Seconds => 3600,
+            Tier::Minutes => 86_400,
+        }
+    }
 }
 
 /// A metric family: one name, one kind, many series.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Family {
     /// Kind.
     pub kind: Kind,
@@ -61,17 +196,23 @@ pub struct Family {
     pub description: String,
     /// Unit, as sent (UCUM, e.g. `s`).
     pub unit: String,
-    series: HashMap<Labels, Series>,
+    /// Series by labels.
+    pub series: HashMap<Labels, Series>,
+    /// Points refused for this family.
+    pub refused: u64,
 }
 
-impl Family {
-    /// Series of the family, sorted by labels, with their values.
-    pub fn series(&self) -> BTreeMap<&Labels, &Value> {
-        self.series
-            .iter()
-            .map(|(labels, s)| (labels, &s.value))
-            .collect()
-    }
+/// A copy of a family's current values, for exposition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FamilyValues {
+    /// Kind.
+    pub kind: Kind,
+    /// Description, as sent.
+    pub description: String,
+    /// Unit, as sent.
+    pub unit: String,
+    /// Series, sorted by labels, with their current values.
+    pub series: BTreeMap<Labels, Value>,
 }
 
 /// A data point as received, already decoded from OTLP.
@@ -93,6 +234,9 @@ pub enum Refused {
     /// The metric already holds its maximum number of series.
     #[error("metric '{0}' holds its maximum of {1} series")]
     Cardinality(String, usize),
+    /// The windows of all series together reached their memory limit.
+    #[error("the collector's windows hold their limit of {0} bytes; series of '{1}' refused")]
+    Memory(u64, String),
     /// The metric was first sent as another kind.
     #[error("metric '{0}' was first sent as {1:?}, now as {2:?}")]
     KindChanged(String, Kind, Kind),
@@ -104,10 +248,23 @@ pub enum Refused {
     NotFinite(String),
 }
 
+/// Limits of a store.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Series per metric.
+    pub max_series: usize,
+    /// Bytes of windows, all series together.
+    pub max_window_bytes: u64,
+    /// Unix nanoseconds when the collector started: cumulative points whose start time is later
+    /// were counted entirely while the collector listened.
+    pub started_ns: u64,
+}
+
 /// Every family, by name.
 pub struct MetricStore {
-    families: RwLock<HashMap<String, Family>>,
-    max_series: usize,
+    families: RwLock<HashMap<String, Arc<RwLock<Family>>>>,
+    limits: Limits,
+    window_bytes: AtomicU64,
     refused: AtomicU64,
 }
 
@@ -143,95 +300,175 @@ fn decreased(old: &Value, new: &Value) -> bool {
     }
 }
 
+fn check(name: &str, value: &Value) -> Result<(), Refused> {
+    match value {
+        Value::Scalar(v) if !v.is_finite() => Err(Refused::NotFinite(name.to_owned())),
+        Value::Histogram {
+            bounds,
+            counts,
+            sum,
+            ..
+        } => {
+            if counts.len() != bounds.len() + 1 {
+                return Err(Refused::BadHistogram(
+                    name.to_owned(),
+                    counts.len(),
+                    bounds.len(),
+                ));
+            }
+            if !sum.is_finite() || bounds.iter().any(|b| !b.is_finite()) {
+                return Err(Refused::NotFinite(name.to_owned()));
+            }
+            Ok(())
+        }
+        Value::Scalar(_) => Ok(()),
+    }
+}
+
 impl MetricStore {
-    /// A store allowing `max_series` series per metric.
-    pub fn new(max_series: usize) -> MetricStore {
+    /// A store with the given limits.
+    pub fn new(limits: Limits) -> MetricStore {
         MetricStore {
             families: RwLock::new(HashMap::new()),
-            max_series,
+            limits,
+            window_bytes: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         }
     }
 
-    /// Points refused so far (cardinality, kind changes, malformed values).
+    /// Points refused so far (cardinality, memory, kind changes, malformed values).
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
     }
 
-    /// Stores the points of one metric. Points that cannot be stored are refused one by one;
-    /// the error names the first refusal and counts them all.
+    /// Bytes reserved by the windows of every series.
+    pub fn window_bytes(&self) -> u64 {
+        self.window_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The store's limits.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The family called `name`, if any.
+    pub fn family(&self, name: &str) -> Option<Arc<RwLock<Family>>> {
+        let families = self.families.read().unwrap_or_else(|p| p.into_inner());
+        families.get(name).cloned()
+    }
+
+    /// Every family, sorted by name.
+    pub fn families(&self) -> BTreeMap<String, Arc<RwLock<Family>>> {
+        let families = self.families.read().unwrap_or_else(|p| p.into_inner());
+        families
+            .iter()
+            .map(|(n, f)| (n.clone(), f.clone()))
+            .collect()
+    }
+
+    /// Stores the points of one metric, received at Unix second `now`. Points that cannot be
+    /// stored are refused one by one; the error names the first refusal and counts them all.
     pub fn record(
         &self,
+        now: i64,
         name: &str,
         kind: Kind,
         description: &str,
         unit: &str,
         points: Vec<Point>,
     ) -> Result<(), (usize, Refused)> {
-        let mut families = self.families.write().unwrap_or_else(|p| p.into_inner());
-        let family = families.entry(name.to_owned()).or_insert_with(|| Family {
-            kind,
-            description: description.to_owned(),
-            unit: unit.to_owned(),
-            series: HashMap::new(),
-        });
+        let family = match self.family(name) {
+            Some(family) => family,
+            None => {
+                let mut families = self.families.write().unwrap_or_else(|p| p.into_inner());
+                families
+                    .entry(name.to_owned())
+                    .or_insert_with(|| {
+                        Arc::new(RwLock::new(Family {
+                            kind,
+                            description: description.to_owned(),
+                            unit: unit.to_owned(),
+                            series: HashMap::new(),
+                            refused: 0,
+                        }))
+                    })
+                    .clone()
+            }
+        };
+        let mut family = family.write().unwrap_or_else(|p| p.into_inner());
         if family.kind != kind {
-            self.refused
-                .fetch_add(points.len() as u64, Ordering::Relaxed);
-            return Err((
-                points.len(),
-                Refused::KindChanged(name.to_owned(), family.kind, kind),
-            ));
+            let n = points.len();
+            family.refused += n as u64;
+            self.refused.fetch_add(n as u64, Ordering::Relaxed);
+            return Err((n, Refused::KindChanged(name.to_owned(), family.kind, kind)));
         }
         let mut refused = 0;
         let mut first_error = None;
         for point in points {
-            if let Err(err) = self.record_point(name, family, point) {
+            if let Err(err) = self.record_point(now, name, &mut family, point) {
                 refused += 1;
                 first_error.get_or_insert(err);
             }
         }
+        family.refused += refused as u64;
         self.refused.fetch_add(refused as u64, Ordering::Relaxed);
         first_error.map_or(Ok(()), |err| Err((refused, err)))
     }
 
-    fn record_point(&self, name: &str, family: &mut Family, point: Point) -> Result<(), Refused> {
-        match &point.value {
-            Value::Scalar(v) if !v.is_finite() => return Err(Refused::NotFinite(name.to_owned())),
-            Value::Histogram {
-                bounds,
-                counts,
-                sum,
-                ..
-            } => {
-                if counts.len() != bounds.len() + 1 {
-                    return Err(Refused::BadHistogram(
-                        name.to_owned(),
-                        counts.len(),
-                        bounds.len(),
-                    ));
-                }
-                if !sum.is_finite() || bounds.iter().any(|b| !b.is_finite()) {
-                    return Err(Refused::NotFinite(name.to_owned()));
-                }
-            }
-            Value::Scalar(_) => {}
+    /// Reserves the windows of a new series, or says why not.
+    fn admit(&self, name: &str, family: &Family, value: &Value) -> Result<u64, Refused> {
+        if family.series.len() >= self.limits.max_series {
+            return Err(Refused::Cardinality(
+                name.to_owned(),
+                self.limits.max_series,
+            ));
         }
-        let at_limit = family.series.len() >= self.max_series;
+        let bytes = Series::bytes(family.kind, value);
+        let limit = self.limits.max_window_bytes;
+        self.window_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                (used + bytes <= limit).then_some(used + bytes)
+            })
+            .map_err(|_| Refused::Memory(limit, name.to_owned()))?;
+        Ok(bytes)
+    }
+
+    fn release(&self, kind: Kind, value: &Value) {
+        self.window_bytes
+            .fetch_sub(Series::bytes(kind, value), Ordering::Relaxed);
+    }
+
+    fn record_point(
+        &self,
+        now: i64,
+        name: &str,
+        family: &mut Family,
+        point: Point,
+    ) -> Result<(), Refused> {
+        check(name, &point.value)?;
+        let kind = family.kind;
+        // Bucket bounds changed: the series starts again.
+        if let Some(old) = family.series.get(&point.labels)
+            && shape_differs(&old.value, &point.value)
+        {
+            let old = family.series.remove(&point.labels).expect("present");
+            self.release(kind, &old.value);
+        }
         let series = match family.series.get_mut(&point.labels) {
             Some(series) => series,
-            None if at_limit => return Err(Refused::Cardinality(name.to_owned(), self.max_series)),
-            None => family.series.entry(point.labels.clone()).or_insert(Series {
-                value: zero_like(&point.value),
-                last_raw: None,
-            }),
+            None => {
+                self.admit(name, family, &point.value)?;
+                let mut series = Series::new(kind, &point.value);
+                let started_before_us = !point.delta
+                    && kind != Kind::Gauge
+                    && point.start_time_ns < self.limits.started_ns;
+                if started_before_us {
+                    series.origin = point.value.flat();
+                }
+                family.series.entry(point.labels.clone()).or_insert(series)
+            }
         };
-        if shape_differs(&series.value, &point.value) {
-            // Bucket bounds changed: start the series again.
-            series.value = zero_like(&point.value);
-            series.last_raw = None;
-        }
-        match (family.kind, point.delta) {
+        match (kind, point.delta) {
             (Kind::Gauge, _) => series.value = point.value,
             (_, true) => add(&mut series.value, &point.value),
             (_, false) => {
@@ -251,15 +488,28 @@ impl MetricStore {
                 series.last_raw = Some((point.start_time_ns, point.value));
             }
         }
+        series.write_windows(kind, now);
         Ok(())
     }
 
-    /// A copy of every family, sorted by name.
-    pub fn snapshot(&self) -> BTreeMap<String, Family> {
-        let families = self.families.read().unwrap_or_else(|p| p.into_inner());
-        families
-            .iter()
-            .map(|(name, f)| (name.clone(), f.clone()))
+    /// A copy of every family's current values, sorted by name.
+    pub fn snapshot(&self) -> BTreeMap<String, FamilyValues> {
+        self.families()
+            .into_iter()
+            .map(|(name, family)| {
+                let family = family.read().unwrap_or_else(|p| p.into_inner());
+                let values = FamilyValues {
+                    kind: family.kind,
+                    description: family.description.clone(),
+                    unit: family.unit.clone(),
+                    series: family
+                        .series
+                        .iter()
+                        .map(|(labels, s)| (labels.clone(), s.value.clone()))
+                        .collect(),
+                };
+                (name, values)
+            })
             .collect()
     }
 }
@@ -309,8 +559,17 @@ fn subtract(from: &mut Value, other: &Value) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Limits for tests: the collector started at Unix nanosecond 1000.
+    pub(crate) fn limits(max_series: usize) -> Limits {
+        Limits {
+            max_series,
+            max_window_bytes: u64::MAX,
+            started_ns: 1000,
+        }
+    }
 
     fn point(value: f64, start: u64, delta: bool) -> Point {
         Point {
@@ -323,61 +582,79 @@ mod tests {
 
     fn value(store: &MetricStore, name: &str) -> Value {
         let families = store.snapshot();
-        families[name]
-            .series()
-            .values()
-            .next()
-            .map(|v| (*v).clone())
-            .unwrap()
+        families[name].series.values().next().cloned().unwrap()
+    }
+
+    fn record(
+        store: &MetricStore,
+        name: &str,
+        kind: Kind,
+        p: Point,
+    ) -> Result<(), (usize, Refused)> {
+        store.record(0, name, kind, "", "", vec![p])
     }
 
     #[test]
     fn cumulative_counters_survive_a_restart_of_the_sender() {
-        let store = MetricStore::new(10);
+        let store = MetricStore::new(limits(10));
         for (v, start) in [(5.0, 1), (8.0, 1), (2.0, 2), (3.0, 2)] {
-            store
-                .record(
-                    "requests",
-                    Kind::Counter,
-                    "",
-                    "",
-                    vec![point(v, start, false)],
-                )
-                .unwrap();
+            record(&store, "requests", Kind::Counter, point(v, start, false)).unwrap();
         }
         // 8 before the restart, then 3 more since: never goes backwards.
         assert_eq!(value(&store, "requests"), Value::Scalar(11.0));
         // A value going down with the same start time is a reset too.
-        store
-            .record(
-                "requests",
-                Kind::Counter,
-                "",
-                "",
-                vec![point(1.0, 2, false)],
-            )
-            .unwrap();
+        record(&store, "requests", Kind::Counter, point(1.0, 2, false)).unwrap();
         assert_eq!(value(&store, "requests"), Value::Scalar(12.0));
     }
 
     #[test]
     fn deltas_add_up_and_gauges_take_the_last_value() {
-        let store = MetricStore::new(10);
+        let store = MetricStore::new(limits(10));
         for v in [1.0, 2.0, 3.0] {
-            store
-                .record("d", Kind::Counter, "", "", vec![point(v, 0, true)])
-                .unwrap();
-            store
-                .record("g", Kind::Gauge, "", "", vec![point(v, 0, false)])
-                .unwrap();
+            record(&store, "d", Kind::Counter, point(v, 0, true)).unwrap();
+            record(&store, "g", Kind::Gauge, point(v, 0, false)).unwrap();
         }
         assert_eq!(value(&store, "d"), Value::Scalar(6.0));
         assert_eq!(value(&store, "g"), Value::Scalar(3.0));
     }
 
     #[test]
-    fn cardinality_is_bounded_and_refusals_counted() {
-        let store = MetricStore::new(100);
+    fn windows_hold_the_value_of_every_second_and_minute() {
+        let store = MetricStore::new(limits(10));
+        // A sender that started counting after the collector: its first total is all new.
+        for (now, v) in [(120, 2.0), (121, 5.0), (185, 9.0)] {
+            store
+                .record(now, "c", Kind::Counter, "", "", vec![point(v, 2000, false)])
+                .unwrap();
+        }
+        let family = store.family("c").unwrap();
+        let family = family.read().unwrap();
+        let series = family.series.values().next().unwrap();
+        assert_eq!(series.at(Tier::Seconds, 119), Some(&[0.0][..]));
+        assert_eq!(series.at(Tier::Seconds, 150), Some(&[5.0][..]));
+        assert_eq!(series.at(Tier::Seconds, 185), Some(&[9.0][..]));
+        assert_eq!(series.at(Tier::Minutes, 2), Some(&[5.0][..]));
+        assert_eq!(series.at(Tier::Minutes, 3), Some(&[9.0][..]));
+        // One that started before: what it counted before is nobody's increase.
+        store
+            .record(
+                120,
+                "old",
+                Kind::Counter,
+                "",
+                "",
+                vec![point(40.0, 10, false)],
+            )
+            .unwrap();
+        let family = store.family("old").unwrap();
+        let family = family.read().unwrap();
+        let series = family.series.values().next().unwrap();
+        assert_eq!(series.at(Tier::Seconds, 100), Some(&[40.0][..]));
+    }
+
+    #[test]
+    fn cardinality_and_window_memory_are_bounded_and_refusals_counted() {
+        let store = MetricStore::new(limits(100));
         let points = (0..1000)
             .map(|i| Point {
                 labels: vec![("user".into(), i.to_string())],
@@ -387,21 +664,33 @@ mod tests {
             })
             .collect();
         let err = store
-            .record("exploding", Kind::Counter, "", "", points)
+            .record(0, "exploding", Kind::Counter, "", "", points)
             .unwrap_err();
         assert_eq!(err, (900, Refused::Cardinality("exploding".into(), 100)));
-        assert_eq!(store.snapshot()["exploding"].series().len(), 100);
+        assert_eq!(store.snapshot()["exploding"].series.len(), 100);
         assert_eq!(store.refused(), 900);
+
+        let one = Series::bytes(Kind::Counter, &Value::Scalar(0.0));
+        let store = MetricStore::new(Limits {
+            max_window_bytes: 3 * one,
+            ..limits(100)
+        });
+        let points = (0..5).map(|i| Point {
+            labels: vec![("user".into(), i.to_string())],
+            ..point(1.0, 0, true)
+        });
+        let err = store
+            .record(0, "m", Kind::Counter, "", "", points.collect())
+            .unwrap_err();
+        assert_eq!(err.0, 2);
+        assert!(matches!(err.1, Refused::Memory(..)));
+        assert_eq!(store.window_bytes(), 3 * one);
     }
 
     #[test]
     fn malformed_points_are_refused() {
-        let store = MetricStore::new(10);
-        assert!(
-            store
-                .record("nan", Kind::Gauge, "", "", vec![point(f64::NAN, 0, false)])
-                .is_err()
-        );
+        let store = MetricStore::new(limits(10));
+        assert!(record(&store, "nan", Kind::Gauge, point(f64::NAN, 0, false)).is_err());
         let bad = Value::Histogram {
             bounds: vec![1.0],
             counts: vec![1],
@@ -415,14 +704,12 @@ mod tests {
             value: bad,
         };
         assert!(matches!(
-            store.record("h", Kind::Histogram, "", "", vec![p]),
+            record(&store, "h", Kind::Histogram, p),
             Err((1, Refused::BadHistogram(..)))
         ));
-        store
-            .record("k", Kind::Gauge, "", "", vec![point(1.0, 0, false)])
-            .unwrap();
+        record(&store, "k", Kind::Gauge, point(1.0, 0, false)).unwrap();
         assert!(matches!(
-            store.record("k", Kind::Counter, "", "", vec![point(1.0, 0, true)]),
+            record(&store, "k", Kind::Counter, point(1.0, 0, true)),
             Err((1, Refused::KindChanged(..)))
         ));
     }

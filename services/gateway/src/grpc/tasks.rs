@@ -12,7 +12,7 @@ use super::call_context;
 use crate::core::{CallContext, GatewayCore, MAX_CANDIDATES, MAX_TEXTS_PER_CALL, cosine};
 use crate::metrics;
 use crate::payload::PayloadLogger;
-use crate::records::RecordKind;
+use crate::records::{RecordKind, Task};
 
 /// Handlers of the task API.
 #[derive(Clone)]
@@ -38,6 +38,18 @@ fn call_span(rpc: &'static str, call: &CallContext) -> tracing::Span {
         model_version = tracing::field::Empty,
         payload.request = tracing::field::Empty,
         payload.response = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_message = tracing::field::Empty,
+    )
+}
+
+/// Whether a status is the server's failure (OpenTelemetry's gRPC server convention): the span is
+/// marked as an error, so that the collector keeps it as an exemplar. A caller's mistake is not.
+fn server_failure(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable | DataLoss
     )
 }
 
@@ -93,7 +105,13 @@ async fn observed<T>(
             span.record("model_version", version);
             (*version, "OK".to_owned())
         }
-        Err(status) => (0, format!("{:?}", status.code())),
+        Err(status) => {
+            if server_failure(status.code()) {
+                span.record("otel.status_code", "ERROR");
+                span.record("otel.status_message", status.message());
+            }
+            (0, format!("{:?}", status.code()))
+        }
     };
     let attributes = [
         KeyValue::new("rpc", rpc),
@@ -262,6 +280,7 @@ impl Gateway for GatewayService {
             core.record(
                 &call,
                 RecordKind::Prediction {
+                    task: Task::Rank,
                     model: core.embed_model.to_string(),
                     version: embedded.version,
                     items: ranked.iter().map(|r| r.id.clone()).collect(),

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Benchmarks the metrics collector (see BENCHMARKS.md): starts target/release/metrics-collector on
+# free loopback ports and runs target/release/collector_bench against it (OTLP ingest in batches
+# of 1,000 points, resident memory for 10,000 active series, query latency over them).
+# Called by `make bench` and `make bench-collector`. Result: target/bench/collector.json.
+#   BENCH_COLLECTOR_SECS (10)  seconds of ingest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=target/release
+OUT=target/bench
+SECS=${BENCH_COLLECTOR_SECS:-10}
+say() { printf '[bench-collector] %s\n' "$*" >&2; }
+die() { say "FAILED: $*"; exit 1; }
+for bin in metrics-collector collector_bench; do
+    [ -x "$BIN/$bin" ] || die "$BIN/$bin is missing: run \`cargo build --release --workspace --bins\`"
+done
+mkdir -p "$OUT"
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+grpc_port=$(free_port)
+http_port=$(free_port)
+"$BIN/metrics-collector" --listen "127.0.0.1:$grpc_port" --http-listen "127.0.0.1:$http_port" \
+    >"$OUT/collector.log" 2>&1 &
+pid=$!
+trap 'kill "$pid" 2>/dev/null || true' EXIT
+# Ready when /metrics answers (the gRPC server starts first).
+deadline=$((SECONDS + 30))
+until python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$http_port/metrics')" 2>/dev/null; do
+    kill -0 "$pid" 2>/dev/null || die "the collector exited during start-up; see $OUT/collector.log"
+    [ "$SECONDS" -lt "$deadline" ] || die "the collector did not answer within 30 s"
+    sleep 0.2
+done
+say "ingest for $SECS s, then queries"
+"$BIN/collector_bench" --addr "127.0.0.1:$grpc_port" --pid "$pid" --duration-secs "$SECS" \
+    | tee "$OUT/collector.json"

@@ -1,0 +1,470 @@
+//! gRPC handlers of `monitoring.metrics.v1`: they convert protocol types, call the [`query`],
+//! [`join`] and [`exemplars`] layers, and map their errors to status codes. No logic lives here.
+//!
+//! [`query`]: crate::query
+//! [`join`]: crate::join
+//! [`exemplars`]: crate::exemplars
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use proto::monitoring::metrics::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use crate::exemplars::{self, ExemplarRings};
+use crate::join::{self, FeedbackJoin};
+use crate::otlp::unix_now;
+use crate::query::{self, Baselines, QueryError};
+use crate::store::{Kind, MetricStore};
+
+/// Longest accepted metric or label name in a query, and most matchers or group labels.
+const MAX_NAME_BYTES: usize = 256;
+const MAX_MATCHERS: usize = 32;
+
+impl From<QueryError> for Status {
+    fn from(err: QueryError) -> Status {
+        match err {
+            QueryError::Invalid(m) => Status::invalid_argument(m),
+            QueryError::OutOfRange(m) => Status::out_of_range(m),
+            QueryError::NotFound(m) => Status::not_found(m),
+        }
+    }
+}
+
+/// Serves `MetricsQuery` and `RecordIngest`.
+#[derive(Clone)]
+pub struct QueryService {
+    store: Arc<MetricStore>,
+    baselines: Arc<Baselines>,
+    join: Arc<FeedbackJoin>,
+    exemplars: Arc<ExemplarRings>,
+}
+
+impl QueryService {
+    /// Serves queries over `store`, the `join` and the `exemplars`.
+    pub fn new(
+        store: Arc<MetricStore>,
+        join: Arc<FeedbackJoin>,
+        exemplars: Arc<ExemplarRings>,
+    ) -> QueryService {
+        QueryService {
+            store,
+            baselines: Arc::new(Baselines::new(256)),
+            join,
+            exemplars,
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn check_name(what: &str, name: &str) -> Result<(), Status> {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "{what} must be 1 to {MAX_NAME_BYTES} bytes, got {}",
+            name.len()
+        )));
+    }
+    Ok(())
+}
+
+fn selector(selector: Option<pb::Selector>) -> Result<query::Selector, Status> {
+    let selector =
+        selector.ok_or_else(|| Status::invalid_argument("selector is missing: name a metric"))?;
+    check_name("selector.metric", &selector.metric)?;
+    if selector.matchers.len() > MAX_MATCHERS {
+        return Err(Status::invalid_argument(format!(
+            "{} matchers; at most {MAX_MATCHERS}",
+            selector.matchers.len()
+        )));
+    }
+    let matchers = selector
+        .matchers
+        .iter()
+        .map(|m| {
+            check_name("matcher name", &m.name)?;
+            let (regex, negate) = match pb::MatchOp::try_from(m.op) {
+                Ok(pb::MatchOp::Unspecified | pb::MatchOp::Equal) => (false, false),
+                Ok(pb::MatchOp::NotEqual) => (false, true),
+                Ok(pb::MatchOp::Regex) => (true, false),
+                Ok(pb::MatchOp::NotRegex) => (true, true),
+                Err(_) => {
+                    return Err(Status::invalid_argument(format!(
+                        "matcher on '{}': unknown op {}",
+                        m.name, m.op
+                    )));
+                }
+            };
+            Ok(query::Matcher::new(&m.name, &m.value, regex, negate)?)
+        })
+        .collect::<Result<_, Status>>()?;
+    Ok(query::Selector {
+        metric: selector.metric,
+        matchers,
+    })
+}
+
+fn group_by(labels: Vec<String>) -> Result<Vec<String>, Status> {
+    if labels.len() > MAX_MATCHERS {
+        return Err(Status::invalid_argument(format!(
+            "group_by has {} labels; at most {MAX_MATCHERS}",
+            labels.len()
+        )));
+    }
+    for l in &labels {
+        check_name("group_by label", l)?;
+    }
+    Ok(labels)
+}
+
+fn query_of(request: pb::QueryRequest) -> Result<query::Query, Status> {
+    let function = match pb::Function::try_from(request.function) {
+        Ok(pb::Function::Rate) => query::Function::Rate,
+        Ok(pb::Function::Increase) => query::Function::Increase,
+        Ok(pb::Function::Quantile) => query::Function::Quantile(request.quantile),
+        Ok(pb::Function::Avg) => query::Function::Avg,
+        Ok(pb::Function::Max) => query::Function::Max,
+        Ok(pb::Function::Min) => query::Function::Min,
+        Ok(pb::Function::Last) => query::Function::Last,
+        Ok(pb::Function::Unspecified) | Err(_) => {
+            return Err(Status::invalid_argument(
+                "function is not set: choose FUNCTION_RATE, FUNCTION_INCREASE, FUNCTION_QUANTILE, FUNCTION_AVG, FUNCTION_MAX, FUNCTION_MIN or FUNCTION_LAST",
+            ));
+        }
+    };
+    Ok(query::Query {
+        selector: selector(request.selector)?,
+        function,
+        window: i64::from(request.window_seconds),
+        group_by: group_by(request.group_by)?,
+        at: (request.at_unix_seconds != 0).then_some(request.at_unix_seconds),
+    })
+}
+
+fn answer(answer: query::Answer) -> pb::QueryResponse {
+    pb::QueryResponse {
+        samples: answer
+            .samples
+            .into_iter()
+            .map(|s| pb::Sample {
+                labels: s.labels.into_iter().collect(),
+                value: s.value,
+                series: s.series,
+            })
+            .collect(),
+        at_unix_seconds: answer.at,
+        resolution_seconds: answer.resolution as u32,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::metrics_query_server::MetricsQuery for QueryService {
+    async fn query(
+        &self,
+        request: Request<pb::QueryRequest>,
+    ) -> Result<Response<pb::QueryResponse>, Status> {
+        let query = query_of(request.into_inner())?;
+        let result = query::evaluate(&self.store, &query, unix_now())?;
+        Ok(Response::new(answer(result)))
+    }
+
+    async fn ratio(
+        &self,
+        request: Request<pb::RatioRequest>,
+    ) -> Result<Response<pb::QueryResponse>, Status> {
+        let request = request.into_inner();
+        let missing = |what| Status::invalid_argument(format!("{what} is missing"));
+        let num = query_of(request.numerator.ok_or_else(|| missing("numerator"))?)?;
+        let den = query_of(request.denominator.ok_or_else(|| missing("denominator"))?)?;
+        let result = query::ratio(&self.store, &num, &den, unix_now())?;
+        Ok(Response::new(answer(result)))
+    }
+
+    async fn drift(
+        &self,
+        request: Request<pb::DriftRequest>,
+    ) -> Result<Response<pb::DriftResponse>, Status> {
+        let request = request.into_inner();
+        let baseline = match request.baseline {
+            Some(pb::drift_request::Baseline::PastWindow(p)) => {
+                if p.offset_seconds == 0 {
+                    return Err(Status::invalid_argument(
+                        "past_window.offset_seconds is 0: the baseline must end before the compared window",
+                    ));
+                }
+                query::BaselineSource::PastWindow {
+                    offset: i64::from(p.offset_seconds),
+                    window: i64::from(p.window_seconds),
+                }
+            }
+            Some(pb::drift_request::Baseline::Snapshot(name)) => {
+                query::BaselineSource::Snapshot(self.baselines.get(&name)?)
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "baseline is missing: give past_window or snapshot",
+                ));
+            }
+        };
+        let (at, results) = query::drift(
+            &self.store,
+            &selector(request.selector)?,
+            &group_by(request.group_by)?,
+            i64::from(request.window_seconds),
+            (request.at_unix_seconds != 0).then_some(request.at_unix_seconds),
+            &baseline,
+            unix_now(),
+        )?;
+        Ok(Response::new(pb::DriftResponse {
+            results: results
+                .into_iter()
+                .map(|r| pb::DriftResult {
+                    labels: r.labels.into_iter().collect(),
+                    psi: r.drift.psi,
+                    ks_statistic: r.drift.ks_statistic,
+                    ks_p_value: r.drift.ks_p_value,
+                    window_count: r.window_count,
+                    baseline_count: r.baseline_count,
+                })
+                .collect(),
+            at_unix_seconds: at,
+        }))
+    }
+
+    async fn pin_baseline(
+        &self,
+        request: Request<pb::PinBaselineRequest>,
+    ) -> Result<Response<pb::PinBaselineResponse>, Status> {
+        let request = request.into_inner();
+        check_name("name", &request.name)?;
+        let baseline = query::pin(
+            &self.store,
+            &selector(request.selector)?,
+            &group_by(request.group_by)?,
+            i64::from(request.window_seconds),
+            unix_now(),
+        )?;
+        let response = pb::PinBaselineResponse {
+            groups: baseline.groups() as u32,
+            observations: baseline.observations(),
+        };
+        self.baselines.insert(&request.name, baseline)?;
+        Ok(Response::new(response))
+    }
+
+    async fn list_metrics(
+        &self,
+        _request: Request<pb::ListMetricsRequest>,
+    ) -> Result<Response<pb::ListMetricsResponse>, Status> {
+        let metrics = self
+            .store
+            .families()
+            .into_iter()
+            .map(|(name, family)| {
+                let f = family.read().unwrap_or_else(|p| p.into_inner());
+                pb::MetricInfo {
+                    name,
+                    kind: match f.kind {
+                        Kind::Counter => pb::MetricKind::Counter,
+                        Kind::Gauge => pb::MetricKind::Gauge,
+                        Kind::Histogram => pb::MetricKind::Histogram,
+                    } as i32,
+                    unit: f.unit.clone(),
+                    description: f.description.clone(),
+                    series: f.series.len() as u32,
+                    refused_points: f.refused,
+                }
+            })
+            .collect();
+        let limits = self.store.limits();
+        Ok(Response::new(pb::ListMetricsResponse {
+            metrics,
+            refused_points: self.store.refused(),
+            max_series_per_metric: limits.max_series as u32,
+            window_bytes: self.store.window_bytes(),
+            window_bytes_limit: limits.max_window_bytes,
+        }))
+    }
+
+    async fn model_quality(
+        &self,
+        request: Request<pb::ModelQualityRequest>,
+    ) -> Result<Response<pb::ModelQualityResponse>, Status> {
+        let request = request.into_inner();
+        let k = match request.k {
+            0 => 10,
+            k if k as usize > join::MAX_ITEMS => {
+                return Err(Status::invalid_argument(format!(
+                    "k = {k}; at most {} (the items kept per ranking)",
+                    join::MAX_ITEMS
+                )));
+            }
+            k => k,
+        };
+        let (versions, counts) = self.join.quality(
+            &request.model,
+            i64::from(request.window_seconds) * 1000,
+            k as usize,
+            now_ms(),
+        );
+        let nan = f64::NAN;
+        Ok(Response::new(pb::ModelQualityResponse {
+            versions: versions
+                .into_iter()
+                .map(|q| pb::VersionQuality {
+                    model: q.model,
+                    version: q.version,
+                    predictions: q.predictions,
+                    with_feedback: q.with_feedback,
+                    labelled: q.labelled,
+                    accuracy: q.accuracy.unwrap_or(nan),
+                    auc: q.auc.unwrap_or(nan),
+                    calibration_error: q.calibration_error.unwrap_or(nan),
+                    rankings: q.rankings,
+                    ctr: q.ctr.unwrap_or(nan),
+                    ndcg_at_k: q.ndcg_at_k.unwrap_or(nan),
+                    ndcg_rankings: q.ndcg_rankings,
+                    unmatched_predictions: q.unmatched_predictions,
+                })
+                .collect(),
+            unmatched_feedback: counts.unmatched_feedback,
+            evicted_predictions: counts.evicted_predictions,
+            k,
+        }))
+    }
+
+    async fn exemplars(
+        &self,
+        request: Request<pb::ExemplarsRequest>,
+    ) -> Result<Response<pb::ExemplarsResponse>, Status> {
+        let request = request.into_inner();
+        let error = match pb::ExemplarStatus::try_from(request.status) {
+            Ok(pb::ExemplarStatus::Unspecified) => None,
+            Ok(pb::ExemplarStatus::Error) => Some(true),
+            Ok(pb::ExemplarStatus::Slow) => Some(false),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown status {}",
+                    request.status
+                )));
+            }
+        };
+        let filter = exemplars::Filter {
+            service: request.service,
+            model: request.model,
+            version: request.version,
+            error,
+            since_unix_ms: if request.since_seconds == 0 {
+                i64::MIN
+            } else {
+                now_ms() - i64::from(request.since_seconds) * 1000
+            },
+            limit: match request.limit {
+                0 => 20,
+                n => n.min(1000) as usize,
+            },
+        };
+        let found = self.exemplars.find(&filter);
+        Ok(Response::new(pb::ExemplarsResponse {
+            exemplars: found
+                .into_iter()
+                .map(|e| pb::Exemplar {
+                    trace_id: e.trace_id,
+                    span_id: e.span_id,
+                    service: e.service,
+                    span_name: e.span_name,
+                    model: e.model,
+                    version: e.version,
+                    error: e.error,
+                    status_message: e.status_message,
+                    duration_ms: e.duration_ms,
+                    end_unix_ms: e.end_unix_ms,
+                })
+                .collect(),
+        }))
+    }
+}
+
+fn event(event: i32, label: u32) -> Option<join::Event> {
+    Some(match pb::FeedbackEvent::try_from(event).ok()? {
+        pb::FeedbackEvent::Impression => join::Event::Impression,
+        pb::FeedbackEvent::Click => join::Event::Click,
+        pb::FeedbackEvent::AddToCart => join::Event::AddToCart,
+        pb::FeedbackEvent::Purchase => join::Event::Purchase,
+        pb::FeedbackEvent::Label => join::Event::Label(label),
+        pb::FeedbackEvent::Unspecified => return None,
+    })
+}
+
+/// Applies one record to the join.
+fn take(join: &FeedbackJoin, record: pb::Record, now: i64) -> Result<(), String> {
+    match record.kind {
+        Some(pb::record::Kind::Prediction(p)) => {
+            let task = match pb::PredictionTask::try_from(p.task) {
+                Ok(pb::PredictionTask::Classify) => join::Task::Classify,
+                Ok(pb::PredictionTask::Rank) => join::Task::Rank,
+                _ => return Err(format!("prediction {} has no task", p.request_id)),
+            };
+            join.predict(
+                join::Prediction {
+                    request_id: p.request_id,
+                    model: p.model,
+                    version: p.version,
+                    task,
+                    items: p.items,
+                    scores: p.scores,
+                    at_ms: if p.at_unix_ms > 0 { p.at_unix_ms } else { now },
+                },
+                now,
+            )
+            .map_err(|e| e.to_string())
+        }
+        Some(pb::record::Kind::Feedback(f)) => {
+            let event = event(f.event, f.label)
+                .ok_or_else(|| format!("feedback for {} has no event", f.request_id))?;
+            join.feedback(join::Feedback {
+                request_id: f.request_id,
+                item_id: f.item_id,
+                event,
+            });
+            Ok(())
+        }
+        None => Err("a record is neither a prediction nor feedback".into()),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::record_ingest_server::RecordIngest for QueryService {
+    async fn push(
+        &self,
+        request: Request<pb::PushRecordsRequest>,
+    ) -> Result<Response<pb::PushRecordsResponse>, Status> {
+        let request = request.into_inner();
+        let now = now_ms();
+        if request.dropped_by_sender > 0 {
+            self.join.sender_dropped(request.dropped_by_sender);
+        }
+        let (mut accepted, mut refused) = (0, 0);
+        let mut error_message = String::new();
+        for record in request.records {
+            match take(&self.join, record, now) {
+                Ok(()) => accepted += 1,
+                Err(err) => {
+                    refused += 1;
+                    if error_message.is_empty() {
+                        error_message = err;
+                    }
+                }
+            }
+        }
+        Ok(Response::new(pb::PushRecordsResponse {
+            accepted,
+            refused,
+            error_message,
+        }))
+    }
+}

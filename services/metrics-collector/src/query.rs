@@ -1,0 +1,922 @@
+//! The query engine: functions over the store's windows (rate, increase, quantile, gauge
+//! average/max/min/last), aggregated per group of labels, and drift between a window's
+//! histogram and a baseline.
+//!
+//! Windows are read at the finest tier that still holds their start: 1 s steps within the last
+//! hour, 1 min steps within the last 24 hours. The increase of a series over `(start, end]` is its
+//! value at `end` less its value at `start` (values never go backwards: resets are folded in at
+//! ingest), so a query costs two reads per series whatever the window's length.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::RwLock;
+
+use regex::Regex;
+
+use crate::prometheus;
+use crate::statistics::{self, Drift};
+use crate::store::{Family, Kind, Labels, MetricStore, Series, Tier, Value};
+
+/// Longest accepted window: the 1 min tier's reach.
+pub const MAX_WINDOW_SECONDS: i64 = 86_400;
+
+/// Largest compiled size of a label regular expression, in bytes.
+const MAX_REGEX_BYTES: usize = 64 * 1024;
+
+/// Why a query cannot be answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    /// The query is malformed: the message says what to change.
+    #[error("{0}")]
+    Invalid(String),
+    /// The window reaches back beyond what the collector keeps.
+    #[error("{0}")]
+    OutOfRange(String),
+    /// A named baseline does not exist.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// How a matcher compares.
+#[derive(Debug, Clone)]
+pub enum MatchOp {
+    /// Equal.
+    Equal(String),
+    /// Not equal.
+    NotEqual(String),
+    /// Matches the whole label.
+    Regex(Regex),
+    /// Does not match the whole label.
+    NotRegex(Regex),
+}
+
+/// A condition on one label (a missing label reads as "").
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    /// The label.
+    pub name: String,
+    /// The comparison.
+    pub op: MatchOp,
+}
+
+impl Matcher {
+    /// A matcher; `regex` patterns must match the whole label.
+    pub fn new(name: &str, value: &str, regex: bool, negate: bool) -> Result<Matcher, QueryError> {
+        let op = if regex {
+            let re = regex::RegexBuilder::new(&format!("^(?:{value})$"))
+                .size_limit(MAX_REGEX_BYTES)
+                .build()
+                .map_err(|e| {
+                    QueryError::Invalid(format!("matcher on '{name}': bad regular expression: {e}"))
+                })?;
+            if negate {
+                MatchOp::NotRegex(re)
+            } else {
+                MatchOp::Regex(re)
+            }
+        } else if negate {
+            MatchOp::NotEqual(value.to_owned())
+        } else {
+            MatchOp::Equal(value.to_owned())
+        };
+        Ok(Matcher {
+            name: name.to_owned(),
+            op,
+        })
+    }
+
+    fn matches(&self, labels: &Labels) -> bool {
+        let value = label(labels, &self.name);
+        match &self.op {
+            MatchOp::Equal(v) => value == v,
+            MatchOp::NotEqual(v) => value != v,
+            MatchOp::Regex(re) => re.is_match(value),
+            MatchOp::NotRegex(re) => !re.is_match(value),
+        }
+    }
+}
+
+fn label<'a>(labels: &'a Labels, name: &str) -> &'a str {
+    labels
+        .binary_search_by(|(k, _)| k.as_str().cmp(name))
+        .map_or("", |i| labels[i].1.as_str())
+}
+
+/// Which series: a metric and conditions on its labels.
+#[derive(Debug, Clone)]
+pub struct Selector {
+    /// Metric name, as sent over OTLP or in its Prometheus spelling.
+    pub metric: String,
+    /// All must hold.
+    pub matchers: Vec<Matcher>,
+}
+
+impl Selector {
+    fn matches(&self, labels: &Labels) -> bool {
+        self.matchers.iter().all(|m| m.matches(labels))
+    }
+}
+
+/// What to compute.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Function {
+    /// Per-second increase of a counter or a histogram's count.
+    Rate,
+    /// Increase of a counter or a histogram's count.
+    Increase,
+    /// Quantile of a histogram's observations in the window.
+    Quantile(f64),
+    /// Time-average of a gauge.
+    Avg,
+    /// Maximum of a gauge.
+    Max,
+    /// Minimum of a gauge.
+    Min,
+    /// Latest value.
+    Last,
+}
+
+/// A query.
+#[derive(Debug, Clone)]
+pub struct Query {
+    /// Which series.
+    pub selector: Selector,
+    /// What to compute.
+    pub function: Function,
+    /// Window length in seconds.
+    pub window: i64,
+    /// Labels to group by.
+    pub group_by: Vec<String>,
+    /// Evaluation time (Unix seconds); `None` for now.
+    pub at: Option<i64>,
+}
+
+/// One group's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// The group's labels (non-empty group_by labels).
+    pub labels: Labels,
+    /// The value.
+    pub value: f64,
+    /// Series that contributed.
+    pub series: u32,
+}
+
+/// The answer to a query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// One sample per group, sorted by labels.
+    pub samples: Vec<Sample>,
+    /// Evaluation time used.
+    pub at: i64,
+    /// Seconds per step of the tier read.
+    pub resolution: i64,
+}
+
+/// The steps of a window in one tier.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    tier: Tier,
+    /// Step of the window's start (exclusive) and end (inclusive).
+    start: i64,
+    end: i64,
+    /// Seconds: start and end.
+    start_s: i64,
+    end_s: i64,
+}
+
+fn span(now: i64, at: Option<i64>, window: i64) -> Result<Span, QueryError> {
+    let at = at.filter(|t| *t > 0).unwrap_or(now);
+    if at > now {
+        return Err(QueryError::Invalid(format!(
+            "evaluation time {at} is in the future (now is {now})"
+        )));
+    }
+    if !(0..=MAX_WINDOW_SECONDS).contains(&window) {
+        return Err(QueryError::Invalid(format!(
+            "window of {window} s; at most {MAX_WINDOW_SECONDS} s (24 hours)"
+        )));
+    }
+    let start_s = at - window;
+    let tier = if now - start_s <= Tier::Seconds.reach_seconds() {
+        Tier::Seconds
+    } else if now - start_s <= Tier::Minutes.reach_seconds() {
+        Tier::Minutes
+    } else {
+        return Err(QueryError::OutOfRange(format!(
+            "the window starts {} s ago; the collector keeps 24 hours at 1 min resolution",
+            now - start_s
+        )));
+    };
+    let step = tier.step_seconds();
+    Ok(Span {
+        tier,
+        start: start_s.div_euclid(step),
+        end: at.div_euclid(step),
+        start_s,
+        end_s: at,
+    })
+}
+
+/// Finds a family by its OTLP name or its Prometheus name.
+fn resolve(store: &MetricStore, name: &str) -> Option<std::sync::Arc<RwLock<Family>>> {
+    if let Some(family) = store.family(name) {
+        return Some(family);
+    }
+    store.families().into_iter().find_map(|(otel, family)| {
+        let (kind, unit) = {
+            let f = family.read().unwrap_or_else(|p| p.into_inner());
+            (f.kind, f.unit.clone())
+        };
+        let prom = prometheus::metric_name(&otel, kind, &unit);
+        (prom == name).then_some(family)
+    })
+}
+
+fn group_key(labels: &Labels, group_by: &[String]) -> Vec<String> {
+    group_by
+        .iter()
+        .map(|name| label(labels, name).to_owned())
+        .collect()
+}
+
+fn group_labels(key: &[String], group_by: &[String]) -> Labels {
+    let mut labels: Labels = group_by
+        .iter()
+        .zip(key)
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    labels.sort();
+    labels
+}
+
+/// Whether a series had data in the window: created by its end, updated after its start.
+fn live(series: &Series, span: &Span, stale_ok: bool) -> bool {
+    let created = series.seconds.first().unwrap_or(i64::MAX);
+    created <= span.end_s && (stale_ok || series.updated > span.start_s)
+}
+
+/// Per-bucket increases of a histogram over the span, with its bounds.
+fn bucket_increase(series: &Series, span: &Span) -> Option<(Vec<f64>, Vec<f64>)> {
+    let Value::Histogram { bounds, .. } = series.value() else {
+        return None;
+    };
+    let end = series.at(span.tier, span.end)?;
+    let start = series.at(span.tier, span.start)?;
+    let buckets = bounds.len() + 1;
+    let counts = end[..buckets]
+        .iter()
+        .zip(&start[..buckets])
+        .map(|(e, s)| (e - s).max(0.0))
+        .collect();
+    Some((bounds.clone(), counts))
+}
+
+/// Histogram buckets summed per group.
+type Buckets = HashMap<Vec<String>, (Vec<f64>, Vec<f64>)>;
+
+fn sum_buckets(
+    family: &Family,
+    selector: &Selector,
+    group_by: &[String],
+    span: &Span,
+) -> (Buckets, HashMap<Vec<String>, u32>) {
+    let mut groups: Buckets = HashMap::new();
+    let mut members: HashMap<Vec<String>, u32> = HashMap::new();
+    for (labels, series) in &family.series {
+        if !selector.matches(labels) || !live(series, span, false) {
+            continue;
+        }
+        let Some((bounds, counts)) = bucket_increase(series, span) else {
+            continue;
+        };
+        let key = group_key(labels, group_by);
+        match groups.get_mut(&key) {
+            Some((b, c)) if *b == bounds => {
+                c.iter_mut().zip(&counts).for_each(|(a, x)| *a += x);
+            }
+            // Series of one group with other bucket bounds cannot be added up: left out.
+            Some(_) => continue,
+            None => {
+                groups.insert(key.clone(), (bounds, counts));
+            }
+        }
+        *members.entry(key).or_default() += 1;
+    }
+    (groups, members)
+}
+
+/// Running aggregate of a group.
+#[derive(Debug, Clone, Copy)]
+struct Acc {
+    value: f64,
+    series: u32,
+}
+
+fn gauge_over(series: &Series, span: &Span, function: Function) -> Option<f64> {
+    // Per step: sum, points, maximum, minimum.
+    type Pick = fn(&[f64]) -> (f64, f64, f64, f64);
+    let (ring, stride_pick): (_, Pick) = match span.tier {
+        Tier::Seconds => (&series.seconds, |v| (v[0], 1.0, v[0], v[0])),
+        Tier::Minutes => (&series.minutes, |v| (v[0], v[1], v[2], v[3])),
+    };
+    let (mut sum, mut n, mut max, mut min) = (0.0, 0.0, f64::NEG_INFINITY, f64::INFINITY);
+    for step in ring.steps(span.start + 1, span.end) {
+        if step.is_empty() {
+            return None;
+        }
+        let (s, c, hi, lo) = stride_pick(step);
+        if span.tier == Tier::Minutes {
+            // A minute's average weighs as one step.
+            sum += s / c.max(1.0);
+            n += 1.0;
+        } else {
+            sum += s;
+            n += c;
+        }
+        max = max.max(hi);
+        min = min.min(lo);
+    }
+    if n == 0.0 {
+        return None;
+    }
+    Some(match function {
+        Function::Avg => sum / n,
+        Function::Max => max,
+        _ => min,
+    })
+}
+
+fn last_value(series: &Series, kind: Kind, span: &Span) -> Option<f64> {
+    let v = series.at(span.tier, span.end)?;
+    Some(match (kind, span.tier) {
+        (Kind::Gauge, Tier::Minutes) => v[4],
+        (Kind::Histogram, _) => v[v.len() - 1],
+        _ => v[0],
+    })
+}
+
+fn increase(series: &Series, kind: Kind, span: &Span) -> Option<f64> {
+    let end = series.at(span.tier, span.end)?;
+    let start = series.at(span.tier, span.start)?;
+    let i = if kind == Kind::Histogram {
+        end.len() - 1
+    } else {
+        0
+    };
+    Some((end[i] - start[i]).max(0.0))
+}
+
+fn check_kind(function: Function, kind: Kind, metric: &str) -> Result<(), QueryError> {
+    let ok = match function {
+        Function::Rate | Function::Increase => kind != Kind::Gauge,
+        Function::Quantile(_) => kind == Kind::Histogram,
+        Function::Avg | Function::Max | Function::Min => kind == Kind::Gauge,
+        Function::Last => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(QueryError::Invalid(format!(
+            "{function:?} does not apply to '{metric}', a {kind:?}: rate and increase take counters and histograms, quantile takes histograms, avg/max/min take gauges"
+        )))
+    }
+}
+
+/// Evaluates `query` at Unix second `now`.
+pub fn evaluate(store: &MetricStore, query: &Query, now: i64) -> Result<Answer, QueryError> {
+    if let Function::Quantile(q) = query.function
+        && !(0.0..=1.0).contains(&q)
+    {
+        return Err(QueryError::Invalid(format!(
+            "quantile {q} is outside [0, 1]"
+        )));
+    }
+    if query.window == 0 && query.function != Function::Last {
+        return Err(QueryError::Invalid(
+            "window_seconds is 0: give the window to compute over (e.g. 300)".into(),
+        ));
+    }
+    let span = span(now, query.at, query.window)?;
+    let mut answer = Answer {
+        samples: Vec::new(),
+        at: span.end_s,
+        resolution: span.tier.step_seconds(),
+    };
+    let Some(family) = resolve(store, &query.selector.metric) else {
+        return Ok(answer);
+    };
+    let family = family.read().unwrap_or_else(|p| p.into_inner());
+    check_kind(query.function, family.kind, &query.selector.metric)?;
+    if let Function::Quantile(q) = query.function {
+        let (groups, members) = sum_buckets(&family, &query.selector, &query.group_by, &span);
+        answer.samples = groups
+            .into_iter()
+            .filter_map(|(key, (bounds, counts))| {
+                let value = statistics::histogram_quantile(q, &bounds, &counts)?;
+                Some(Sample {
+                    labels: group_labels(&key, &query.group_by),
+                    value,
+                    series: members[&key],
+                })
+            })
+            .collect();
+    } else {
+        let mut groups: HashMap<Vec<String>, Acc> = HashMap::new();
+        let stale_ok = query.window == 0;
+        for (labels, series) in &family.series {
+            if !query.selector.matches(labels) || !live(series, &span, stale_ok) {
+                continue;
+            }
+            let value = match query.function {
+                Function::Rate => {
+                    increase(series, family.kind, &span).map(|i| i / query.window as f64)
+                }
+                Function::Increase => increase(series, family.kind, &span),
+                Function::Last => last_value(series, family.kind, &span),
+                f => gauge_over(series, &span, f),
+            };
+            let Some(value) = value else { continue };
+            let acc = groups
+                .entry(group_key(labels, &query.group_by))
+                .or_insert(Acc {
+                    value: match query.function {
+                        Function::Max => f64::NEG_INFINITY,
+                        Function::Min => f64::INFINITY,
+                        _ => 0.0,
+                    },
+                    series: 0,
+                });
+            acc.value = match query.function {
+                Function::Max => acc.value.max(value),
+                Function::Min => acc.value.min(value),
+                _ => acc.value + value,
+            };
+            acc.series += 1;
+        }
+        answer.samples = groups
+            .into_iter()
+            .map(|(key, acc)| Sample {
+                labels: group_labels(&key, &query.group_by),
+                value: if query.function == Function::Avg {
+                    acc.value / f64::from(acc.series)
+                } else {
+                    acc.value
+                },
+                series: acc.series,
+            })
+            .collect();
+    }
+    answer.samples.sort_by(|a, b| a.labels.cmp(&b.labels));
+    Ok(answer)
+}
+
+/// Divides `numerator` by `denominator` group by group; groups with a zero or missing
+/// denominator are left out.
+pub fn ratio(
+    store: &MetricStore,
+    numerator: &Query,
+    denominator: &Query,
+    now: i64,
+) -> Result<Answer, QueryError> {
+    if numerator.group_by != denominator.group_by {
+        return Err(QueryError::Invalid(format!(
+            "numerator groups by {:?} but denominator by {:?}: give both the same group_by",
+            numerator.group_by, denominator.group_by
+        )));
+    }
+    let num = evaluate(store, numerator, now)?;
+    let den = evaluate(store, denominator, now)?;
+    let by_labels: HashMap<&Labels, f64> =
+        num.samples.iter().map(|s| (&s.labels, s.value)).collect();
+    let samples = den
+        .samples
+        .iter()
+        .filter(|d| d.value != 0.0)
+        .map(|d| Sample {
+            labels: d.labels.clone(),
+            // A group without failures has no numerator series yet: its ratio is 0.
+            value: by_labels.get(&d.labels).copied().unwrap_or(0.0) / d.value,
+            series: d.series,
+        })
+        .collect();
+    Ok(Answer { samples, ..den })
+}
+
+/// A pinned distribution: per group, bucket bounds and counts.
+#[derive(Debug, Clone)]
+pub struct Baseline {
+    /// The metric it was taken from.
+    pub metric: String,
+    /// The labels it is grouped by.
+    pub group_by: Vec<String>,
+    /// Bounds and counts per group.
+    groups: Buckets,
+}
+
+impl Baseline {
+    /// Observations pinned, all groups together.
+    pub fn observations(&self) -> u64 {
+        self.groups
+            .values()
+            .map(|(_, c)| c.iter().sum::<f64>() as u64)
+            .sum()
+    }
+
+    /// Groups pinned.
+    pub fn groups(&self) -> usize {
+        self.groups.len()
+    }
+}
+
+/// Where a drift comparison takes its baseline.
+#[derive(Debug, Clone)]
+pub enum BaselineSource {
+    /// A window ending `offset` seconds before the evaluation time, `window` seconds long.
+    PastWindow {
+        /// Seconds between the baseline's end and the evaluation time.
+        offset: i64,
+        /// Length; 0 for the compared window's.
+        window: i64,
+    },
+    /// A pinned snapshot.
+    Snapshot(Baseline),
+}
+
+/// Drift of one group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupDrift {
+    /// The group.
+    pub labels: Labels,
+    /// PSI, KS statistic and p-value.
+    pub drift: Drift,
+    /// Observations in the window and in the baseline.
+    pub window_count: u64,
+    /// Observations in the baseline.
+    pub baseline_count: u64,
+}
+
+fn histogram_family<'a>(
+    family: &'a Option<std::sync::Arc<RwLock<Family>>>,
+    metric: &str,
+) -> Result<Option<std::sync::RwLockReadGuard<'a, Family>>, QueryError> {
+    let Some(family) = family else {
+        return Ok(None);
+    };
+    let family = family.read().unwrap_or_else(|p| p.into_inner());
+    if family.kind != Kind::Histogram {
+        return Err(QueryError::Invalid(format!(
+            "'{metric}' is a {:?}; drift compares histograms",
+            family.kind
+        )));
+    }
+    Ok(Some(family))
+}
+
+/// Pins the distribution of `selector`'s histogram over the `window` seconds before `now`.
+pub fn pin(
+    store: &MetricStore,
+    selector: &Selector,
+    group_by: &[String],
+    window: i64,
+    now: i64,
+) -> Result<Baseline, QueryError> {
+    if window == 0 {
+        return Err(QueryError::Invalid(
+            "window_seconds is 0: give the window to pin".into(),
+        ));
+    }
+    let span = span(now, None, window)?;
+    let family = resolve(store, &selector.metric);
+    let groups = match histogram_family(&family, &selector.metric)? {
+        Some(family) => sum_buckets(&family, selector, group_by, &span).0,
+        None => HashMap::new(),
+    };
+    Ok(Baseline {
+        metric: selector.metric.clone(),
+        group_by: group_by.to_vec(),
+        groups,
+    })
+}
+
+/// Compares the histogram of `selector` over `window` seconds ending at `at` (or now) with a
+/// baseline, per group present in both.
+pub fn drift(
+    store: &MetricStore,
+    selector: &Selector,
+    group_by: &[String],
+    window: i64,
+    at: Option<i64>,
+    baseline: &BaselineSource,
+    now: i64,
+) -> Result<(i64, Vec<GroupDrift>), QueryError> {
+    if window == 0 {
+        return Err(QueryError::Invalid(
+            "window_seconds is 0: give the window to compare".into(),
+        ));
+    }
+    let current = span(now, at, window)?;
+    let family = resolve(store, &selector.metric);
+    let Some(family) = histogram_family(&family, &selector.metric)? else {
+        return Ok((current.end_s, Vec::new()));
+    };
+    let (group_by, base) = match baseline {
+        BaselineSource::PastWindow { offset, window: w } => {
+            let w = if *w == 0 { window } else { *w };
+            let past = span(now, Some(current.end_s - offset), w)?;
+            (
+                group_by.to_vec(),
+                sum_buckets(&family, selector, group_by, &past).0,
+            )
+        }
+        BaselineSource::Snapshot(b) => (b.group_by.clone(), b.groups.clone()),
+    };
+    let (groups, _) = sum_buckets(&family, selector, &group_by, &current);
+    let mut results: Vec<GroupDrift> = groups
+        .into_iter()
+        .filter_map(|(key, (bounds, counts))| {
+            let (base_bounds, base_counts) = base.get(&key)?;
+            if *base_bounds != bounds {
+                return None;
+            }
+            let drift = statistics::drift(base_counts, &counts)?;
+            Some(GroupDrift {
+                labels: group_labels(&key, &group_by),
+                drift,
+                window_count: counts.iter().sum::<f64>() as u64,
+                baseline_count: base_counts.iter().sum::<f64>() as u64,
+            })
+        })
+        .collect();
+    results.sort_by(|a, b| a.labels.cmp(&b.labels));
+    Ok((current.end_s, results))
+}
+
+/// Named baselines, bounded.
+pub struct Baselines {
+    pinned: RwLock<BTreeMap<String, Baseline>>,
+    max: usize,
+}
+
+impl Baselines {
+    /// At most `max` names.
+    pub fn new(max: usize) -> Baselines {
+        Baselines {
+            pinned: RwLock::new(BTreeMap::new()),
+            max,
+        }
+    }
+
+    /// Pins `baseline` under `name` (replacing one of the same name).
+    pub fn insert(&self, name: &str, baseline: Baseline) -> Result<(), QueryError> {
+        let mut pinned = self.pinned.write().unwrap_or_else(|p| p.into_inner());
+        if !pinned.contains_key(name) && pinned.len() >= self.max {
+            return Err(QueryError::Invalid(format!(
+                "{} baselines are pinned, the most kept; reuse a name to replace one",
+                self.max
+            )));
+        }
+        pinned.insert(name.to_owned(), baseline);
+        Ok(())
+    }
+
+    /// The baseline called `name`.
+    pub fn get(&self, name: &str) -> Result<Baseline, QueryError> {
+        let pinned = self.pinned.read().unwrap_or_else(|p| p.into_inner());
+        pinned
+            .get(name)
+            .cloned()
+            .ok_or_else(|| QueryError::NotFound(format!("no baseline is pinned as '{name}'")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Point;
+    use crate::store::tests::limits;
+
+    fn selector(metric: &str, matchers: Vec<Matcher>) -> Selector {
+        Selector {
+            metric: metric.to_owned(),
+            matchers,
+        }
+    }
+
+    fn query(metric: &str, function: Function, window: i64, group_by: &[&str]) -> Query {
+        Query {
+            selector: selector(metric, vec![]),
+            function,
+            window,
+            group_by: group_by.iter().map(|s| s.to_string()).collect(),
+            at: None,
+        }
+    }
+
+    fn counter(store: &MetricStore, now: i64, status: &str, replica: &str, v: f64) {
+        store
+            .record(
+                now,
+                "requests",
+                Kind::Counter,
+                "",
+                "",
+                vec![Point {
+                    labels: vec![
+                        ("replica".into(), replica.into()),
+                        ("status".into(), status.into()),
+                    ],
+                    start_time_ns: 5000,
+                    delta: false,
+                    value: Value::Scalar(v),
+                }],
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn rate_increase_and_ratio_per_group() {
+        let store = MetricStore::new(limits(100));
+        // Two replicas, 1 s apart, over 100 s: OK grows by 10/s on each, ERROR by 1/s on one.
+        for t in 0..=100 {
+            let now = 10_000 + t;
+            counter(&store, now, "OK", "a", 10.0 * t as f64);
+            counter(&store, now, "OK", "b", 10.0 * t as f64);
+            counter(&store, now, "ERROR", "a", t as f64);
+        }
+        let now = 10_100;
+        let inc = evaluate(
+            &store,
+            &query("requests", Function::Increase, 60, &["status"]),
+            now,
+        )
+        .unwrap();
+        let values: Vec<(String, f64, u32)> = inc
+            .samples
+            .iter()
+            .map(|s| (s.labels[0].1.clone(), s.value, s.series))
+            .collect();
+        assert_eq!(
+            values,
+            [("ERROR".into(), 60.0, 1), ("OK".into(), 1200.0, 2)]
+        );
+        assert_eq!(inc.resolution, 1);
+        let rate = evaluate(
+            &store,
+            &query("requests_total", Function::Rate, 60, &[]),
+            now,
+        )
+        .unwrap();
+        assert_eq!(rate.samples[0].value, 21.0);
+        let mut errors = query("requests", Function::Rate, 30, &["replica"]);
+        errors.selector.matchers = vec![Matcher::new("status", "ERR.*", true, false).unwrap()];
+        let all = query("requests", Function::Rate, 30, &["replica"]);
+        let r = ratio(&store, &errors, &all, now).unwrap();
+        assert_eq!(r.samples.len(), 2);
+        assert!((r.samples[0].value - 1.0 / 11.0).abs() < 1e-12);
+        assert_eq!(r.samples[1].value, 0.0);
+        // A window from before the series existed counts from zero (the sender started after
+        // the collector).
+        let early = evaluate(
+            &store,
+            &query("requests", Function::Increase, 3000, &[]),
+            now,
+        )
+        .unwrap();
+        assert_eq!(early.samples[0].value, 2100.0);
+        // Wrong kind and bad input are refused with a reason.
+        assert!(matches!(
+            evaluate(&store, &query("requests", Function::Avg, 60, &[]), now),
+            Err(QueryError::Invalid(_))
+        ));
+        assert!(matches!(
+            evaluate(&store, &query("requests", Function::Rate, 0, &[]), now),
+            Err(QueryError::Invalid(_))
+        ));
+        assert!(matches!(
+            evaluate(&store, &query("requests", Function::Rate, 90_000, &[]), now),
+            Err(QueryError::Invalid(_))
+        ));
+        assert!(Matcher::new("x", "(", true, false).is_err());
+        // Unknown metrics have no samples.
+        let none = evaluate(&store, &query("nothing", Function::Rate, 60, &[]), now).unwrap();
+        assert!(none.samples.is_empty());
+    }
+
+    #[test]
+    fn long_windows_read_the_minute_tier() {
+        let store = MetricStore::new(limits(100));
+        // One point a minute for 3 hours, +60 each.
+        for m in 0..=180 {
+            counter(&store, 60 * m, "OK", "a", 60.0 * m as f64);
+        }
+        let now = 60 * 180;
+        let q = query("requests", Function::Increase, 7200, &[]);
+        let answer = evaluate(&store, &q, now).unwrap();
+        assert_eq!(answer.resolution, 60);
+        assert_eq!(answer.samples[0].value, 7200.0);
+    }
+
+    #[test]
+    fn gauges_average_max_min_and_last() {
+        let store = MetricStore::new(limits(100));
+        for (t, v) in [(100, 1.0), (101, 5.0), (103, 3.0)] {
+            store
+                .record(
+                    t,
+                    "depth",
+                    Kind::Gauge,
+                    "",
+                    "",
+                    vec![Point {
+                        labels: vec![],
+                        start_time_ns: 0,
+                        delta: false,
+                        value: Value::Scalar(v),
+                    }],
+                )
+                .unwrap();
+        }
+        let now = 104;
+        let get = |f| {
+            evaluate(&store, &query("depth", f, 4, &[]), now)
+                .unwrap()
+                .samples[0]
+                .value
+        };
+        // Steps 101..=104 hold 5, 5, 3, 3.
+        assert_eq!(get(Function::Avg), 4.0);
+        assert_eq!(get(Function::Max), 5.0);
+        assert_eq!(get(Function::Min), 3.0);
+        assert_eq!(get(Function::Last), 3.0);
+        // Stale: no point in the last 0.5 min of a later evaluation.
+        let later = evaluate(&store, &query("depth", Function::Last, 30, &[]), 200).unwrap();
+        assert!(later.samples.is_empty());
+    }
+
+    fn scores(store: &MetricStore, now: i64, counts: Vec<u64>) {
+        let count = counts.iter().sum();
+        store
+            .record(
+                now,
+                "score",
+                Kind::Histogram,
+                "",
+                "",
+                vec![Point {
+                    labels: vec![("version".into(), "1".into())],
+                    start_time_ns: 0,
+                    delta: true,
+                    value: Value::Histogram {
+                        bounds: vec![0.25, 0.5, 0.75, 1.0],
+                        counts,
+                        sum: 0.0,
+                        count,
+                    },
+                }],
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn quantiles_and_drift_of_histograms() {
+        let store = MetricStore::new(limits(100));
+        // Baseline minutes: uniform; later: shifted to the top buckets.
+        for t in 1000..1060 {
+            scores(&store, t, vec![10, 10, 10, 10, 0]);
+        }
+        for t in 1060..1120 {
+            scores(&store, t, vec![2, 3, 15, 20, 0]);
+        }
+        let now = 1119;
+        let median = evaluate(
+            &store,
+            &query("score", Function::Quantile(0.5), 60, &[]),
+            now,
+        )
+        .unwrap();
+        // 2400 observations: rank 1200 falls in (0.5, 0.75] after 300 below: 0.5 + 0.25 * 900/900.
+        assert!((median.samples[0].value - 0.75).abs() < 1e-9, "{median:?}");
+        let sel = selector("score", vec![]);
+        let past = BaselineSource::PastWindow {
+            offset: 60,
+            window: 0,
+        };
+        let (_, shifted) = drift(&store, &sel, &["version".into()], 59, None, &past, now).unwrap();
+        assert!(shifted[0].drift.psi > 0.25, "{shifted:?}");
+        assert!(shifted[0].drift.ks_p_value < 0.01, "{shifted:?}");
+        let pinned = pin(&store, &sel, &["version".into()], 50, 1055).unwrap();
+        assert_eq!(pinned.observations(), 2000);
+        let (_, same) = drift(
+            &store,
+            &sel,
+            &[],
+            30,
+            Some(1050),
+            &BaselineSource::Snapshot(pinned),
+            now,
+        )
+        .unwrap();
+        assert!(same[0].drift.psi < 0.1, "{same:?}");
+    }
+}
