@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Benchmarks the metrics collector (see BENCHMARKS.md): starts target/release/metrics-collector on
 # free loopback ports and runs target/release/collector_bench against it (OTLP ingest in batches
-# of 1,000 points, resident memory for 10,000 active series, query latency over them).
-# Called by `make bench` and `make bench-collector`. Result: target/bench/collector.json.
+# of 1,000 points, resident memory for 10,000 active series, query latency over them), then
+# target/release/collector_memory (the store's resident memory once the windows of 10,000 series
+# are full, with simulated time). Called by `make bench` and `make bench-collector`.
+# Results: target/bench/collector.json, target/bench/collector-memory.json.
 #   BENCH_COLLECTOR_SECS (10)  seconds of ingest
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +14,7 @@ OUT=target/bench
 SECS=${BENCH_COLLECTOR_SECS:-10}
 say() { printf '[bench-collector] %s\n' "$*" >&2; }
 die() { say "FAILED: $*"; exit 1; }
-for bin in metrics-collector collector_bench; do
+for bin in metrics-collector collector_bench collector_memory; do
     [ -x "$BIN/$bin" ] || die "$BIN/$bin is missing: run \`cargo build --release --workspace --bins\`"
 done
 mkdir -p "$OUT"
@@ -33,3 +35,6 @@ done
 say "ingest for $SECS s, then queries"
 "$BIN/collector_bench" --addr "127.0.0.1:$grpc_port" --pid "$pid" --duration-secs "$SECS" \
     | tee "$OUT/collector.json"
+kill "$pid" 2>/dev/null || true
+say "full windows of 10,000 series, simulated time (about 40 s)"
+"$BIN/collector_memory" --series 10000 | tee "$OUT/collector-memory.json"

@@ -202,6 +202,17 @@ fn resident_kib(pid: u32) -> anyhow::Result<u64> {
         .context("no VmRSS")
 }
 
+/// CPU seconds (user + system) the process has used so far.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').context("bad stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // Linux reports in clock ticks, 100 per second on every common configuration.
+    Ok(ticks / 100.0)
+}
+
 fn percentiles(mut micros: Vec<u64>) -> serde_json::Value {
     micros.sort_unstable();
     let at =
@@ -232,24 +243,29 @@ async fn main() -> anyhow::Result<()> {
     let before_kib = resident_kib(args.pid)?;
     let start = now_ns();
 
-    // Ingest: every sender loops over the batches, each time with larger counter values.
+    // Ingest: every sender loops over pre-encoded rounds of batches (counter values growing
+    // from round to round), so that the measured cost is the collector's, not the encoding's.
+    let rounds: Vec<Vec<Bytes>> = (1..=8)
+        .map(|round| counter_batches(args.series, start, f64::from(round * 10)))
+        .collect();
+    let rounds = std::sync::Arc::new(rounds);
+    let cpu_before = cpu_seconds(args.pid)?;
     let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for sender in 0..args.senders {
         let channel = Channel::from_shared(endpoint.clone())?.connect().await?;
-        let series = args.series;
+        let rounds = rounds.clone();
         tasks.push(tokio::spawn(async move {
             let mut grpc = tonic::client::Grpc::new(channel);
             let mut points = 0_u64;
-            let mut round = 0;
+            let mut round = sender;
             while Instant::now() < deadline {
-                round += 1;
-                let batches = counter_batches(series, start, f64::from(round * 10 + sender as u32));
-                for body in batches {
-                    export(&mut grpc, body).await?;
+                for body in &rounds[round % rounds.len()] {
+                    export(&mut grpc, body.clone()).await?;
                     points += 1000;
                 }
+                round += 1;
             }
             anyhow::Ok(points)
         }));
@@ -259,6 +275,7 @@ async fn main() -> anyhow::Result<()> {
         points += task.await??;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let collector_cpu = cpu_seconds(args.pid)? - cpu_before;
     let after_kib = resident_kib(args.pid)?;
 
     // Encoding cost is on the sender: measure it separately so the rate can be read both ways.
@@ -322,6 +339,8 @@ async fn main() -> anyhow::Result<()> {
             "senders": args.senders,
             "batch_points": 1000,
             "sender_encode_points_per_second": encode_per_s,
+            "collector_cpu_seconds": collector_cpu,
+            "points_per_collector_cpu_second": points as f64 / collector_cpu,
         },
         "memory": {
             "series": args.series,

@@ -3,6 +3,11 @@
 use anyhow::Context;
 use clap::Parser;
 
+/// mimalloc: decoding OTLP allocates and frees many small strings from several threads, where
+/// glibc's allocator spent a third of the ingest time (measured with perf, see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = metrics_collector::Config::parse();

@@ -124,12 +124,31 @@ impl OtlpReceiver {
     }
 }
 
+/// An attribute value as a label value, taking the string when it is one.
+fn owned_text(value: Option<AnyValue>) -> String {
+    match value.and_then(|v| v.value) {
+        Some(any_value::Value::StringValue(mut s)) => {
+            if s.len() > MAX_LABEL_VALUE_BYTES {
+                let mut end = MAX_LABEL_VALUE_BYTES;
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                s.truncate(end);
+            }
+            s
+        }
+        other => text(&other.map(|v| AnyValue { value: Some(v) })),
+    }
+}
+
 /// Labels of a point: its attributes plus the sender's `service.name` as `job`.
-fn labels(job: &str, attributes: &[KeyValue]) -> Labels {
-    let mut labels: Labels = attributes
-        .iter()
-        .map(|kv| (kv.key.clone(), text(&kv.value)))
-        .collect();
+fn labels(job: &str, attributes: Vec<KeyValue>) -> Labels {
+    let mut labels: Labels = Vec::with_capacity(attributes.len() + 1);
+    labels.extend(
+        attributes
+            .into_iter()
+            .map(|kv| (kv.key, owned_text(kv.value))),
+    );
     if !job.is_empty() {
         labels.push(("job".to_owned(), job.to_owned()));
     }
@@ -139,28 +158,29 @@ fn labels(job: &str, attributes: &[KeyValue]) -> Labels {
 }
 
 /// Decodes one metric into its kind and points, or says why it cannot be stored.
-fn decode(job: &str, metric: &Metric) -> Result<(Kind, Vec<Point>), String> {
+fn decode(job: &str, name: &str, metric: Metric) -> Result<(Kind, Vec<Point>), String> {
     let delta = |temporality: i32| temporality == AggregationTemporality::Delta as i32;
     let number = |value: &Option<number_data_point::Value>| match value {
         Some(number_data_point::Value::AsDouble(d)) => *d,
         Some(number_data_point::Value::AsInt(i)) => *i as f64,
         None => f64::NAN,
     };
-    match &metric.data {
+    match metric.data {
         Some(Data::Sum(sum)) => {
             let kind = if sum.is_monotonic {
                 Kind::Counter
             } else {
                 Kind::Gauge
             };
+            let delta = delta(sum.aggregation_temporality);
             let points = sum
                 .data_points
-                .iter()
+                .into_iter()
                 .map(|p| Point {
-                    labels: labels(job, &p.attributes),
                     start_time_ns: p.start_time_unix_nano,
-                    delta: delta(sum.aggregation_temporality),
+                    delta,
                     value: Value::Scalar(number(&p.value)),
+                    labels: labels(job, p.attributes),
                 })
                 .collect();
             Ok((kind, points))
@@ -169,42 +189,41 @@ fn decode(job: &str, metric: &Metric) -> Result<(Kind, Vec<Point>), String> {
             Kind::Gauge,
             gauge
                 .data_points
-                .iter()
+                .into_iter()
                 .map(|p| Point {
-                    labels: labels(job, &p.attributes),
                     start_time_ns: p.start_time_unix_nano,
                     delta: false,
                     value: Value::Scalar(number(&p.value)),
+                    labels: labels(job, p.attributes),
                 })
                 .collect(),
         )),
-        Some(Data::Histogram(histogram)) => Ok((
-            Kind::Histogram,
-            histogram
+        Some(Data::Histogram(histogram)) => {
+            let delta = delta(histogram.aggregation_temporality);
+            let points = histogram
                 .data_points
-                .iter()
+                .into_iter()
                 .map(|p| Point {
-                    labels: labels(job, &p.attributes),
                     start_time_ns: p.start_time_unix_nano,
-                    delta: delta(histogram.aggregation_temporality),
+                    delta,
                     value: Value::Histogram {
-                        bounds: p.explicit_bounds.clone(),
-                        counts: p.bucket_counts.clone(),
                         sum: p.sum.unwrap_or(0.0),
                         count: p.count,
+                        bounds: p.explicit_bounds,
+                        counts: p.bucket_counts,
                     },
+                    labels: labels(job, p.attributes),
                 })
-                .collect(),
-        )),
+                .collect();
+            Ok((Kind::Histogram, points))
+        }
         Some(Data::ExponentialHistogram(_)) => Err(format!(
-            "metric '{}' is an exponential histogram, which this collector does not store yet; export explicit-bucket histograms",
-            metric.name
+            "metric '{name}' is an exponential histogram, which this collector does not store yet; export explicit-bucket histograms"
         )),
         Some(Data::Summary(_)) => Err(format!(
-            "metric '{}' is a summary, which this collector does not store",
-            metric.name
+            "metric '{name}' is a summary, which this collector does not store"
         )),
-        None => Err(format!("metric '{}' has no data", metric.name)),
+        None => Err(format!("metric '{name}' has no data")),
     }
 }
 
@@ -219,19 +238,15 @@ impl MetricsService for OtlpReceiver {
         let mut first_error: Option<String> = None;
         for resource in request.into_inner().resource_metrics {
             let job = service_name(resource.resource.as_ref());
-            for metric in resource.scope_metrics.iter().flat_map(|s| &s.metrics) {
-                let refusal = match decode(&job, metric) {
+            for mut metric in resource.scope_metrics.into_iter().flat_map(|s| s.metrics) {
+                let name = std::mem::take(&mut metric.name);
+                let description = std::mem::take(&mut metric.description);
+                let unit = std::mem::take(&mut metric.unit);
+                let refusal = match decode(&job, &name, metric) {
                     Err(err) => Some((1, err)),
                     Ok((kind, points)) => self
                         .store
-                        .record(
-                            now,
-                            &metric.name,
-                            kind,
-                            &metric.description,
-                            &metric.unit,
-                            points,
-                        )
+                        .record(now, &name, kind, &description, &unit, points)
                         .err()
                         .map(|(n, err)| (n, err.to_string())),
                 };

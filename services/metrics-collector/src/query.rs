@@ -8,13 +8,13 @@
 //! ingest), so a query costs two reads per series whatever the window's length.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use regex::Regex;
 
 use crate::prometheus;
 use crate::statistics::{self, Drift};
-use crate::store::{Family, Kind, Labels, MetricStore, Series, Tier, Value};
+use crate::store::{Family, Grouping, Kind, Labels, MetricStore, Series, Tier, Value};
 
 /// Longest accepted window: the 1 min tier's reach.
 pub const MAX_WINDOW_SECONDS: i64 = 86_400;
@@ -114,6 +114,52 @@ impl Selector {
     fn matches(&self, labels: &Labels) -> bool {
         self.matchers.iter().all(|m| m.matches(labels))
     }
+
+    /// The matchers as text, the key of cached selections.
+    fn key(&self) -> String {
+        let mut key = String::new();
+        for m in &self.matchers {
+            let (op, value) = match &m.op {
+                MatchOp::Equal(v) => ("=", v.as_str()),
+                MatchOp::NotEqual(v) => ("!=", v.as_str()),
+                MatchOp::Regex(re) => ("=~", re.as_str()),
+                MatchOp::NotRegex(re) => ("!~", re.as_str()),
+            };
+            key.push_str(&format!("{}{op}{value:?},", m.name));
+        }
+        key
+    }
+}
+
+/// Selections kept per family (the most recent ones).
+const MAX_SELECTIONS: usize = 64;
+
+/// Indices of the series of `family` that `selector` matches (retired ones included), computed
+/// once per set of series: rules evaluated every second ask the same questions.
+fn selection(family: &Family, selector: &Selector) -> Arc<Vec<usize>> {
+    let key = selector.key();
+    let mut cache = family.selections.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, _, s)) = cache
+        .iter()
+        .find(|(k, generation, _)| *k == key && *generation == family.generation)
+    {
+        return s.clone();
+    }
+    let selected: Arc<Vec<usize>> = Arc::new(
+        family
+            .series
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| selector.matches(&s.labels))
+            .map(|(i, _)| i)
+            .collect(),
+    );
+    cache.retain(|(k, _, _)| *k != key);
+    if cache.len() >= MAX_SELECTIONS {
+        cache.remove(0);
+    }
+    cache.push((key, family.generation, selected.clone()));
+    selected
 }
 
 /// What to compute.
@@ -218,7 +264,7 @@ fn span(now: i64, at: Option<i64>, window: i64) -> Result<Span, QueryError> {
 }
 
 /// Finds a family by its OTLP name or its Prometheus name.
-fn resolve(store: &MetricStore, name: &str) -> Option<std::sync::Arc<RwLock<Family>>> {
+fn resolve(store: &MetricStore, name: &str) -> Option<Arc<RwLock<Family>>> {
     if let Some(family) = store.family(name) {
         return Some(family);
     }
@@ -230,13 +276,6 @@ fn resolve(store: &MetricStore, name: &str) -> Option<std::sync::Arc<RwLock<Fami
         let prom = prometheus::metric_name(&otel, kind, &unit);
         (prom == name).then_some(family)
     })
-}
-
-fn group_key(labels: &Labels, group_by: &[String]) -> Vec<String> {
-    group_by
-        .iter()
-        .map(|name| label(labels, name).to_owned())
-        .collect()
 }
 
 fn group_labels(key: &[String], group_by: &[String]) -> Labels {
@@ -252,27 +291,64 @@ fn group_labels(key: &[String], group_by: &[String]) -> Labels {
 
 /// Whether a series had data in the window: created by its end, updated after its start.
 fn live(series: &Series, span: &Span, stale_ok: bool) -> bool {
-    let created = series.seconds.first().unwrap_or(i64::MAX);
-    created <= span.end_s && (stale_ok || series.updated > span.start_s)
+    !series.retired && series.first <= span.end_s && (stale_ok || series.updated > span.start_s)
+}
+
+/// Groupings kept per family (the most recent ones).
+const MAX_GROUPINGS: usize = 16;
+
+/// The group of every series of `family` for `group_by`, computed once per set of series.
+fn grouping(family: &Family, group_by: &[String]) -> Arc<Grouping> {
+    let mut cache = family.groupings.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, _, g)) = cache
+        .iter()
+        .find(|(by, generation, _)| by == group_by && *generation == family.generation)
+    {
+        return g.clone();
+    }
+    let mut ids: HashMap<Vec<&str>, u32> = HashMap::new();
+    let mut keys = Vec::new();
+    let group_of = family
+        .series
+        .iter()
+        .map(|series| {
+            let key: Vec<&str> = group_by.iter().map(|n| label(&series.labels, n)).collect();
+            *ids.entry(key).or_insert_with_key(|key| {
+                keys.push(key.iter().map(|v| (*v).to_owned()).collect());
+                (keys.len() - 1) as u32
+            })
+        })
+        .collect();
+    let grouping = Arc::new(Grouping { group_of, keys });
+    cache.retain(|(by, _, _)| by != group_by);
+    if cache.len() >= MAX_GROUPINGS {
+        cache.remove(0);
+    }
+    cache.push((group_by.to_vec(), family.generation, grouping.clone()));
+    grouping
 }
 
 /// Per-bucket increases of a histogram over the span, with its bounds.
-fn bucket_increase(series: &Series, span: &Span) -> Option<(Vec<f64>, Vec<f64>)> {
+fn bucket_increase<'a>(
+    family: &'a Family,
+    series: &'a Series,
+    span: &Span,
+) -> Option<(&'a [f64], Vec<f64>)> {
     let Value::Histogram { bounds, .. } = series.value() else {
         return None;
     };
-    let end = series.at(span.tier, span.end)?;
-    let start = series.at(span.tier, span.start)?;
+    let end = family.at(series, span.tier, span.end)?;
+    let start = family.at(series, span.tier, span.start)?;
     let buckets = bounds.len() + 1;
     let counts = end[..buckets]
         .iter()
         .zip(&start[..buckets])
         .map(|(e, s)| (e - s).max(0.0))
         .collect();
-    Some((bounds.clone(), counts))
+    Some((bounds, counts))
 }
 
-/// Histogram buckets summed per group.
+/// Histogram buckets summed per group: bounds, counts, and series summed.
 type Buckets = HashMap<Vec<String>, (Vec<f64>, Vec<f64>)>;
 
 fn sum_buckets(
@@ -281,29 +357,38 @@ fn sum_buckets(
     group_by: &[String],
     span: &Span,
 ) -> (Buckets, HashMap<Vec<String>, u32>) {
-    let mut groups: Buckets = HashMap::new();
-    let mut members: HashMap<Vec<String>, u32> = HashMap::new();
-    for (labels, series) in &family.series {
-        if !selector.matches(labels) || !live(series, span, false) {
+    let grouping = grouping(family, group_by);
+    // Per group: bucket bounds, summed counts, series.
+    type Group<'a> = Option<(&'a [f64], Vec<f64>, u32)>;
+    let mut groups: Vec<Group> = vec![None; grouping.keys.len()];
+    for &i in selection(family, selector).iter() {
+        let series = &family.series[i];
+        if !live(series, span, false) {
             continue;
         }
-        let Some((bounds, counts)) = bucket_increase(series, span) else {
+        let Some((bounds, counts)) = bucket_increase(family, series, span) else {
             continue;
         };
-        let key = group_key(labels, group_by);
-        match groups.get_mut(&key) {
-            Some((b, c)) if *b == bounds => {
+        match &mut groups[grouping.group_of[i] as usize] {
+            Some((b, c, n)) if *b == bounds => {
                 c.iter_mut().zip(&counts).for_each(|(a, x)| *a += x);
+                *n += 1;
             }
             // Series of one group with other bucket bounds cannot be added up: left out.
-            Some(_) => continue,
-            None => {
-                groups.insert(key.clone(), (bounds, counts));
-            }
+            Some(_) => {}
+            slot @ None => *slot = Some((bounds, counts, 1)),
         }
-        *members.entry(key).or_default() += 1;
     }
-    (groups, members)
+    let mut buckets = HashMap::new();
+    let mut members = HashMap::new();
+    for (g, group) in groups.into_iter().enumerate() {
+        if let Some((bounds, counts, n)) = group {
+            let key = grouping.keys[g].clone();
+            members.insert(key.clone(), n);
+            buckets.insert(key, (bounds.to_vec(), counts));
+        }
+    }
+    (buckets, members)
 }
 
 /// Running aggregate of a group.
@@ -313,58 +398,50 @@ struct Acc {
     series: u32,
 }
 
-fn gauge_over(series: &Series, span: &Span, function: Function) -> Option<f64> {
-    // Per step: sum, points, maximum, minimum.
-    type Pick = fn(&[f64]) -> (f64, f64, f64, f64);
-    let (ring, stride_pick): (_, Pick) = match span.tier {
-        Tier::Seconds => (&series.seconds, |v| (v[0], 1.0, v[0], v[0])),
-        Tier::Minutes => (&series.minutes, |v| (v[0], v[1], v[2], v[3])),
+/// Time-average, maximum or minimum of every selected gauge over the span, by series index.
+fn gauges_over(
+    family: &Family,
+    selected: &[usize],
+    span: &Span,
+    function: Function,
+) -> Vec<Option<f64>> {
+    let Some(rows) = family.tier(span.tier).rows_over(span.start + 1, span.end) else {
+        return vec![None; selected.len()];
     };
-    let (mut sum, mut n, mut max, mut min) = (0.0, 0.0, f64::NEG_INFINITY, f64::INFINITY);
-    for step in ring.steps(span.start + 1, span.end) {
-        if step.is_empty() {
-            return None;
+    // Per series: weighted sum, steps, maximum, minimum.
+    let mut acc = vec![(0.0, 0.0, f64::NEG_INFINITY, f64::INFINITY); selected.len()];
+    let offsets: Vec<usize> = selected
+        .iter()
+        .map(|i| family.series[*i].offset(span.tier))
+        .collect();
+    for (row, steps) in rows {
+        let steps = steps as f64;
+        for (a, offset) in acc.iter_mut().zip(&offsets) {
+            let Some(v) = row.get(*offset) else { continue };
+            let (mean, hi, lo) = match span.tier {
+                Tier::Seconds => (*v, *v, *v),
+                // A minute's aggregate: sum, points, maximum, minimum, last.
+                Tier::Minutes => (
+                    *v / row[offset + 1].max(1.0),
+                    row[offset + 2],
+                    row[offset + 3],
+                ),
+            };
+            a.0 += mean * steps;
+            a.1 += steps;
+            a.2 = f64::max(a.2, hi);
+            a.3 = f64::min(a.3, lo);
         }
-        let (s, c, hi, lo) = stride_pick(step);
-        if span.tier == Tier::Minutes {
-            // A minute's average weighs as one step.
-            sum += s / c.max(1.0);
-            n += 1.0;
-        } else {
-            sum += s;
-            n += c;
-        }
-        max = max.max(hi);
-        min = min.min(lo);
     }
-    if n == 0.0 {
-        return None;
-    }
-    Some(match function {
-        Function::Avg => sum / n,
-        Function::Max => max,
-        _ => min,
-    })
-}
-
-fn last_value(series: &Series, kind: Kind, span: &Span) -> Option<f64> {
-    let v = series.at(span.tier, span.end)?;
-    Some(match (kind, span.tier) {
-        (Kind::Gauge, Tier::Minutes) => v[4],
-        (Kind::Histogram, _) => v[v.len() - 1],
-        _ => v[0],
-    })
-}
-
-fn increase(series: &Series, kind: Kind, span: &Span) -> Option<f64> {
-    let end = series.at(span.tier, span.end)?;
-    let start = series.at(span.tier, span.start)?;
-    let i = if kind == Kind::Histogram {
-        end.len() - 1
-    } else {
-        0
-    };
-    Some((end[i] - start[i]).max(0.0))
+    acc.into_iter()
+        .map(|(sum, n, max, min)| {
+            (n > 0.0).then(|| match function {
+                Function::Avg => sum / n,
+                Function::Max => max,
+                _ => min,
+            })
+        })
+        .collect()
 }
 
 fn check_kind(function: Function, kind: Kind, metric: &str) -> Result<(), QueryError> {
@@ -421,43 +498,70 @@ pub fn evaluate(store: &MetricStore, query: &Query, now: i64) -> Result<Answer, 
                 })
             })
             .collect();
-    } else {
-        let mut groups: HashMap<Vec<String>, Acc> = HashMap::new();
-        let stale_ok = query.window == 0;
-        for (labels, series) in &family.series {
-            if !query.selector.matches(labels) || !live(series, &span, stale_ok) {
-                continue;
-            }
-            let value = match query.function {
-                Function::Rate => {
-                    increase(series, family.kind, &span).map(|i| i / query.window as f64)
-                }
-                Function::Increase => increase(series, family.kind, &span),
-                Function::Last => last_value(series, family.kind, &span),
-                f => gauge_over(series, &span, f),
-            };
-            let Some(value) = value else { continue };
-            let acc = groups
-                .entry(group_key(labels, &query.group_by))
-                .or_insert(Acc {
-                    value: match query.function {
-                        Function::Max => f64::NEG_INFINITY,
-                        Function::Min => f64::INFINITY,
-                        _ => 0.0,
-                    },
-                    series: 0,
-                });
-            acc.value = match query.function {
-                Function::Max => acc.value.max(value),
-                Function::Min => acc.value.min(value),
-                _ => acc.value + value,
-            };
-            acc.series += 1;
+        answer.samples.sort_by(|a, b| a.labels.cmp(&b.labels));
+        return Ok(answer);
+    }
+    let stale_ok = query.window == 0;
+    let selected: Vec<usize> = selection(&family, &query.selector)
+        .iter()
+        .copied()
+        .filter(|i| live(&family.series[*i], &span, stale_ok))
+        .collect();
+    let values: Vec<Option<f64>> = match query.function {
+        Function::Rate | Function::Increase | Function::Last => {
+            let columns = family.tier(span.tier);
+            let end = columns.row(span.end);
+            let start = columns.row(span.start);
+            selected
+                .iter()
+                .map(|i| {
+                    let series = &family.series[*i];
+                    let end = family.in_row(series, span.tier, end)?;
+                    if query.function == Function::Last {
+                        return Some(match (family.kind, span.tier) {
+                            (Kind::Gauge, Tier::Minutes) => end[4],
+                            _ => end[end.len() - 1],
+                        });
+                    }
+                    let start = family.in_row(series, span.tier, start)?;
+                    let i = end.len() - 1;
+                    let increase = (end[i] - start[i]).max(0.0);
+                    Some(if query.function == Function::Rate {
+                        increase / query.window as f64
+                    } else {
+                        increase
+                    })
+                })
+                .collect()
         }
-        answer.samples = groups
-            .into_iter()
-            .map(|(key, acc)| Sample {
-                labels: group_labels(&key, &query.group_by),
+        f => gauges_over(&family, &selected, &span, f),
+    };
+    let grouping = grouping(&family, &query.group_by);
+    let mut groups: Vec<Option<Acc>> = vec![None; grouping.keys.len()];
+    for (i, value) in selected.iter().zip(values) {
+        let Some(value) = value else { continue };
+        let acc = groups[grouping.group_of[*i] as usize].get_or_insert(Acc {
+            value: match query.function {
+                Function::Max => f64::NEG_INFINITY,
+                Function::Min => f64::INFINITY,
+                _ => 0.0,
+            },
+            series: 0,
+        });
+        acc.value = match query.function {
+            Function::Max => acc.value.max(value),
+            Function::Min => acc.value.min(value),
+            _ => acc.value + value,
+        };
+        acc.series += 1;
+    }
+    answer.samples = groups
+        .into_iter()
+        .enumerate()
+        .filter_map(|(g, acc)| {
+            let acc = acc?;
+            Some(Sample {
+                labels: group_labels(&grouping.keys[g], &query.group_by),
                 value: if query.function == Function::Avg {
                     acc.value / f64::from(acc.series)
                 } else {
@@ -465,8 +569,8 @@ pub fn evaluate(store: &MetricStore, query: &Query, now: i64) -> Result<Answer, 
                 },
                 series: acc.series,
             })
-            .collect();
-    }
+        })
+        .collect();
     answer.samples.sort_by(|a, b| a.labels.cmp(&b.labels));
     Ok(answer)
 }

@@ -12,9 +12,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
-use crate::window::{MINUTE_STEPS, Ring, SECOND_STEPS, Slot};
+use crate::window::{Columns, MINUTE_STEPS, SECOND_STEPS, Slot};
 
 /// Labels of a series, sorted by name.
 pub type Labels = Vec<(String, String)>;
@@ -68,11 +68,13 @@ impl Value {
 
 /// Numbers per step of a gauge's minute tier: sum and number of points in the minute, maximum,
 /// minimum, last.
-const GAUGE_MINUTE_STRIDE: usize = 5;
+const GAUGE_MINUTE_WIDTH: usize = 5;
 
-/// One series: its current value and its windows.
+/// One series: its labels, current value, and where its columns are in the family's windows.
 #[derive(Debug)]
 pub struct Series {
+    /// Labels, sorted.
+    pub labels: Labels,
     /// The current value (cumulative for counters and histograms).
     value: Value,
     /// Last raw cumulative point and its start time, to detect resets.
@@ -81,83 +83,46 @@ pub struct Series {
     /// did (everything it reports is new), else the first point's value (what was counted
     /// before is not attributed to any window).
     origin: Vec<f64>,
-    /// 1 s steps.
-    pub seconds: Ring,
-    /// 1 min steps.
-    pub minutes: Ring,
+    /// Offset and width of the series' column in the 1 s tier.
+    second_column: (usize, usize),
+    /// Offset and width of the series' column in the 1 min tier.
+    minute_column: (usize, usize),
+    /// First second a point arrived.
+    pub first: i64,
     /// Last second a point arrived.
     pub updated: i64,
+    /// Last minute a point arrived (a gauge's minute aggregate starts afresh in a new minute).
+    last_minute: i64,
+    /// Replaced by a new series of the same labels (its bucket bounds changed); kept only
+    /// because its columns cannot be reclaimed.
+    pub retired: bool,
 }
 
 impl Series {
-    fn new(kind: Kind, value: &Value) -> Series {
-        let stride = value.flat().len();
-        let minute_stride = if kind == Kind::Gauge {
-            GAUGE_MINUTE_STRIDE
-        } else {
-            stride
-        };
-        Series {
-            value: zero_like(value),
-            last_raw: None,
-            origin: vec![0.0; stride],
-            seconds: Ring::new(SECOND_STEPS, stride),
-            minutes: Ring::new(MINUTE_STEPS, minute_stride),
-            updated: i64::MIN,
-        }
-    }
-
-    fn bytes(kind: Kind, value: &Value) -> u64 {
-        let stride = value.flat().len();
-        let minute_stride = if kind == Kind::Gauge {
-            GAUGE_MINUTE_STRIDE
-        } else {
-            stride
-        };
-        (Ring::bytes(SECOND_STEPS, stride) + Ring::bytes(MINUTE_STEPS, minute_stride)) as u64
-    }
-
     /// The current value.
     pub fn value(&self) -> &Value {
         &self.value
     }
 
-    /// The series' value at the end of `step` of a tier, as flat numbers: before the first
-    /// point, its origin; `None` when the step is older than the tier keeps.
-    pub fn at(&self, tier: Tier, step: i64) -> Option<&[f64]> {
-        let ring = match tier {
-            Tier::Seconds => &self.seconds,
-            Tier::Minutes => &self.minutes,
-        };
-        match ring.get(step) {
-            Slot::Before => Some(&self.origin),
-            Slot::Value(v) => Some(v),
-            Slot::Evicted => None,
+    /// Offset of the series' column in a tier.
+    pub fn offset(&self, tier: Tier) -> usize {
+        match tier {
+            Tier::Seconds => self.second_column.0,
+            Tier::Minutes => self.minute_column.0,
         }
     }
+}
 
-    /// Writes the current value into the windows at second `now`.
-    fn write_windows(&mut self, kind: Kind, now: i64) {
-        let flat = self.value.flat();
-        self.seconds.write(now, &flat);
-        let minute = now.div_euclid(60);
-        if kind == Kind::Gauge {
-            let v = flat[0];
-            match self.minutes.last_mut() {
-                Some((m, agg)) if m >= minute => {
-                    agg[0] += v;
-                    agg[1] += 1.0;
-                    agg[2] = agg[2].max(v);
-                    agg[3] = agg[3].min(v);
-                    agg[4] = v;
-                }
-                _ => self.minutes.write(minute, &[v, 1.0, v, v, v]),
-            }
-        } else {
-            self.minutes.write(minute, &flat);
-        }
-        self.updated = now;
-    }
+/// A result cached by key, valid while the family's generation is the one recorded.
+pub type Cached<K, V> = (K, u64, Arc<V>);
+
+/// The group of every series for one `group_by` list.
+#[derive(Debug)]
+pub struct Grouping {
+    /// Group index of each series (by series index).
+    pub group_of: Vec<u32>,
+    /// Label values of each group, in `group_by` order.
+    pub keys: Vec<Vec<String>>,
 }
 
 /// A resolution tier of the windows.
@@ -178,7 +143,7 @@ impl Tier {
         }
     }
 
-    /// Steps the tier keeps, less a margin for the step being filled.
+    /// How far back the tier answers, in seconds.
     pub fn reach_seconds(self) -> i64 {
         match self {
             Tier::Seconds => 3600,
@@ -187,7 +152,7 @@ impl Tier {
     }
 }
 
-/// A metric family: one name, one kind, many series.
+/// A metric family: one name, one kind, many series, and their windows.
 #[derive(Debug)]
 pub struct Family {
     /// Kind.
@@ -196,10 +161,134 @@ pub struct Family {
     pub description: String,
     /// Unit, as sent (UCUM, e.g. `s`).
     pub unit: String,
-    /// Series by labels.
-    pub series: HashMap<Labels, Series>,
+    /// Every series, in order of appearance (retired ones included).
+    pub series: Vec<Series>,
+    /// Index of the live series of each label set.
+    index: HashMap<Labels, usize, foldhash::fast::RandomState>,
+    /// 1 s steps of every series.
+    seconds: Columns,
+    /// 1 min steps of every series.
+    minutes: Columns,
+    /// Changes whenever a series is added, so that cached groupings can tell they are stale.
+    pub generation: u64,
+    /// Groupings of the series computed by queries, reused while `generation` holds.
+    pub groupings: Mutex<Vec<Cached<Vec<String>, Grouping>>>,
+    /// Series selected by queries' matchers (by their text), reused while `generation` holds.
+    pub selections: Mutex<Vec<Cached<String, Vec<usize>>>>,
     /// Points refused for this family.
     pub refused: u64,
+}
+
+impl Family {
+    fn new(kind: Kind, description: &str, unit: &str) -> Family {
+        Family {
+            kind,
+            description: description.to_owned(),
+            unit: unit.to_owned(),
+            series: Vec::new(),
+            index: HashMap::default(),
+            seconds: Columns::new(SECOND_STEPS),
+            minutes: Columns::new(MINUTE_STEPS),
+            generation: 0,
+            groupings: Mutex::new(Vec::new()),
+            selections: Mutex::new(Vec::new()),
+            refused: 0,
+        }
+    }
+
+    /// Live series (not retired).
+    pub fn live_series(&self) -> usize {
+        self.index.len()
+    }
+
+    /// The tier's columns.
+    pub fn tier(&self, tier: Tier) -> &Columns {
+        match tier {
+            Tier::Seconds => &self.seconds,
+            Tier::Minutes => &self.minutes,
+        }
+    }
+
+    /// A series' value at the end of `step` of a tier, as flat numbers: before its first point,
+    /// its origin; `None` when the step is older than the tier keeps.
+    pub fn at<'a>(&'a self, series: &'a Series, tier: Tier, step: i64) -> Option<&'a [f64]> {
+        let (offset, width) = match tier {
+            Tier::Seconds => series.second_column,
+            Tier::Minutes => series.minute_column,
+        };
+        match self.tier(tier).get(step, offset, width) {
+            Slot::Before if tier == Tier::Seconds || self.kind != Kind::Gauge => {
+                Some(&series.origin)
+            }
+            Slot::Before => None,
+            Slot::Value(v) => Some(v),
+            Slot::Evicted => None,
+        }
+    }
+
+    /// A series' value in a row found by [`Columns::row`]: before its first point, its origin;
+    /// `None` when the row is evicted.
+    pub fn in_row<'a>(
+        &'a self,
+        series: &'a Series,
+        tier: Tier,
+        row: Slot<'a>,
+    ) -> Option<&'a [f64]> {
+        let (offset, width) = match tier {
+            Tier::Seconds => series.second_column,
+            Tier::Minutes => series.minute_column,
+        };
+        match row {
+            Slot::Value(values) if values.len() >= offset + width => {
+                Some(&values[offset..offset + width])
+            }
+            Slot::Evicted => None,
+            _ if tier == Tier::Seconds || self.kind != Kind::Gauge => Some(&series.origin),
+            _ => None,
+        }
+    }
+
+    /// Writes series `i`'s current value into the windows at second `now`.
+    fn write_windows(&mut self, i: usize, now: i64) {
+        let series = &mut self.series[i];
+        let minute = now.div_euclid(60);
+        let (offset, width) = series.second_column;
+        let slot = self.seconds.slot_mut(now, offset, width);
+        let (m_offset, m_width) = series.minute_column;
+        match &series.value {
+            Value::Scalar(v) => {
+                slot[0] = *v;
+                let agg = self.minutes.slot_mut(minute, m_offset, m_width);
+                if self.kind != Kind::Gauge {
+                    agg[0] = *v;
+                } else if series.last_minute < minute {
+                    agg.copy_from_slice(&[*v, 1.0, *v, *v, *v]);
+                } else {
+                    agg[0] += v;
+                    agg[1] += 1.0;
+                    agg[2] = agg[2].max(*v);
+                    agg[3] = agg[3].min(*v);
+                    agg[4] = *v;
+                }
+            }
+            Value::Histogram {
+                counts, sum, count, ..
+            } => {
+                let n = counts.len();
+                for (s, c) in slot.iter_mut().zip(counts) {
+                    *s = *c as f64;
+                }
+                slot[n] = *sum;
+                slot[n + 1] = *count as f64;
+                let copy: Vec<f64> = slot.to_vec();
+                self.minutes
+                    .slot_mut(minute, m_offset, m_width)
+                    .copy_from_slice(&copy);
+            }
+        }
+        series.last_minute = minute;
+        series.updated = now;
+    }
 }
 
 /// A copy of a family's current values, for exposition.
@@ -383,15 +472,7 @@ impl MetricStore {
                 let mut families = self.families.write().unwrap_or_else(|p| p.into_inner());
                 families
                     .entry(name.to_owned())
-                    .or_insert_with(|| {
-                        Arc::new(RwLock::new(Family {
-                            kind,
-                            description: description.to_owned(),
-                            unit: unit.to_owned(),
-                            series: HashMap::new(),
-                            refused: 0,
-                        }))
-                    })
+                    .or_insert_with(|| Arc::new(RwLock::new(Family::new(kind, description, unit))))
                     .clone()
             }
         };
@@ -415,27 +496,61 @@ impl MetricStore {
         first_error.map_or(Ok(()), |err| Err((refused, err)))
     }
 
+    /// Bytes a series of this kind and value reserves in the windows.
+    pub fn series_bytes(kind: Kind, value: &Value) -> u64 {
+        let (second, minute) = widths(kind, value);
+        (Columns::column_bytes(SECOND_STEPS, second) + Columns::column_bytes(MINUTE_STEPS, minute))
+            as u64
+    }
+
     /// Reserves the windows of a new series, or says why not.
-    fn admit(&self, name: &str, family: &Family, value: &Value) -> Result<u64, Refused> {
-        if family.series.len() >= self.limits.max_series {
+    fn admit(&self, name: &str, family: &Family, value: &Value) -> Result<(), Refused> {
+        if family.live_series() >= self.limits.max_series {
             return Err(Refused::Cardinality(
                 name.to_owned(),
                 self.limits.max_series,
             ));
         }
-        let bytes = Series::bytes(family.kind, value);
+        let bytes = Self::series_bytes(family.kind, value);
         let limit = self.limits.max_window_bytes;
         self.window_bytes
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
                 (used + bytes <= limit).then_some(used + bytes)
             })
             .map_err(|_| Refused::Memory(limit, name.to_owned()))?;
-        Ok(bytes)
+        Ok(())
     }
 
-    fn release(&self, kind: Kind, value: &Value) {
-        self.window_bytes
-            .fetch_sub(Series::bytes(kind, value), Ordering::Relaxed);
+    /// Adds a series for `point` to `family` and returns its index.
+    fn add_series(&self, name: &str, family: &mut Family, point: &Point) -> Result<usize, Refused> {
+        self.admit(name, family, &point.value)?;
+        let (second, minute) = widths(family.kind, &point.value);
+        let started_before_us = !point.delta
+            && family.kind != Kind::Gauge
+            && point.start_time_ns < self.limits.started_ns;
+        let origin = if started_before_us {
+            point.value.flat()
+        } else {
+            vec![0.0; second]
+        };
+        let i = family.series.len();
+        let second_column = (family.seconds.add_column(second), second);
+        let minute_column = (family.minutes.add_column(minute), minute);
+        family.series.push(Series {
+            labels: point.labels.clone(),
+            value: zero_like(&point.value),
+            last_raw: None,
+            origin,
+            second_column,
+            minute_column,
+            first: i64::MAX,
+            updated: i64::MIN,
+            last_minute: i64::MIN,
+            retired: false,
+        });
+        family.index.insert(point.labels.clone(), i);
+        family.generation += 1;
+        Ok(i)
     }
 
     fn record_point(
@@ -447,27 +562,18 @@ impl MetricStore {
     ) -> Result<(), Refused> {
         check(name, &point.value)?;
         let kind = family.kind;
-        // Bucket bounds changed: the series starts again.
-        if let Some(old) = family.series.get(&point.labels)
-            && shape_differs(&old.value, &point.value)
-        {
-            let old = family.series.remove(&point.labels).expect("present");
-            self.release(kind, &old.value);
-        }
-        let series = match family.series.get_mut(&point.labels) {
-            Some(series) => series,
-            None => {
-                self.admit(name, family, &point.value)?;
-                let mut series = Series::new(kind, &point.value);
-                let started_before_us = !point.delta
-                    && kind != Kind::Gauge
-                    && point.start_time_ns < self.limits.started_ns;
-                if started_before_us {
-                    series.origin = point.value.flat();
-                }
-                family.series.entry(point.labels.clone()).or_insert(series)
+        let existing = family.index.get(&point.labels).copied();
+        let i = match existing {
+            // Bucket bounds changed: the series starts again (its old columns stay reserved).
+            Some(i) if shape_differs(&family.series[i].value, &point.value) => {
+                family.index.remove(&point.labels);
+                family.series[i].retired = true;
+                self.add_series(name, family, &point)?
             }
+            Some(i) => i,
+            None => self.add_series(name, family, &point)?,
         };
+        let series = &mut family.series[i];
         match (kind, point.delta) {
             (Kind::Gauge, _) => series.value = point.value,
             (_, true) => add(&mut series.value, &point.value),
@@ -477,9 +583,7 @@ impl MetricStore {
                     Some((start, last))
                         if start == point.start_time_ns && !decreased(&last, &point.value) =>
                     {
-                        let mut step = point.value.clone();
-                        subtract(&mut step, &last);
-                        add(&mut series.value, &step);
+                        add_difference(&mut series.value, &point.value, &last);
                     }
                     // First point, or a reset (new start time, or the value went down): the raw
                     // value is all new.
@@ -488,7 +592,8 @@ impl MetricStore {
                 series.last_raw = Some((point.start_time_ns, point.value));
             }
         }
-        series.write_windows(kind, now);
+        series.first = series.first.min(now);
+        family.write_windows(i, now);
         Ok(())
     }
 
@@ -505,7 +610,8 @@ impl MetricStore {
                     series: family
                         .series
                         .iter()
-                        .map(|(labels, s)| (labels.clone(), s.value.clone()))
+                        .filter(|s| !s.retired)
+                        .map(|s| (s.labels.clone(), s.value.clone()))
                         .collect(),
                 };
                 (name, values)
@@ -534,12 +640,19 @@ fn shape_differs(a: &Value, b: &Value) -> bool {
     }
 }
 
-fn subtract(from: &mut Value, other: &Value) {
-    match (from, other) {
-        (Value::Scalar(a), Value::Scalar(b)) => *a -= b,
+/// Adds `new - old` to `into` (cumulative points of one series, `new` not below `old`).
+fn add_difference(into: &mut Value, new: &Value, old: &Value) {
+    match (into, new, old) {
+        (Value::Scalar(a), Value::Scalar(n), Value::Scalar(o)) => *a += n - o,
         (
             Value::Histogram {
                 counts, sum, count, ..
+            },
+            Value::Histogram {
+                counts: nc,
+                sum: ns,
+                count: nn,
+                ..
             },
             Value::Histogram {
                 counts: oc,
@@ -548,14 +661,28 @@ fn subtract(from: &mut Value, other: &Value) {
                 ..
             },
         ) => {
-            for (c, o) in counts.iter_mut().zip(oc) {
-                *c = c.saturating_sub(*o);
+            for ((c, n), o) in counts.iter_mut().zip(nc).zip(oc) {
+                *c += n.saturating_sub(*o);
             }
-            *sum -= os;
-            *count = count.saturating_sub(*on);
+            *sum += ns - os;
+            *count += nn.saturating_sub(*on);
         }
         _ => {}
     }
+}
+
+/// Numbers per step of a series in the 1 s and 1 min tiers.
+fn widths(kind: Kind, value: &Value) -> (usize, usize) {
+    let second = match value {
+        Value::Scalar(_) => 1,
+        Value::Histogram { counts, .. } => counts.len() + 2,
+    };
+    let minute = if kind == Kind::Gauge {
+        GAUGE_MINUTE_WIDTH
+    } else {
+        second
+    };
+    (second, minute)
 }
 
 #[cfg(test)]
@@ -629,12 +756,12 @@ pub(crate) mod tests {
         }
         let family = store.family("c").unwrap();
         let family = family.read().unwrap();
-        let series = family.series.values().next().unwrap();
-        assert_eq!(series.at(Tier::Seconds, 119), Some(&[0.0][..]));
-        assert_eq!(series.at(Tier::Seconds, 150), Some(&[5.0][..]));
-        assert_eq!(series.at(Tier::Seconds, 185), Some(&[9.0][..]));
-        assert_eq!(series.at(Tier::Minutes, 2), Some(&[5.0][..]));
-        assert_eq!(series.at(Tier::Minutes, 3), Some(&[9.0][..]));
+        let series = &family.series[0];
+        assert_eq!(family.at(series, Tier::Seconds, 119), Some(&[0.0][..]));
+        assert_eq!(family.at(series, Tier::Seconds, 150), Some(&[5.0][..]));
+        assert_eq!(family.at(series, Tier::Seconds, 185), Some(&[9.0][..]));
+        assert_eq!(family.at(series, Tier::Minutes, 2), Some(&[5.0][..]));
+        assert_eq!(family.at(series, Tier::Minutes, 3), Some(&[9.0][..]));
         // One that started before: what it counted before is nobody's increase.
         store
             .record(
@@ -648,8 +775,8 @@ pub(crate) mod tests {
             .unwrap();
         let family = store.family("old").unwrap();
         let family = family.read().unwrap();
-        let series = family.series.values().next().unwrap();
-        assert_eq!(series.at(Tier::Seconds, 100), Some(&[40.0][..]));
+        let series = &family.series[0];
+        assert_eq!(family.at(series, Tier::Seconds, 100), Some(&[40.0][..]));
     }
 
     #[test]
@@ -670,7 +797,7 @@ pub(crate) mod tests {
         assert_eq!(store.snapshot()["exploding"].series.len(), 100);
         assert_eq!(store.refused(), 900);
 
-        let one = Series::bytes(Kind::Counter, &Value::Scalar(0.0));
+        let one = MetricStore::series_bytes(Kind::Counter, &Value::Scalar(0.0));
         let store = MetricStore::new(Limits {
             max_window_bytes: 3 * one,
             ..limits(100)

@@ -1,10 +1,14 @@
-//! Time windows: fixed-size rings of time slots, one value (of `stride` numbers) per step.
+//! Time windows of one metric family, stored by time: one row per step (a second, or a minute)
+//! holding the value of every series of the family at the end of that step.
 //!
-//! A series keeps two: one step per second for the last hour, one step per minute for the last
-//! 24 hours. A slot holds the series' value as of the end of its step; steps without a point hold
-//! the previous value, as a series keeps its value until it changes. The memory of a ring is
-//! reserved once, zeroed (so the pages of steps not yet reached are not resident), and never
-//! grows.
+//! Each series owns a column (`width` numbers at an offset) in every row written since it
+//! appeared; rows from before it are shorter. A step's row starts as a copy of the previous row,
+//! as a series keeps its value until it changes; steps without any point have no row and read as
+//! the row before them. Reading one step for every series is one contiguous slice, which is what
+//! keeps a query over 10,000 series at two memory reads per series. Rows no longer needed to
+//! answer a step within the tier's reach are evicted, and their buffers reused for new rows.
+
+use std::collections::VecDeque;
 
 /// Steps of the 1 s tier: one hour, plus a minute so that a full hour's window still fits while
 /// the current second fills.
@@ -13,123 +17,150 @@ pub const SECOND_STEPS: usize = 3600 + 60;
 /// Steps of the 1 min tier: 24 hours, plus a few minutes of margin.
 pub const MINUTE_STEPS: usize = 1440 + 5;
 
-/// What a ring holds for a step.
+/// What a tier holds for a series at a step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Slot<'a> {
-    /// The step is before the first point: the series did not exist yet.
+    /// The step is before the series' first point.
     Before,
     /// The value at the end of the step.
     Value(&'a [f64]),
-    /// The step is older than the ring keeps.
+    /// The step is older than the tier keeps.
     Evicted,
 }
 
-/// A ring of `capacity` steps of `stride` numbers each.
-#[derive(Debug, Clone)]
-pub struct Ring {
-    values: Box<[f64]>,
-    stride: usize,
-    capacity: usize,
-    /// First and last steps written; `None` until the first write.
-    span: Option<(i64, i64)>,
+#[derive(Debug)]
+struct Row {
+    step: i64,
+    values: Vec<f64>,
 }
 
-impl Ring {
-    /// An empty ring.
-    pub fn new(capacity: usize, stride: usize) -> Ring {
-        Ring {
-            values: vec![0.0; capacity * stride].into_boxed_slice(),
-            stride,
-            capacity,
-            span: None,
+/// One tier's rows.
+#[derive(Debug)]
+pub struct Columns {
+    rows: VecDeque<Row>,
+    /// Steps kept.
+    capacity: i64,
+    /// Width of a full row: every column so far.
+    width: usize,
+    /// The newest step whose row was evicted, if any.
+    evicted_through: Option<i64>,
+}
+
+impl Columns {
+    /// No rows, no columns, keeping `capacity` steps.
+    pub fn new(capacity: usize) -> Columns {
+        Columns {
+            rows: VecDeque::new(),
+            capacity: capacity as i64,
+            width: 0,
+            evicted_through: None,
         }
     }
 
-    /// Bytes a ring of this shape reserves.
-    pub fn bytes(capacity: usize, stride: usize) -> usize {
-        capacity * stride * std::mem::size_of::<f64>()
+    /// Bytes that a column of `width` numbers takes when every step has a row.
+    pub fn column_bytes(capacity: usize, width: usize) -> usize {
+        capacity * width * std::mem::size_of::<f64>()
     }
 
-    /// Numbers per step.
-    pub fn stride(&self) -> usize {
-        self.stride
+    /// Adds a column of `width` numbers and returns its offset. Rows written so far do not hold
+    /// it: reading them gives [`Slot::Before`].
+    pub fn add_column(&mut self, width: usize) -> usize {
+        let offset = self.width;
+        self.width += width;
+        offset
     }
 
-    fn index(&self, step: i64) -> usize {
-        step.rem_euclid(self.capacity as i64) as usize * self.stride
-    }
-
-    fn slot(&self, step: i64) -> &[f64] {
-        let i = self.index(step);
-        &self.values[i..i + self.stride]
-    }
-
-    /// The first step written.
-    pub fn first(&self) -> Option<i64> {
-        self.span.map(|(first, _)| first)
-    }
-
-    /// The last step written and its value.
-    pub fn last(&self) -> Option<(i64, &[f64])> {
-        self.span.map(|(_, last)| (last, self.slot(last)))
-    }
-
-    /// The value of the last step written, to update in place (e.g. a minute's running
-    /// aggregates).
-    pub fn last_mut(&mut self) -> Option<(i64, &mut [f64])> {
-        let (_, last) = self.span?;
-        let i = self.index(last);
-        Some((last, &mut self.values[i..i + self.stride]))
-    }
-
-    /// Writes `value` (`stride` numbers) at `step`. Steps skipped since the last write take the
-    /// last value. A step before the last one written (a clock going back) is written to the
-    /// last step: history is never rewritten.
-    pub fn write(&mut self, step: i64, value: &[f64]) {
-        debug_assert_eq!(value.len(), self.stride);
-        let step = match self.span {
-            None => {
-                self.span = Some((step, step));
-                step
+    /// The numbers of a column at `step`, to write. The step's row is created from the previous
+    /// row if it does not exist yet; a step before the last row's (a clock going back) writes to
+    /// the last row: history is never rewritten.
+    pub fn slot_mut(&mut self, step: i64, offset: usize, width: usize) -> &mut [f64] {
+        let new_row = self.rows.back().is_none_or(|last| step > last.step);
+        if new_row {
+            let mut values = Vec::new();
+            // The first step still within reach reads the row in force then: rows before that
+            // one are no longer needed.
+            let reach = step - self.capacity + 1;
+            while self.rows.len() >= 2 && self.rows[1].step <= reach {
+                let old = self.rows.pop_front().expect("front exists");
+                self.evicted_through = Some(old.step);
+                values = old.values;
             }
-            Some((first, last)) if step > last => {
-                let skipped = (step - last - 1).min(self.capacity as i64);
-                let from = self.index(last);
-                for s in step - skipped..step {
-                    let to = self.index(s);
-                    self.values.copy_within(from..from + self.stride, to);
-                }
-                self.span = Some((first, step));
-                step
+            values.clear();
+            if let Some(last) = self.rows.back() {
+                values.extend_from_slice(&last.values);
             }
-            Some((_, last)) => last,
-        };
-        let i = self.index(step);
-        self.values[i..i + self.stride].copy_from_slice(value);
+            self.rows.push_back(Row { step, values });
+        }
+        let width_now = self.width;
+        let row = self.rows.back_mut().expect("a row exists");
+        if row.values.len() < width_now {
+            row.values.resize(width_now, 0.0);
+        }
+        &mut row.values[offset..offset + width]
     }
 
-    /// What the ring holds for `step`: after the last write, the last value.
-    pub fn get(&self, step: i64) -> Slot<'_> {
-        match self.span {
-            None => Slot::Before,
-            Some((first, _)) if step < first => Slot::Before,
-            Some((_, last)) if step > last => Slot::Value(self.slot(last)),
-            Some((_, last)) if step <= last - self.capacity as i64 => Slot::Evicted,
-            Some(_) => Slot::Value(self.slot(step)),
+    /// The last step written, if any.
+    pub fn last_step(&self) -> Option<i64> {
+        self.rows.back().map(|r| r.step)
+    }
+
+    /// The row in force at `step` (the last one at or before it).
+    fn row_at(&self, step: i64) -> Result<&Row, Slot<'_>> {
+        let i = self.rows.partition_point(|r| r.step <= step);
+        if i == 0 {
+            return Err(match self.evicted_through {
+                Some(_) => Slot::Evicted,
+                None => Slot::Before,
+            });
+        }
+        Ok(&self.rows[i - 1])
+    }
+
+    /// The whole row in force at `step` ([`Slot::Value`] holds every column), to read many
+    /// series at one step.
+    pub fn row(&self, step: i64) -> Slot<'_> {
+        match self.row_at(step) {
+            Err(slot) => slot,
+            Ok(row) => Slot::Value(&row.values),
         }
     }
 
-    /// Values of the steps `from..=to` that hold data (steps before the first write are
-    /// skipped; steps after the last write repeat it). Empty if part of the range is evicted.
-    pub fn steps(&self, from: i64, to: i64) -> impl Iterator<Item = &[f64]> {
-        let (from, to) = match self.span {
-            Some((first, last)) if from > last - self.capacity as i64 => (from.max(first), to),
-            _ => (1, 0),
-        };
-        (from..=to).map(move |s| match self.get(s) {
-            Slot::Value(v) => v,
-            _ => &[][..],
-        })
+    /// What the column at `offset` holds at `step`.
+    pub fn get(&self, step: i64, offset: usize, width: usize) -> Slot<'_> {
+        match self.row_at(step) {
+            Err(slot) => slot,
+            Ok(row) if row.values.len() < offset + width => Slot::Before,
+            Ok(row) => Slot::Value(&row.values[offset..offset + width]),
+        }
+    }
+
+    /// Rows in force over the steps `from..=to`, each with the number of steps it covers there.
+    /// `None` when part of the range is evicted.
+    pub fn rows_over(&self, from: i64, to: i64) -> Option<Vec<(&[f64], i64)>> {
+        if from > to {
+            return Some(Vec::new());
+        }
+        let start = self.rows.partition_point(|r| r.step <= from);
+        if start == 0 && self.evicted_through.is_some() {
+            return None;
+        }
+        let first = start.saturating_sub(1);
+        let mut out = Vec::new();
+        for i in first..self.rows.len() {
+            let row = &self.rows[i];
+            if row.step > to {
+                break;
+            }
+            let begin = row.step.max(from);
+            let end = self
+                .rows
+                .get(i + 1)
+                .map_or(to, |next| (next.step - 1).min(to));
+            if end >= begin {
+                out.push((row.values.as_slice(), end - begin + 1));
+            }
+        }
+        Some(out)
     }
 }
 
@@ -137,35 +168,64 @@ impl Ring {
 mod tests {
     use super::*;
 
-    #[test]
-    fn skipped_steps_hold_the_previous_value_and_old_steps_are_evicted() {
-        let mut ring = Ring::new(4, 1);
-        assert_eq!(ring.get(10), Slot::Before);
-        ring.write(10, &[1.0]);
-        ring.write(13, &[4.0]);
-        assert_eq!(ring.get(9), Slot::Before);
-        assert_eq!(ring.get(11), Slot::Value(&[1.0]));
-        assert_eq!(ring.get(12), Slot::Value(&[1.0]));
-        assert_eq!(ring.get(13), Slot::Value(&[4.0]));
-        assert_eq!(ring.get(20), Slot::Value(&[4.0]));
-        ring.write(15, &[6.0]);
-        // Capacity 4: steps 12..=15 are kept.
-        assert_eq!(ring.get(11), Slot::Evicted);
-        assert_eq!(ring.get(14), Slot::Value(&[4.0]));
-        let seen: Vec<f64> = ring.steps(12, 16).map(|v| v[0]).collect();
-        assert_eq!(seen, [1.0, 4.0, 4.0, 6.0, 6.0]);
-        assert_eq!(ring.steps(11, 15).count(), 0);
+    fn write(columns: &mut Columns, step: i64, offset: usize, value: f64) {
+        columns.slot_mut(step, offset, 1)[0] = value;
     }
 
     #[test]
-    fn a_late_write_goes_to_the_last_step_and_a_long_gap_wraps_safely() {
-        let mut ring = Ring::new(3, 2);
-        ring.write(5, &[1.0, 2.0]);
-        ring.write(4, &[3.0, 4.0]);
-        assert_eq!(ring.get(5), Slot::Value(&[3.0, 4.0]));
-        ring.write(1_000_000, &[5.0, 6.0]);
-        assert_eq!(ring.get(999_999), Slot::Value(&[3.0, 4.0]));
-        assert_eq!(ring.get(999_997), Slot::Evicted);
-        assert_eq!(ring.last(), Some((1_000_000, &[5.0, 6.0][..])));
+    fn steps_hold_the_previous_value_and_old_steps_are_evicted() {
+        let mut columns = Columns::new(4);
+        let a = columns.add_column(1);
+        assert_eq!(columns.get(10, a, 1), Slot::Before);
+        write(&mut columns, 10, a, 1.0);
+        write(&mut columns, 13, a, 4.0);
+        assert_eq!(columns.get(9, a, 1), Slot::Before);
+        assert_eq!(columns.get(11, a, 1), Slot::Value(&[1.0]));
+        assert_eq!(columns.get(13, a, 1), Slot::Value(&[4.0]));
+        assert_eq!(columns.get(20, a, 1), Slot::Value(&[4.0]));
+        // A second series appears at step 13: earlier rows do not hold it.
+        let b = columns.add_column(2);
+        columns.slot_mut(13, b, 2).copy_from_slice(&[7.0, 8.0]);
+        assert_eq!(columns.get(12, b, 2), Slot::Before);
+        assert_eq!(columns.get(13, b, 2), Slot::Value(&[7.0, 8.0]));
+        write(&mut columns, 15, a, 6.0);
+        assert_eq!(columns.get(15, b, 2), Slot::Value(&[7.0, 8.0]));
+        // Capacity 4: at step 15 the reach starts at 12, which step 10's row still answers.
+        assert_eq!(columns.get(12, a, 1), Slot::Value(&[1.0]));
+        write(&mut columns, 17, a, 8.0);
+        // At 17 the reach starts at 14, answered by step 13's row: step 10's row is evicted.
+        assert_eq!(columns.get(11, a, 1), Slot::Evicted);
+        assert_eq!(columns.get(14, a, 1), Slot::Value(&[4.0]));
+        let covered: Vec<(f64, i64)> = columns
+            .rows_over(13, 16)
+            .unwrap()
+            .iter()
+            .map(|(row, n)| (row[a], *n))
+            .collect();
+        assert_eq!(covered, [(4.0, 2), (6.0, 2)]);
+        let covered: Vec<(f64, i64)> = columns
+            .rows_over(16, 20)
+            .unwrap()
+            .iter()
+            .map(|(row, n)| (row[a], *n))
+            .collect();
+        assert_eq!(covered, [(6.0, 1), (8.0, 4)]);
+        assert!(columns.rows_over(11, 15).is_none());
+    }
+
+    #[test]
+    fn a_late_write_goes_to_the_last_step_and_a_long_gap_keeps_its_value() {
+        let mut columns = Columns::new(3);
+        let a = columns.add_column(1);
+        write(&mut columns, 5, a, 1.0);
+        write(&mut columns, 4, a, 3.0);
+        assert_eq!(columns.get(5, a, 1), Slot::Value(&[3.0]));
+        write(&mut columns, 1_000_000, a, 5.0);
+        // The old row still answers the steps within reach that precede the new one.
+        assert_eq!(columns.get(999_999, a, 1), Slot::Value(&[3.0]));
+        write(&mut columns, 1_000_002, a, 6.0);
+        assert_eq!(columns.get(999_999, a, 1), Slot::Evicted);
+        assert_eq!(columns.get(1_000_000, a, 1), Slot::Value(&[5.0]));
+        assert_eq!(columns.last_step(), Some(1_000_002));
     }
 }
