@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "serving/inference/v1/tasks.proto",
     "ecommerce/gateway/v1/gateway.proto",
     "monitoring/metrics/v1/metrics.proto",
+    "monitoring/alerts/v1/alerts.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -44,10 +44,25 @@ export OTEL_EXPORTER_OTLP_ENDPOINT=${OTEL_EXPORTER_OTLP_ENDPOINT:-http://127.0.0
 start inference
 start gateway --inference 127.0.0.1:50052 --records-endpoint http://127.0.0.1:4317
 
+# The alert manager keeps incidents in PostgreSQL: DATABASE_URL, or the server on
+# 127.0.0.1:5432 when one answers there.
+if [ -z "${DATABASE_URL:-}" ] && command -v pg_isready >/dev/null 2>&1 \
+    && pg_isready -q -h 127.0.0.1 -p 5432; then
+    export DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres
+fi
+if [ -n "${DATABASE_URL:-}" ]; then
+    export ALERT_MANAGER_API_KEYS=${ALERT_MANAGER_API_KEYS:-demo-admin-key:ops:admin}
+    start alert-manager --rules deploy/rules
+    alerts_line="[run] alerts:    grpc 127.0.0.1:50054 (monitoring.alerts.v1), rules in deploy/rules/"
+else
+    alerts_line="[run] alerts:    not started: set DATABASE_URL (no PostgreSQL answers on 127.0.0.1:5432)"
+fi
+
 cat >&2 <<MSG
 [run] gateway:   grpc 127.0.0.1:50051 (ecommerce.gateway.v1 + Open Inference Protocol), API keys
 [run]            demo-client-key (role client) and demo-admin-key (role admin)
 [run] inference: grpc 127.0.0.1:50052 (Open Inference Protocol + serving.inference.v1)
+$alerts_line
 [run] metrics:   OTLP + monitoring.metrics.v1 queries on 127.0.0.1:4317, Prometheus text on
 [run]            http://127.0.0.1:9464/metrics; e.g. the gateway's request rate:
 [run]   .venv/bin/grpcurl -plaintext -d '{"selector": {"metric": "gateway.requests"},

@@ -5,6 +5,7 @@
 //! - [`serving::inference::v1`]: the inference service's task API (`Embed`, `Classify`).
 //! - [`ecommerce::gateway::v1`]: the gateway's API for recommender services.
 //! - [`monitoring::metrics::v1`]: the metrics collector's query and record API.
+//! - [`monitoring::alerts::v1`]: the alert manager's alerts and incidents.
 
 #![allow(
     clippy::large_enum_variant,
@@ -41,6 +42,14 @@ pub mod ecommerce {
 
 /// Monitoring APIs.
 pub mod monitoring {
+    /// The alert manager's packages.
+    pub mod alerts {
+        /// Version 1 of the alert manager's API.
+        pub mod v1 {
+            tonic::include_proto!("monitoring.alerts.v1");
+        }
+    }
+
     /// The metrics collector's packages.
     pub mod metrics {
         /// Version 1 of the collector's query and record API.

@@ -1,7 +1,8 @@
-//! Pieces that every service of the mesh shares: telemetry set-up, shutdown signalling,
+//! Pieces that every service of the mesh shares: telemetry set-up, shutdown signalling, API keys,
 //! the vocabulary of error kinds and their gRPC codes, W3C trace-context propagation over
 //! tonic metadata, health and reflection services, and helpers for tests.
 
+pub mod auth;
 pub mod error;
 pub mod grpc;
 pub mod shutdown;

@@ -1,22 +1,107 @@
-//! The alert-manager service. Evaluates alert rules and keeps incidents in PostgreSQL. This build serves health and reflection only.
+//! The alert manager: evaluates alert rules (thresholds, burn-rate SLOs, drift) against the
+//! metrics collector every second, keeps the alerts' states, and records incidents with their
+//! timelines in PostgreSQL, served as `monitoring.alerts.v1`.
+//!
+//! [`rules`] reads and checks the YAML rules; [`evaluator`] turns rules into collector queries
+//! and observations into alert states; [`engine`] runs the loop; [`incidents`] is the
+//! PostgreSQL store; [`grpc`] the API.
+
+pub mod engine;
+pub mod evaluator;
+pub mod grpc;
+pub mod incidents;
+pub mod rules;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use proto::monitoring::alerts::v1::alert_manager_server::AlertManagerServer;
+use proto::monitoring::metrics::v1::metrics_query_client::MetricsQueryClient;
+use shared::auth::ApiKeys;
 use shared::telemetry::TelemetryArgs;
 use tokio::net::TcpListener;
 
-/// Evaluates alert rules and keeps incidents in PostgreSQL. This build serves health and reflection only.
-#[derive(Debug, Clone, clap::Parser)]
+use crate::engine::{Engine, LoadedRules};
+use crate::evaluator::Alerts;
+use crate::incidents::IncidentStore;
+
+/// Evaluates alert rules against the metrics collector and keeps incidents in PostgreSQL.
+///
+/// Every flag can also be set through the environment variable named in its help.
+#[derive(Clone, clap::Parser)]
 #[command(name = "alert-manager", version, about, long_about)]
 pub struct Config {
     /// Address to serve gRPC on.
     #[arg(long, env = "ALERT_MANAGER_LISTEN", default_value = "127.0.0.1:50054")]
     pub listen: SocketAddr,
 
+    /// The metrics collector's query API.
+    #[arg(
+        long,
+        env = "ALERT_MANAGER_COLLECTOR",
+        default_value = "http://127.0.0.1:4317"
+    )]
+    pub collector: String,
+
+    /// Rules files, or folders whose *.yaml files are read (comma-separated). They are re-read
+    /// when they change; a file that does not load is refused whole and the previous rules stay.
+    #[arg(
+        long,
+        env = "ALERT_MANAGER_RULES",
+        value_delimiter = ',',
+        default_value = "deploy/rules"
+    )]
+    pub rules: Vec<PathBuf>,
+
+    /// PostgreSQL, e.g. postgres://user@127.0.0.1:5432/alerts (migrations are applied at start).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+
+    /// Interval between evaluations of every rule, in milliseconds.
+    #[arg(
+        long,
+        env = "ALERT_MANAGER_EVALUATION_INTERVAL_MS",
+        default_value_t = 1000
+    )]
+    pub evaluation_interval_ms: u64,
+
+    /// Resolve an incident when every alert of its group has resolved (off: an operator
+    /// resolves it).
+    #[arg(long, env = "ALERT_MANAGER_AUTO_RESOLVE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_resolve: bool,
+
+    /// API keys as `key:tenant:role` (comma-separated); writes need an `admin` key.
+    #[arg(
+        long,
+        env = "ALERT_MANAGER_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+
+    /// A TOML file of hashed API keys (see deploy/api-keys.example.toml).
+    #[arg(long, env = "ALERT_MANAGER_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
     /// Telemetry.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The database URL may hold a password and the keys are secrets: neither is printed.
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("collector", &self.collector)
+            .field("rules", &self.rules)
+            .field("evaluation_interval_ms", &self.evaluation_interval_ms)
+            .field("auto_resolve", &self.auto_resolve)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why the service stopped abnormally.
@@ -28,22 +113,68 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The incident database could not be opened.
+    #[error("incident database: {0}")]
+    Database(#[from] incidents::IncidentError),
+    /// The API keys could not be read.
+    #[error("API keys: {0}")]
+    Keys(#[from] shared::auth::KeyStoreError),
+    /// The collector address is not a URI.
+    #[error("--collector: {0}")]
+    Collector(String),
 }
 
-/// Serves on `listener` until `shutdown` resolves, then drains in-flight requests.
+/// Serves on `listener` until `shutdown` resolves, evaluating rules meanwhile.
 pub async fn serve(
     listener: TcpListener,
-    _config: Config,
-    shutdown: impl Future<Output = ()> + Send,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let (routes, health) = shared::grpc::base_routes().await?;
+    let keys = Arc::new(ApiKeys::load(
+        config.api_keys_file.as_deref(),
+        &config.api_keys,
+    )?);
+    let incidents = IncidentStore::connect(&config.database_url).await?;
+    let engine = Arc::new(Engine {
+        paths: config.rules.clone(),
+        rules: Mutex::new(LoadedRules::default()),
+        alerts: Mutex::new(Alerts::default()),
+        incidents,
+        auto_resolve: config.auto_resolve,
+        reload_failures: Default::default(),
+    });
+    if let Err(err) = engine.reload() {
+        tracing::error!(error = %err, "starting without rules");
+    }
+    let channel = tonic::transport::Endpoint::from_shared(config.collector.clone())
+        .map_err(|e| ServeError::Collector(e.to_string()))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .connect_lazy();
+    let (trigger, stop) = shared::shutdown::channel();
+    let evaluation = tokio::spawn(engine.clone().run(
+        MetricsQueryClient::new(channel),
+        Duration::from_millis(config.evaluation_interval_ms.max(10)),
+        stop.clone(),
+    ));
+
+    let (mut routes, health) = shared::grpc::base_routes().await?;
+    routes.add_service(AlertManagerServer::new(grpc::AlertService::new(
+        engine, keys,
+    )));
     health
         .set_service_status("", shared::grpc::ServingStatus::Serving)
         .await;
-    tracing::info!(addr = ?listener.local_addr().ok(), "alert-manager listening");
-    tonic::transport::Server::builder()
-        .add_routes(routes.routes())
-        .serve_with_incoming_shutdown(shared::grpc::incoming(listener), shutdown)
-        .await?;
+    tracing::info!(addr = ?listener.local_addr().ok(), collector = %config.collector, "alert-manager listening");
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_routes(routes.routes())
+            .serve_with_incoming_shutdown(shared::grpc::incoming(listener), stop.wait()),
+    );
+    shutdown.await;
+    trigger.trigger();
+    let _ = evaluation.await;
+    shared::grpc::server_outcome(server.await)?;
+    tracing::info!("alert-manager stopped");
     Ok(())
 }

@@ -57,9 +57,9 @@ pub struct Config {
     pub max_series: usize,
 
     /// Memory for the time windows of all series together, in MiB. Each series reserves its
-    /// windows when first seen (1 s steps for an hour and 1 min steps for a day: about 40 KiB
-    /// for a counter, 8 bytes per step per histogram bucket); further series are refused and
-    /// counted.
+    /// windows when first seen (1 s steps for an hour, 1 min steps for a day, 1 h steps for a
+    /// week: about 42 KiB for a counter, 8 bytes per step per histogram bucket); further series
+    /// are refused and counted.
     #[arg(long, env = "COLLECTOR_WINDOW_MEMORY_MB", default_value_t = 2048)]
     pub window_memory_mb: u64,
 

@@ -16,8 +16,8 @@ use crate::prometheus;
 use crate::statistics::{self, Drift};
 use crate::store::{Family, Grouping, Kind, Labels, MetricStore, Series, Tier, Value};
 
-/// Longest accepted window: the 1 min tier's reach.
-pub const MAX_WINDOW_SECONDS: i64 = 86_400;
+/// Longest accepted window: the 1 h tier's reach (7 days).
+pub const MAX_WINDOW_SECONDS: i64 = 7 * 86_400;
 
 /// Largest compiled size of a label regular expression, in bytes.
 const MAX_REGEX_BYTES: usize = 64 * 1024;
@@ -239,7 +239,7 @@ fn span(now: i64, at: Option<i64>, window: i64) -> Result<Span, QueryError> {
     }
     if !(0..=MAX_WINDOW_SECONDS).contains(&window) {
         return Err(QueryError::Invalid(format!(
-            "window of {window} s; at most {MAX_WINDOW_SECONDS} s (24 hours)"
+            "window of {window} s; at most {MAX_WINDOW_SECONDS} s (7 days)"
         )));
     }
     let start_s = at - window;
@@ -247,9 +247,11 @@ fn span(now: i64, at: Option<i64>, window: i64) -> Result<Span, QueryError> {
         Tier::Seconds
     } else if now - start_s <= Tier::Minutes.reach_seconds() {
         Tier::Minutes
+    } else if now - start_s <= Tier::Hours.reach_seconds() {
+        Tier::Hours
     } else {
         return Err(QueryError::OutOfRange(format!(
-            "the window starts {} s ago; the collector keeps 24 hours at 1 min resolution",
+            "the window starts {} s ago; the collector keeps 7 days at 1 h resolution",
             now - start_s
         )));
     };
@@ -420,8 +422,8 @@ fn gauges_over(
             let Some(v) = row.get(*offset) else { continue };
             let (mean, hi, lo) = match span.tier {
                 Tier::Seconds => (*v, *v, *v),
-                // A minute's aggregate: sum, points, maximum, minimum, last.
-                Tier::Minutes => (
+                // A minute's or an hour's aggregate: sum, points, maximum, minimum, last.
+                Tier::Minutes | Tier::Hours => (
                     *v / row[offset + 1].max(1.0),
                     row[offset + 2],
                     row[offset + 3],
@@ -519,7 +521,7 @@ pub fn evaluate(store: &MetricStore, query: &Query, now: i64) -> Result<Answer, 
                     let end = family.in_row(series, span.tier, end)?;
                     if query.function == Function::Last {
                         return Some(match (family.kind, span.tier) {
-                            (Kind::Gauge, Tier::Minutes) => end[4],
+                            (Kind::Gauge, Tier::Minutes | Tier::Hours) => end[4],
                             _ => end[end.len() - 1],
                         });
                     }
@@ -898,7 +900,11 @@ mod tests {
             Err(QueryError::Invalid(_))
         ));
         assert!(matches!(
-            evaluate(&store, &query("requests", Function::Rate, 90_000, &[]), now),
+            evaluate(
+                &store,
+                &query("requests", Function::Rate, 700_000, &[]),
+                now
+            ),
             Err(QueryError::Invalid(_))
         ));
         assert!(Matcher::new("x", "(", true, false).is_err());
@@ -919,6 +925,24 @@ mod tests {
         let answer = evaluate(&store, &q, now).unwrap();
         assert_eq!(answer.resolution, 60);
         assert_eq!(answer.samples[0].value, 7200.0);
+    }
+
+    #[test]
+    fn windows_of_days_read_the_hour_tier() {
+        let store = MetricStore::new(limits(100));
+        // One point an hour for 4 days, +3600 each.
+        for h in 0..=96 {
+            counter(&store, 3600 * h, "OK", "a", 3600.0 * h as f64);
+        }
+        let now = 3600 * 96;
+        let answer = evaluate(
+            &store,
+            &query("requests", Function::Rate, 3 * 86_400, &[]),
+            now,
+        )
+        .unwrap();
+        assert_eq!(answer.resolution, 3600);
+        assert_eq!(answer.samples[0].value, 1.0);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::window::{Columns, MINUTE_STEPS, SECOND_STEPS, Slot};
+use crate::window::{Columns, HOUR_STEPS, MINUTE_STEPS, SECOND_STEPS, Slot};
 
 /// Labels of a series, sorted by name.
 pub type Labels = Vec<(String, String)>;
@@ -66,8 +66,8 @@ impl Value {
     }
 }
 
-/// Numbers per step of a gauge's minute tier: sum and number of points in the minute, maximum,
-/// minimum, last.
+/// Numbers per step of a gauge's minute and hour tiers: sum and number of points in the step,
+/// maximum, minimum, last.
 const GAUGE_MINUTE_WIDTH: usize = 5;
 
 /// One series: its labels, current value, and where its columns are in the family's windows.
@@ -87,12 +87,16 @@ pub struct Series {
     second_column: (usize, usize),
     /// Offset and width of the series' column in the 1 min tier.
     minute_column: (usize, usize),
+    /// Offset and width of the series' column in the 1 h tier (same width as the minute tier's).
+    hour_column: (usize, usize),
     /// First second a point arrived.
     pub first: i64,
     /// Last second a point arrived.
     pub updated: i64,
     /// Last minute a point arrived (a gauge's minute aggregate starts afresh in a new minute).
     last_minute: i64,
+    /// Last hour a point arrived.
+    last_hour: i64,
     /// Replaced by a new series of the same labels (its bucket bounds changed); kept only
     /// because its columns cannot be reclaimed.
     pub retired: bool,
@@ -109,6 +113,7 @@ impl Series {
         match tier {
             Tier::Seconds => self.second_column.0,
             Tier::Minutes => self.minute_column.0,
+            Tier::Hours => self.hour_column.0,
         }
     }
 }
@@ -132,6 +137,8 @@ pub enum Tier {
     Seconds,
     /// One step per minute, the last 24 hours.
     Minutes,
+    /// One step per hour, the last 7 days.
+    Hours,
 }
 
 impl Tier {
@@ -140,6 +147,7 @@ impl Tier {
         match self {
             Tier::Seconds => 1,
             Tier::Minutes => 60,
+            Tier::Hours => 3600,
         }
     }
 
@@ -148,6 +156,7 @@ impl Tier {
         match self {
             Tier::Seconds => 3600,
             Tier::Minutes => 86_400,
+            Tier::Hours => 7 * 86_400,
         }
     }
 }
@@ -169,6 +178,8 @@ pub struct Family {
     seconds: Columns,
     /// 1 min steps of every series.
     minutes: Columns,
+    /// 1 h steps of every series.
+    hours: Columns,
     /// Changes whenever a series is added, so that cached groupings can tell they are stale.
     pub generation: u64,
     /// Groupings of the series computed by queries, reused while `generation` holds.
@@ -189,6 +200,7 @@ impl Family {
             index: HashMap::default(),
             seconds: Columns::new(SECOND_STEPS),
             minutes: Columns::new(MINUTE_STEPS),
+            hours: Columns::new(HOUR_STEPS),
             generation: 0,
             groupings: Mutex::new(Vec::new()),
             selections: Mutex::new(Vec::new()),
@@ -206,6 +218,7 @@ impl Family {
         match tier {
             Tier::Seconds => &self.seconds,
             Tier::Minutes => &self.minutes,
+            Tier::Hours => &self.hours,
         }
     }
 
@@ -215,6 +228,7 @@ impl Family {
         let (offset, width) = match tier {
             Tier::Seconds => series.second_column,
             Tier::Minutes => series.minute_column,
+            Tier::Hours => series.hour_column,
         };
         match self.tier(tier).get(step, offset, width) {
             Slot::Before if tier == Tier::Seconds || self.kind != Kind::Gauge => {
@@ -237,6 +251,7 @@ impl Family {
         let (offset, width) = match tier {
             Tier::Seconds => series.second_column,
             Tier::Minutes => series.minute_column,
+            Tier::Hours => series.hour_column,
         };
         match row {
             Slot::Value(values) if values.len() >= offset + width => {
@@ -251,26 +266,10 @@ impl Family {
     /// Writes series `i`'s current value into the windows at second `now`.
     fn write_windows(&mut self, i: usize, now: i64) {
         let series = &mut self.series[i];
-        let minute = now.div_euclid(60);
         let (offset, width) = series.second_column;
         let slot = self.seconds.slot_mut(now, offset, width);
-        let (m_offset, m_width) = series.minute_column;
         match &series.value {
-            Value::Scalar(v) => {
-                slot[0] = *v;
-                let agg = self.minutes.slot_mut(minute, m_offset, m_width);
-                if self.kind != Kind::Gauge {
-                    agg[0] = *v;
-                } else if series.last_minute < minute {
-                    agg.copy_from_slice(&[*v, 1.0, *v, *v, *v]);
-                } else {
-                    agg[0] += v;
-                    agg[1] += 1.0;
-                    agg[2] = agg[2].max(*v);
-                    agg[3] = agg[3].min(*v);
-                    agg[4] = *v;
-                }
-            }
+            Value::Scalar(v) => slot[0] = *v,
             Value::Histogram {
                 counts, sum, count, ..
             } => {
@@ -280,13 +279,42 @@ impl Family {
                 }
                 slot[n] = *sum;
                 slot[n + 1] = *count as f64;
-                let copy: Vec<f64> = slot.to_vec();
-                self.minutes
-                    .slot_mut(minute, m_offset, m_width)
-                    .copy_from_slice(&copy);
+            }
+        }
+        // A scalar is copied by value; a histogram's numbers once, since the tiers are other
+        // row buffers.
+        let scalar = slot[0];
+        let histogram: Option<Vec<f64>> =
+            matches!(series.value, Value::Histogram { .. }).then(|| slot.to_vec());
+        let gauge = self.kind == Kind::Gauge;
+        let minute = now.div_euclid(60);
+        let hour = now.div_euclid(3600);
+        let coarse = [
+            (
+                &mut self.minutes,
+                series.minute_column,
+                minute,
+                series.last_minute,
+            ),
+            (&mut self.hours, series.hour_column, hour, series.last_hour),
+        ];
+        for (columns, (offset, width), step, last) in coarse {
+            let agg = columns.slot_mut(step, offset, width);
+            match &histogram {
+                Some(numbers) => agg.copy_from_slice(numbers),
+                None if !gauge => agg[0] = scalar,
+                None if last < step => agg.copy_from_slice(&[scalar, 1.0, scalar, scalar, scalar]),
+                None => {
+                    agg[0] += scalar;
+                    agg[1] += 1.0;
+                    agg[2] = agg[2].max(scalar);
+                    agg[3] = agg[3].min(scalar);
+                    agg[4] = scalar;
+                }
             }
         }
         series.last_minute = minute;
+        series.last_hour = hour;
         series.updated = now;
     }
 }
@@ -498,9 +526,10 @@ impl MetricStore {
 
     /// Bytes a series of this kind and value reserves in the windows.
     pub fn series_bytes(kind: Kind, value: &Value) -> u64 {
-        let (second, minute) = widths(kind, value);
-        (Columns::column_bytes(SECOND_STEPS, second) + Columns::column_bytes(MINUTE_STEPS, minute))
-            as u64
+        let (second, coarse) = widths(kind, value);
+        (Columns::column_bytes(SECOND_STEPS, second)
+            + Columns::column_bytes(MINUTE_STEPS, coarse)
+            + Columns::column_bytes(HOUR_STEPS, coarse)) as u64
     }
 
     /// Reserves the windows of a new series, or says why not.
@@ -536,6 +565,7 @@ impl MetricStore {
         let i = family.series.len();
         let second_column = (family.seconds.add_column(second), second);
         let minute_column = (family.minutes.add_column(minute), minute);
+        let hour_column = (family.hours.add_column(minute), minute);
         family.series.push(Series {
             labels: point.labels.clone(),
             value: zero_like(&point.value),
@@ -543,9 +573,11 @@ impl MetricStore {
             origin,
             second_column,
             minute_column,
+            hour_column,
             first: i64::MAX,
             updated: i64::MIN,
             last_minute: i64::MIN,
+            last_hour: i64::MIN,
             retired: false,
         });
         family.index.insert(point.labels.clone(), i);

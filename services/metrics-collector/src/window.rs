@@ -1,4 +1,5 @@
-//! Time windows of one metric family, stored by time: one row per step (a second, or a minute)
+//! Time windows of one metric family, stored by time: one row per step (a second, a minute, an
+//! hour)
 //! holding the value of every series of the family at the end of that step.
 //!
 //! Each series owns a column (`width` numbers at an offset) in every row written since it
@@ -16,6 +17,9 @@ pub const SECOND_STEPS: usize = 3600 + 60;
 
 /// Steps of the 1 min tier: 24 hours, plus a few minutes of margin.
 pub const MINUTE_STEPS: usize = 1440 + 5;
+
+/// Steps of the 1 h tier: 7 days (long burn-rate windows), plus two hours of margin.
+pub const HOUR_STEPS: usize = 7 * 24 + 2;
 
 /// What a tier holds for a series at a step.
 #[derive(Debug, Clone, Copy, PartialEq)]

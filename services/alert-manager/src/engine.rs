@@ -1,0 +1,182 @@
+//! The evaluation loop: every interval, re-reads the rules files if they changed, evaluates every
+//! rule against the collector, applies the observations to the alerts, and records what fired and
+//! resolved as incident events.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use proto::monitoring::metrics::v1::metrics_query_client::MetricsQueryClient;
+use tonic::transport::Channel;
+
+use crate::evaluator::{self, Alerts, Transition};
+use crate::incidents::IncidentStore;
+use crate::rules::{self, RuleSet};
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The rules in force and how they were loaded.
+#[derive(Debug, Clone, Default)]
+pub struct LoadedRules {
+    /// The rules.
+    pub set: RuleSet,
+    /// When they were loaded, Unix ms.
+    pub loaded_at_ms: i64,
+    /// Why the files on disk were refused at the last attempt (the rules above stay in force).
+    pub last_error: Option<String>,
+    /// Modification times of the files when last read.
+    stamp: Vec<(PathBuf, Option<SystemTime>)>,
+}
+
+/// Shared state of the engine and the API.
+pub struct Engine {
+    /// Rules files or folders.
+    pub paths: Vec<PathBuf>,
+    /// The rules in force.
+    pub rules: Mutex<LoadedRules>,
+    /// Every alert.
+    pub alerts: Mutex<Alerts>,
+    /// Incidents.
+    pub incidents: IncidentStore,
+    /// Resolve incidents when their alerts resolve.
+    pub auto_resolve: bool,
+    /// Rule loads refused so far.
+    pub reload_failures: std::sync::atomic::AtomicU64,
+}
+
+fn stamp(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>)> {
+    rules::files(paths)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            let modified = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
+            (p, modified)
+        })
+        .collect()
+}
+
+impl Engine {
+    /// Loads the rules now. On error the rules in force stay, and the error is kept (and
+    /// returned).
+    pub fn reload(&self) -> Result<usize, String> {
+        let stamp = stamp(&self.paths);
+        let mut loaded = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        loaded.stamp = stamp;
+        match rules::load(&self.paths) {
+            Ok(set) => {
+                let n = set.rules.len();
+                tracing::info!(rules = n, "rules loaded");
+                loaded.set = set;
+                loaded.loaded_at_ms = now_ms();
+                loaded.last_error = None;
+                Ok(n)
+            }
+            Err(err) => {
+                self.reload_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(error = %err, "rules refused; the previous rules stay in force");
+                loaded.last_error = Some(err.0.clone());
+                Err(err.0)
+            }
+        }
+    }
+
+    /// Reloads when a rules file changed, appeared or disappeared since the last load.
+    fn reload_if_changed(&self) {
+        let changed = {
+            let loaded = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+            loaded.stamp != stamp(&self.paths)
+        };
+        if changed {
+            let _ = self.reload();
+        }
+    }
+
+    /// One evaluation cycle.
+    pub async fn cycle(&self, client: &mut MetricsQueryClient<Channel>) {
+        self.reload_if_changed();
+        let set = self
+            .rules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set
+            .clone();
+        let mut transitions = Vec::new();
+        for rule in &set.rules {
+            match evaluator::observe(client, rule).await {
+                Ok(observations) => {
+                    let mut alerts = self.alerts.lock().unwrap_or_else(|p| p.into_inner());
+                    transitions.extend(alerts.apply(rule, observations, now_ms()));
+                }
+                // Unknown data is not a resolution: the rule's alerts stay as they are.
+                Err(status) => {
+                    tracing::warn!(rule = %rule.name, code = ?status.code(), message = %status.message(), "rule not evaluated")
+                }
+            }
+        }
+        let names: HashSet<String> = set.rules.iter().map(|r| r.name.clone()).collect();
+        transitions.extend(
+            self.alerts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain_rules(&names, now_ms()),
+        );
+        for transition in transitions {
+            self.record(&set, transition).await;
+        }
+    }
+
+    async fn record(&self, set: &RuleSet, transition: Transition) {
+        let now = now_ms();
+        let result = match &transition {
+            Transition::Fired(alert) => {
+                let (key, labels) = evaluator::group_key_of(&set.group_by, &alert.labels);
+                tracing::warn!(alert = %alert.rule, group = %key, value = alert.value, "alert firing");
+                self.incidents
+                    .alert_fired(&key, &labels, alert, now)
+                    .await
+                    .map(|_| ())
+            }
+            Transition::Resolved(alert) => {
+                let (key, _) = evaluator::group_key_of(&set.group_by, &alert.labels);
+                tracing::info!(alert = %alert.rule, group = %key, "alert resolved");
+                let still = self
+                    .alerts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .group_firing(&set.group_by, &key);
+                self.incidents
+                    .alert_resolved(&key, alert, still, self.auto_resolve, now)
+                    .await
+                    .map(|_| ())
+            }
+        };
+        if let Err(err) = result {
+            tracing::error!(error = %err, "incident not recorded");
+        }
+    }
+
+    /// Evaluates every `interval` until `stop`.
+    pub async fn run(
+        self: Arc<Self>,
+        mut client: MetricsQueryClient<Channel>,
+        interval: Duration,
+        stop: shared::shutdown::Shutdown,
+    ) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stopped = std::pin::pin!(stop.wait());
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => self.cycle(&mut client).await,
+                () = &mut stopped => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,526 @@
+//! Rule evaluation: each rule becomes queries of the metrics collector (a query, a ratio, the
+//! burn rates of an objective over window pairs, a drift comparison), and each group of the
+//! answer an observation: a value and whether the rule's condition holds for it.
+//!
+//! [`Alerts`] turns observations into alert states (pending → firing → resolved, with `for`
+//! and `keep_firing_for`) and reports the transitions that incidents are made of.
+
+use std::collections::{BTreeMap, HashMap};
+
+use proto::monitoring::metrics::v1 as pb;
+use proto::monitoring::metrics::v1::metrics_query_client::MetricsQueryClient;
+use sha2::{Digest, Sha256};
+use tonic::transport::Channel;
+
+use crate::rules::{self, BaselineSpec, Function, QuerySpec, Rule, RuleKind};
+
+/// Labels of an alert or a group, sorted.
+pub type LabelSet = BTreeMap<String, String>;
+
+/// One group of a rule's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// The group's labels (and, for burn rates, the window pair's).
+    pub labels: LabelSet,
+    /// The value the condition is about.
+    pub value: f64,
+    /// Whether the condition holds.
+    pub holds: bool,
+}
+
+fn matchers(spec: &BTreeMap<String, String>) -> Vec<pb::LabelMatcher> {
+    spec.iter()
+        .map(|(name, value)| {
+            let (op, value) = if let Some(v) = value.strip_prefix("!=") {
+                (pb::MatchOp::NotEqual, v)
+            } else if let Some(v) = value.strip_prefix("=~") {
+                (pb::MatchOp::Regex, v)
+            } else if let Some(v) = value.strip_prefix("!~") {
+                (pb::MatchOp::NotRegex, v)
+            } else {
+                (pb::MatchOp::Equal, value.as_str())
+            };
+            pb::LabelMatcher {
+                name: name.clone(),
+                value: value.to_owned(),
+                op: op as i32,
+            }
+        })
+        .collect()
+}
+
+fn selector(metric: &str, spec: &BTreeMap<String, String>) -> Option<pb::Selector> {
+    Some(pb::Selector {
+        metric: metric.to_owned(),
+        matchers: matchers(spec),
+    })
+}
+
+/// The collector request of a query of a rule.
+pub fn query_request(spec: &QuerySpec, group_by: &[String]) -> pb::QueryRequest {
+    let function = match spec.function {
+        Function::Rate => pb::Function::Rate,
+        Function::Increase => pb::Function::Increase,
+        Function::Quantile => pb::Function::Quantile,
+        Function::Avg => pb::Function::Avg,
+        Function::Max => pb::Function::Max,
+        Function::Min => pb::Function::Min,
+        Function::Last => pb::Function::Last,
+    };
+    pb::QueryRequest {
+        selector: selector(&spec.metric, &spec.matchers),
+        function: function as i32,
+        window_seconds: spec.window.0.as_secs().max(1) as u32,
+        quantile: spec.quantile.unwrap_or(0.0),
+        group_by: group_by.to_vec(),
+        at_unix_seconds: 0,
+    }
+}
+
+fn labels_of(sample_labels: HashMap<String, String>) -> LabelSet {
+    sample_labels.into_iter().collect()
+}
+
+/// Error ratios (1 − good/total) per group over `window`.
+async fn error_ratios(
+    client: &mut MetricsQueryClient<Channel>,
+    good: &QuerySpec,
+    total: &QuerySpec,
+    group_by: &[String],
+    window: std::time::Duration,
+) -> Result<Vec<(LabelSet, f64)>, tonic::Status> {
+    let rate = |spec: &QuerySpec| {
+        let mut spec = spec.clone();
+        spec.function = Function::Rate;
+        spec.window = rules::Span(window);
+        query_request(&spec, group_by)
+    };
+    let ratio = client
+        .ratio(pb::RatioRequest {
+            numerator: Some(rate(good)),
+            denominator: Some(rate(total)),
+        })
+        .await?
+        .into_inner();
+    Ok(ratio
+        .samples
+        .into_iter()
+        .map(|s| (labels_of(s.labels), (1.0 - s.value).max(0.0)))
+        .collect())
+}
+
+/// Evaluates `rule` against the collector.
+pub async fn observe(
+    client: &mut MetricsQueryClient<Channel>,
+    rule: &Rule,
+) -> Result<Vec<Observation>, tonic::Status> {
+    match &rule.kind {
+        RuleKind::Threshold {
+            query,
+            ratio,
+            op,
+            threshold,
+        } => {
+            let samples = match (query, ratio) {
+                (Some(q), _) => {
+                    client
+                        .query(query_request(q, &rule.group_by))
+                        .await?
+                        .into_inner()
+                        .samples
+                }
+                (None, Some(r)) => {
+                    client
+                        .ratio(pb::RatioRequest {
+                            numerator: Some(query_request(&r.numerator, &rule.group_by)),
+                            denominator: Some(query_request(&r.denominator, &rule.group_by)),
+                        })
+                        .await?
+                        .into_inner()
+                        .samples
+                }
+                (None, None) => Vec::new(),
+            };
+            Ok(samples
+                .into_iter()
+                .map(|s| Observation {
+                    holds: op.holds(s.value, *threshold),
+                    value: s.value,
+                    labels: labels_of(s.labels),
+                })
+                .collect())
+        }
+        RuleKind::BurnRate {
+            objective,
+            good,
+            total,
+            windows,
+        } => {
+            let budget = 1.0 - objective;
+            let mut out = Vec::new();
+            for pair in windows {
+                let long = error_ratios(client, good, total, &rule.group_by, pair.long.0).await?;
+                let short: HashMap<LabelSet, f64> =
+                    error_ratios(client, good, total, &rule.group_by, pair.short.0)
+                        .await?
+                        .into_iter()
+                        .collect();
+                for (mut labels, long_ratio) in long {
+                    let long_burn = long_ratio / budget;
+                    let short_burn = short.get(&labels).copied().unwrap_or(0.0) / budget;
+                    labels.insert(
+                        "burn_window".into(),
+                        format!("{}/{}", human(pair.long.0), human(pair.short.0)),
+                    );
+                    labels.insert("severity".into(), pair.severity.clone());
+                    out.push(Observation {
+                        holds: long_burn > pair.factor && short_burn > pair.factor,
+                        value: long_burn,
+                        labels,
+                    });
+                }
+            }
+            Ok(out)
+        }
+        RuleKind::Drift {
+            metric,
+            matchers: spec,
+            window,
+            baseline,
+            psi_above,
+            ks_p_below,
+        } => {
+            let baseline = match baseline {
+                BaselineSpec::Snapshot(name) => pb::drift_request::Baseline::Snapshot(name.clone()),
+                BaselineSpec::Offset(offset) => {
+                    pb::drift_request::Baseline::PastWindow(pb::PastWindow {
+                        offset_seconds: offset.0.as_secs() as u32,
+                        window_seconds: 0,
+                    })
+                }
+            };
+            let results = client
+                .drift(pb::DriftRequest {
+                    selector: selector(metric, spec),
+                    window_seconds: window.0.as_secs().max(1) as u32,
+                    group_by: rule.group_by.clone(),
+                    baseline: Some(baseline),
+                    at_unix_seconds: 0,
+                })
+                .await?
+                .into_inner()
+                .results;
+            Ok(results
+                .into_iter()
+                .map(|r| Observation {
+                    holds: psi_above.is_some_and(|t| r.psi > t)
+                        || ks_p_below.is_some_and(|t| r.ks_p_value < t),
+                    value: r.psi,
+                    labels: labels_of(r.labels),
+                })
+                .collect())
+        }
+    }
+}
+
+/// `3600s` → `1h`, `300s` → `5m`.
+fn human(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    if s.is_multiple_of(86_400) {
+        format!("{}d", s / 86_400)
+    } else if s.is_multiple_of(3600) {
+        format!("{}h", s / 3600)
+    } else if s.is_multiple_of(60) {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// Where an alert is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Holding, for less than `for`.
+    Pending,
+    /// Fired.
+    Firing,
+    /// Fired, then stopped.
+    Resolved,
+}
+
+/// One alert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    /// The rule's name.
+    pub rule: String,
+    /// Labels: the group's, the rule's, and `alertname`.
+    pub labels: LabelSet,
+    /// Annotations, rendered.
+    pub annotations: LabelSet,
+    /// State.
+    pub state: State,
+    /// Last value.
+    pub value: f64,
+    /// When the condition started to hold, Unix ms.
+    pub active_since_ms: i64,
+    /// When it fired, Unix ms (0 if not).
+    pub fired_at_ms: i64,
+    /// When it resolved, Unix ms (0 if not).
+    pub resolved_at_ms: i64,
+    /// When the condition last held, Unix ms.
+    pub last_held_ms: i64,
+    /// Identity: a digest of the labels.
+    pub fingerprint: String,
+}
+
+impl Alert {
+    /// The `severity` label, or empty.
+    pub fn severity(&self) -> &str {
+        self.labels.get("severity").map_or("", String::as_str)
+    }
+}
+
+/// A change that incidents record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    /// The alert started firing.
+    Fired(Alert),
+    /// The alert stopped firing.
+    Resolved(Alert),
+}
+
+/// A digest of a label set: the identity of an alert.
+pub fn fingerprint(labels: &LabelSet) -> String {
+    let mut hasher = Sha256::new();
+    for (k, v) in labels {
+        hasher.update(k.as_bytes());
+        hasher.update([0xff]);
+        hasher.update(v.as_bytes());
+        hasher.update([0xfe]);
+    }
+    hasher.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// How long a resolved alert stays listed.
+const KEEP_RESOLVED_MS: i64 = 3_600_000;
+
+/// Every alert, by fingerprint.
+#[derive(Debug, Default)]
+pub struct Alerts {
+    alerts: HashMap<String, Alert>,
+}
+
+impl Alerts {
+    /// Applies a rule's observations at `now_ms`; returns what fired and what resolved.
+    pub fn apply(
+        &mut self,
+        rule: &Rule,
+        observations: Vec<Observation>,
+        now_ms: i64,
+    ) -> Vec<Transition> {
+        let mut transitions = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let for_ms = rule.for_duration().as_millis() as i64;
+        for obs in observations {
+            let mut labels = obs.labels.clone();
+            for (k, v) in &rule.labels {
+                labels.insert(k.clone(), rules::render(v, &obs.labels, obs.value));
+            }
+            labels.insert("alertname".into(), rule.name.clone());
+            let fp = fingerprint(&labels);
+            if !obs.holds {
+                continue;
+            }
+            seen.insert(fp.clone());
+            let annotations = rule
+                .annotations
+                .iter()
+                .map(|(k, v)| (k.clone(), rules::render(v, &labels, obs.value)))
+                .collect();
+            let alert = self.alerts.entry(fp.clone()).or_insert_with(|| Alert {
+                rule: rule.name.clone(),
+                labels: labels.clone(),
+                annotations: BTreeMap::new(),
+                state: State::Pending,
+                value: obs.value,
+                active_since_ms: now_ms,
+                fired_at_ms: 0,
+                resolved_at_ms: 0,
+                last_held_ms: now_ms,
+                fingerprint: fp.clone(),
+            });
+            if alert.state == State::Resolved {
+                // It holds again: a new episode.
+                alert.state = State::Pending;
+                alert.active_since_ms = now_ms;
+                alert.fired_at_ms = 0;
+                alert.resolved_at_ms = 0;
+            }
+            alert.value = obs.value;
+            alert.annotations = annotations;
+            alert.last_held_ms = now_ms;
+            if alert.state == State::Pending && now_ms - alert.active_since_ms >= for_ms {
+                alert.state = State::Firing;
+                alert.fired_at_ms = now_ms;
+                transitions.push(Transition::Fired(alert.clone()));
+            }
+        }
+        let keep_ms = rule.keep_firing_duration().as_millis() as i64;
+        self.alerts.retain(|fp, alert| {
+            if alert.rule != rule.name || seen.contains(fp) {
+                return true;
+            }
+            match alert.state {
+                // Stopped holding before it fired: forgotten.
+                State::Pending => false,
+                State::Firing if now_ms - alert.last_held_ms >= keep_ms => {
+                    alert.state = State::Resolved;
+                    alert.resolved_at_ms = now_ms;
+                    transitions.push(Transition::Resolved(alert.clone()));
+                    true
+                }
+                State::Firing => true,
+                State::Resolved => now_ms - alert.resolved_at_ms < KEEP_RESOLVED_MS,
+            }
+        });
+        transitions
+    }
+
+    /// Forgets the alerts of rules no longer in force, resolving those that fired.
+    pub fn retain_rules(
+        &mut self,
+        names: &std::collections::HashSet<String>,
+        now_ms: i64,
+    ) -> Vec<Transition> {
+        let mut transitions = Vec::new();
+        self.alerts.retain(|_, alert| {
+            if names.contains(&alert.rule) {
+                return true;
+            }
+            if alert.state == State::Firing {
+                alert.state = State::Resolved;
+                alert.resolved_at_ms = now_ms;
+                transitions.push(Transition::Resolved(alert.clone()));
+            }
+            false
+        });
+        transitions
+    }
+
+    /// Every alert, sorted by rule and labels.
+    pub fn list(&self, include_resolved: bool) -> Vec<Alert> {
+        let mut alerts: Vec<Alert> = self
+            .alerts
+            .values()
+            .filter(|a| include_resolved || a.state != State::Resolved)
+            .cloned()
+            .collect();
+        alerts.sort_by(|a, b| (&a.rule, &a.labels).cmp(&(&b.rule, &b.labels)));
+        alerts
+    }
+
+    /// Whether any alert of the incident group `group_key` is firing.
+    pub fn group_firing(&self, group_by: &[String], group_key: &str) -> bool {
+        self.alerts
+            .values()
+            .any(|a| a.state == State::Firing && group_key_of(group_by, &a.labels).0 == group_key)
+    }
+}
+
+/// The incident group of an alert: its key (`name=value,…` of the group_by labels) and labels.
+pub fn group_key_of(group_by: &[String], labels: &LabelSet) -> (String, LabelSet) {
+    let group: LabelSet = group_by
+        .iter()
+        .filter_map(|name| labels.get(name).map(|v| (name.clone(), v.clone())))
+        .collect();
+    let key = group
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    (key, group)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{Op, Span};
+    use std::time::Duration;
+
+    fn rule(for_s: u64, keep_s: u64) -> Rule {
+        Rule {
+            name: "HighErrors".into(),
+            kind: RuleKind::Threshold {
+                query: None,
+                ratio: None,
+                op: Op::Above,
+                threshold: 1.0,
+            },
+            group_by: vec!["model".into()],
+            for_: Some(Span(Duration::from_secs(for_s))),
+            keep_firing_for: Some(Span(Duration::from_secs(keep_s))),
+            labels: BTreeMap::from([("severity".into(), "critical".into())]),
+            annotations: BTreeMap::from([(
+                "summary".into(),
+                "{{ $labels.model }} at {{ $value }}".into(),
+            )]),
+            file: "r.yaml".into(),
+        }
+    }
+
+    fn obs(model: &str, value: f64) -> Observation {
+        Observation {
+            labels: BTreeMap::from([("model".into(), model.into())]),
+            value,
+            holds: value > 1.0,
+        }
+    }
+
+    #[test]
+    fn pending_then_firing_after_for_then_resolved_after_keep_firing_for() {
+        let rule = rule(10, 5);
+        let mut alerts = Alerts::default();
+        assert!(alerts.apply(&rule, vec![obs("a", 2.0)], 0).is_empty());
+        assert_eq!(alerts.list(false)[0].state, State::Pending);
+        assert!(alerts.apply(&rule, vec![obs("a", 2.0)], 9_000).is_empty());
+        let fired = alerts.apply(&rule, vec![obs("a", 3.0)], 10_000);
+        let [Transition::Fired(alert)] = fired.as_slice() else {
+            panic!("{fired:?}")
+        };
+        assert_eq!(alert.annotations["summary"], "a at 3");
+        assert_eq!(alert.labels["alertname"], "HighErrors");
+        assert_eq!(alert.severity(), "critical");
+        // Stops holding: still firing within keep_firing_for, resolved after.
+        assert!(alerts.apply(&rule, vec![obs("a", 0.5)], 12_000).is_empty());
+        assert!(alerts.apply(&rule, vec![], 14_000).is_empty());
+        let resolved = alerts.apply(&rule, vec![], 15_000);
+        assert!(matches!(resolved.as_slice(), [Transition::Resolved(_)]));
+        assert!(alerts.list(false).is_empty());
+        assert_eq!(alerts.list(true).len(), 1);
+        // A blip shorter than `for` never fires.
+        alerts.apply(&rule, vec![obs("b", 5.0)], 20_000);
+        assert!(alerts.apply(&rule, vec![], 21_000).is_empty());
+        assert_eq!(alerts.list(false).len(), 0);
+    }
+
+    #[test]
+    fn groups_and_fingerprints() {
+        let mut labels = BTreeMap::from([
+            ("alertname".to_owned(), "X".to_owned()),
+            ("model".to_owned(), "m".to_owned()),
+            ("replica".to_owned(), "r1".to_owned()),
+        ]);
+        let (key, group) = group_key_of(&["alertname".into(), "model".into()], &labels);
+        assert_eq!(key, "alertname=X,model=m");
+        assert_eq!(group.len(), 2);
+        let a = fingerprint(&labels);
+        labels.insert("replica".into(), "r2".into());
+        assert_ne!(a, fingerprint(&labels));
+        assert_eq!(a.len(), 16);
+        assert_eq!(human(Duration::from_secs(3600)), "1h");
+        assert_eq!(human(Duration::from_secs(300)), "5m");
+    }
+}

@@ -1,0 +1,290 @@
+//! gRPC handlers of `monitoring.alerts.v1.AlertManager`: type conversions, the admin-key check
+//! on writes, and error mapping. The work is in [`crate::engine`] and [`crate::incidents`].
+
+use std::sync::Arc;
+
+use proto::monitoring::alerts::v1 as pb;
+use shared::auth::{ApiKeys, Role};
+use tonic::{Request, Response, Status};
+
+use crate::engine::{Engine, now_ms};
+use crate::evaluator::{Alert, State};
+use crate::incidents::{Action, Filter, Incident, IncidentError, IncidentState};
+
+/// Longest note kept on a timeline.
+const MAX_NOTE_BYTES: usize = 4096;
+
+/// Serves the API.
+pub struct AlertService {
+    engine: Arc<Engine>,
+    keys: Arc<ApiKeys>,
+}
+
+impl AlertService {
+    /// Serves `engine`; writes need an admin key of `keys`.
+    pub fn new(engine: Arc<Engine>, keys: Arc<ApiKeys>) -> AlertService {
+        AlertService { engine, keys }
+    }
+
+    /// The tenant of the admin key the request carries.
+    fn admin<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        let principal = self.keys.authenticate(header).map_err(|why| {
+            Status::unauthenticated(format!(
+                "{why}: writes need an admin API key (authorization: Bearer …)"
+            ))
+        })?;
+        if principal.role != Role::Admin {
+            return Err(Status::permission_denied(format!(
+                "key {} of tenant {} is not an admin key",
+                principal.key_id, principal.tenant
+            )));
+        }
+        Ok(principal.tenant.to_string())
+    }
+}
+
+impl From<IncidentError> for Status {
+    fn from(err: IncidentError) -> Status {
+        match err {
+            IncidentError::NotFound(_) => Status::not_found(err.to_string()),
+            IncidentError::State(m) => Status::failed_precondition(m),
+            IncidentError::Database(e) => {
+                Status::unavailable(format!("the incident database is unavailable: {e}"))
+            }
+            IncidentError::Migrate(e) => Status::internal(e.to_string()),
+        }
+    }
+}
+
+fn state_of(state: IncidentState) -> pb::IncidentState {
+    match state {
+        IncidentState::Open => pb::IncidentState::Open,
+        IncidentState::Acknowledged => pb::IncidentState::Acknowledged,
+        IncidentState::Resolved => pb::IncidentState::Resolved,
+    }
+}
+
+fn incident(i: Incident) -> pb::Incident {
+    pb::Incident {
+        id: i.id,
+        group_key: i.group_key,
+        title: i.title,
+        state: state_of(i.state) as i32,
+        severity: i.severity,
+        labels: i.labels.into_iter().collect(),
+        opened_at_unix_ms: i.opened_at_ms,
+        acknowledged_at_unix_ms: i.acknowledged_at_ms.unwrap_or(0),
+        resolved_at_unix_ms: i.resolved_at_ms.unwrap_or(0),
+        previous_incident_id: i.previous_incident_id.unwrap_or(0),
+        timeline: i
+            .timeline
+            .into_iter()
+            .map(|e| pb::TimelineEvent {
+                kind: e.kind,
+                actor: e.actor,
+                message: e.message,
+                at_unix_ms: e.at_ms,
+            })
+            .collect(),
+    }
+}
+
+fn alert(a: Alert) -> pb::Alert {
+    pb::Alert {
+        severity: a.severity().to_owned(),
+        rule: a.rule,
+        labels: a.labels.into_iter().collect(),
+        annotations: a.annotations.into_iter().collect(),
+        state: match a.state {
+            State::Pending => pb::AlertState::Pending,
+            State::Firing => pb::AlertState::Firing,
+            State::Resolved => pb::AlertState::Resolved,
+        } as i32,
+        value: a.value,
+        active_since_unix_ms: a.active_since_ms,
+        fired_at_unix_ms: a.fired_at_ms,
+        resolved_at_unix_ms: a.resolved_at_ms,
+        fingerprint: a.fingerprint,
+    }
+}
+
+fn note(text: &str, required: bool) -> Result<String, Status> {
+    if required && text.trim().is_empty() {
+        return Err(Status::invalid_argument(
+            "note is empty: say what to add to the timeline",
+        ));
+    }
+    if text.len() > MAX_NOTE_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "note is {} bytes; at most {MAX_NOTE_BYTES}",
+            text.len()
+        )));
+    }
+    Ok(text.to_owned())
+}
+
+impl AlertService {
+    async fn act(
+        &self,
+        request: Request<pb::IncidentActionRequest>,
+        action: Action,
+    ) -> Result<Response<pb::Incident>, Status> {
+        let actor = self.admin(&request)?;
+        let request = request.into_inner();
+        let note = note(&request.note, action == Action::Note)?;
+        let done = self
+            .engine
+            .incidents
+            .act(request.id, action, &actor, &note, now_ms())
+            .await?;
+        Ok(Response::new(incident(done)))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::alert_manager_server::AlertManager for AlertService {
+    async fn list_alerts(
+        &self,
+        request: Request<pb::ListAlertsRequest>,
+    ) -> Result<Response<pb::ListAlertsResponse>, Status> {
+        let include_resolved = request.into_inner().include_resolved;
+        let alerts = self
+            .engine
+            .alerts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .list(include_resolved);
+        Ok(Response::new(pb::ListAlertsResponse {
+            alerts: alerts.into_iter().map(alert).collect(),
+        }))
+    }
+
+    async fn list_incidents(
+        &self,
+        request: Request<pb::ListIncidentsRequest>,
+    ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
+        let request = request.into_inner();
+        let limit = match request.page_size {
+            0 => 50,
+            n if n > 500 => {
+                return Err(Status::invalid_argument(format!(
+                    "page_size {n}; at most 500"
+                )));
+            }
+            n => i64::from(n),
+        };
+        let before_id = if request.page_token.is_empty() {
+            None
+        } else {
+            Some(request.page_token.parse::<i64>().map_err(|_| {
+                Status::invalid_argument("page_token is not one this service returned")
+            })?)
+        };
+        let state = match pb::IncidentState::try_from(request.state) {
+            Ok(pb::IncidentState::Unspecified) => None,
+            Ok(pb::IncidentState::Open) => Some(IncidentState::Open),
+            Ok(pb::IncidentState::Acknowledged) => Some(IncidentState::Acknowledged),
+            Ok(pb::IncidentState::Resolved) => Some(IncidentState::Resolved),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown state {}",
+                    request.state
+                )));
+            }
+        };
+        let found = self
+            .engine
+            .incidents
+            .list(&Filter {
+                state,
+                labels: request.labels.into_iter().collect(),
+                before_id,
+                limit,
+            })
+            .await?;
+        let next_page_token = if found.len() as i64 == limit {
+            found.last().map(|i| i.id.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListIncidentsResponse {
+            incidents: found.into_iter().map(incident).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_incident(
+        &self,
+        request: Request<pb::GetIncidentRequest>,
+    ) -> Result<Response<pb::Incident>, Status> {
+        let found = self.engine.incidents.get(request.into_inner().id).await?;
+        Ok(Response::new(incident(found)))
+    }
+
+    async fn acknowledge_incident(
+        &self,
+        request: Request<pb::IncidentActionRequest>,
+    ) -> Result<Response<pb::Incident>, Status> {
+        self.act(request, Action::Acknowledge).await
+    }
+
+    async fn resolve_incident(
+        &self,
+        request: Request<pb::IncidentActionRequest>,
+    ) -> Result<Response<pb::Incident>, Status> {
+        self.act(request, Action::Resolve).await
+    }
+
+    async fn annotate_incident(
+        &self,
+        request: Request<pb::IncidentActionRequest>,
+    ) -> Result<Response<pb::Incident>, Status> {
+        self.act(request, Action::Note).await
+    }
+
+    async fn reload_rules(
+        &self,
+        request: Request<pb::ReloadRulesRequest>,
+    ) -> Result<Response<pb::ReloadRulesResponse>, Status> {
+        self.admin(&request)?;
+        let rules = self.engine.reload().map_err(|e| {
+            Status::failed_precondition(format!(
+                "rules refused, the previous rules stay in force: {e}"
+            ))
+        })?;
+        Ok(Response::new(pb::ReloadRulesResponse {
+            rules: rules as u32,
+        }))
+    }
+
+    async fn list_rules(
+        &self,
+        _request: Request<pb::ListRulesRequest>,
+    ) -> Result<Response<pb::ListRulesResponse>, Status> {
+        let loaded = self
+            .engine
+            .rules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Ok(Response::new(pb::ListRulesResponse {
+            rules: loaded
+                .set
+                .rules
+                .iter()
+                .map(|r| pb::RuleInfo {
+                    name: r.name.clone(),
+                    kind: r.kind_name().to_owned(),
+                    file: r.file.display().to_string(),
+                    labels: r.labels.clone().into_iter().collect(),
+                })
+                .collect(),
+            last_error: loaded.last_error.unwrap_or_default(),
+            loaded_at_unix_ms: loaded.loaded_at_ms,
+        }))
+    }
+}

@@ -1,0 +1,426 @@
+//! Incidents in PostgreSQL (through `sqlx`, bound parameters only, migrations applied at
+//! start-up): one incident per alert group while it is active, states open → acknowledged →
+//! resolved, and a timeline of every event with its actor and time.
+
+use std::collections::BTreeMap;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Postgres, Row, Transaction};
+
+use crate::evaluator::{Alert, LabelSet};
+
+/// The actor of the events the service itself records.
+pub const SELF_ACTOR: &str = "alert-manager";
+
+/// Why an incident operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IncidentError {
+    /// The database refused or could not be reached.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations could not be applied.
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// No incident has this id.
+    #[error("no incident {0}")]
+    NotFound(i64),
+    /// The operation does not apply to the incident's state.
+    #[error("{0}")]
+    State(String),
+}
+
+/// State of an incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncidentState {
+    /// Firing, nobody on it.
+    Open,
+    /// Someone is on it.
+    Acknowledged,
+    /// Over.
+    Resolved,
+}
+
+impl IncidentState {
+    fn parse(text: &str) -> IncidentState {
+        match text {
+            "acknowledged" => IncidentState::Acknowledged,
+            "resolved" => IncidentState::Resolved,
+            _ => IncidentState::Open,
+        }
+    }
+
+    /// The database spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentState::Open => "open",
+            IncidentState::Acknowledged => "acknowledged",
+            IncidentState::Resolved => "resolved",
+        }
+    }
+}
+
+/// One timeline event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Kind (`opened`, `fired`, `alert_resolved`, `acknowledged`, `note`, `resolved`, …).
+    pub kind: String,
+    /// Who.
+    pub actor: String,
+    /// What.
+    pub message: String,
+    /// When, Unix ms.
+    pub at_ms: i64,
+}
+
+/// An incident.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incident {
+    /// Id.
+    pub id: i64,
+    /// Its alert group.
+    pub group_key: String,
+    /// Title.
+    pub title: String,
+    /// State.
+    pub state: IncidentState,
+    /// Highest severity seen.
+    pub severity: String,
+    /// The group's labels.
+    pub labels: LabelSet,
+    /// Opened, acknowledged, resolved (Unix ms).
+    pub opened_at_ms: i64,
+    /// Acknowledged.
+    pub acknowledged_at_ms: Option<i64>,
+    /// Resolved.
+    pub resolved_at_ms: Option<i64>,
+    /// The group's previous incident.
+    pub previous_incident_id: Option<i64>,
+    /// Events, oldest first (filled by [`IncidentStore::get`]).
+    pub timeline: Vec<Event>,
+}
+
+/// Filter of [`IncidentStore::list`].
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only this state.
+    pub state: Option<IncidentState>,
+    /// Only incidents whose labels include these.
+    pub labels: BTreeMap<String, String>,
+    /// Only ids below this (pagination).
+    pub before_id: Option<i64>,
+    /// At most this many.
+    pub limit: i64,
+}
+
+/// The store.
+#[derive(Clone)]
+pub struct IncidentStore {
+    pool: PgPool,
+}
+
+fn rank(severity: &str) -> u8 {
+    match severity {
+        "critical" | "page" => 3,
+        "error" | "high" => 2,
+        "warning" | "ticket" => 1,
+        _ => 0,
+    }
+}
+
+fn incident_of(row: &sqlx::postgres::PgRow) -> Result<Incident, sqlx::Error> {
+    let labels: serde_json::Value = row.try_get("labels")?;
+    Ok(Incident {
+        id: row.try_get("id")?,
+        group_key: row.try_get("group_key")?,
+        title: row.try_get("title")?,
+        state: IncidentState::parse(row.try_get::<&str, _>("state")?),
+        severity: row.try_get("severity")?,
+        labels: serde_json::from_value(labels).unwrap_or_default(),
+        opened_at_ms: row.try_get("opened_at_ms")?,
+        acknowledged_at_ms: row.try_get("acknowledged_at_ms")?,
+        resolved_at_ms: row.try_get("resolved_at_ms")?,
+        previous_incident_id: row.try_get("previous_incident_id")?,
+        timeline: Vec::new(),
+    })
+}
+
+const COLUMNS: &str = "id, group_key, title, state, severity, labels, opened_at_ms, \
+                       acknowledged_at_ms, resolved_at_ms, previous_incident_id";
+
+async fn add_event(
+    tx: &mut Transaction<'_, Postgres>,
+    incident: i64,
+    kind: &str,
+    actor: &str,
+    message: &str,
+    at_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO incident_events (incident_id, kind, actor, message, at_ms) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(incident)
+    .bind(kind)
+    .bind(actor)
+    .bind(message)
+    .bind(at_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn describe(alert: &Alert) -> String {
+    let labels: Vec<String> = alert
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    format!(
+        "{} value {} [{}]",
+        alert.rule,
+        alert.value,
+        labels.join(", ")
+    )
+}
+
+impl IncidentStore {
+    /// Connects to `url` and applies the migrations.
+    pub async fn connect(url: &str) -> Result<IncidentStore, IncidentError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(IncidentStore { pool })
+    }
+
+    /// Records that `alert` fired: opens its group's incident (linked to the group's previous
+    /// one) unless one is active, and adds the event. Returns the incident's id.
+    pub async fn alert_fired(
+        &self,
+        group_key: &str,
+        group_labels: &LabelSet,
+        alert: &Alert,
+        now_ms: i64,
+    ) -> Result<i64, IncidentError> {
+        let mut tx = self.pool.begin().await?;
+        let active = sqlx::query(
+            "SELECT id, severity FROM incidents WHERE group_key = $1 AND state <> 'resolved' FOR UPDATE",
+        )
+        .bind(group_key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let id = match active {
+            Some(row) => {
+                let id: i64 = row.try_get("id")?;
+                let severity: String = row.try_get("severity")?;
+                if rank(alert.severity()) > rank(&severity) {
+                    sqlx::query("UPDATE incidents SET severity = $2 WHERE id = $1")
+                        .bind(id)
+                        .bind(alert.severity())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                add_event(&mut tx, id, "fired", SELF_ACTOR, &describe(alert), now_ms).await?;
+                id
+            }
+            None => {
+                let previous: Option<i64> =
+                    sqlx::query_scalar("SELECT max(id) FROM incidents WHERE group_key = $1")
+                        .bind(group_key)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                let title = alert
+                    .annotations
+                    .get("summary")
+                    .cloned()
+                    .unwrap_or_else(|| format!("{} ({group_key})", alert.rule));
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO incidents (group_key, title, state, severity, labels, opened_at_ms, previous_incident_id) \
+                     VALUES ($1, $2, 'open', $3, $4, $5, $6) RETURNING id",
+                )
+                .bind(group_key)
+                .bind(&title)
+                .bind(alert.severity())
+                .bind(serde_json::to_value(group_labels).unwrap_or_default())
+                .bind(now_ms)
+                .bind(previous)
+                .fetch_one(&mut *tx)
+                .await?;
+                let opened = match previous {
+                    Some(p) => format!("{title} (fired again after incident {p})"),
+                    None => title.clone(),
+                };
+                add_event(&mut tx, id, "opened", SELF_ACTOR, &opened, now_ms).await?;
+                add_event(&mut tx, id, "fired", SELF_ACTOR, &describe(alert), now_ms).await?;
+                id
+            }
+        };
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Records that `alert` stopped firing; resolves the group's incident when nothing of the
+    /// group fires any more and `auto_resolve` is on.
+    pub async fn alert_resolved(
+        &self,
+        group_key: &str,
+        alert: &Alert,
+        group_still_firing: bool,
+        auto_resolve: bool,
+        now_ms: i64,
+    ) -> Result<Option<i64>, IncidentError> {
+        let mut tx = self.pool.begin().await?;
+        let id: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM incidents WHERE group_key = $1 AND state <> 'resolved' FOR UPDATE",
+        )
+        .bind(group_key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        add_event(
+            &mut tx,
+            id,
+            "alert_resolved",
+            SELF_ACTOR,
+            &describe(alert),
+            now_ms,
+        )
+        .await?;
+        if !group_still_firing && auto_resolve {
+            sqlx::query(
+                "UPDATE incidents SET state = 'resolved', resolved_at_ms = $2 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+            add_event(
+                &mut tx,
+                id,
+                "resolved",
+                SELF_ACTOR,
+                "every alert of the group resolved",
+                now_ms,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Some(id))
+    }
+
+    /// Acknowledges, resolves or annotates incident `id` on behalf of `actor`.
+    pub async fn act(
+        &self,
+        id: i64,
+        action: Action,
+        actor: &str,
+        note: &str,
+        now_ms: i64,
+    ) -> Result<Incident, IncidentError> {
+        let mut tx = self.pool.begin().await?;
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM incidents WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let state = IncidentState::parse(&state.ok_or(IncidentError::NotFound(id))?);
+        match action {
+            Action::Acknowledge => {
+                if state != IncidentState::Open {
+                    return Err(IncidentError::State(format!(
+                        "incident {id} is {}, not open",
+                        state.as_str()
+                    )));
+                }
+                sqlx::query(
+                    "UPDATE incidents SET state = 'acknowledged', acknowledged_at_ms = $2 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+                add_event(&mut tx, id, "acknowledged", actor, note, now_ms).await?;
+            }
+            Action::Resolve => {
+                if state == IncidentState::Resolved {
+                    return Err(IncidentError::State(format!(
+                        "incident {id} is already resolved"
+                    )));
+                }
+                sqlx::query(
+                    "UPDATE incidents SET state = 'resolved', resolved_at_ms = $2 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+                add_event(&mut tx, id, "resolved", actor, note, now_ms).await?;
+            }
+            Action::Note => add_event(&mut tx, id, "note", actor, note, now_ms).await?,
+        }
+        tx.commit().await?;
+        self.get(id).await
+    }
+
+    /// Incident `id` with its timeline.
+    pub async fn get(&self, id: i64) -> Result<Incident, IncidentError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM incidents WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(IncidentError::NotFound(id))?;
+        let mut incident = incident_of(&row)?;
+        let rows = sqlx::query(
+            "SELECT kind, actor, message, at_ms FROM incident_events WHERE incident_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        incident.timeline = rows
+            .iter()
+            .map(|r| {
+                Ok(Event {
+                    kind: r.try_get("kind")?,
+                    actor: r.try_get("actor")?,
+                    message: r.try_get("message")?,
+                    at_ms: r.try_get("at_ms")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok(incident)
+    }
+
+    /// Incidents matching `filter`, newest first, without timelines.
+    pub async fn list(&self, filter: &Filter) -> Result<Vec<Incident>, IncidentError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM incidents \
+             WHERE ($1::text IS NULL OR state = $1) AND labels @> $2 AND ($3::bigint IS NULL OR id < $3) \
+             ORDER BY id DESC LIMIT $4"
+        ))
+        .bind(filter.state.map(IncidentState::as_str))
+        .bind(serde_json::to_value(&filter.labels).unwrap_or_default())
+        .bind(filter.before_id)
+        .bind(filter.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(incident_of)
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+}
+
+/// What an operator does to an incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Take it.
+    Acknowledge,
+    /// Close it.
+    Resolve,
+    /// Add a note.
+    Note,
+}
