@@ -19,6 +19,9 @@ use tonic::transport::Channel;
 
 const RULES: &str = r#"
 group_by: [alertname, model]
+route: {group_wait: 0s, group_interval: 1s}
+receivers:
+  - {name: ops, url: "http://RECEIVER/hook"}
 rules:
   - name: CheckoutErrors
     kind: threshold
@@ -115,6 +118,31 @@ impl TestDatabase {
     }
 }
 
+/// A webhook receiver that keeps every JSON body POSTed to `/hook`.
+async fn start_receiver() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let store = store.clone();
+            async move {
+                store
+                    .lock()
+                    .unwrap()
+                    .push(serde_json::from_str::<serde_json::Value>(&body).unwrap());
+                "ok"
+            }
+        }),
+    );
+    let (listener, addr) = shared::testing::ephemeral_listener().await.unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, received)
+}
+
 struct RunningAlertManager {
     addr: std::net::SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
@@ -168,7 +196,8 @@ async fn a_breach_opens_an_incident_that_resolves_with_its_alert() {
     let mut collector = RunningCollector::start(&[]).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules.yaml");
-    std::fs::write(&rules, RULES).unwrap();
+    let (receiver, received) = start_receiver().await;
+    std::fs::write(&rules, RULES.replace("RECEIVER", &receiver.to_string())).unwrap();
     let manager = start_alert_manager(&collector.endpoint(), dir.path(), &db.url).await;
     let mut client = AlertManagerClient::new(connect(manager.addr).await);
     let mut otlp = MetricsServiceClient::new(connect(collector.grpc).await);
@@ -237,7 +266,12 @@ async fn a_breach_opens_an_incident_that_resolves_with_its_alert() {
         }
     })
     .await;
-    let kinds: Vec<&str> = resolved.timeline.iter().map(|e| e.kind.as_str()).collect();
+    let kinds: Vec<&str> = resolved
+        .timeline
+        .iter()
+        .map(|e| e.kind.as_str())
+        .filter(|k| *k != "notified")
+        .collect();
     assert_eq!(
         kinds,
         [
@@ -249,20 +283,99 @@ async fn a_breach_opens_an_incident_that_resolves_with_its_alert() {
             "resolved"
         ]
     );
-    assert_eq!(resolved.timeline[2].actor, "ops");
     assert_eq!(resolved.timeline[0].actor, "alert-manager");
+    assert!(
+        resolved
+            .timeline
+            .iter()
+            .any(|e| e.kind == "note" && e.actor == "ops")
+    );
+    // The receiver got exactly one firing payload (Alertmanager v4) and then one resolved.
+    let payloads = eventually("the resolved notification", Duration::from_secs(10), || {
+        let received = received.clone();
+        async move {
+            let got = received.lock().unwrap().clone();
+            (got.len() >= 2).then_some(got)
+        }
+    })
+    .await;
+    assert_eq!(payloads.len(), 2, "{payloads:#?}");
+    assert_eq!(payloads[0]["version"], "4");
+    assert_eq!(payloads[0]["status"], "firing");
+    assert_eq!(payloads[0]["groupLabels"]["model"], "minilm");
+    assert_eq!(
+        payloads[0]["alerts"][0]["labels"]["alertname"],
+        "CheckoutErrors"
+    );
+    assert_eq!(payloads[1]["status"], "resolved");
+    assert_eq!(payloads[1]["alerts"][0]["status"], "resolved");
+    let notified = eventually("two notified events", Duration::from_secs(5), || {
+        let mut client = client.clone();
+        async move {
+            let n = client
+                .get_incident(pb::GetIncidentRequest { id: opened.id })
+                .await
+                .ok()?
+                .into_inner()
+                .timeline
+                .iter()
+                .filter(|e| e.kind == "notified")
+                .count();
+            (n >= 2).then_some(n)
+        }
+    })
+    .await;
+    assert_eq!(notified, 2);
+
+    // A silence mutes the notifications of its alerts; the incident is still recorded.
+    let silence = client
+        .create_silence(admin(pb::CreateSilenceRequest {
+            matchers: [("model".to_owned(), "=~bert.*".to_owned())].into(),
+            duration_seconds: 600,
+            comment: "load test of bert".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(silence.author, "ops");
+    let muted = loop {
+        otlp.export(errors("bert-base", 10.0)).await.unwrap();
+        let found = incidents(&mut client).await;
+        if let Some(i) = found
+            .into_iter()
+            .find(|i| i.labels.get("model").map(String::as_str) == Some("bert-base"))
+        {
+            break i;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(muted.state, pb::IncidentState::Open as i32);
 
     // It fires again: a new incident, linked to the first.
     let again = loop {
         otlp.export(errors("minilm", 10.0)).await.unwrap();
         let found = incidents(&mut client).await;
-        if found.len() == 2 {
+        if found.len() == 3 {
             break found[0].clone();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let again = incidents(&mut client)
+        .await
+        .into_iter()
+        .find(|i| i.id != opened.id && i.labels["model"] == "minilm")
+        .unwrap_or(again);
     assert_eq!(again.previous_incident_id, opened.id);
     assert_eq!(again.state, pb::IncidentState::Open as i32);
+    // Nothing reached the receiver about bert-base, while minilm's new incident was notified.
+    let bodies = received.lock().unwrap().clone();
+    assert!(
+        bodies
+            .iter()
+            .all(|b| b["groupLabels"]["model"] != "bert-base"),
+        "{bodies:#?}"
+    );
 
     // Bad input and bad rules.
     let err = client

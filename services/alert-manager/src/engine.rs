@@ -11,7 +11,8 @@ use proto::monitoring::metrics::v1::metrics_query_client::MetricsQueryClient;
 use tonic::transport::Channel;
 
 use crate::evaluator::{self, Alerts, Transition};
-use crate::incidents::IncidentStore;
+use crate::incidents::{IncidentStore, Outgoing};
+use crate::notify::{self, Notifier, Silence};
 use crate::rules::{self, RuleSet};
 
 /// Unix milliseconds now.
@@ -48,6 +49,12 @@ pub struct Engine {
     pub auto_resolve: bool,
     /// Rule loads refused so far.
     pub reload_failures: std::sync::atomic::AtomicU64,
+    /// Notification timing per group.
+    pub notifier: Mutex<Notifier>,
+    /// Silences not yet ended, as last read from the database.
+    pub silences: Mutex<Vec<Silence>>,
+    /// Wakes the delivery worker when notifications were queued.
+    pub outbox_ready: tokio::sync::Notify,
 }
 
 fn stamp(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>)> {
@@ -129,6 +136,84 @@ impl Engine {
         );
         for transition in transitions {
             self.record(&set, transition).await;
+        }
+        self.notify(&set).await;
+    }
+
+    /// Reads the silences that have not ended from the database.
+    pub async fn refresh_silences(&self) {
+        match self.incidents.silences(now_ms(), false).await {
+            Ok(silences) => *self.silences.lock().unwrap_or_else(|p| p.into_inner()) = silences,
+            Err(err) => tracing::warn!(error = %err, "silences not refreshed"),
+        }
+    }
+
+    /// Queues the notifications that are due.
+    async fn notify(&self, set: &RuleSet) {
+        if set.receivers.is_empty() {
+            return;
+        }
+        let alerts = self
+            .alerts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .list(true);
+        let silences = self
+            .silences
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let due = self.notifier.lock().unwrap_or_else(|p| p.into_inner()).due(
+            set,
+            &alerts,
+            &silences,
+            now_ms(),
+        );
+        for n in due {
+            let outgoing: Vec<Outgoing> = set
+                .receivers
+                .iter()
+                .map(|r| Outgoing {
+                    receiver: r.name.clone(),
+                    url: r.url.clone(),
+                    payload: notify::payload(r, &n),
+                })
+                .collect();
+            match self
+                .incidents
+                .enqueue(&n.group_key, &outgoing, now_ms())
+                .await
+            {
+                Ok(()) => self.outbox_ready.notify_one(),
+                Err(err) => {
+                    tracing::error!(group = %n.group_key, error = %err, "notification not queued")
+                }
+            }
+        }
+    }
+
+    /// Delivers queued notifications until `stop`: at once when some are queued, and every
+    /// 250 ms for retries.
+    pub async fn deliver(self: Arc<Self>, stop: shared::shutdown::Shutdown) {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        let mut stopped = std::pin::pin!(stop.wait());
+        let mut silences_read = tokio::time::Instant::now();
+        loop {
+            if let Err(err) = self.incidents.deliver_pending(&http, now_ms()).await {
+                tracing::warn!(error = %err, "outbox not read");
+            }
+            if silences_read.elapsed() > Duration::from_secs(10) {
+                self.refresh_silences().await;
+                silences_read = tokio::time::Instant::now();
+            }
+            tokio::select! {
+                () = self.outbox_ready.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                () = &mut stopped => return,
+            }
         }
     }
 

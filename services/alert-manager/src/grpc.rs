@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use crate::engine::{Engine, now_ms};
 use crate::evaluator::{Alert, State};
 use crate::incidents::{Action, Filter, Incident, IncidentError, IncidentState};
+use crate::notify::Silence;
 
 /// Longest note kept on a timeline.
 const MAX_NOTE_BYTES: usize = 4096;
@@ -145,8 +146,107 @@ impl AlertService {
     }
 }
 
+fn silence(s: Silence) -> pb::Silence {
+    pb::Silence {
+        id: s.id,
+        matchers: s.matchers.into_iter().collect(),
+        starts_at_unix_ms: s.starts_at_ms,
+        ends_at_unix_ms: s.ends_at_ms,
+        author: s.author,
+        comment: s.comment,
+    }
+}
+
+/// Most matchers in a silence.
+const MAX_MATCHERS: usize = 32;
+
 #[tonic::async_trait]
 impl pb::alert_manager_server::AlertManager for AlertService {
+    async fn create_silence(
+        &self,
+        request: Request<pb::CreateSilenceRequest>,
+    ) -> Result<Response<pb::Silence>, Status> {
+        let author = self.admin(&request)?;
+        let r = request.into_inner();
+        if r.matchers.is_empty() || r.matchers.len() > MAX_MATCHERS {
+            return Err(Status::invalid_argument(format!(
+                "give 1 to {MAX_MATCHERS} matchers (a silence of everything is not allowed)"
+            )));
+        }
+        for (name, value) in &r.matchers {
+            if let Some(re) = value
+                .strip_prefix("=~")
+                .or_else(|| value.strip_prefix("!~"))
+            {
+                regex::Regex::new(re).map_err(|e| {
+                    Status::invalid_argument(format!(
+                        "matcher '{name}': bad regular expression: {e}"
+                    ))
+                })?;
+            }
+        }
+        let comment = note(&r.comment, true).map_err(|_| {
+            Status::invalid_argument("comment is empty: say why alerts are silenced")
+        })?;
+        let now = now_ms();
+        let starts = if r.starts_at_unix_ms > 0 {
+            r.starts_at_unix_ms
+        } else {
+            now
+        };
+        let ends = if r.ends_at_unix_ms > 0 {
+            r.ends_at_unix_ms
+        } else {
+            starts + i64::from(r.duration_seconds) * 1000
+        };
+        if ends <= starts || ends <= now {
+            return Err(Status::invalid_argument(
+                "the silence ends before it starts or in the past: give ends_at_unix_ms or duration_seconds",
+            ));
+        }
+        let mut created = Silence {
+            id: 0,
+            matchers: r.matchers.into_iter().collect(),
+            starts_at_ms: starts,
+            ends_at_ms: ends,
+            author,
+            comment,
+        };
+        created.id = self.engine.incidents.create_silence(&created, now).await?;
+        self.engine.refresh_silences().await;
+        Ok(Response::new(silence(created)))
+    }
+
+    async fn list_silences(
+        &self,
+        request: Request<pb::ListSilencesRequest>,
+    ) -> Result<Response<pb::ListSilencesResponse>, Status> {
+        let all = request.into_inner().include_expired;
+        let found = self.engine.incidents.silences(now_ms(), all).await?;
+        Ok(Response::new(pb::ListSilencesResponse {
+            silences: found.into_iter().map(silence).collect(),
+        }))
+    }
+
+    async fn expire_silence(
+        &self,
+        request: Request<pb::ExpireSilenceRequest>,
+    ) -> Result<Response<pb::Silence>, Status> {
+        self.admin(&request)?;
+        let id = request.into_inner().id;
+        self.engine.incidents.expire_silence(id, now_ms()).await?;
+        self.engine.refresh_silences().await;
+        let found = self
+            .engine
+            .incidents
+            .silences(now_ms(), true)
+            .await?
+            .into_iter()
+            .find(|s| s.id == id)
+            .ok_or_else(|| Status::not_found(format!("no silence {id}")))?;
+        Ok(Response::new(silence(found)))
+    }
+
     async fn list_alerts(
         &self,
         request: Request<pb::ListAlertsRequest>,

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod evaluator;
 pub mod grpc;
 pub mod incidents;
+pub mod notify;
 pub mod rules;
 
 use std::future::Future;
@@ -142,7 +143,11 @@ pub async fn serve(
         incidents,
         auto_resolve: config.auto_resolve,
         reload_failures: Default::default(),
+        notifier: Mutex::new(notify::Notifier::default()),
+        silences: Mutex::new(Vec::new()),
+        outbox_ready: tokio::sync::Notify::new(),
     });
+    engine.refresh_silences().await;
     if let Err(err) = engine.reload() {
         tracing::error!(error = %err, "starting without rules");
     }
@@ -152,6 +157,7 @@ pub async fn serve(
         .timeout(Duration::from_secs(5))
         .connect_lazy();
     let (trigger, stop) = shared::shutdown::channel();
+    let delivery = tokio::spawn(engine.clone().deliver(stop.clone()));
     let evaluation = tokio::spawn(engine.clone().run(
         MetricsQueryClient::new(channel),
         Duration::from_millis(config.evaluation_interval_ms.max(10)),
@@ -174,6 +180,7 @@ pub async fn serve(
     shutdown.await;
     trigger.trigger();
     let _ = evaluation.await;
+    let _ = delivery.await;
     shared::grpc::server_outcome(server.await)?;
     tracing::info!("alert-manager stopped");
     Ok(())

@@ -458,12 +458,98 @@ impl Rule {
     }
 }
 
+/// Timing of notifications per alert group (Alertmanager's meanings).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Wait before the first notification of a new group (to gather its alerts).
+    #[serde(default = "zero")]
+    pub group_wait: Span,
+    /// Wait before notifying of changes to a group already notified.
+    #[serde(default = "five_minutes")]
+    pub group_interval: Span,
+    /// Wait before repeating an unchanged notification.
+    #[serde(default = "four_hours")]
+    pub repeat_interval: Span,
+}
+
+fn zero() -> Span {
+    Span(Duration::ZERO)
+}
+
+fn five_minutes() -> Span {
+    Span(Duration::from_secs(300))
+}
+
+fn four_hours() -> Span {
+    Span(Duration::from_secs(4 * 3600))
+}
+
+impl Default for Route {
+    fn default() -> Route {
+        Route {
+            group_wait: zero(),
+            group_interval: five_minutes(),
+            repeat_interval: four_hours(),
+        }
+    }
+}
+
+/// Payload shape of a receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// Alertmanager's webhook JSON, version 4.
+    Alertmanager,
+    /// PagerDuty Events API v2.
+    Pagerduty,
+}
+
+/// A webhook that notifications are POSTed to.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receiver {
+    /// Name, on the timeline.
+    pub name: String,
+    /// `http://…` URL.
+    pub url: String,
+    /// Payload shape (Alertmanager v4 by default).
+    #[serde(default = "alertmanager")]
+    pub format: Format,
+    /// PagerDuty's routing key (format pagerduty).
+    #[serde(default)]
+    pub routing_key: Option<String>,
+}
+
+fn alertmanager() -> Format {
+    Format::Alertmanager
+}
+
+/// Mutes target alerts while a source alert fires with the same values of `equal`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InhibitRule {
+    /// Matchers of the muting alert.
+    pub source_matchers: BTreeMap<String, String>,
+    /// Matchers of the muted alerts.
+    pub target_matchers: BTreeMap<String, String>,
+    /// Labels whose values must be equal in both.
+    #[serde(default)]
+    pub equal: Vec<String>,
+}
+
 /// One rules file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRulesFile {
     #[serde(default)]
     group_by: Option<Vec<String>>,
+    #[serde(default)]
+    route: Option<Route>,
+    #[serde(default)]
+    receivers: Vec<Receiver>,
+    #[serde(default)]
+    inhibit_rules: Vec<InhibitRule>,
     #[serde(default)]
     rules: Vec<RawRule>,
 }
@@ -472,6 +558,9 @@ struct RawRulesFile {
 #[derive(Debug)]
 struct RulesFile {
     group_by: Option<Vec<String>>,
+    route: Option<Route>,
+    receivers: Vec<Receiver>,
+    inhibit_rules: Vec<InhibitRule>,
     rules: Vec<Rule>,
 }
 
@@ -480,8 +569,34 @@ struct RulesFile {
 pub struct RuleSet {
     /// Every rule.
     pub rules: Vec<Rule>,
-    /// Labels that group alerts into one incident (`alertname` is the rule's name).
+    /// Labels that group alerts into one incident and one notification (`alertname` is the
+    /// rule's name).
     pub group_by: Vec<String>,
+    /// Notification timing.
+    pub route: Route,
+    /// Where notifications go.
+    pub receivers: Vec<Receiver>,
+    /// Inhibitions.
+    pub inhibit_rules: Vec<InhibitRule>,
+}
+
+/// Whether `labels` satisfy every matcher (`value`, `!=value`, `=~regex`, `!~regex`; a missing
+/// label reads as ""). A matcher with a bad regex never matches (files are checked on load).
+pub fn matches(matchers: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    matchers.iter().all(|(name, spec)| {
+        let value = labels.get(name).map_or("", String::as_str);
+        let full =
+            |re: &str| regex::Regex::new(&format!("^(?:{re})$")).is_ok_and(|r| r.is_match(value));
+        if let Some(v) = spec.strip_prefix("!=") {
+            value != v
+        } else if let Some(re) = spec.strip_prefix("=~") {
+            full(re)
+        } else if let Some(re) = spec.strip_prefix("!~") {
+            !full(re)
+        } else {
+            value == spec
+        }
+    })
 }
 
 fn check_matchers(where_: &str, matchers: &BTreeMap<String, String>) -> Result<(), String> {
@@ -612,8 +727,8 @@ pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, RulesError> {
 /// Reads and checks every rules file; any error refuses them all.
 pub fn load(paths: &[PathBuf]) -> Result<RuleSet, RulesError> {
     let mut set = RuleSet {
-        rules: Vec::new(),
         group_by: vec!["alertname".into()],
+        ..RuleSet::default()
     };
     let mut names = HashSet::new();
     for file in files(paths)? {
@@ -623,6 +738,11 @@ pub fn load(paths: &[PathBuf]) -> Result<RuleSet, RulesError> {
         if let Some(group_by) = parsed.group_by {
             set.group_by = group_by;
         }
+        if let Some(route) = parsed.route {
+            set.route = route;
+        }
+        set.receivers.extend(parsed.receivers);
+        set.inhibit_rules.extend(parsed.inhibit_rules);
         for rule in parsed.rules {
             if !names.insert(rule.name.clone()) {
                 return Err(RulesError(format!(
@@ -646,8 +766,37 @@ fn parse(file: &Path, text: &str) -> Result<RulesFile, RulesError> {
         check_rule(&rule).map_err(in_file)?;
         rules.push(rule);
     }
+    for receiver in &parsed.receivers {
+        if !receiver.url.starts_with("http://") && !receiver.url.starts_with("https://") {
+            return Err(in_file(format!(
+                "receiver '{}': url '{}' is not http:// or https://",
+                receiver.name, receiver.url
+            )));
+        }
+        if receiver.format == Format::Pagerduty && receiver.routing_key.is_none() {
+            return Err(in_file(format!(
+                "receiver '{}': format pagerduty needs routing_key",
+                receiver.name
+            )));
+        }
+    }
+    for (i, inhibit) in parsed.inhibit_rules.iter().enumerate() {
+        check_matchers(
+            &format!("inhibit rule {}: source_matchers", i + 1),
+            &inhibit.source_matchers,
+        )
+        .map_err(in_file)?;
+        check_matchers(
+            &format!("inhibit rule {}: target_matchers", i + 1),
+            &inhibit.target_matchers,
+        )
+        .map_err(in_file)?;
+    }
     Ok(RulesFile {
         group_by: parsed.group_by,
+        route: parsed.route,
+        receivers: parsed.receivers,
+        inhibit_rules: parsed.inhibit_rules,
         rules,
     })
 }
