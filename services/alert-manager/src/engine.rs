@@ -55,6 +55,8 @@ pub struct Engine {
     pub silences: Mutex<Vec<Silence>>,
     /// Wakes the delivery worker when notifications were queued.
     pub outbox_ready: tokio::sync::Notify,
+    /// The collector client (set by [`Engine::run`]), for diagnosis reports.
+    pub collector: Mutex<Option<MetricsQueryClient<Channel>>>,
 }
 
 fn stamp(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>)> {
@@ -140,6 +142,30 @@ impl Engine {
         self.notify(&set).await;
     }
 
+    /// Writes the diagnosis report of a new incident in the background (it queries the
+    /// collector for a few dozen signals; the incident is already recorded).
+    fn spawn_diagnosis(&self, set: &RuleSet, id: i64, alert: evaluator::Alert) {
+        let Some(rule) = set.rules.iter().find(|r| r.name == alert.rule).cloned() else {
+            return;
+        };
+        let Some(mut client) = self
+            .collector
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return;
+        };
+        let incidents = self.incidents.clone();
+        tokio::spawn(async move {
+            let report =
+                crate::diagnosis::diagnose(&mut client, &rule, &alert, now_ms() / 1000).await;
+            if let Err(err) = incidents.set_report(id, &report, now_ms()).await {
+                tracing::error!(incident = id, error = %err, "diagnosis report not stored");
+            }
+        });
+    }
+
     /// Reads the silences that have not ended from the database.
     pub async fn refresh_silences(&self) {
         match self.incidents.silences(now_ms(), false).await {
@@ -223,10 +249,14 @@ impl Engine {
             Transition::Fired(alert) => {
                 let (key, labels) = evaluator::group_key_of(&set.group_by, &alert.labels);
                 tracing::warn!(alert = %alert.rule, group = %key, value = alert.value, "alert firing");
-                self.incidents
-                    .alert_fired(&key, &labels, alert, now)
-                    .await
-                    .map(|_| ())
+                match self.incidents.alert_fired(&key, &labels, alert, now).await {
+                    Ok((id, true)) => {
+                        self.spawn_diagnosis(set, id, alert.clone());
+                        Ok(())
+                    }
+                    Ok(_) => Ok(()),
+                    Err(err) => Err(err),
+                }
             }
             Transition::Resolved(alert) => {
                 let (key, _) = evaluator::group_key_of(&set.group_by, &alert.labels);
@@ -254,6 +284,7 @@ impl Engine {
         interval: Duration,
         stop: shared::shutdown::Shutdown,
     ) {
+        *self.collector.lock().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stopped = std::pin::pin!(stop.wait());

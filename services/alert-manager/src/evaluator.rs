@@ -56,8 +56,8 @@ fn selector(metric: &str, spec: &BTreeMap<String, String>) -> Option<pb::Selecto
     })
 }
 
-/// The collector request of a query of a rule.
-pub fn query_request(spec: &QuerySpec, group_by: &[String]) -> pb::QueryRequest {
+/// The collector request of a query of a rule, evaluated at Unix second `at` (0 = now).
+pub fn query_request(spec: &QuerySpec, group_by: &[String], at: i64) -> pb::QueryRequest {
     let function = match spec.function {
         Function::Rate => pb::Function::Rate,
         Function::Increase => pb::Function::Increase,
@@ -73,7 +73,7 @@ pub fn query_request(spec: &QuerySpec, group_by: &[String]) -> pb::QueryRequest 
         window_seconds: spec.window.0.as_secs().max(1) as u32,
         quantile: spec.quantile.unwrap_or(0.0),
         group_by: group_by.to_vec(),
-        at_unix_seconds: 0,
+        at_unix_seconds: at,
     }
 }
 
@@ -88,12 +88,13 @@ async fn error_ratios(
     total: &QuerySpec,
     group_by: &[String],
     window: std::time::Duration,
+    at: i64,
 ) -> Result<Vec<(LabelSet, f64)>, tonic::Status> {
     let rate = |spec: &QuerySpec| {
         let mut spec = spec.clone();
         spec.function = Function::Rate;
         spec.window = rules::Span(window);
-        query_request(&spec, group_by)
+        query_request(&spec, group_by, at)
     };
     let ratio = client
         .ratio(pb::RatioRequest {
@@ -109,10 +110,19 @@ async fn error_ratios(
         .collect())
 }
 
-/// Evaluates `rule` against the collector.
+/// Evaluates `rule` against the collector now.
 pub async fn observe(
     client: &mut MetricsQueryClient<Channel>,
     rule: &Rule,
+) -> Result<Vec<Observation>, tonic::Status> {
+    observe_at(client, rule, 0).await
+}
+
+/// Evaluates `rule` against the collector at Unix second `at` (0 = now).
+pub async fn observe_at(
+    client: &mut MetricsQueryClient<Channel>,
+    rule: &Rule,
+    at: i64,
 ) -> Result<Vec<Observation>, tonic::Status> {
     match &rule.kind {
         RuleKind::Threshold {
@@ -124,7 +134,7 @@ pub async fn observe(
             let samples = match (query, ratio) {
                 (Some(q), _) => {
                     client
-                        .query(query_request(q, &rule.group_by))
+                        .query(query_request(q, &rule.group_by, at))
                         .await?
                         .into_inner()
                         .samples
@@ -132,8 +142,8 @@ pub async fn observe(
                 (None, Some(r)) => {
                     client
                         .ratio(pb::RatioRequest {
-                            numerator: Some(query_request(&r.numerator, &rule.group_by)),
-                            denominator: Some(query_request(&r.denominator, &rule.group_by)),
+                            numerator: Some(query_request(&r.numerator, &rule.group_by, at)),
+                            denominator: Some(query_request(&r.denominator, &rule.group_by, at)),
                         })
                         .await?
                         .into_inner()
@@ -159,9 +169,10 @@ pub async fn observe(
             let budget = 1.0 - objective;
             let mut out = Vec::new();
             for pair in windows {
-                let long = error_ratios(client, good, total, &rule.group_by, pair.long.0).await?;
+                let long =
+                    error_ratios(client, good, total, &rule.group_by, pair.long.0, at).await?;
                 let short: HashMap<LabelSet, f64> =
-                    error_ratios(client, good, total, &rule.group_by, pair.short.0)
+                    error_ratios(client, good, total, &rule.group_by, pair.short.0, at)
                         .await?
                         .into_iter()
                         .collect();
@@ -205,7 +216,7 @@ pub async fn observe(
                     window_seconds: window.0.as_secs().max(1) as u32,
                     group_by: rule.group_by.clone(),
                     baseline: Some(baseline),
-                    at_unix_seconds: 0,
+                    at_unix_seconds: at,
                 })
                 .await?
                 .into_inner()

@@ -91,6 +91,8 @@ fn incident(i: Incident) -> pb::Incident {
                 at_unix_ms: e.at_ms,
             })
             .collect(),
+        report: String::new(),
+        summary: String::new(),
     }
 }
 
@@ -217,6 +219,30 @@ impl pb::alert_manager_server::AlertManager for AlertService {
         Ok(Response::new(silence(created)))
     }
 
+    async fn get_stats(
+        &self,
+        request: Request<pb::GetStatsRequest>,
+    ) -> Result<Response<pb::GetStatsResponse>, Status> {
+        let since = match request.into_inner().since_seconds {
+            0 => 0,
+            s => now_ms() - i64::from(s) * 1000,
+        };
+        let stats = self.engine.incidents.stats(since).await?;
+        Ok(Response::new(pb::GetStatsResponse {
+            stats: stats
+                .into_iter()
+                .map(|s| pb::IncidentStats {
+                    service: s.service,
+                    severity: s.severity,
+                    incidents: s.incidents,
+                    active: s.active,
+                    mtta_seconds: s.mtta_ms.unwrap_or(0.0) / 1000.0,
+                    mttr_seconds: s.mttr_ms.unwrap_or(0.0) / 1000.0,
+                })
+                .collect(),
+        }))
+    }
+
     async fn list_silences(
         &self,
         request: Request<pb::ListSilencesRequest>,
@@ -321,8 +347,14 @@ impl pb::alert_manager_server::AlertManager for AlertService {
         &self,
         request: Request<pb::GetIncidentRequest>,
     ) -> Result<Response<pb::Incident>, Status> {
-        let found = self.engine.incidents.get(request.into_inner().id).await?;
-        Ok(Response::new(incident(found)))
+        let id = request.into_inner().id;
+        let found = self.engine.incidents.get(id).await?;
+        let (report, summary) = self.engine.incidents.texts(id).await?;
+        Ok(Response::new(pb::Incident {
+            report,
+            summary,
+            ..incident(found)
+        }))
     }
 
     async fn acknowledge_incident(

@@ -148,6 +148,71 @@ fn incident_of(row: &sqlx::postgres::PgRow) -> Result<Incident, sqlx::Error> {
 const COLUMNS: &str = "id, group_key, title, state, severity, labels, opened_at_ms, \
                        acknowledged_at_ms, resolved_at_ms, previous_incident_id";
 
+/// Writes the resolution summary of incident `id` (inside the resolving transaction): the
+/// timeline, time to detect, acknowledge and resolve, actions and notes.
+async fn summarize(
+    tx: &mut Transaction<'_, Postgres>,
+    id: i64,
+    now_ms: i64,
+) -> Result<(), sqlx::Error> {
+    let row =
+        sqlx::query("SELECT title, opened_at_ms, acknowledged_at_ms FROM incidents WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut **tx)
+            .await?;
+    let title: String = row.try_get("title")?;
+    let opened: i64 = row.try_get("opened_at_ms")?;
+    let acked: Option<i64> = row.try_get("acknowledged_at_ms")?;
+    let events = sqlx::query(
+        "SELECT kind, actor, message, at_ms FROM incident_events WHERE incident_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut timeline = Vec::new();
+    let mut text = format!("Incident {id}: {title}\n");
+    for e in &events {
+        let kind: String = e.try_get("kind")?;
+        let actor: String = e.try_get("actor")?;
+        let message: String = e.try_get("message")?;
+        let at: i64 = e.try_get("at_ms")?;
+        text.push_str(&format!(
+            "  +{:>8.1}s  {kind:<15} {actor:<14} {message}\n",
+            (at - opened) as f64 / 1000.0
+        ));
+        timeline.push(
+            serde_json::json!({"kind": kind, "actor": actor, "message": message, "at_unix_ms": at}),
+        );
+    }
+    let notes: Vec<&serde_json::Value> = timeline.iter().filter(|e| e["kind"] == "note").collect();
+    let actions: Vec<&serde_json::Value> = timeline
+        .iter()
+        .filter(|e| e["kind"].as_str().is_some_and(|k| k.starts_with("action")))
+        .collect();
+    let to_ack = acked.map(|a| (a - opened) as f64 / 1000.0);
+    let to_resolve = (now_ms - opened) as f64 / 1000.0;
+    text.push_str(&format!(
+        "Time to acknowledge: {}; time to resolve: {to_resolve:.1} s; {} action(s), {} note(s).\n",
+        to_ack.map_or("never acknowledged".to_owned(), |s| format!("{s:.1} s")),
+        actions.len(),
+        notes.len()
+    ));
+    let summary = serde_json::json!({
+        "time_to_acknowledge_s": to_ack,
+        "time_to_resolve_s": to_resolve,
+        "actions": actions,
+        "notes": notes,
+        "timeline": timeline,
+    });
+    sqlx::query("UPDATE incidents SET summary = $2, summary_text = $3 WHERE id = $1")
+        .bind(id)
+        .bind(summary)
+        .bind(text)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 async fn add_event(
     tx: &mut Transaction<'_, Postgres>,
     incident: i64,
@@ -197,14 +262,15 @@ impl IncidentStore {
     }
 
     /// Records that `alert` fired: opens its group's incident (linked to the group's previous
-    /// one) unless one is active, and adds the event. Returns the incident's id.
+    /// one) unless one is active, and adds the event. Returns the incident's id and whether this
+    /// opened it.
     pub async fn alert_fired(
         &self,
         group_key: &str,
         group_labels: &LabelSet,
         alert: &Alert,
         now_ms: i64,
-    ) -> Result<i64, IncidentError> {
+    ) -> Result<(i64, bool), IncidentError> {
         let mut tx = self.pool.begin().await?;
         let active = sqlx::query(
             "SELECT id, severity FROM incidents WHERE group_key = $1 AND state <> 'resolved' FOR UPDATE",
@@ -224,7 +290,7 @@ impl IncidentStore {
                         .await?;
                 }
                 add_event(&mut tx, id, "fired", SELF_ACTOR, &describe(alert), now_ms).await?;
-                id
+                (id, false)
             }
             None => {
                 let previous: Option<i64> =
@@ -255,11 +321,74 @@ impl IncidentStore {
                 };
                 add_event(&mut tx, id, "opened", SELF_ACTOR, &opened, now_ms).await?;
                 add_event(&mut tx, id, "fired", SELF_ACTOR, &describe(alert), now_ms).await?;
-                id
+                (id, true)
             }
         };
         tx.commit().await?;
         Ok(id)
+    }
+
+    /// Stores the diagnosis report of incident `id` and notes it on the timeline.
+    pub async fn set_report(
+        &self,
+        id: i64,
+        report: &crate::diagnosis::Report,
+        now_ms: i64,
+    ) -> Result<(), IncidentError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE incidents SET report = $2, report_text = $3 WHERE id = $1")
+            .bind(id)
+            .bind(&report.json)
+            .bind(&report.text)
+            .execute(&mut *tx)
+            .await?;
+        let first = report.json["suspected_causes"][0]["cause"]
+            .as_str()
+            .unwrap_or("no suspected cause");
+        add_event(&mut tx, id, "diagnosed", SELF_ACTOR, first, now_ms).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The diagnosis report and resolution summary of incident `id`, as text.
+    pub async fn texts(&self, id: i64) -> Result<(String, String), IncidentError> {
+        let row = sqlx::query("SELECT report_text, summary_text FROM incidents WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(IncidentError::NotFound(id))?;
+        let report: Option<String> = row.try_get("report_text")?;
+        let summary: Option<String> = row.try_get("summary_text")?;
+        Ok((report.unwrap_or_default(), summary.unwrap_or_default()))
+    }
+
+    /// Mean time to acknowledge and to resolve, by service (the `job` label, else the
+    /// alert's name) and severity, over incidents opened since `since_ms`.
+    pub async fn stats(&self, since_ms: i64) -> Result<Vec<Stat>, IncidentError> {
+        let rows = sqlx::query(
+            "SELECT coalesce(labels->>'job', labels->>'alertname', '') AS service, severity, \
+                    count(*) AS incidents, \
+                    avg(acknowledged_at_ms - opened_at_ms)::float8 AS mtta_ms, \
+                    avg(resolved_at_ms - opened_at_ms)::float8 AS mttr_ms, \
+                    count(*) FILTER (WHERE state <> 'resolved') AS active \
+             FROM incidents WHERE opened_at_ms >= $1 GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Stat {
+                    service: r.try_get("service")?,
+                    severity: r.try_get("severity")?,
+                    incidents: r.try_get("incidents")?,
+                    active: r.try_get("active")?,
+                    mtta_ms: r.try_get("mtta_ms")?,
+                    mttr_ms: r.try_get("mttr_ms")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(IncidentError::from)
     }
 
     /// Records that `alert` stopped firing; resolves the group's incident when nothing of the
@@ -308,6 +437,7 @@ impl IncidentStore {
                 now_ms,
             )
             .await?;
+            summarize(&mut tx, id, now_ms).await?;
         }
         tx.commit().await?;
         Ok(Some(id))
@@ -360,6 +490,7 @@ impl IncidentStore {
                 .execute(&mut *tx)
                 .await?;
                 add_event(&mut tx, id, "resolved", actor, note, now_ms).await?;
+                summarize(&mut tx, id, now_ms).await?;
             }
             Action::Note => add_event(&mut tx, id, "note", actor, note, now_ms).await?,
         }
@@ -600,6 +731,23 @@ impl IncidentStore {
             .collect::<Result<_, sqlx::Error>>()
             .map_err(IncidentError::from)
     }
+}
+
+/// Incident statistics of one service and severity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stat {
+    /// Service (the `job` label, else the alert's name).
+    pub service: String,
+    /// Severity.
+    pub severity: String,
+    /// Incidents opened.
+    pub incidents: i64,
+    /// Of which still active.
+    pub active: i64,
+    /// Mean time to acknowledge, ms (acknowledged ones).
+    pub mtta_ms: Option<f64>,
+    /// Mean time to resolve, ms (resolved ones).
+    pub mttr_ms: Option<f64>,
 }
 
 /// What an operator does to an incident.

@@ -6,6 +6,7 @@
 //! and observations into alert states; [`engine`] runs the loop; [`incidents`] is the
 //! PostgreSQL store; [`grpc`] the API.
 
+pub mod diagnosis;
 pub mod engine;
 pub mod evaluator;
 pub mod grpc;
@@ -146,6 +147,7 @@ pub async fn serve(
         notifier: Mutex::new(notify::Notifier::default()),
         silences: Mutex::new(Vec::new()),
         outbox_ready: tokio::sync::Notify::new(),
+        collector: Mutex::new(None),
     });
     engine.refresh_silences().await;
     if let Err(err) = engine.reload() {
