@@ -35,6 +35,53 @@ pub struct LoadedRules {
     stamp: Vec<(PathBuf, Option<SystemTime>)>,
 }
 
+/// Most database writes waiting while the database is unreachable (an alert storm of an hour
+/// fits); beyond, the oldest are dropped and counted.
+const MAX_PENDING_WRITES: usize = 100_000;
+
+/// A change waiting to be written to the database, with the time it happened.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// An alert fired.
+    Fired {
+        /// Its group.
+        key: String,
+        /// The group's labels.
+        labels: evaluator::LabelSet,
+        /// The alert.
+        alert: evaluator::Alert,
+        /// When.
+        at_ms: i64,
+    },
+    /// An alert resolved.
+    Resolved {
+        /// Its group.
+        key: String,
+        /// The alert.
+        alert: evaluator::Alert,
+        /// Whether another alert of the group still fired then.
+        still_firing: bool,
+        /// When.
+        at_ms: i64,
+    },
+    /// An incident active before a restart whose alerts no longer fire.
+    Quiet {
+        /// Its group.
+        key: String,
+        /// When.
+        at_ms: i64,
+    },
+    /// Notifications to put in the outbox.
+    Notify {
+        /// The group.
+        key: String,
+        /// One per receiver.
+        outgoing: Vec<Outgoing>,
+        /// When.
+        at_ms: i64,
+    },
+}
+
 /// Shared state of the engine and the API.
 pub struct Engine {
     /// Rules files or folders.
@@ -57,6 +104,14 @@ pub struct Engine {
     pub outbox_ready: tokio::sync::Notify,
     /// The collector client (set by [`Engine::run`]), for diagnosis reports.
     pub collector: Mutex<Option<MetricsQueryClient<Channel>>>,
+    /// Database writes waiting, oldest first.
+    pub pending: Mutex<std::collections::VecDeque<Write>>,
+    /// Writes dropped because the queue was full.
+    pub dropped_writes: std::sync::atomic::AtomicU64,
+    /// Whether the last write failed for want of the database.
+    pub database_down: std::sync::atomic::AtomicBool,
+    /// Group keys of the incidents active at start, until the first complete evaluation.
+    pub restored: Mutex<Option<HashSet<String>>>,
 }
 
 fn stamp(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>)> {
@@ -117,6 +172,7 @@ impl Engine {
             .set
             .clone();
         let mut transitions = Vec::new();
+        let mut all_evaluated = true;
         for rule in &set.rules {
             match evaluator::observe(client, rule).await {
                 Ok(observations) => {
@@ -125,7 +181,8 @@ impl Engine {
                 }
                 // Unknown data is not a resolution: the rule's alerts stay as they are.
                 Err(status) => {
-                    tracing::warn!(rule = %rule.name, code = ?status.code(), message = %status.message(), "rule not evaluated")
+                    all_evaluated = false;
+                    tracing::warn!(rule = %rule.name, code = ?status.code(), message = %status.message(), "rule not evaluated");
                 }
             }
         }
@@ -137,9 +194,13 @@ impl Engine {
                 .retain_rules(&names, now_ms()),
         );
         for transition in transitions {
-            self.record(&set, transition).await;
+            self.record(&set, transition);
         }
-        self.notify(&set).await;
+        if all_evaluated {
+            self.settle_restored(&set);
+        }
+        self.notify(&set);
+        self.flush(&set).await;
     }
 
     /// Writes the diagnosis report of a new incident in the background (it queries the
@@ -175,7 +236,7 @@ impl Engine {
     }
 
     /// Queues the notifications that are due.
-    async fn notify(&self, set: &RuleSet) {
+    fn notify(&self, set: &RuleSet) {
         if set.receivers.is_empty() {
             return;
         }
@@ -205,16 +266,11 @@ impl Engine {
                     payload: notify::payload(r, &n),
                 })
                 .collect();
-            match self
-                .incidents
-                .enqueue(&n.group_key, &outgoing, now_ms())
-                .await
-            {
-                Ok(()) => self.outbox_ready.notify_one(),
-                Err(err) => {
-                    tracing::error!(group = %n.group_key, error = %err, "notification not queued")
-                }
-            }
+            self.queue(Write::Notify {
+                key: n.group_key,
+                outgoing,
+                at_ms: now_ms(),
+            });
         }
     }
 
@@ -243,38 +299,159 @@ impl Engine {
         }
     }
 
-    async fn record(&self, set: &RuleSet, transition: Transition) {
+    /// Turns a transition into a database write, queued in order.
+    fn record(&self, set: &RuleSet, transition: Transition) {
         let now = now_ms();
-        let result = match &transition {
+        let write = match transition {
             Transition::Fired(alert) => {
                 let (key, labels) = evaluator::group_key_of(&set.group_by, &alert.labels);
                 tracing::warn!(alert = %alert.rule, group = %key, value = alert.value, "alert firing");
-                match self.incidents.alert_fired(&key, &labels, alert, now).await {
+                Write::Fired {
+                    key,
+                    labels,
+                    alert,
+                    at_ms: now,
+                }
+            }
+            Transition::Resolved(alert) => {
+                let (key, _) = evaluator::group_key_of(&set.group_by, &alert.labels);
+                tracing::info!(alert = %alert.rule, group = %key, "alert resolved");
+                let still_firing = self
+                    .alerts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .group_firing(&set.group_by, &key);
+                Write::Resolved {
+                    key,
+                    alert,
+                    still_firing,
+                    at_ms: now,
+                }
+            }
+        };
+        self.queue(write);
+    }
+
+    /// After the first complete evaluation since start: incidents left active by the previous
+    /// run whose groups have no pending or firing alert now are resolved.
+    fn settle_restored(&self, set: &RuleSet) {
+        let Some(restored) = self
+            .restored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let quiet: Vec<String> = {
+            let alerts = self.alerts.lock().unwrap_or_else(|p| p.into_inner());
+            restored
+                .into_iter()
+                .filter(|key| !alerts.group_active(&set.group_by, key))
+                .collect()
+        };
+        for key in quiet {
+            tracing::info!(group = %key, "an incident of the previous run has no firing alert: resolving it");
+            self.queue(Write::Quiet {
+                key,
+                at_ms: now_ms(),
+            });
+        }
+    }
+
+    /// Queues a write; when the queue is full the oldest write is dropped and counted.
+    fn queue(&self, write: Write) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.len() >= MAX_PENDING_WRITES {
+            pending.pop_front();
+            self.dropped_writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!("the queue of incident writes is full: the oldest was dropped");
+        }
+        pending.push_back(write);
+    }
+
+    /// Writes queued changes to the database in order; stops at the first failure (the
+    /// database is unreachable) and keeps the rest for the next cycle.
+    pub async fn flush(&self, set: &RuleSet) {
+        loop {
+            let Some(write) = self
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .front()
+                .cloned()
+            else {
+                if self.database_down.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::info!("incident database reachable again; queued writes flushed");
+                }
+                return;
+            };
+            let result = match &write {
+                Write::Fired {
+                    key,
+                    labels,
+                    alert,
+                    at_ms,
+                } => match self.incidents.alert_fired(key, labels, alert, *at_ms).await {
                     Ok((id, true)) => {
                         self.spawn_diagnosis(set, id, alert.clone());
                         Ok(())
                     }
                     Ok(_) => Ok(()),
                     Err(err) => Err(err),
+                },
+                Write::Resolved {
+                    key,
+                    alert,
+                    still_firing,
+                    at_ms,
+                } => self
+                    .incidents
+                    .alert_resolved(key, alert, *still_firing, self.auto_resolve, *at_ms)
+                    .await
+                    .map(|_| ()),
+                Write::Quiet { key, at_ms } => {
+                    self.incidents
+                        .resolve_quiet_group(key, self.auto_resolve, *at_ms)
+                        .await
+                }
+                Write::Notify {
+                    key,
+                    outgoing,
+                    at_ms,
+                } => self.incidents.enqueue(key, outgoing, *at_ms).await.map(|()| {
+                    self.outbox_ready.notify_one();
+                }),
+            };
+            match result {
+                Ok(()) => {
+                    self.pending
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .pop_front();
+                }
+                Err(crate::incidents::IncidentError::Database(err)) => {
+                    if !self.database_down.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::error!(error = %err, "incident database unreachable: writes wait in order until it returns");
+                    }
+                    return;
+                }
+                Err(err) => {
+                    // Not the database's availability: this write can never succeed.
+                    tracing::error!(error = %err, "incident write refused; dropped");
+                    self.pending
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .pop_front();
                 }
             }
-            Transition::Resolved(alert) => {
-                let (key, _) = evaluator::group_key_of(&set.group_by, &alert.labels);
-                tracing::info!(alert = %alert.rule, group = %key, "alert resolved");
-                let still = self
-                    .alerts
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .group_firing(&set.group_by, &key);
-                self.incidents
-                    .alert_resolved(&key, alert, still, self.auto_resolve, now)
-                    .await
-                    .map(|_| ())
-            }
-        };
-        if let Err(err) = result {
-            tracing::error!(error = %err, "incident not recorded");
         }
+    }
+
+    /// Writes waiting for the database.
+    pub fn pending_writes(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Evaluates every `interval` until `stop`.

@@ -328,6 +328,48 @@ impl IncidentStore {
         Ok(id)
     }
 
+    /// Group keys of the open and acknowledged incidents (restored after a restart).
+    pub async fn active_groups(&self) -> Result<Vec<String>, IncidentError> {
+        Ok(
+            sqlx::query_scalar("SELECT group_key FROM incidents WHERE state <> 'resolved'")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Resolves the active incident of `group_key` whose alerts no longer fire (found after a
+    /// restart), if auto-resolution is on; otherwise only notes it.
+    pub async fn resolve_quiet_group(
+        &self,
+        group_key: &str,
+        auto_resolve: bool,
+        now_ms: i64,
+    ) -> Result<(), IncidentError> {
+        let mut tx = self.pool.begin().await?;
+        let id: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM incidents WHERE group_key = $1 AND state <> 'resolved' FOR UPDATE",
+        )
+        .bind(group_key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(id) = id else {
+            return Ok(());
+        };
+        let message = "no alert of the group fires any more (checked after a restart)";
+        add_event(&mut tx, id, "alert_resolved", SELF_ACTOR, message, now_ms).await?;
+        if auto_resolve {
+            sqlx::query("UPDATE incidents SET state = 'resolved', resolved_at_ms = $2 WHERE id = $1")
+                .bind(id)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+            add_event(&mut tx, id, "resolved", SELF_ACTOR, message, now_ms).await?;
+            summarize(&mut tx, id, now_ms).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Stores the diagnosis report of incident `id` and notes it on the timeline.
     pub async fn set_report(
         &self,

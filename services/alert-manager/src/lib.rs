@@ -148,7 +148,17 @@ pub async fn serve(
         silences: Mutex::new(Vec::new()),
         outbox_ready: tokio::sync::Notify::new(),
         collector: Mutex::new(None),
+        pending: Mutex::new(Default::default()),
+        dropped_writes: Default::default(),
+        database_down: Default::default(),
+        restored: Mutex::new(None),
     });
+    let active = engine.incidents.active_groups().await?;
+    if !active.is_empty() {
+        tracing::info!(incidents = active.len(), "incidents of the previous run are still active");
+    }
+    *engine.restored.lock().unwrap_or_else(|p| p.into_inner()) =
+        Some(active.into_iter().collect());
     engine.refresh_silences().await;
     if let Err(err) = engine.reload() {
         tracing::error!(error = %err, "starting without rules");
