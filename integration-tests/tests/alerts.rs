@@ -34,6 +34,11 @@ rules:
 "#;
 
 fn errors(model: &str, n: f64) -> ExportMetricsServiceRequest {
+    errors_of(&[vec![("model", model.to_owned())]], n)
+}
+
+/// Delta error counts for several label sets at once.
+fn errors_of(label_sets: &[Vec<(&str, String)>], n: f64) -> ExportMetricsServiceRequest {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -55,13 +60,16 @@ fn errors(model: &str, n: f64) -> ExportMetricsServiceRequest {
                 metrics: vec![Metric {
                     name: "shop.errors".into(),
                     data: Some(Data::Sum(Sum {
-                        data_points: vec![NumberDataPoint {
-                            attributes: vec![kv("model", model)],
-                            start_time_unix_nano: now,
-                            time_unix_nano: now,
-                            value: Some(number_data_point::Value::AsDouble(n)),
-                            ..Default::default()
-                        }],
+                        data_points: label_sets
+                            .iter()
+                            .map(|labels| NumberDataPoint {
+                                attributes: labels.iter().map(|(k, v)| kv(k, v)).collect(),
+                                start_time_unix_nano: now,
+                                time_unix_nano: now,
+                                value: Some(number_data_point::Value::AsDouble(n)),
+                                ..Default::default()
+                            })
+                            .collect(),
                         aggregation_temporality: AggregationTemporality::Delta as i32,
                         is_monotonic: true,
                     })),
@@ -450,6 +458,439 @@ async fn a_breach_opens_an_incident_that_resolves_with_its_alert() {
         listed.last_error
     );
 
+    let _ = manager.stop.send(());
+    manager.task.await.unwrap().unwrap();
+    collector.stop().await.unwrap();
+    db.drop().await;
+}
+
+/// A PostgreSQL cluster of the test's own (initdb in a temporary folder, its own port), which the
+/// test can stop and start.
+struct ThrowawayPostgres {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+fn pg_bin(name: &str) -> std::path::PathBuf {
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("Debian's postgresql package (/usr/lib/postgresql)")
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin").join(name)))
+        .filter(|p| p.exists())
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .expect("initdb and pg_ctl of Debian's postgresql package")
+}
+
+fn as_postgres(program: &std::path::Path, args: &[&str]) -> std::process::Output {
+    // initdb and the server refuse to run as root: run them as the postgres user.
+    let mut command = if unsafe_is_root() {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        std::process::Command::new(program)
+    };
+    command.args(args).output().expect("run a PostgreSQL tool")
+}
+
+fn unsafe_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+impl ThrowawayPostgres {
+    fn start() -> ThrowawayPostgres {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        if unsafe_is_root() {
+            std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres", dir.path().to_str().unwrap()])
+                .status()
+                .unwrap();
+        }
+        let out = as_postgres(
+            &pg_bin("initdb"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pg = ThrowawayPostgres {
+            port: free_port(),
+            dir,
+        };
+        pg.up();
+        pg
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn up(&self) {
+        let data = self.dir.path().join("data");
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let out = as_postgres(
+            &pg_bin("pg_ctl"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-o",
+                &options,
+                "-w",
+                "-l",
+                data.join("log").to_str().unwrap(),
+                "start",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn down(&self) {
+        let data = self.dir.path().join("data");
+        let out = as_postgres(
+            &pg_bin("pg_ctl"),
+            &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "stop"],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for ThrowawayPostgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = as_postgres(
+            &pg_bin("pg_ctl"),
+            &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"],
+        );
+    }
+}
+
+const STORM_RULES: &str = r#"
+group_by: [alertname, model]
+route: {group_wait: 0s, group_interval: 1s}
+receivers:
+  - {name: ops, url: "http://RECEIVER/hook"}
+rules:
+  - name: Errors
+    kind: threshold
+    query: {metric: shop.errors, function: rate, window: 2s}
+    group_by: [model, replica]
+    op: ">"
+    threshold: 5
+    labels: {severity: critical}
+"#;
+
+fn models(range: std::ops::Range<usize>, replicas: usize) -> Vec<Vec<(&'static str, String)>> {
+    range
+        .flat_map(|m| {
+            (0..replicas).map(move |r| {
+                vec![
+                    ("model", format!("model-{m:03}")),
+                    ("replica", format!("r{r:03}")),
+                ]
+            })
+        })
+        .collect()
+}
+
+/// Every incident, all pages.
+async fn all_incidents(client: &mut AlertManagerClient<Channel>) -> Vec<pb::Incident> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_incidents(pb::ListIncidentsRequest {
+                page_size: 500,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        out.extend(page.incidents);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        token = page.next_page_token;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_alerts_make_ten_incidents_and_ten_notifications() {
+    let db = TestDatabase::create().await;
+    let mut collector = RunningCollector::start(&[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (receiver, received) = start_receiver().await;
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        STORM_RULES.replace("RECEIVER", &receiver.to_string()),
+    )
+    .unwrap();
+    let manager = start_alert_manager(&collector.endpoint(), dir.path(), &db.url).await;
+    let mut client = AlertManagerClient::new(connect(manager.addr).await);
+    let mut otlp = MetricsServiceClient::new(connect(collector.grpc).await);
+    // 10 models × 100 replicas = 1,000 alerts, grouped by model: 10 incidents.
+    let series = models(0..10, 100);
+    let firing = eventually("1,000 firing alerts", Duration::from_secs(20), || {
+        let mut client = client.clone();
+        let mut otlp = otlp.clone();
+        let series = series.clone();
+        async move {
+            otlp.export(errors_of(&series, 10.0)).await.ok()?;
+            let alerts = client
+                .list_alerts(pb::ListAlertsRequest::default())
+                .await
+                .ok()?
+                .into_inner()
+                .alerts;
+            let firing = alerts
+                .iter()
+                .filter(|a| a.state == pb::AlertState::Firing as i32)
+                .count();
+            (firing == 1000).then_some(firing)
+        }
+    })
+    .await;
+    assert_eq!(firing, 1000);
+    let notified = eventually("10 notifications", Duration::from_secs(10), || {
+        let received = received.clone();
+        async move {
+            let got = received.lock().unwrap().clone();
+            let alerts: usize = got
+                .iter()
+                .map(|b| b["alerts"].as_array().map_or(0, Vec::len))
+                .sum();
+            (alerts >= 1000).then_some(got)
+        }
+    })
+    .await;
+    // Exactly one notification per group, each naming each of its alerts once.
+    assert_eq!(notified.len(), 10, "{} payloads", notified.len());
+    for body in &notified {
+        let alerts = body["alerts"].as_array().unwrap();
+        assert_eq!(alerts.len(), 100);
+        let mut fps: Vec<&str> = alerts
+            .iter()
+            .map(|a| a["fingerprint"].as_str().unwrap())
+            .collect();
+        fps.sort();
+        fps.dedup();
+        assert_eq!(fps.len(), 100);
+    }
+    let incidents = all_incidents(&mut client).await;
+    assert_eq!(incidents.len(), 10);
+    let _ = otlp.export(errors_of(&series, 0.0)).await;
+    let _ = manager.stop.send(());
+    manager.task.await.unwrap().unwrap();
+    collector.stop().await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_of_postgres_loses_nothing_and_writes_nothing_twice() {
+    let pg = ThrowawayPostgres::start();
+    let mut collector = RunningCollector::start(&[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (receiver, received) = start_receiver().await;
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        STORM_RULES.replace("RECEIVER", &receiver.to_string()),
+    )
+    .unwrap();
+    let manager = start_alert_manager(&collector.endpoint(), dir.path(), &pg.url()).await;
+    let mut client = AlertManagerClient::new(connect(manager.addr).await);
+    let mut otlp = MetricsServiceClient::new(connect(collector.grpc).await);
+
+    // A storm: 20 models fire while the database is up…
+    let first = models(0..20, 1);
+    eventually("20 incidents", Duration::from_secs(20), || {
+        let mut client = client.clone();
+        let mut otlp = otlp.clone();
+        let first = first.clone();
+        async move {
+            otlp.export(errors_of(&first, 10.0)).await.ok()?;
+            (all_incidents(&mut client).await.len() == 20).then_some(())
+        }
+    })
+    .await;
+    // …then it goes down; 20 more models fire, and the first 20 stop (and resolve) meanwhile.
+    pg.down();
+    let second = models(20..40, 1);
+    let began = Instant::now();
+    while began.elapsed() < Duration::from_secs(4) {
+        otlp.export(errors_of(&second, 10.0)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let firing_now = client
+        .list_alerts(pb::ListAlertsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .alerts
+        .iter()
+        .filter(|a| a.state == pb::AlertState::Firing as i32)
+        .count();
+    assert_eq!(
+        firing_now, 20,
+        "evaluation goes on while the database is down"
+    );
+    pg.up();
+    // Everything arrives: 40 incidents, the first 20 resolved; the second 20 resolve too once
+    // their errors stop.
+    let done = eventually("40 resolved incidents", Duration::from_secs(30), || {
+        let mut client = client.clone();
+        async move {
+            let all = all_incidents(&mut client).await;
+            let resolved = all
+                .iter()
+                .filter(|i| i.state == pb::IncidentState::Resolved as i32)
+                .count();
+            (all.len() == 40 && resolved == 40).then_some(all)
+        }
+    })
+    .await;
+    let mut models_seen: Vec<&str> = done.iter().map(|i| i.labels["model"].as_str()).collect();
+    models_seen.sort();
+    models_seen.dedup();
+    assert_eq!(models_seen.len(), 40, "one incident per model, none twice");
+    for incident in &done {
+        let full = client
+            .get_incident(pb::GetIncidentRequest { id: incident.id })
+            .await
+            .unwrap()
+            .into_inner();
+        let count = |kind: &str| full.timeline.iter().filter(|e| e.kind == kind).count();
+        assert_eq!(
+            (
+                count("opened"),
+                count("fired"),
+                count("alert_resolved"),
+                count("resolved")
+            ),
+            (1, 1, 1, 1),
+            "incident {}: {:?}",
+            incident.id,
+            full.timeline
+        );
+    }
+    // Each group was notified firing and resolved. Delivery is at least once: a POST that
+    // succeeded just as the database went down (before it was marked delivered) is sent again.
+    let bodies = eventually("80 notifications", Duration::from_secs(20), || {
+        let received = received.clone();
+        async move {
+            let got = received.lock().unwrap().clone();
+            (got.len() >= 80).then_some(got)
+        }
+    })
+    .await;
+    let mut distinct: Vec<(String, String)> = bodies
+        .iter()
+        .map(|b| (b["groupKey"].to_string(), b["status"].to_string()))
+        .collect();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        80,
+        "a firing and a resolved notification per group"
+    );
+    let _ = manager.stop.send(());
+    manager.task.await.unwrap().unwrap();
+    collector.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_incident_continues_it() {
+    let db = TestDatabase::create().await;
+    let mut collector = RunningCollector::start(&[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        STORM_RULES.replace("RECEIVER", "127.0.0.1:9"),
+    )
+    .unwrap();
+    let manager = start_alert_manager(&collector.endpoint(), dir.path(), &db.url).await;
+    let client = AlertManagerClient::new(connect(manager.addr).await);
+    let mut otlp = MetricsServiceClient::new(connect(collector.grpc).await);
+    let one = models(0..1, 1);
+    eventually("an incident", Duration::from_secs(20), || {
+        let mut client = client.clone();
+        let mut otlp = otlp.clone();
+        let one = one.clone();
+        async move {
+            otlp.export(errors_of(&one, 10.0)).await.ok()?;
+            (all_incidents(&mut client).await.len() == 1).then_some(())
+        }
+    })
+    .await;
+    let _ = manager.stop.send(());
+    manager.task.await.unwrap().unwrap();
+    // Restarted while the errors go on: the same incident continues.
+    let manager = start_alert_manager(&collector.endpoint(), dir.path(), &db.url).await;
+    let mut client = AlertManagerClient::new(connect(manager.addr).await);
+    let refired = eventually("the alert fires again", Duration::from_secs(20), || {
+        let mut client = client.clone();
+        let mut otlp = otlp.clone();
+        let one = one.clone();
+        async move {
+            otlp.export(errors_of(&one, 10.0)).await.ok()?;
+            let all = all_incidents(&mut client).await;
+            let full = client
+                .get_incident(pb::GetIncidentRequest { id: all[0].id })
+                .await
+                .ok()?
+                .into_inner();
+            let fired = full.timeline.iter().filter(|e| e.kind == "fired").count();
+            (fired == 2).then_some(all)
+        }
+    })
+    .await;
+    assert_eq!(refired.len(), 1, "no duplicate incident");
+    // The errors stop: that incident resolves.
+    let id = refired[0].id;
+    eventually("the incident resolves", Duration::from_secs(20), || {
+        let mut client = client.clone();
+        async move {
+            let i = client
+                .get_incident(pb::GetIncidentRequest { id })
+                .await
+                .ok()?
+                .into_inner();
+            (i.state == pb::IncidentState::Resolved as i32).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(all_incidents(&mut client).await.len(), 1);
+    let _ = otlp.export(errors_of(&one, 0.0)).await;
     let _ = manager.stop.send(());
     manager.task.await.unwrap().unwrap();
     collector.stop().await.unwrap();

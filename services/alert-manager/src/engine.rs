@@ -382,7 +382,10 @@ impl Engine {
                 .front()
                 .cloned()
             else {
-                if self.database_down.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                if self
+                    .database_down
+                    .swap(false, std::sync::atomic::Ordering::Relaxed)
+                {
                     tracing::info!("incident database reachable again; queued writes flushed");
                 }
                 return;
@@ -420,9 +423,13 @@ impl Engine {
                     key,
                     outgoing,
                     at_ms,
-                } => self.incidents.enqueue(key, outgoing, *at_ms).await.map(|()| {
-                    self.outbox_ready.notify_one();
-                }),
+                } => self
+                    .incidents
+                    .enqueue(key, outgoing, *at_ms)
+                    .await
+                    .map(|()| {
+                        self.outbox_ready.notify_one();
+                    }),
             };
             match result {
                 Ok(()) => {
@@ -432,7 +439,10 @@ impl Engine {
                         .pop_front();
                 }
                 Err(crate::incidents::IncidentError::Database(err)) => {
-                    if !self.database_down.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    if !self
+                        .database_down
+                        .swap(true, std::sync::atomic::Ordering::Relaxed)
+                    {
                         tracing::error!(error = %err, "incident database unreachable: writes wait in order until it returns");
                     }
                     return;

@@ -435,9 +435,9 @@ impl Alerts {
 
     /// Whether any alert of the incident group `group_key` is pending or firing.
     pub fn group_active(&self, group_by: &[String], group_key: &str) -> bool {
-        self.alerts.values().any(|a| {
-            a.state != State::Resolved && group_key_of(group_by, &a.labels).0 == group_key
-        })
+        self.alerts
+            .values()
+            .any(|a| a.state != State::Resolved && group_key_of(group_by, &a.labels).0 == group_key)
     }
 
     /// Whether any alert of the incident group `group_key` is firing.

@@ -358,11 +358,13 @@ impl IncidentStore {
         let message = "no alert of the group fires any more (checked after a restart)";
         add_event(&mut tx, id, "alert_resolved", SELF_ACTOR, message, now_ms).await?;
         if auto_resolve {
-            sqlx::query("UPDATE incidents SET state = 'resolved', resolved_at_ms = $2 WHERE id = $1")
-                .bind(id)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE incidents SET state = 'resolved', resolved_at_ms = $2 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
             add_event(&mut tx, id, "resolved", SELF_ACTOR, message, now_ms).await?;
             summarize(&mut tx, id, now_ms).await?;
         }

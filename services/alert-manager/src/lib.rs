@@ -155,10 +155,12 @@ pub async fn serve(
     });
     let active = engine.incidents.active_groups().await?;
     if !active.is_empty() {
-        tracing::info!(incidents = active.len(), "incidents of the previous run are still active");
+        tracing::info!(
+            incidents = active.len(),
+            "incidents of the previous run are still active"
+        );
     }
-    *engine.restored.lock().unwrap_or_else(|p| p.into_inner()) =
-        Some(active.into_iter().collect());
+    *engine.restored.lock().unwrap_or_else(|p| p.into_inner()) = Some(active.into_iter().collect());
     engine.refresh_silences().await;
     if let Err(err) = engine.reload() {
         tracing::error!(error = %err, "starting without rules");
