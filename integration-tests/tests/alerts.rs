@@ -162,9 +162,18 @@ async fn start_alert_manager(
     rules: &std::path::Path,
     db: &str,
 ) -> RunningAlertManager {
+    start_alert_manager_with(collector, rules, db, &[]).await
+}
+
+async fn start_alert_manager_with(
+    collector: &str,
+    rules: &std::path::Path,
+    db: &str,
+    extra: &[&str],
+) -> RunningAlertManager {
     use clap::Parser as _;
     let (listener, addr) = shared::testing::ephemeral_listener().await.unwrap();
-    let config = alert_manager::Config::parse_from([
+    let mut args = vec![
         "alert-manager",
         "--collector",
         collector,
@@ -176,7 +185,9 @@ async fn start_alert_manager(
         "200",
         "--api-keys",
         "admin-key:ops:admin,client-key:shop:client",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let config = alert_manager::Config::parse_from(args);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(alert_manager::serve(listener, config, async move {
         let _ = stopped.await;
@@ -893,6 +904,158 @@ async fn a_restart_mid_incident_continues_it() {
     let _ = otlp.export(errors_of(&one, 0.0)).await;
     let _ = manager.stop.send(());
     manager.task.await.unwrap().unwrap();
+    collector.stop().await.unwrap();
+    db.drop().await;
+}
+
+const LATENCY_RULES: &str = r#"
+group_by: [alertname, model]
+route: {group_wait: 0s, group_interval: 1s}
+receivers:
+  - {name: ops, url: "http://RECEIVER/hook"}
+rules:
+  - name: InferenceLatency
+    kind: threshold
+    query: {metric: inference.request.duration, function: quantile, quantile: 0.99, window: 2s}
+    group_by: [model]
+    op: ">"
+    threshold: 0.05
+    labels: {severity: critical}
+    annotations: {summary: "{{ $labels.model }} p99 latency {{ $value }} s"}
+    actions:
+      - {kind: reload_model, model: "{{ $labels.model }}"}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_on_the_real_mesh_is_detected_diagnosed_remediated_and_resolved() {
+    let db = TestDatabase::create().await;
+    let mut collector = RunningCollector::start(&[]).await.unwrap();
+    let endpoint = collector.endpoint();
+    let envs = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+    ];
+    let inference = InferenceProcess::start(&models_dir(), &["minilm-l6"], &envs)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (receiver, received) = start_receiver().await;
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        LATENCY_RULES.replace("RECEIVER", &receiver.to_string()),
+    )
+    .unwrap();
+    let inference_url = format!("http://{}", inference.addr);
+    let manager = start_alert_manager_with(
+        &endpoint,
+        dir.path(),
+        &db.url,
+        &["--inference", &inference_url],
+    )
+    .await;
+    let mut client = AlertManagerClient::new(connect(manager.addr).await);
+
+    // The fault: a flood of 32 concurrent callers, each sending 8 texts at a time.
+    let flooding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut callers = Vec::new();
+    for _ in 0..32 {
+        let mut tasks = task_client(inference.addr).await;
+        let flooding = flooding.clone();
+        callers.push(tokio::spawn(async move {
+            while flooding.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = tasks
+                    .embed(proto::serving::inference::v1::EmbedRequest {
+                        model: None,
+                        texts: vec!["wireless noise cancelling headphones for travel".into(); 8],
+                    })
+                    .await;
+            }
+        }));
+    }
+    let breach = Instant::now();
+    let opened = eventually("an incident", Duration::from_secs(20), || {
+        let mut client = client.clone();
+        async move { incidents(&mut client).await.into_iter().next() }
+    })
+    .await;
+    let detected = breach.elapsed();
+    assert!(
+        detected <= Duration::from_secs(3),
+        "incident after {detected:?}"
+    );
+    assert_eq!(opened.labels["model"], "minilm-l6");
+    // The report and the remediation land on the timeline.
+    let with_action = eventually("the remediation", Duration::from_secs(20), || {
+        let mut client = client.clone();
+        async move {
+            let i = client
+                .get_incident(pb::GetIncidentRequest { id: opened.id })
+                .await
+                .ok()?
+                .into_inner();
+            i.timeline
+                .iter()
+                .any(|e| e.kind == "action_finished")
+                .then_some(i)
+        }
+    })
+    .await;
+    let action = with_action
+        .timeline
+        .iter()
+        .find(|e| e.kind == "action_finished")
+        .unwrap();
+    assert!(action.message.contains("minilm-l6 reloaded"), "{action:?}");
+    flooding.store(false, std::sync::atomic::Ordering::Relaxed);
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    // The flood is over: the alert clears and the incident resolves with its summary.
+    let resolved = eventually("the incident resolves", Duration::from_secs(20), || {
+        let mut client = client.clone();
+        async move {
+            let i = client
+                .get_incident(pb::GetIncidentRequest { id: opened.id })
+                .await
+                .ok()?
+                .into_inner();
+            (i.state == pb::IncidentState::Resolved as i32).then_some(i)
+        }
+    })
+    .await;
+    assert!(
+        resolved.report.contains("latency_p99_s"),
+        "{}",
+        resolved.report
+    );
+    assert!(
+        resolved.summary.contains("time to resolve"),
+        "{}",
+        resolved.summary
+    );
+    let payloads = eventually(
+        "firing and resolved notifications",
+        Duration::from_secs(10),
+        || {
+            let received = received.clone();
+            async move {
+                let got = received.lock().unwrap().clone();
+                (got.len() >= 2).then_some(got)
+            }
+        },
+    )
+    .await;
+    let firing: Vec<_> = payloads
+        .iter()
+        .filter(|p| p["status"] == "firing")
+        .collect();
+    assert_eq!(firing.len(), 1, "{payloads:#?}");
+    assert_eq!(firing[0]["version"], "4");
+    assert_eq!(incidents(&mut client).await.len(), 1);
+
+    let _ = manager.stop.send(());
+    manager.task.await.unwrap().unwrap();
+    inference.terminate().await;
     collector.stop().await.unwrap();
     db.drop().await;
 }

@@ -388,6 +388,7 @@ mod tests {
             keep_firing_for: None,
             labels: Default::default(),
             annotations: Default::default(),
+            actions: vec![],
             file: "r.yaml".into(),
         }
     }

@@ -10,8 +10,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use proto::monitoring::metrics::v1::metrics_query_client::MetricsQueryClient;
 use tonic::transport::Channel;
 
+use crate::actions::{ActionRunner, Outcome};
 use crate::evaluator::{self, Alerts, Transition};
-use crate::incidents::{IncidentStore, Outgoing};
+use crate::incidents::{IncidentStore, Outgoing, SELF_ACTOR as SELF};
 use crate::notify::{self, Notifier, Silence};
 use crate::rules::{self, RuleSet};
 
@@ -112,6 +113,8 @@ pub struct Engine {
     pub database_down: std::sync::atomic::AtomicBool,
     /// Group keys of the incidents active at start, until the first complete evaluation.
     pub restored: Mutex<Option<HashSet<String>>>,
+    /// Runs remediation actions.
+    pub actions: Arc<ActionRunner>,
 }
 
 fn stamp(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>)> {
@@ -223,6 +226,43 @@ impl Engine {
                 crate::diagnosis::diagnose(&mut client, &rule, &alert, now_ms() / 1000).await;
             if let Err(err) = incidents.set_report(id, &report, now_ms()).await {
                 tracing::error!(incident = id, error = %err, "diagnosis report not stored");
+            }
+        });
+    }
+
+    /// Runs the rule's remediation actions for a new incident, in order, each recorded on the
+    /// timeline with its outcome.
+    fn spawn_actions(&self, set: &RuleSet, id: i64, alert: evaluator::Alert) {
+        let Some(rule) = set.rules.iter().find(|r| r.name == alert.rule).cloned() else {
+            return;
+        };
+        if rule.actions.is_empty() {
+            return;
+        }
+        let runner = self.actions.clone();
+        let incidents = self.incidents.clone();
+        tokio::spawn(async move {
+            for action in &rule.actions {
+                let what = action.describe(&alert.labels);
+                let _ = incidents
+                    .record_event(id, "action_started", SELF, &what, now_ms())
+                    .await;
+                let (kind, message) = match runner.run(&rule.name, action, &alert.labels).await {
+                    Outcome::Done(done) => ("action_finished", format!("{what}: done, {done}")),
+                    Outcome::Failed(why) => ("action_failed", format!("{what}: failed, {why}")),
+                    Outcome::RateLimited => (
+                        "action_skipped",
+                        format!("{what}: skipped, it ran on this target too recently"),
+                    ),
+                    Outcome::DryRun => ("action_skipped", format!("{what}: dry run, not executed")),
+                };
+                tracing::info!(incident = id, %message, "remediation");
+                if let Err(err) = incidents
+                    .record_event(id, kind, SELF, &message, now_ms())
+                    .await
+                {
+                    tracing::error!(incident = id, error = %err, "action outcome not recorded");
+                }
             }
         });
     }
@@ -399,6 +439,7 @@ impl Engine {
                 } => match self.incidents.alert_fired(key, labels, alert, *at_ms).await {
                     Ok((id, true)) => {
                         self.spawn_diagnosis(set, id, alert.clone());
+                        self.spawn_actions(set, id, alert.clone());
                         Ok(())
                     }
                     Ok(_) => Ok(()),

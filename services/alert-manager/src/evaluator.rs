@@ -485,6 +485,7 @@ mod tests {
                 "summary".into(),
                 "{{ $labels.model }} at {{ $value }}".into(),
             )]),
+            actions: vec![],
             file: "r.yaml".into(),
         }
     }

@@ -372,6 +372,21 @@ impl IncidentStore {
         Ok(())
     }
 
+    /// Adds an event to incident `id`'s timeline.
+    pub async fn record_event(
+        &self,
+        id: i64,
+        kind: &str,
+        actor: &str,
+        message: &str,
+        at_ms: i64,
+    ) -> Result<(), IncidentError> {
+        let mut tx = self.pool.begin().await?;
+        add_event(&mut tx, id, kind, actor, message, at_ms).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Stores the diagnosis report of incident `id` and notes it on the timeline.
     pub async fn set_report(
         &self,

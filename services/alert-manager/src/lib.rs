@@ -6,6 +6,7 @@
 //! and observations into alert states; [`engine`] runs the loop; [`incidents`] is the
 //! PostgreSQL store; [`grpc`] the API.
 
+pub mod actions;
 pub mod diagnosis;
 pub mod engine;
 pub mod evaluator;
@@ -88,6 +89,31 @@ pub struct Config {
     #[arg(long, env = "ALERT_MANAGER_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
 
+    /// The gateway's admin API, for `set_canary_weight` actions (e.g. http://127.0.0.1:50051).
+    #[arg(long, env = "ALERT_MANAGER_GATEWAY")]
+    pub gateway: Option<String>,
+
+    /// The admin API key the actions present to the gateway.
+    #[arg(long, env = "ALERT_MANAGER_GATEWAY_API_KEY", hide_env_values = true)]
+    pub gateway_api_key: Option<String>,
+
+    /// The inference service, for `reload_model` and `unload_model` actions (e.g.
+    /// http://127.0.0.1:50052).
+    #[arg(long, env = "ALERT_MANAGER_INFERENCE")]
+    pub inference: Option<String>,
+
+    /// Least time between two runs of one action on one target, in seconds.
+    #[arg(
+        long,
+        env = "ALERT_MANAGER_ACTION_MIN_INTERVAL_SECS",
+        default_value_t = 60
+    )]
+    pub action_min_interval_secs: u64,
+
+    /// Record remediation actions on the timeline without running them.
+    #[arg(long, env = "ALERT_MANAGER_ACTIONS_DRY_RUN")]
+    pub actions_dry_run: bool,
+
     /// Telemetry.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
@@ -152,6 +178,13 @@ pub async fn serve(
         dropped_writes: Default::default(),
         database_down: Default::default(),
         restored: Mutex::new(None),
+        actions: Arc::new(actions::ActionRunner::new(actions::ActionConfig {
+            gateway: config.gateway.clone(),
+            gateway_api_key: config.gateway_api_key.clone(),
+            inference: config.inference.clone(),
+            min_interval: Duration::from_secs(config.action_min_interval_secs),
+            dry_run: config.actions_dry_run,
+        })),
     });
     let active = engine.incidents.active_groups().await?;
     if !active.is_empty() {

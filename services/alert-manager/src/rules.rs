@@ -288,6 +288,8 @@ pub struct Rule {
     pub labels: BTreeMap<String, String>,
     /// Annotations (templated: `{{ $labels.x }}`, `{{ $value }}`).
     pub annotations: BTreeMap<String, String>,
+    /// Remediation actions run when the rule's alert opens an incident.
+    pub actions: Vec<crate::actions::ActionSpec>,
     /// The file the rule came from.
     pub file: PathBuf,
 }
@@ -331,6 +333,8 @@ struct RawRule {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    actions: Vec<crate::actions::ActionSpec>,
 }
 
 impl RawRule {
@@ -432,6 +436,7 @@ impl RawRule {
             keep_firing_for: self.keep_firing_for,
             labels: self.labels,
             annotations: self.annotations,
+            actions: self.actions,
             file: file.to_owned(),
         })
     }

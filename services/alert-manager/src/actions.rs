@@ -1,0 +1,319 @@
+//! Remediation actions, declared per rule and run when the rule's alert opens an incident: take a
+//! model version out of traffic (the gateway's canary weight to 0), reload or unload a model
+//! (the inference service's repository RPCs), or call a webhook (e.g. an autoscaler). Each run is
+//! recorded on the incident's timeline with its outcome; runs are rate-limited per rule, action
+//! and target, and a dry-run mode records what would run without doing it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use proto::ecommerce::gateway::v1 as gw;
+use proto::ecommerce::gateway::v1::gateway_admin_client::GatewayAdminClient;
+use proto::inference as oip;
+use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use serde::Deserialize;
+use tonic::transport::Endpoint;
+
+use crate::evaluator::LabelSet;
+use crate::rules;
+
+/// One action of a rule (its fields are templated with the alert's labels).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ActionSpec {
+    /// Sets a model version's weight in the gateway's canary split (0 takes it out).
+    SetCanaryWeight {
+        /// Model, e.g. `"{{ $labels.model }}"`.
+        model: String,
+        /// Version, e.g. `"{{ $labels.model_version }}"`.
+        version: String,
+        /// The new weight.
+        #[serde(default)]
+        weight: u32,
+    },
+    /// Loads (or reloads) a model on the inference service.
+    ReloadModel {
+        /// Model.
+        model: String,
+    },
+    /// Unloads a model from the inference service.
+    UnloadModel {
+        /// Model.
+        model: String,
+    },
+    /// POSTs the alert's labels as JSON to a URL.
+    Webhook {
+        /// `http://…`
+        url: String,
+    },
+}
+
+impl ActionSpec {
+    /// A short description with the labels filled in.
+    pub fn describe(&self, labels: &LabelSet) -> String {
+        let r = |t: &str| rules::render(t, labels, 0.0);
+        match self {
+            ActionSpec::SetCanaryWeight {
+                model,
+                version,
+                weight,
+            } => format!(
+                "set canary weight of {} v{} to {weight}",
+                r(model),
+                r(version)
+            ),
+            ActionSpec::ReloadModel { model } => format!("reload model {}", r(model)),
+            ActionSpec::UnloadModel { model } => format!("unload model {}", r(model)),
+            ActionSpec::Webhook { url } => format!("call webhook {url}"),
+        }
+    }
+}
+
+/// Where actions go, and how often they may run.
+#[derive(Debug, Clone)]
+pub struct ActionConfig {
+    /// The gateway's admin API (`http://…`), for canary changes.
+    pub gateway: Option<String>,
+    /// Admin API key of the gateway.
+    pub gateway_api_key: Option<String>,
+    /// The inference service (`http://…`), for model loads.
+    pub inference: Option<String>,
+    /// Least time between two runs of one action on one target.
+    pub min_interval: Duration,
+    /// Record what would run without running it.
+    pub dry_run: bool,
+}
+
+/// Runs actions, remembering when each last ran.
+pub struct ActionRunner {
+    config: ActionConfig,
+    last_run: Mutex<HashMap<String, tokio::time::Instant>>,
+    http: reqwest::Client,
+}
+
+/// What became of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// It ran and succeeded, with what it did.
+    Done(String),
+    /// It ran and failed, with why.
+    Failed(String),
+    /// Not run: the same action ran on the same target too recently.
+    RateLimited,
+    /// Not run: dry-run mode.
+    DryRun,
+}
+
+fn channel(url: &str) -> Result<tonic::transport::Channel, String> {
+    Ok(Endpoint::from_shared(url.to_owned())
+        .map_err(|e| format!("{url}: {e}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .connect_lazy())
+}
+
+/// `message` with `authorization: Bearer <key>` when there is a key.
+fn keyed<T>(key: Option<&str>, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(key) = key
+        && let Ok(value) = format!("Bearer {key}").parse()
+    {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+impl ActionRunner {
+    /// A runner with `config`.
+    pub fn new(config: ActionConfig) -> ActionRunner {
+        ActionRunner {
+            config,
+            last_run: Mutex::new(HashMap::new()),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Runs `action` of `rule` for an alert with `labels`.
+    pub async fn run(&self, rule: &str, action: &ActionSpec, labels: &LabelSet) -> Outcome {
+        let key = format!("{rule}/{}", action.describe(labels));
+        {
+            let mut last = self.last_run.lock().unwrap_or_else(|p| p.into_inner());
+            let now = tokio::time::Instant::now();
+            if last
+                .get(&key)
+                .is_some_and(|t| now.duration_since(*t) < self.config.min_interval)
+            {
+                return Outcome::RateLimited;
+            }
+            last.insert(key, now);
+        }
+        if self.config.dry_run {
+            return Outcome::DryRun;
+        }
+        match self.execute(action, labels).await {
+            Ok(done) => Outcome::Done(done),
+            Err(why) => Outcome::Failed(why),
+        }
+    }
+
+    async fn execute(&self, action: &ActionSpec, labels: &LabelSet) -> Result<String, String> {
+        let r = |t: &str| rules::render(t, labels, 0.0);
+        match action {
+            ActionSpec::SetCanaryWeight {
+                model,
+                version,
+                weight,
+            } => {
+                let url = self
+                    .config
+                    .gateway
+                    .as_deref()
+                    .ok_or("no --gateway to send canary changes to")?;
+                let (model, version) = (r(model), r(version));
+                let version: i64 = version
+                    .parse()
+                    .map_err(|_| format!("version '{version}' is not a number"))?;
+                let mut client = GatewayAdminClient::new(channel(url)?);
+                let key = self.config.gateway_api_key.as_deref();
+                let current = client
+                    .get_canary(keyed(
+                        key,
+                        gw::GetCanaryRequest {
+                            model: model.clone(),
+                        },
+                    ))
+                    .await
+                    .map_err(|s| format!("GetCanary: {}", s.message()))?
+                    .into_inner();
+                if !current.weights.iter().any(|w| w.version == version) {
+                    return Err(format!(
+                        "{model} has no canary split with version {version}"
+                    ));
+                }
+                let weights = current
+                    .weights
+                    .into_iter()
+                    .map(|w| gw::VersionWeight {
+                        weight: if w.version == version {
+                            *weight
+                        } else {
+                            w.weight
+                        },
+                        version: w.version,
+                    })
+                    .collect();
+                let after = client
+                    .set_canary(keyed(
+                        key,
+                        gw::SetCanaryRequest {
+                            model: model.clone(),
+                            weights,
+                        },
+                    ))
+                    .await
+                    .map_err(|s| format!("SetCanary: {}", s.message()))?
+                    .into_inner();
+                let split: Vec<String> = after
+                    .weights
+                    .iter()
+                    .map(|w| format!("v{}={}", w.version, w.weight))
+                    .collect();
+                Ok(format!("{model} split now {}", split.join(", ")))
+            }
+            ActionSpec::ReloadModel { model } | ActionSpec::UnloadModel { model } => {
+                let url = self
+                    .config
+                    .inference
+                    .as_deref()
+                    .ok_or("no --inference to send model loads to")?;
+                let model = r(model);
+                let mut client = GrpcInferenceServiceClient::new(channel(url)?);
+                if matches!(action, ActionSpec::ReloadModel { .. }) {
+                    client
+                        .repository_model_load(oip::RepositoryModelLoadRequest {
+                            repository_name: String::new(),
+                            model_name: model.clone(),
+                            parameters: Default::default(),
+                        })
+                        .await
+                        .map_err(|s| format!("RepositoryModelLoad: {}", s.message()))?;
+                    Ok(format!("{model} reloaded"))
+                } else {
+                    client
+                        .repository_model_unload(oip::RepositoryModelUnloadRequest {
+                            repository_name: String::new(),
+                            model_name: model.clone(),
+                            parameters: Default::default(),
+                        })
+                        .await
+                        .map_err(|s| format!("RepositoryModelUnload: {}", s.message()))?;
+                    Ok(format!("{model} unloaded"))
+                }
+            }
+            ActionSpec::Webhook { url } => {
+                let response = self
+                    .http
+                    .post(url)
+                    .json(&serde_json::json!({ "labels": labels }))
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if response.status().is_success() {
+                    Ok(format!("{url} answered {}", response.status()))
+                } else {
+                    Err(format!("{url} answered {}", response.status()))
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn runs_are_rate_limited_per_target_and_dry_run_does_nothing() {
+        let runner = ActionRunner::new(ActionConfig {
+            gateway: None,
+            gateway_api_key: None,
+            inference: None,
+            min_interval: Duration::from_secs(60),
+            dry_run: true,
+        });
+        let action = ActionSpec::ReloadModel {
+            model: "{{ $labels.model }}".into(),
+        };
+        let a = LabelSet::from([("model".to_owned(), "a".to_owned())]);
+        let b = LabelSet::from([("model".to_owned(), "b".to_owned())]);
+        assert_eq!(runner.run("r", &action, &a).await, Outcome::DryRun);
+        assert_eq!(runner.run("r", &action, &a).await, Outcome::RateLimited);
+        assert_eq!(runner.run("r", &action, &b).await, Outcome::DryRun);
+        assert_eq!(action.describe(&a), "reload model a");
+    }
+
+    #[tokio::test]
+    async fn a_missing_target_fails_with_a_reason() {
+        let runner = ActionRunner::new(ActionConfig {
+            gateway: None,
+            gateway_api_key: None,
+            inference: None,
+            min_interval: Duration::ZERO,
+            dry_run: false,
+        });
+        let action = ActionSpec::SetCanaryWeight {
+            model: "m".into(),
+            version: "2".into(),
+            weight: 0,
+        };
+        let outcome = runner.run("r", &action, &LabelSet::new()).await;
+        assert!(
+            matches!(outcome, Outcome::Failed(ref why) if why.contains("--gateway")),
+            "{outcome:?}"
+        );
+    }
+}
