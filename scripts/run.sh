@@ -52,7 +52,8 @@ if [ -z "${DATABASE_URL:-}" ] && command -v pg_isready >/dev/null 2>&1 \
 fi
 if [ -n "${DATABASE_URL:-}" ]; then
     export ALERT_MANAGER_API_KEYS=${ALERT_MANAGER_API_KEYS:-demo-admin-key:ops:admin}
-    start alert-manager --rules deploy/rules
+    start alert-manager --rules deploy/rules --gateway http://127.0.0.1:50051 \
+        --gateway-api-key "${ALERT_MANAGER_GATEWAY_API_KEY:-demo-admin-key}" --inference http://127.0.0.1:50052
     alerts_line="[run] alerts:    grpc 127.0.0.1:50054 (monitoring.alerts.v1), rules in deploy/rules/"
 else
     alerts_line="[run] alerts:    not started: set DATABASE_URL (no PostgreSQL answers on 127.0.0.1:5432)"

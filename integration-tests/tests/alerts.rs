@@ -435,6 +435,53 @@ async fn a_breach_opens_an_incident_that_resolves_with_its_alert() {
         "{bodies:#?}"
     );
 
+    // Operators use grpcurl: note, acknowledge and resolve the new incident.
+    let grpcurl = venv_bin("grpcurl");
+    let addr = manager.addr.to_string();
+    for (method, body) in [
+        (
+            "AnnotateIncident",
+            format!(r#"{{"id": {}, "note": "paged the search team"}}"#, again.id),
+        ),
+        ("AcknowledgeIncident", format!(r#"{{"id": {}}}"#, again.id)),
+        (
+            "ResolveIncident",
+            format!(r#"{{"id": {}, "note": "fixed by hand"}}"#, again.id),
+        ),
+    ] {
+        let out = run_command(
+            &grpcurl,
+            &[
+                "-plaintext",
+                "-H",
+                "authorization: Bearer admin-key",
+                "-d",
+                &body,
+                &addr,
+                &format!("monitoring.alerts.v1.AlertManager/{method}"),
+            ],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("grpcurl {method}: {e}"));
+        assert!(out.contains(&format!(r#""id": "{}""#, again.id)), "{out}");
+    }
+    let by_hand = client
+        .get_incident(pb::GetIncidentRequest { id: again.id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_hand.state, pb::IncidentState::Resolved as i32);
+    let last = by_hand
+        .timeline
+        .iter()
+        .rev()
+        .find(|e| e.kind == "resolved")
+        .unwrap();
+    assert_eq!(
+        (last.actor.as_str(), last.message.as_str()),
+        ("ops", "fixed by hand")
+    );
+
     // Bad input and bad rules.
     let err = client
         .get_incident(pb::GetIncidentRequest { id: 999_999 })
