@@ -4,7 +4,8 @@
 # of 1,000 points, resident memory for 10,000 active series, query latency over them), then
 # target/release/collector_memory (the store's resident memory once the windows of 10,000 series
 # are full, with simulated time). Called by `make bench` and `make bench-collector`.
-# Results: target/bench/collector.json, target/bench/collector-memory.json.
+# Then target/release/rule_eval: one alert-manager evaluation cycle of 1,000 rules over 10,000
+# series. Results: target/bench/collector.json, collector-memory.json, rule-eval.json.
 #   BENCH_COLLECTOR_SECS (10)  seconds of ingest
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,7 @@ OUT=target/bench
 SECS=${BENCH_COLLECTOR_SECS:-10}
 say() { printf '[bench-collector] %s\n' "$*" >&2; }
 die() { say "FAILED: $*"; exit 1; }
-for bin in metrics-collector collector_bench collector_memory; do
+for bin in metrics-collector collector_bench collector_memory rule_eval; do
     [ -x "$BIN/$bin" ] || die "$BIN/$bin is missing: run \`cargo build --release --workspace --bins\`"
 done
 mkdir -p "$OUT"
@@ -38,3 +39,5 @@ say "ingest for $SECS s, then queries"
 kill "$pid" 2>/dev/null || true
 say "full windows of 10,000 series, simulated time (about 40 s)"
 "$BIN/collector_memory" --series 10000 | tee "$OUT/collector-memory.json"
+say "alert rule evaluation: 1,000 rules over 10,000 series"
+"$BIN/rule_eval" | tee "$OUT/rule-eval.json"

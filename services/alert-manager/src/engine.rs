@@ -36,6 +36,41 @@ pub struct LoadedRules {
     stamp: Vec<(PathBuf, Option<SystemTime>)>,
 }
 
+/// Least time between two evaluations triggered by new data.
+const PUSH_DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Follows the collector's stream of updated metrics and wakes the evaluation loop on each
+/// (reconnecting after a second when the stream breaks), until `stop`.
+async fn watch(
+    mut client: MetricsQueryClient<Channel>,
+    arrived: Arc<tokio::sync::Notify>,
+    stop: shared::shutdown::Shutdown,
+) {
+    let mut stopped = std::pin::pin!(stop.wait());
+    loop {
+        let stream = tokio::select! {
+            stream = client.watch(proto::monitoring::metrics::v1::WatchRequest {}) => stream,
+            () = &mut stopped => return,
+        };
+        if let Ok(stream) = stream {
+            let mut stream = stream.into_inner();
+            loop {
+                tokio::select! {
+                    update = stream.message() => match update {
+                        Ok(Some(_)) => arrived.notify_one(),
+                        _ => break,
+                    },
+                    () = &mut stopped => return,
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = &mut stopped => return,
+        }
+    }
+}
+
 /// Most database writes waiting while the database is unreachable (an alert storm of an hour
 /// fits); beyond, the oldest are dropped and counted.
 const MAX_PENDING_WRITES: usize = 100_000;
@@ -176,16 +211,18 @@ impl Engine {
             .clone();
         let mut transitions = Vec::new();
         let mut all_evaluated = true;
-        for rule in &set.rules {
-            match evaluator::observe(client, rule).await {
-                Ok(observations) => {
-                    let mut alerts = self.alerts.lock().unwrap_or_else(|p| p.into_inner());
-                    transitions.extend(alerts.apply(rule, observations, now_ms()));
-                }
-                // Unknown data is not a resolution: the rule's alerts stay as they are.
-                Err(status) => {
-                    all_evaluated = false;
-                    tracing::warn!(rule = %rule.name, code = ?status.code(), message = %status.message(), "rule not evaluated");
+        let observed = evaluator::observe_all(client, &set.rules, 0).await;
+        let now = now_ms();
+        {
+            let mut alerts = self.alerts.lock().unwrap_or_else(|p| p.into_inner());
+            for (rule, result) in set.rules.iter().zip(observed) {
+                match result {
+                    Ok(observations) => transitions.extend(alerts.apply(rule, observations, now)),
+                    // Unknown data is not a resolution: the rule's alerts stay as they are.
+                    Err(why) => {
+                        all_evaluated = false;
+                        tracing::warn!(rule = %rule.name, reason = %why, "rule not evaluated");
+                    }
                 }
             }
         }
@@ -513,14 +550,23 @@ impl Engine {
         stop: shared::shutdown::Shutdown,
     ) {
         *self.collector.lock().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
+        let arrived = Arc::new(tokio::sync::Notify::new());
+        let watcher = tokio::spawn(watch(client.clone(), arrived.clone(), stop.clone()));
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stopped = std::pin::pin!(stop.wait());
         loop {
             tokio::select! {
                 _ = ticker.tick() => self.cycle(&mut client).await,
-                () = &mut stopped => return,
+                // New data: evaluate now rather than at the next tick.
+                () = arrived.notified() => {
+                    self.cycle(&mut client).await;
+                    // At most one extra cycle per PUSH_DEBOUNCE, however many senders export.
+                    tokio::time::sleep(PUSH_DEBOUNCE).await;
+                }
+                () = &mut stopped => break,
             }
         }
+        let _ = watcher.await;
     }
 }

@@ -81,77 +81,91 @@ fn labels_of(sample_labels: HashMap<String, String>) -> LabelSet {
     sample_labels.into_iter().collect()
 }
 
-/// Error ratios (1 − good/total) per group over `window`.
-async fn error_ratios(
-    client: &mut MetricsQueryClient<Channel>,
-    good: &QuerySpec,
-    total: &QuerySpec,
+/// The rate request of a spec over `window` (burn rates).
+fn rate_request(
+    spec: &QuerySpec,
     group_by: &[String],
     window: std::time::Duration,
     at: i64,
-) -> Result<Vec<(LabelSet, f64)>, tonic::Status> {
-    let rate = |spec: &QuerySpec| {
-        let mut spec = spec.clone();
-        spec.function = Function::Rate;
-        spec.window = rules::Span(window);
-        query_request(&spec, group_by, at)
-    };
-    let ratio = client
-        .ratio(pb::RatioRequest {
-            numerator: Some(rate(good)),
-            denominator: Some(rate(total)),
-        })
-        .await?
-        .into_inner();
-    Ok(ratio
-        .samples
-        .into_iter()
-        .map(|s| (labels_of(s.labels), (1.0 - s.value).max(0.0)))
-        .collect())
+) -> pb::QueryRequest {
+    let mut spec = spec.clone();
+    spec.function = Function::Rate;
+    spec.window = rules::Span(window);
+    query_request(&spec, group_by, at)
 }
 
-/// Evaluates `rule` against the collector now.
-pub async fn observe(
-    client: &mut MetricsQueryClient<Channel>,
-    rule: &Rule,
-) -> Result<Vec<Observation>, tonic::Status> {
-    observe_at(client, rule, 0).await
-}
-
-/// Evaluates `rule` against the collector at Unix second `at` (0 = now).
-pub async fn observe_at(
-    client: &mut MetricsQueryClient<Channel>,
-    rule: &Rule,
-    at: i64,
-) -> Result<Vec<Observation>, tonic::Status> {
+/// The collector items that evaluate `rule` at Unix second `at` (0 = now), in the order that
+/// [`interpret`] reads their answers.
+pub fn plan(rule: &Rule, at: i64) -> Vec<pb::BatchItem> {
+    use pb::batch_item::Item;
+    let item = |i: Item| pb::BatchItem { item: Some(i) };
     match &rule.kind {
-        RuleKind::Threshold {
-            query,
-            ratio,
-            op,
-            threshold,
+        RuleKind::Threshold { query, ratio, .. } => match (query, ratio) {
+            (Some(q), _) => vec![item(Item::Query(query_request(q, &rule.group_by, at)))],
+            (None, Some(r)) => vec![item(Item::Ratio(pb::RatioRequest {
+                numerator: Some(query_request(&r.numerator, &rule.group_by, at)),
+                denominator: Some(query_request(&r.denominator, &rule.group_by, at)),
+            }))],
+            (None, None) => Vec::new(),
+        },
+        RuleKind::BurnRate {
+            good,
+            total,
+            windows,
+            ..
+        } => windows
+            .iter()
+            .flat_map(|pair| [pair.long.0, pair.short.0])
+            .map(|window| {
+                item(Item::Ratio(pb::RatioRequest {
+                    numerator: Some(rate_request(good, &rule.group_by, window, at)),
+                    denominator: Some(rate_request(total, &rule.group_by, window, at)),
+                }))
+            })
+            .collect(),
+        RuleKind::Drift {
+            metric,
+            matchers: spec,
+            window,
+            baseline,
+            ..
         } => {
-            let samples = match (query, ratio) {
-                (Some(q), _) => {
-                    client
-                        .query(query_request(q, &rule.group_by, at))
-                        .await?
-                        .into_inner()
-                        .samples
+            let baseline = match baseline {
+                BaselineSpec::Snapshot(name) => pb::drift_request::Baseline::Snapshot(name.clone()),
+                BaselineSpec::Offset(offset) => {
+                    pb::drift_request::Baseline::PastWindow(pb::PastWindow {
+                        offset_seconds: offset.0.as_secs() as u32,
+                        window_seconds: 0,
+                    })
                 }
-                (None, Some(r)) => {
-                    client
-                        .ratio(pb::RatioRequest {
-                            numerator: Some(query_request(&r.numerator, &rule.group_by, at)),
-                            denominator: Some(query_request(&r.denominator, &rule.group_by, at)),
-                        })
-                        .await?
-                        .into_inner()
-                        .samples
-                }
-                (None, None) => Vec::new(),
             };
-            Ok(samples
+            vec![item(Item::Drift(pb::DriftRequest {
+                selector: selector(metric, spec),
+                window_seconds: window.0.as_secs().max(1) as u32,
+                group_by: rule.group_by.clone(),
+                baseline: Some(baseline),
+                at_unix_seconds: at,
+            }))]
+        }
+    }
+}
+
+fn samples(result: &pb::BatchResult) -> Result<Vec<pb::Sample>, String> {
+    match &result.result {
+        Some(pb::batch_result::Result::Samples(r)) => Ok(r.samples.clone()),
+        Some(pb::batch_result::Result::Error(e)) => Err(e.clone()),
+        _ => Err("the collector answered another kind of result".into()),
+    }
+}
+
+/// Observations of `rule` from the answers to its [`plan`].
+pub fn interpret(rule: &Rule, results: &[pb::BatchResult]) -> Result<Vec<Observation>, String> {
+    match &rule.kind {
+        RuleKind::Threshold { op, threshold, .. } => {
+            let Some(first) = results.first() else {
+                return Ok(Vec::new());
+            };
+            Ok(samples(first)?
                 .into_iter()
                 .map(|s| Observation {
                     holds: op.holds(s.value, *threshold),
@@ -161,22 +175,22 @@ pub async fn observe_at(
                 .collect())
         }
         RuleKind::BurnRate {
-            objective,
-            good,
-            total,
-            windows,
+            objective, windows, ..
         } => {
             let budget = 1.0 - objective;
+            let error_ratios = |r: &pb::BatchResult| -> Result<Vec<(LabelSet, f64)>, String> {
+                Ok(samples(r)?
+                    .into_iter()
+                    .map(|s| (labels_of(s.labels), (1.0 - s.value).max(0.0)))
+                    .collect())
+            };
             let mut out = Vec::new();
-            for pair in windows {
-                let long =
-                    error_ratios(client, good, total, &rule.group_by, pair.long.0, at).await?;
-                let short: HashMap<LabelSet, f64> =
-                    error_ratios(client, good, total, &rule.group_by, pair.short.0, at)
-                        .await?
-                        .into_iter()
-                        .collect();
-                for (mut labels, long_ratio) in long {
+            for (pair, answers) in windows.iter().zip(results.chunks(2)) {
+                let [long, short] = answers else {
+                    return Err("missing burn-rate answers".into());
+                };
+                let short: HashMap<LabelSet, f64> = error_ratios(short)?.into_iter().collect();
+                for (mut labels, long_ratio) in error_ratios(long)? {
                     let long_burn = long_ratio / budget;
                     let short_burn = short.get(&labels).copied().unwrap_or(0.0) / budget;
                     labels.insert(
@@ -194,34 +208,16 @@ pub async fn observe_at(
             Ok(out)
         }
         RuleKind::Drift {
-            metric,
-            matchers: spec,
-            window,
-            baseline,
             psi_above,
             ks_p_below,
+            ..
         } => {
-            let baseline = match baseline {
-                BaselineSpec::Snapshot(name) => pb::drift_request::Baseline::Snapshot(name.clone()),
-                BaselineSpec::Offset(offset) => {
-                    pb::drift_request::Baseline::PastWindow(pb::PastWindow {
-                        offset_seconds: offset.0.as_secs() as u32,
-                        window_seconds: 0,
-                    })
-                }
+            let drift = match results.first().and_then(|r| r.result.as_ref()) {
+                Some(pb::batch_result::Result::Drift(d)) => d.results.clone(),
+                Some(pb::batch_result::Result::Error(e)) => return Err(e.clone()),
+                _ => return Err("the collector answered another kind of result".into()),
             };
-            let results = client
-                .drift(pb::DriftRequest {
-                    selector: selector(metric, spec),
-                    window_seconds: window.0.as_secs().max(1) as u32,
-                    group_by: rule.group_by.clone(),
-                    baseline: Some(baseline),
-                    at_unix_seconds: at,
-                })
-                .await?
-                .into_inner()
-                .results;
-            Ok(results
+            Ok(drift
                 .into_iter()
                 .map(|r| Observation {
                     holds: psi_above.is_some_and(|t| r.psi > t)
@@ -232,6 +228,57 @@ pub async fn observe_at(
                 .collect())
         }
     }
+}
+
+/// Items of one batch call, at most (the collector's limit).
+const BATCH_ITEMS: usize = 10_000;
+
+/// Evaluates every rule with as few calls as possible (one batch per 10,000 items); each rule
+/// gets its observations or the reason it could not be evaluated.
+pub async fn observe_all(
+    client: &mut MetricsQueryClient<Channel>,
+    rules: &[Rule],
+    at: i64,
+) -> Vec<Result<Vec<Observation>, String>> {
+    let plans: Vec<Vec<pb::BatchItem>> = rules.iter().map(|r| plan(r, at)).collect();
+    let items: Vec<pb::BatchItem> = plans.iter().flatten().cloned().collect();
+    let mut results: Vec<pb::BatchResult> = Vec::with_capacity(items.len());
+    for chunk in items.chunks(BATCH_ITEMS) {
+        match client
+            .batch(pb::BatchRequest {
+                items: chunk.to_vec(),
+            })
+            .await
+        {
+            Ok(answer) => results.extend(answer.into_inner().results),
+            Err(status) => {
+                let why = format!("{:?}: {}", status.code(), status.message());
+                return rules.iter().map(|_| Err(why.clone())).collect();
+            }
+        }
+    }
+    let mut offset = 0;
+    rules
+        .iter()
+        .zip(&plans)
+        .map(|(rule, plan)| {
+            let answers = results.get(offset..offset + plan.len()).unwrap_or(&[]);
+            offset += plan.len();
+            interpret(rule, answers)
+        })
+        .collect()
+}
+
+/// Evaluates one rule at Unix second `at` (0 = now).
+pub async fn observe_at(
+    client: &mut MetricsQueryClient<Channel>,
+    rule: &Rule,
+    at: i64,
+) -> Result<Vec<Observation>, String> {
+    observe_all(client, std::slice::from_ref(rule), at)
+        .await
+        .pop()
+        .unwrap_or_else(|| Ok(Vec::new()))
 }
 
 /// `3600s` → `1h`, `300s` → `5m`.

@@ -38,20 +38,24 @@ pub struct QueryService {
     baselines: Arc<Baselines>,
     join: Arc<FeedbackJoin>,
     exemplars: Arc<ExemplarRings>,
+    receiver: crate::otlp::OtlpReceiver,
 }
 
 impl QueryService {
-    /// Serves queries over `store`, the `join` and the `exemplars`.
+    /// Serves queries over `store`, the `join` and the `exemplars`, and watches of what
+    /// `receiver` stores.
     pub fn new(
         store: Arc<MetricStore>,
         join: Arc<FeedbackJoin>,
         exemplars: Arc<ExemplarRings>,
+        receiver: crate::otlp::OtlpReceiver,
     ) -> QueryService {
         QueryService {
             store,
             baselines: Arc::new(Baselines::new(256)),
             join,
             exemplars,
+            receiver,
         }
     }
 }
@@ -161,34 +165,23 @@ fn answer(answer: query::Answer) -> pb::QueryResponse {
     }
 }
 
-#[tonic::async_trait]
-impl pb::metrics_query_server::MetricsQuery for QueryService {
-    async fn query(
-        &self,
-        request: Request<pb::QueryRequest>,
-    ) -> Result<Response<pb::QueryResponse>, Status> {
-        let query = query_of(request.into_inner())?;
-        let result = query::evaluate(&self.store, &query, unix_now())?;
-        Ok(Response::new(answer(result)))
+/// Items of one batch, at most.
+const MAX_BATCH_ITEMS: usize = 10_000;
+
+impl QueryService {
+    fn run_query(&self, request: pb::QueryRequest) -> Result<pb::QueryResponse, Status> {
+        let query = query_of(request)?;
+        Ok(answer(query::evaluate(&self.store, &query, unix_now())?))
     }
 
-    async fn ratio(
-        &self,
-        request: Request<pb::RatioRequest>,
-    ) -> Result<Response<pb::QueryResponse>, Status> {
-        let request = request.into_inner();
+    fn run_ratio(&self, request: pb::RatioRequest) -> Result<pb::QueryResponse, Status> {
         let missing = |what| Status::invalid_argument(format!("{what} is missing"));
         let num = query_of(request.numerator.ok_or_else(|| missing("numerator"))?)?;
         let den = query_of(request.denominator.ok_or_else(|| missing("denominator"))?)?;
-        let result = query::ratio(&self.store, &num, &den, unix_now())?;
-        Ok(Response::new(answer(result)))
+        Ok(answer(query::ratio(&self.store, &num, &den, unix_now())?))
     }
 
-    async fn drift(
-        &self,
-        request: Request<pb::DriftRequest>,
-    ) -> Result<Response<pb::DriftResponse>, Status> {
-        let request = request.into_inner();
+    fn run_drift(&self, request: pb::DriftRequest) -> Result<pb::DriftResponse, Status> {
         let baseline = match request.baseline {
             Some(pb::drift_request::Baseline::PastWindow(p)) => {
                 if p.offset_seconds == 0 {
@@ -219,7 +212,7 @@ impl pb::metrics_query_server::MetricsQuery for QueryService {
             &baseline,
             unix_now(),
         )?;
-        Ok(Response::new(pb::DriftResponse {
+        Ok(pb::DriftResponse {
             results: results
                 .into_iter()
                 .map(|r| pb::DriftResult {
@@ -232,7 +225,95 @@ impl pb::metrics_query_server::MetricsQuery for QueryService {
                 })
                 .collect(),
             at_unix_seconds: at,
-        }))
+        })
+    }
+
+    fn run_batch(&self, items: Vec<pb::BatchItem>) -> Vec<pb::BatchResult> {
+        use pb::batch_item::Item;
+        use pb::batch_result::Result as Answer;
+        items
+            .into_iter()
+            .map(|item| {
+                let result = match item.item {
+                    Some(Item::Query(q)) => self.run_query(q).map(Answer::Samples),
+                    Some(Item::Ratio(r)) => self.run_ratio(r).map(Answer::Samples),
+                    Some(Item::Drift(d)) => self.run_drift(d).map(Answer::Drift),
+                    None => Err(Status::invalid_argument("an empty batch item")),
+                };
+                pb::BatchResult {
+                    result: Some(result.unwrap_or_else(|s| Answer::Error(s.message().to_owned()))),
+                }
+            })
+            .collect()
+    }
+}
+
+#[tonic::async_trait]
+impl pb::metrics_query_server::MetricsQuery for QueryService {
+    type WatchStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::MetricsUpdated, Status>> + Send>,
+    >;
+
+    async fn watch(
+        &self,
+        _request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        use tokio_stream::StreamExt as _;
+        use tokio_stream::wrappers::BroadcastStream;
+        use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+        let stream = BroadcastStream::new(self.receiver.subscribe()).map(|update| {
+            Ok(match update {
+                Ok(metrics) => pb::MetricsUpdated {
+                    metrics: metrics.to_vec(),
+                    missed: 0,
+                },
+                Err(BroadcastStreamRecvError::Lagged(n)) => pb::MetricsUpdated {
+                    metrics: Vec::new(),
+                    missed: n,
+                },
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn query(
+        &self,
+        request: Request<pb::QueryRequest>,
+    ) -> Result<Response<pb::QueryResponse>, Status> {
+        Ok(Response::new(self.run_query(request.into_inner())?))
+    }
+
+    async fn ratio(
+        &self,
+        request: Request<pb::RatioRequest>,
+    ) -> Result<Response<pb::QueryResponse>, Status> {
+        Ok(Response::new(self.run_ratio(request.into_inner())?))
+    }
+
+    async fn drift(
+        &self,
+        request: Request<pb::DriftRequest>,
+    ) -> Result<Response<pb::DriftResponse>, Status> {
+        Ok(Response::new(self.run_drift(request.into_inner())?))
+    }
+
+    async fn batch(
+        &self,
+        request: Request<pb::BatchRequest>,
+    ) -> Result<Response<pb::BatchResponse>, Status> {
+        let items = request.into_inner().items;
+        if items.len() > MAX_BATCH_ITEMS {
+            return Err(Status::invalid_argument(format!(
+                "{} items; at most {MAX_BATCH_ITEMS} per batch",
+                items.len()
+            )));
+        }
+        // A large batch is CPU work: keep it off the threads that serve other calls.
+        let service = self.clone();
+        let results = tokio::task::spawn_blocking(move || service.run_batch(items))
+            .await
+            .map_err(|e| Status::internal(format!("batch evaluation failed: {e}")))?;
+        Ok(Response::new(pb::BatchResponse { results }))
     }
 
     async fn pin_baseline(

@@ -132,7 +132,7 @@ pub async fn serve(
         config.join_max_predictions,
     ));
     let receiver = OtlpReceiver::new(store.clone(), exemplars.clone());
-    let queries = QueryService::new(store.clone(), join, exemplars);
+    let queries = QueryService::new(store.clone(), join, exemplars, receiver.clone());
     let (mut routes, health) = shared::grpc::base_routes().await?;
     let limit = config.max_message_bytes;
     routes

@@ -33,6 +33,7 @@ pub struct OtlpReceiver {
     store: Arc<MetricStore>,
     exemplars: Arc<ExemplarRings>,
     spans: Arc<AtomicU64>,
+    updates: tokio::sync::broadcast::Sender<Arc<Vec<String>>>,
 }
 
 /// Unix seconds now.
@@ -49,7 +50,13 @@ impl OtlpReceiver {
             store,
             exemplars,
             spans: Arc::new(AtomicU64::new(0)),
+            updates: tokio::sync::broadcast::channel(1024).0,
         }
+    }
+
+    /// A receiver of the names of the metrics each export touched.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Vec<String>>> {
+        self.updates.subscribe()
     }
 
     /// Spans received so far.
@@ -235,11 +242,15 @@ impl MetricsService for OtlpReceiver {
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
         let now = unix_now();
         let mut rejected = 0_i64;
+        let mut touched: Vec<String> = Vec::new();
         let mut first_error: Option<String> = None;
         for resource in request.into_inner().resource_metrics {
             let job = service_name(resource.resource.as_ref());
             for mut metric in resource.scope_metrics.into_iter().flat_map(|s| s.metrics) {
                 let name = std::mem::take(&mut metric.name);
+                if self.updates.receiver_count() > 0 && !touched.contains(&name) {
+                    touched.push(name.clone());
+                }
                 let description = std::mem::take(&mut metric.description);
                 let unit = std::mem::take(&mut metric.unit);
                 let refusal = match decode(&job, &name, metric) {
@@ -255,6 +266,10 @@ impl MetricsService for OtlpReceiver {
                     first_error.get_or_insert(err);
                 }
             }
+        }
+        if !touched.is_empty() {
+            // Nobody listening is not an error.
+            let _ = self.updates.send(Arc::new(touched));
         }
         let partial_success = first_error.map(|error_message| ExportMetricsPartialSuccess {
             rejected_data_points: rejected,

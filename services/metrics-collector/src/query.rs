@@ -131,17 +131,16 @@ impl Selector {
     }
 }
 
-/// Selections kept per family (the most recent ones).
-const MAX_SELECTIONS: usize = 64;
+/// Selections kept per family; when full, the cache starts afresh (one full scan per selector).
+const MAX_SELECTIONS: usize = 8192;
 
 /// Indices of the series of `family` that `selector` matches (retired ones included), computed
 /// once per set of series: rules evaluated every second ask the same questions.
 fn selection(family: &Family, selector: &Selector) -> Arc<Vec<usize>> {
     let key = selector.key();
     let mut cache = family.selections.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, _, s)) = cache
-        .iter()
-        .find(|(k, generation, _)| *k == key && *generation == family.generation)
+    if let Some((generation, s)) = cache.get(&key)
+        && *generation == family.generation
     {
         return s.clone();
     }
@@ -154,11 +153,10 @@ fn selection(family: &Family, selector: &Selector) -> Arc<Vec<usize>> {
             .map(|(i, _)| i)
             .collect(),
     );
-    cache.retain(|(k, _, _)| *k != key);
     if cache.len() >= MAX_SELECTIONS {
-        cache.remove(0);
+        cache.clear();
     }
-    cache.push((key, family.generation, selected.clone()));
+    cache.insert(key, (family.generation, selected.clone()));
     selected
 }
 
@@ -362,7 +360,7 @@ fn sum_buckets(
     let grouping = grouping(family, group_by);
     // Per group: bucket bounds, summed counts, series.
     type Group<'a> = Option<(&'a [f64], Vec<f64>, u32)>;
-    let mut groups: Vec<Group> = vec![None; grouping.keys.len()];
+    let mut groups: HashMap<u32, Group> = HashMap::new();
     for &i in selection(family, selector).iter() {
         let series = &family.series[i];
         if !live(series, span, false) {
@@ -371,7 +369,7 @@ fn sum_buckets(
         let Some((bounds, counts)) = bucket_increase(family, series, span) else {
             continue;
         };
-        match &mut groups[grouping.group_of[i] as usize] {
+        match groups.entry(grouping.group_of[i]).or_insert(None) {
             Some((b, c, n)) if *b == bounds => {
                 c.iter_mut().zip(&counts).for_each(|(a, x)| *a += x);
                 *n += 1;
@@ -383,9 +381,9 @@ fn sum_buckets(
     }
     let mut buckets = HashMap::new();
     let mut members = HashMap::new();
-    for (g, group) in groups.into_iter().enumerate() {
+    for (g, group) in groups {
         if let Some((bounds, counts, n)) = group {
-            let key = grouping.keys[g].clone();
+            let key = grouping.keys[g as usize].clone();
             members.insert(key.clone(), n);
             buckets.insert(key, (bounds.to_vec(), counts));
         }
@@ -539,10 +537,11 @@ pub fn evaluate(store: &MetricStore, query: &Query, now: i64) -> Result<Answer, 
         f => gauges_over(&family, &selected, &span, f),
     };
     let grouping = grouping(&family, &query.group_by);
-    let mut groups: Vec<Option<Acc>> = vec![None; grouping.keys.len()];
+    // Only the groups this query touches (a grouping can hold thousands).
+    let mut groups: HashMap<u32, Acc> = HashMap::new();
     for (i, value) in selected.iter().zip(values) {
         let Some(value) = value else { continue };
-        let acc = groups[grouping.group_of[*i] as usize].get_or_insert(Acc {
+        let acc = groups.entry(grouping.group_of[*i]).or_insert(Acc {
             value: match query.function {
                 Function::Max => f64::NEG_INFINITY,
                 Function::Min => f64::INFINITY,
@@ -559,18 +558,14 @@ pub fn evaluate(store: &MetricStore, query: &Query, now: i64) -> Result<Answer, 
     }
     answer.samples = groups
         .into_iter()
-        .enumerate()
-        .filter_map(|(g, acc)| {
-            let acc = acc?;
-            Some(Sample {
-                labels: group_labels(&grouping.keys[g], &query.group_by),
-                value: if query.function == Function::Avg {
-                    acc.value / f64::from(acc.series)
-                } else {
-                    acc.value
-                },
-                series: acc.series,
-            })
+        .map(|(g, acc)| Sample {
+            labels: group_labels(&grouping.keys[g as usize], &query.group_by),
+            value: if query.function == Function::Avg {
+                acc.value / f64::from(acc.series)
+            } else {
+                acc.value
+            },
+            series: acc.series,
         })
         .collect();
     answer.samples.sort_by(|a, b| a.labels.cmp(&b.labels));

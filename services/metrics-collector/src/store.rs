@@ -118,6 +118,9 @@ impl Series {
     }
 }
 
+/// Series indices a selector matched, and the generation they were computed at.
+pub type Selected = (u64, Arc<Vec<usize>>);
+
 /// A result cached by key, valid while the family's generation is the one recorded.
 pub type Cached<K, V> = (K, u64, Arc<V>);
 
@@ -184,8 +187,9 @@ pub struct Family {
     pub generation: u64,
     /// Groupings of the series computed by queries, reused while `generation` holds.
     pub groupings: Mutex<Vec<Cached<Vec<String>, Grouping>>>,
-    /// Series selected by queries' matchers (by their text), reused while `generation` holds.
-    pub selections: Mutex<Vec<Cached<String, Vec<usize>>>>,
+    /// Series selected by queries' matchers (by their text) and the generation they were
+    /// computed at, reused while `generation` holds.
+    pub selections: Mutex<HashMap<String, Selected>>,
     /// Points refused for this family.
     pub refused: u64,
 }
@@ -203,7 +207,7 @@ impl Family {
             hours: Columns::new(HOUR_STEPS),
             generation: 0,
             groupings: Mutex::new(Vec::new()),
-            selections: Mutex::new(Vec::new()),
+            selections: Mutex::new(HashMap::new()),
             refused: 0,
         }
     }
