@@ -5,7 +5,8 @@
 # target/release/collector_memory (the store's resident memory once the windows of 10,000 series
 # are full, with simulated time). Called by `make bench` and `make bench-collector`.
 # Then target/release/rule_eval: one alert-manager evaluation cycle of 1,000 rules over 10,000
-# series. Results: target/bench/collector.json, collector-memory.json, rule-eval.json.
+# series, and target/release/alert_latency: breach-to-notification latency (needs PostgreSQL).
+# Results: target/bench/collector.json, collector-memory.json, rule-eval.json, alert-latency.json.
 #   BENCH_COLLECTOR_SECS (10)  seconds of ingest
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +16,7 @@ OUT=target/bench
 SECS=${BENCH_COLLECTOR_SECS:-10}
 say() { printf '[bench-collector] %s\n' "$*" >&2; }
 die() { say "FAILED: $*"; exit 1; }
-for bin in metrics-collector collector_bench collector_memory rule_eval; do
+for bin in metrics-collector collector_bench collector_memory rule_eval alert_latency; do
     [ -x "$BIN/$bin" ] || die "$BIN/$bin is missing: run \`cargo build --release --workspace --bins\`"
 done
 mkdir -p "$OUT"
@@ -41,3 +42,9 @@ say "full windows of 10,000 series, simulated time (about 40 s)"
 "$BIN/collector_memory" --series 10000 | tee "$OUT/collector-memory.json"
 say "alert rule evaluation: 1,000 rules over 10,000 series"
 "$BIN/rule_eval" | tee "$OUT/rule-eval.json"
+if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null || [ -n "${DATABASE_ADMIN_URL:-}" ]; then
+    say "breach-to-notification latency, 40 breaches (about 2 minutes)"
+    "$BIN/alert_latency" --trials 40 | tee "$OUT/alert-latency.json"
+else
+    say "skipping the alert latency benchmark: no PostgreSQL on 127.0.0.1:5432 (set DATABASE_ADMIN_URL)"
+fi

@@ -37,7 +37,7 @@ pub struct LoadedRules {
 }
 
 /// Least time between two evaluations triggered by new data.
-const PUSH_DEBOUNCE: Duration = Duration::from_millis(100);
+const PUSH_DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// Follows the collector's stream of updated metrics and wakes the evaluation loop on each
 /// (reconnecting after a second when the stream breaks), until `stop`.

@@ -1,0 +1,207 @@
+//! Breach-to-notification latency of the collector and the alert manager, at one-second data
+//! resolution: a sender exports a gauge every second (as the mesh's services do); at a random
+//! moment within a second the gauge breaches its rule's threshold; the time until a webhook
+//! receiver gets the firing notification is measured, and split into the wait for the sender's
+//! next export and what the mesh adds after the export.
+//!
+//! Needs PostgreSQL (`DATABASE_ADMIN_URL`, default postgres://postgres@127.0.0.1:5432): a
+//! throwaway database is created and dropped. Prints one JSON object.
+//!
+//!     alert_latency --trials 20
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{
+    Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric::Data, number_data_point,
+};
+
+/// Measures breach-to-notification latency.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Breaches to measure.
+    #[arg(long, default_value_t = 20)]
+    trials: usize,
+    /// The PostgreSQL server to create a throwaway database on.
+    #[arg(
+        long,
+        env = "DATABASE_ADMIN_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
+    database: String,
+}
+
+const RULES: &str = r#"
+group_by: [alertname, model]
+route: {group_wait: 0s, group_interval: 0s}
+receivers:
+  - {name: bench, url: "http://RECEIVER/hook"}
+rules:
+  - name: DeepQueue
+    kind: threshold
+    query: {metric: bench.queue.depth, function: last, window: 5s}
+    group_by: [model]
+    op: ">"
+    threshold: 100
+    labels: {severity: critical}
+"#;
+
+fn gauge(model: &str, value: f64) -> ExportMetricsServiceRequest {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: None,
+            scope_metrics: vec![ScopeMetrics {
+                metrics: vec![Metric {
+                    name: "bench.queue.depth".into(),
+                    data: Some(Data::Gauge(Gauge {
+                        data_points: vec![NumberDataPoint {
+                            attributes: vec![KeyValue {
+                                key: "model".into(),
+                                value: Some(AnyValue {
+                                    value: Some(any_value::Value::StringValue(model.into())),
+                                }),
+                                ..Default::default()
+                            }],
+                            time_unix_nano: now,
+                            value: Some(number_data_point::Value::AsDouble(value)),
+                            ..Default::default()
+                        }],
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    use clap::Parser as _;
+    let args = Args::parse();
+    let admin = sqlx::PgPool::connect(&format!("{}/postgres", args.database)).await?;
+    let db = format!("alert_latency_{}", std::process::id());
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(&admin)
+        .await?;
+
+    let (grpc, collector_addr) = shared::testing::ephemeral_listener().await?;
+    let (http, _) = shared::testing::ephemeral_listener().await?;
+    let collector = metrics_collector::Config::parse_from(["metrics-collector"]);
+    tokio::spawn(metrics_collector::serve(
+        grpc,
+        http,
+        collector,
+        std::future::pending(),
+    ));
+
+    // The receiver notes when each firing notification arrives, by model.
+    let arrivals: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let store = arrivals.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let store = store.clone();
+            async move {
+                let at = Instant::now();
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body)
+                    && v["status"] == "firing"
+                    && let Some(model) = v["groupLabels"]["model"].as_str()
+                {
+                    store.lock().unwrap().push((model.to_owned(), at));
+                }
+                "ok"
+            }
+        }),
+    );
+    let (hook, hook_addr) = shared::testing::ephemeral_listener().await?;
+    tokio::spawn(async move { axum::serve(hook, app).await });
+
+    let dir = std::env::temp_dir().join(format!("alert-latency-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("rules.yaml"),
+        RULES.replace("RECEIVER", &hook_addr.to_string()),
+    )?;
+    let (listener, _) = shared::testing::ephemeral_listener().await?;
+    let url = format!("{}/{db}", args.database);
+    let config = alert_manager::Config::parse_from([
+        "alert-manager",
+        "--collector",
+        &format!("http://{collector_addr}"),
+        "--rules",
+        dir.to_str().unwrap_or_default(),
+        "--database-url",
+        &url,
+    ]);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let manager = tokio::spawn(alert_manager::serve(listener, config, async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{collector_addr}"))?
+        .connect()
+        .await?;
+    let mut otlp = MetricsServiceClient::new(channel);
+    let mut total = Vec::new();
+    let mut after_export = Vec::new();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let mut rng_state = 0x9e37_79b9_u32;
+    for trial in 0..args.trials {
+        let model = format!("model-{trial:03}");
+        // Quiet exports first, then a breach at a pseudo-random moment within a second.
+        for _ in 0..2 {
+            ticker.tick().await;
+            otlp.export(gauge(&model, 1.0)).await?;
+        }
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 17;
+        rng_state ^= rng_state << 5;
+        let offset = Duration::from_millis(u64::from(rng_state % 1000));
+        tokio::time::sleep(offset.min(Duration::from_millis(990))).await;
+        let breach = Instant::now();
+        ticker.tick().await;
+        let exported = Instant::now();
+        otlp.export(gauge(&model, 500.0)).await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let arrived = loop {
+            if let Some((_, at)) = arrivals.lock().unwrap().iter().find(|(m, _)| *m == model) {
+                break *at;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "no notification for {model}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        total.push(arrived.duration_since(breach).as_secs_f64() * 1000.0);
+        after_export.push(arrived.duration_since(exported).as_secs_f64() * 1000.0);
+        ticker.tick().await;
+        otlp.export(gauge(&model, 1.0)).await?;
+    }
+    let _ = stop.send(());
+    let _ = manager.await;
+    let _ = std::fs::remove_dir_all(&dir);
+    sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .execute(&admin)
+        .await?;
+    let report = serde_json::json!({
+        "trials": args.trials,
+        "export_interval_ms": 1000,
+        "breach_to_notification_ms": {"p50": quantile(total.clone(), 0.5), "p99": quantile(total.clone(), 0.99), "max": quantile(total, 1.0)},
+        "export_to_notification_ms": {"p50": quantile(after_export.clone(), 0.5), "p99": quantile(after_export.clone(), 0.99), "max": quantile(after_export, 1.0)},
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
