@@ -39,6 +39,11 @@ fn errors(model: &str, n: f64) -> ExportMetricsServiceRequest {
 
 /// Delta error counts for several label sets at once.
 fn errors_of(label_sets: &[Vec<(&str, String)>], n: f64) -> ExportMetricsServiceRequest {
+    counts("shop.errors", label_sets, n)
+}
+
+/// Delta counts of `metric` for several label sets at once.
+fn counts(metric: &str, label_sets: &[Vec<(&str, String)>], n: f64) -> ExportMetricsServiceRequest {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -58,7 +63,7 @@ fn errors_of(label_sets: &[Vec<(&str, String)>], n: f64) -> ExportMetricsService
             }),
             scope_metrics: vec![ScopeMetrics {
                 metrics: vec![Metric {
-                    name: "shop.errors".into(),
+                    name: metric.into(),
                     data: Some(Data::Sum(Sum {
                         data_points: label_sets
                             .iter()
@@ -1103,6 +1108,87 @@ async fn a_flood_on_the_real_mesh_is_detected_diagnosed_remediated_and_resolved(
     let _ = manager.stop.send(());
     manager.task.await.unwrap().unwrap();
     inference.terminate().await;
+    collector.stop().await.unwrap();
+    db.drop().await;
+}
+
+const BURN_RULES: &str = r#"
+rules:
+  - name: CheckoutAvailability
+    kind: burn_rate
+    objective: 0.99
+    good: {metric: shop.calls, matchers: {status: OK}}
+    total: {metric: shop.calls}
+    group_by: [model]
+    # Shrunk windows: a 1% budget burnt 10 times too fast over both 4 s and 2 s.
+    windows:
+      - {long: 4s, short: 2s, factor: 10, severity: critical}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burn_rate_rule_fires_when_both_windows_burn_and_clears() {
+    let db = TestDatabase::create().await;
+    let mut collector = RunningCollector::start(&[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.yaml"), BURN_RULES).unwrap();
+    let manager = start_alert_manager(&collector.endpoint(), dir.path(), &db.url).await;
+    let client = AlertManagerClient::new(connect(manager.addr).await);
+    let otlp = MetricsServiceClient::new(connect(collector.grpc).await);
+    let calls = |status: &str| {
+        vec![vec![
+            ("model", "ranker".to_owned()),
+            ("status", status.to_owned()),
+        ]]
+    };
+    // Half the calls fail: an error ratio of 0.5 burns a 1% budget 50 times too fast.
+    let alert = eventually("the burn-rate alert", Duration::from_secs(20), || {
+        let mut client = client.clone();
+        let mut otlp = otlp.clone();
+        let (ok, failed) = (calls("OK"), calls("UNAVAILABLE"));
+        async move {
+            otlp.export(counts("shop.calls", &ok, 10.0)).await.ok()?;
+            otlp.export(counts("shop.calls", &failed, 10.0))
+                .await
+                .ok()?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            client
+                .list_alerts(pb::ListAlertsRequest::default())
+                .await
+                .ok()?
+                .into_inner()
+                .alerts
+                .into_iter()
+                .find(|a| a.state == pb::AlertState::Firing as i32)
+        }
+    })
+    .await;
+    assert_eq!(alert.labels["burn_window"], "4s/2s");
+    assert_eq!(alert.severity, "critical");
+    assert!(
+        (alert.value - 50.0).abs() < 10.0,
+        "burn rate {}",
+        alert.value
+    );
+    // All calls succeed again: the short window clears first, and the alert with it.
+    eventually("the alert clears", Duration::from_secs(20), || {
+        let mut client = client.clone();
+        let mut otlp = otlp.clone();
+        let ok = calls("OK");
+        async move {
+            otlp.export(counts("shop.calls", &ok, 20.0)).await.ok()?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let alerts = client
+                .list_alerts(pb::ListAlertsRequest::default())
+                .await
+                .ok()?
+                .into_inner()
+                .alerts;
+            alerts.is_empty().then_some(())
+        }
+    })
+    .await;
+    let _ = manager.stop.send(());
+    manager.task.await.unwrap().unwrap();
     collector.stop().await.unwrap();
     db.drop().await;
 }

@@ -182,6 +182,11 @@ impl Engine {
             Err(err) => {
                 self.reload_failures
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                opentelemetry::global::meter("alert-manager")
+                    .u64_counter("alert_manager.rules.load_failures")
+                    .with_description("Rules files refused (the previous rules stayed in force)")
+                    .build()
+                    .add(1, &[]);
                 tracing::error!(error = %err, "rules refused; the previous rules stay in force");
                 loaded.last_error = Some(err.0.clone());
                 Err(err.0)
@@ -241,6 +246,25 @@ impl Engine {
         }
         self.notify(&set);
         self.flush(&set).await;
+        let meter = opentelemetry::global::meter("alert-manager");
+        let firing = self
+            .alerts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .list(false)
+            .iter()
+            .filter(|a| a.state == evaluator::State::Firing)
+            .count();
+        meter
+            .u64_gauge("alert_manager.alerts.firing")
+            .with_description("Alerts firing")
+            .build()
+            .record(firing as u64, &[]);
+        meter
+            .u64_gauge("alert_manager.writes.pending")
+            .with_description("Incident writes waiting for the database")
+            .build()
+            .record(self.pending_writes() as u64, &[]);
     }
 
     /// Writes the diagnosis report of a new incident in the background (it queries the
