@@ -43,8 +43,14 @@ say "full windows of 10,000 series, simulated time (about 40 s)"
 say "alert rule evaluation: 1,000 rules over 10,000 series"
 "$BIN/rule_eval" | tee "$OUT/rule-eval.json"
 if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null || [ -n "${DATABASE_ADMIN_URL:-}" ]; then
-    say "breach-to-notification latency, 40 breaches (about 2 minutes)"
-    "$BIN/alert_latency" --trials 40 | tee "$OUT/alert-latency.json"
+    compare=()
+    if command -v prometheus-alertmanager >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then
+        compare=(--compare)
+        say "breach-to-notification latency, 40 breaches, ours and Prometheus + Alertmanager (about 4 minutes)"
+    else
+        say "breach-to-notification latency, 40 breaches (install prometheus-alertmanager to compare)"
+    fi
+    "$BIN/alert_latency" --trials 40 "${compare[@]}" | tee "$OUT/alert-latency.json"
 else
     say "skipping the alert latency benchmark: no PostgreSQL on 127.0.0.1:5432 (set DATABASE_ADMIN_URL)"
 fi

@@ -73,6 +73,10 @@ if [ "${1:-}" = "--bench" ]; then
         say "installing tokenizers (PyPI) for the plain baseline server"
         "$VENV/bin/pip" install -q --disable-pip-version-check tokenizers==0.23.3
     fi
+    if ! command -v prometheus-alertmanager >/dev/null 2>&1; then
+        say "installing prometheus-alertmanager (Debian), the alerting benchmark's anchor"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-alertmanager >/dev/null
+    fi
     if ! ldconfig -p | grep -q libb64.so.0d; then
         say "installing libb64-0d (Debian), needed by perf_analyzer"
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libb64-0d >/dev/null

@@ -4,10 +4,15 @@
 //! receiver gets the firing notification is measured, and split into the wait for the sender's
 //! next export and what the mesh adds after the export.
 //!
+//! With `--compare`, Prometheus 2.42 and Alertmanager 0.25 (Debian's `prometheus` and
+//! `prometheus-alertmanager`) watch the same gauge in the same run: Prometheus scrapes the
+//! collector's `/metrics` every second and evaluates `bench_queue_depth > 100` every second,
+//! Alertmanager groups with `group_wait: 0s` and calls the same receiver.
+//!
 //! Needs PostgreSQL (`DATABASE_ADMIN_URL`, default postgres://postgres@127.0.0.1:5432): a
 //! throwaway database is created and dropped. Prints one JSON object.
 //!
-//!     alert_latency --trials 20
+//!     alert_latency --trials 20 --compare
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -33,6 +38,69 @@ struct Args {
         default_value = "postgres://postgres@127.0.0.1:5432"
     )]
     database: String,
+    /// Also measure Prometheus + Alertmanager watching the same gauge.
+    #[arg(long)]
+    compare: bool,
+}
+
+/// Starts Prometheus and Alertmanager in `dir`, scraping `metrics` and calling `hook`; returns
+/// the two processes.
+fn start_prometheus(
+    dir: &std::path::Path,
+    metrics: std::net::SocketAddr,
+    hook: std::net::SocketAddr,
+) -> anyhow::Result<(tokio::process::Child, tokio::process::Child)> {
+    let free = || -> anyhow::Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    };
+    let (prom_port, am_port) = (free()?, free()?);
+    std::fs::write(
+        dir.join("alertmanager.yml"),
+        format!(
+            "route:\n  receiver: bench\n  group_by: [alertname, model]\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: bench\n    webhook_configs:\n      - url: http://{hook}/prom\n        send_resolved: false\n"
+        ),
+    )?;
+    std::fs::write(
+        dir.join("rules.yml"),
+        "groups:\n  - name: bench\n    interval: 1s\n    rules:\n      - alert: DeepQueue\n        expr: bench_queue_depth > 100\n        labels: {severity: critical}\n",
+    )?;
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [{rules}]\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am_port}']\nscrape_configs:\n  - job_name: collector\n    honor_labels: true\n    static_configs:\n      - targets: ['{metrics}']\n",
+            rules = dir.join("rules.yml").display()
+        ),
+    )?;
+    let quiet = || std::process::Stdio::null();
+    let alertmanager = tokio::process::Command::new("prometheus-alertmanager")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("alertmanager.yml").display()
+        ))
+        .arg(format!("--storage.path={}", dir.join("am").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
+        .arg("--cluster.listen-address=")
+        .stdout(quiet())
+        .stderr(quiet())
+        .kill_on_drop(true)
+        .spawn()?;
+    let prometheus = tokio::process::Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .stdout(quiet())
+        .stderr(quiet())
+        .kill_on_drop(true)
+        .spawn()?;
+    Ok((prometheus, alertmanager))
 }
 
 const RULES: &str = r#"
@@ -99,7 +167,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
 
     let (grpc, collector_addr) = shared::testing::ephemeral_listener().await?;
-    let (http, _) = shared::testing::ephemeral_listener().await?;
+    let (http, metrics_addr) = shared::testing::ephemeral_listener().await?;
     let collector = metrics_collector::Config::parse_from(["metrics-collector"]);
     tokio::spawn(metrics_collector::serve(
         grpc,
@@ -108,11 +176,12 @@ async fn main() -> anyhow::Result<()> {
         std::future::pending(),
     ));
 
-    // The receiver notes when each firing notification arrives, by model.
-    let arrivals: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
-    let store = arrivals.clone();
-    let app = axum::Router::new().route(
-        "/hook",
+    // The receiver notes when each firing notification arrives, by model: ours on /hook,
+    // Alertmanager's on /prom.
+    type Arrivals = Arc<Mutex<Vec<(String, Instant)>>>;
+    let arrivals: Arrivals = Arc::default();
+    let prom_arrivals: Arrivals = Arc::default();
+    let route = |store: Arrivals| {
         axum::routing::post(move |body: String| {
             let store = store.clone();
             async move {
@@ -125,8 +194,11 @@ async fn main() -> anyhow::Result<()> {
                 }
                 "ok"
             }
-        }),
-    );
+        })
+    };
+    let app = axum::Router::new()
+        .route("/hook", route(arrivals.clone()))
+        .route("/prom", route(prom_arrivals.clone()));
     let (hook, hook_addr) = shared::testing::ephemeral_listener().await?;
     tokio::spawn(async move { axum::serve(hook, app).await });
 
@@ -151,7 +223,19 @@ async fn main() -> anyhow::Result<()> {
     let manager = tokio::spawn(alert_manager::serve(listener, config, async move {
         let _ = stopped.await;
     }));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _prometheus = if args.compare {
+        // Their files in a folder of their own: the alert manager reads every YAML file of its
+        // rules folder.
+        let prom_dir = dir.join("prometheus");
+        std::fs::create_dir_all(&prom_dir)?;
+        let processes = start_prometheus(&prom_dir, metrics_addr, hook_addr)?;
+        // Prometheus loads its rules and starts scraping within a few seconds.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Some(processes)
+    } else {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        None
+    };
 
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{collector_addr}"))?
         .connect()
@@ -159,6 +243,7 @@ async fn main() -> anyhow::Result<()> {
     let mut otlp = MetricsServiceClient::new(channel);
     let mut total = Vec::new();
     let mut after_export = Vec::new();
+    let mut prom_total = Vec::new();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let mut rng_state = 0x9e37_79b9_u32;
     for trial in 0..args.trials {
@@ -177,16 +262,33 @@ async fn main() -> anyhow::Result<()> {
         ticker.tick().await;
         let exported = Instant::now();
         otlp.export(gauge(&model, 500.0)).await?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let arrived = loop {
-            if let Some((_, at)) = arrivals.lock().unwrap().iter().find(|(m, _)| *m == model) {
-                break *at;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let find = |store: &Arrivals| {
+            store
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(m, _)| *m == model)
+                .map(|(_, at)| *at)
+        };
+        // The sender keeps exporting every second (Prometheus scrapes the latest value).
+        let (arrived, prom_arrived) = loop {
+            let ours = find(&arrivals);
+            let theirs = find(&prom_arrivals);
+            if ours.is_some() && (!args.compare || theirs.is_some()) {
+                break (ours.unwrap_or(breach), theirs);
             }
             anyhow::ensure!(Instant::now() < deadline, "no notification for {model}");
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::select! {
+                _ = ticker.tick() => { otlp.export(gauge(&model, 500.0)).await?; }
+                () = tokio::time::sleep(Duration::from_millis(2)) => {}
+            }
         };
         total.push(arrived.duration_since(breach).as_secs_f64() * 1000.0);
         after_export.push(arrived.duration_since(exported).as_secs_f64() * 1000.0);
+        if let Some(at) = prom_arrived {
+            prom_total.push(at.duration_since(breach).as_secs_f64() * 1000.0);
+        }
         ticker.tick().await;
         otlp.export(gauge(&model, 1.0)).await?;
     }
@@ -201,6 +303,11 @@ async fn main() -> anyhow::Result<()> {
         "export_interval_ms": 1000,
         "breach_to_notification_ms": {"p50": quantile(total.clone(), 0.5), "p99": quantile(total.clone(), 0.99), "max": quantile(total, 1.0)},
         "export_to_notification_ms": {"p50": quantile(after_export.clone(), 0.5), "p99": quantile(after_export.clone(), 0.99), "max": quantile(after_export, 1.0)},
+        "prometheus_alertmanager_breach_to_notification_ms": if prom_total.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::json!({"p50": quantile(prom_total.clone(), 0.5), "p99": quantile(prom_total.clone(), 0.99), "max": quantile(prom_total, 1.0), "settings": "1 s scrape, 1 s evaluation, group_wait 0s"})
+        },
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
