@@ -87,6 +87,26 @@ fn counts(metric: &str, label_sets: &[Vec<(&str, String)>], n: f64) -> ExportMet
     }
 }
 
+/// Keeps exporting 10 errors of `model` every 100 ms until the returned flag is cleared.
+fn keep_failing(
+    otlp: &MetricsServiceClient<Channel>,
+    model: &'static str,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let on = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = on.clone();
+    let mut otlp = otlp.clone();
+    let task = tokio::spawn(async move {
+        while flag.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = otlp.export(errors(model, 10.0)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    (on, task)
+}
+
 /// A database of its own on the PostgreSQL at 127.0.0.1:5432 (or `TEST_POSTGRES_URL`), dropped
 /// at the end.
 struct TestDatabase {
@@ -254,7 +274,8 @@ async fn a_breach_opens_an_incident_that_resolves_with_its_alert() {
         .alerts;
     assert_eq!(alerts[0].state, pb::AlertState::Firing as i32);
 
-    // Writes need an admin key.
+    // Writes need an admin key. The errors go on meanwhile, so that the incident stays open.
+    let (failing_flag, failing) = keep_failing(&otlp, "minilm");
     let note = pb::IncidentActionRequest {
         id: opened.id,
         note: "looking at the checkout replicas".into(),
@@ -277,6 +298,8 @@ async fn a_breach_opens_an_incident_that_resolves_with_its_alert() {
         .into_inner();
     assert_eq!(acked.state, pb::IncidentState::Acknowledged as i32);
 
+    failing_flag.store(false, std::sync::atomic::Ordering::Relaxed);
+    failing.await.unwrap();
     // The errors stop: within the 2 s window and an evaluation, the alert and the incident resolve.
     let resolved = eventually("the incident resolves", Duration::from_secs(15), || {
         let mut client = client.clone();
@@ -440,7 +463,9 @@ async fn a_breach_opens_an_incident_that_resolves_with_its_alert() {
         "{bodies:#?}"
     );
 
-    // Operators use grpcurl: note, acknowledge and resolve the new incident.
+    // Operators use grpcurl: note, acknowledge and resolve the new incident. The errors go on
+    // meanwhile, so that the incident does not resolve on its own first.
+    let (failing_flag, failing) = keep_failing(&otlp, "minilm");
     let grpcurl = venv_bin("grpcurl");
     let addr = manager.addr.to_string();
     for (method, body) in [
@@ -486,6 +511,8 @@ async fn a_breach_opens_an_incident_that_resolves_with_its_alert() {
         (last.actor.as_str(), last.message.as_str()),
         ("ops", "fixed by hand")
     );
+    failing_flag.store(false, std::sync::atomic::Ordering::Relaxed);
+    failing.await.unwrap();
 
     // Bad input and bad rules.
     let err = client
