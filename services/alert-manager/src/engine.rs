@@ -150,6 +150,8 @@ pub struct Engine {
     pub restored: Mutex<Option<HashSet<String>>>,
     /// Runs remediation actions.
     pub actions: Arc<ActionRunner>,
+    /// Wakes the writer task when writes were queued.
+    pub writes_ready: tokio::sync::Notify,
 }
 
 fn stamp(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>)> {
@@ -245,7 +247,8 @@ impl Engine {
             self.settle_restored(&set);
         }
         self.notify(&set);
-        self.flush(&set).await;
+        // The writer task writes them: evaluation never waits for the database.
+        self.writes_ready.notify_one();
         let meter = opentelemetry::global::meter("alert-manager");
         let firing = self
             .alerts
@@ -375,6 +378,21 @@ impl Engine {
         }
     }
 
+    /// Writes queued changes until `stop`: at once when some are queued, and every 500 ms while
+    /// the database is unreachable. A last flush runs at shutdown.
+    pub async fn write(self: Arc<Self>, stop: shared::shutdown::Shutdown) {
+        let mut stopped = std::pin::pin!(stop.wait());
+        loop {
+            self.flush().await;
+            tokio::select! {
+                () = self.writes_ready.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                () = &mut stopped => break,
+            }
+        }
+        self.flush().await;
+    }
+
     /// Delivers queued notifications until `stop`: at once when some are queued, and every
     /// 250 ms for retries.
     pub async fn deliver(self: Arc<Self>, stop: shared::shutdown::Shutdown) {
@@ -474,7 +492,14 @@ impl Engine {
 
     /// Writes queued changes to the database in order; stops at the first failure (the
     /// database is unreachable) and keeps the rest for the next cycle.
-    pub async fn flush(&self, set: &RuleSet) {
+    pub async fn flush(&self) {
+        let set = self
+            .rules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set
+            .clone();
+        let set = &set;
         loop {
             let Some(write) = self
                 .pending

@@ -254,7 +254,7 @@ impl IncidentStore {
     pub async fn connect(url: &str) -> Result<IncidentStore, IncidentError> {
         let pool = PgPoolOptions::new()
             .max_connections(4)
-            .acquire_timeout(std::time::Duration::from_secs(5))
+            .acquire_timeout(std::time::Duration::from_secs(2))
             .connect(url)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;

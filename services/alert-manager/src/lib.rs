@@ -185,6 +185,7 @@ pub async fn serve(
             min_interval: Duration::from_secs(config.action_min_interval_secs),
             dry_run: config.actions_dry_run,
         })),
+        writes_ready: tokio::sync::Notify::new(),
     });
     let active = engine.incidents.active_groups().await?;
     if !active.is_empty() {
@@ -205,6 +206,7 @@ pub async fn serve(
         .connect_lazy();
     let (trigger, stop) = shared::shutdown::channel();
     let delivery = tokio::spawn(engine.clone().deliver(stop.clone()));
+    let writer = tokio::spawn(engine.clone().write(stop.clone()));
     let evaluation = tokio::spawn(engine.clone().run(
         MetricsQueryClient::new(channel),
         Duration::from_millis(config.evaluation_interval_ms.max(10)),
@@ -227,6 +229,7 @@ pub async fn serve(
     shutdown.await;
     trigger.trigger();
     let _ = evaluation.await;
+    let _ = writer.await;
     let _ = delivery.await;
     shared::grpc::server_outcome(server.await)?;
     tracing::info!("alert-manager stopped");
