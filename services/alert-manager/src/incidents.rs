@@ -213,6 +213,37 @@ async fn summarize(
     Ok(())
 }
 
+/// The active (open or acknowledged) incident of `group_key`, locked for this transaction.
+async fn active_incident(
+    tx: &mut Transaction<'_, Postgres>,
+    group_key: &str,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM incidents WHERE group_key = $1 AND state <> 'resolved' FOR UPDATE",
+    )
+    .bind(group_key)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+/// Resolves incident `id` on behalf of `actor`: the state, the `resolved` event and the
+/// resolution summary, in one transaction.
+async fn resolve(
+    tx: &mut Transaction<'_, Postgres>,
+    id: i64,
+    actor: &str,
+    message: &str,
+    now_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE incidents SET state = 'resolved', resolved_at_ms = $2 WHERE id = $1")
+        .bind(id)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await?;
+    add_event(tx, id, "resolved", actor, message, now_ms).await?;
+    summarize(tx, id, now_ms).await
+}
+
 async fn add_event(
     tx: &mut Transaction<'_, Postgres>,
     incident: i64,
@@ -346,27 +377,14 @@ impl IncidentStore {
         now_ms: i64,
     ) -> Result<(), IncidentError> {
         let mut tx = self.pool.begin().await?;
-        let id: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM incidents WHERE group_key = $1 AND state <> 'resolved' FOR UPDATE",
-        )
-        .bind(group_key)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let id = active_incident(&mut tx, group_key).await?;
         let Some(id) = id else {
             return Ok(());
         };
         let message = "no alert of the group fires any more (checked after a restart)";
         add_event(&mut tx, id, "alert_resolved", SELF_ACTOR, message, now_ms).await?;
         if auto_resolve {
-            sqlx::query(
-                "UPDATE incidents SET state = 'resolved', resolved_at_ms = $2 WHERE id = $1",
-            )
-            .bind(id)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-            add_event(&mut tx, id, "resolved", SELF_ACTOR, message, now_ms).await?;
-            summarize(&mut tx, id, now_ms).await?;
+            resolve(&mut tx, id, SELF_ACTOR, message, now_ms).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -461,12 +479,7 @@ impl IncidentStore {
         now_ms: i64,
     ) -> Result<Option<i64>, IncidentError> {
         let mut tx = self.pool.begin().await?;
-        let id: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM incidents WHERE group_key = $1 AND state <> 'resolved' FOR UPDATE",
-        )
-        .bind(group_key)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let id = active_incident(&mut tx, group_key).await?;
         let Some(id) = id else {
             return Ok(None);
         };
@@ -480,23 +493,14 @@ impl IncidentStore {
         )
         .await?;
         if !group_still_firing && auto_resolve {
-            sqlx::query(
-                "UPDATE incidents SET state = 'resolved', resolved_at_ms = $2 WHERE id = $1",
-            )
-            .bind(id)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-            add_event(
+            resolve(
                 &mut tx,
                 id,
-                "resolved",
                 SELF_ACTOR,
                 "every alert of the group resolved",
                 now_ms,
             )
             .await?;
-            summarize(&mut tx, id, now_ms).await?;
         }
         tx.commit().await?;
         Ok(Some(id))
@@ -541,15 +545,7 @@ impl IncidentStore {
                         "incident {id} is already resolved"
                     )));
                 }
-                sqlx::query(
-                    "UPDATE incidents SET state = 'resolved', resolved_at_ms = $2 WHERE id = $1",
-                )
-                .bind(id)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await?;
-                add_event(&mut tx, id, "resolved", actor, note, now_ms).await?;
-                summarize(&mut tx, id, now_ms).await?;
+                resolve(&mut tx, id, actor, note, now_ms).await?;
             }
             Action::Note => add_event(&mut tx, id, "note", actor, note, now_ms).await?,
         }
