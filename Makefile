@@ -11,7 +11,7 @@ export MODEL_REPOSITORY ?= $(MODELS)
 
 MODEL_FILES := $(MODELS)/minilm-l6/1/model.onnx $(MODELS)/purchase-intent/1/model.onnx
 
-.PHONY: help deps model build run test lint fmt bench bench-collector clean
+.PHONY: help deps model build run demo-incident test lint fmt bench bench-collector clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ build: ## Build every service (release)
 run: deps model build ## Build what is missing, then run the services until Ctrl-C
 	@bash scripts/run.sh
 
+demo-incident: ## With `make run` going: a bad canary, followed from incident to resolution
+	@$(PY) scripts/demo_incident.py
+
 lint: ## Formatting and clippy, warnings as errors
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
@@ -42,8 +45,12 @@ fmt: ## Format the code
 test: deps model ## Unit and integration tests (real model, real clients)
 	$(PY) scripts/check_proto_compat.py >/dev/null
 	$(PY) scripts/check_parity.py
+	bash scripts/check_dockerfiles.sh
+	bash scripts/check_kubernetes.sh
+	$(PY) scripts/check_dashboard.py --self-test
 	cargo build --workspace --bins
 	cargo test --workspace
+	bash scripts/smoke_run.sh
 
 bench: model ## Benchmarks: in-process ONNX Runtime against the served model (see BENCHMARKS.md)
 	@bash scripts/deps.sh --bench

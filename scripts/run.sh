@@ -4,20 +4,23 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-BIN=target/release
+BIN=${MESH_BIN:-target/release}
 export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$PWD/.deps/onnxruntime/lib/libonnxruntime.so}
 export MODEL_REPOSITORY=${MODEL_REPOSITORY:-$PWD/models}
 
 pids=()
 watcher=
+local_postgres=
 stop() {
+    local code=${1:-0}
     trap - INT TERM
     [ -n "$watcher" ] && kill "$watcher" 2>/dev/null
     echo "[run] stopping ${#pids[@]} process(es)" >&2
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
+    [ -n "$local_postgres" ] && bash scripts/postgres.sh stop
     echo "[run] stopped" >&2
-    exit 0
+    exit "$code"
 }
 trap stop INT TERM
 
@@ -44,19 +47,44 @@ export OTEL_EXPORTER_OTLP_ENDPOINT=${OTEL_EXPORTER_OTLP_ENDPOINT:-http://127.0.0
 start inference
 start gateway --inference 127.0.0.1:50052 --records-endpoint http://127.0.0.1:4317
 
-# The alert manager keeps incidents in PostgreSQL: DATABASE_URL, or the server on
-# 127.0.0.1:5432 when one answers there.
-if [ -z "${DATABASE_URL:-}" ] && command -v pg_isready >/dev/null 2>&1 \
-    && pg_isready -q -h 127.0.0.1 -p 5432; then
-    export DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres
+# The alert manager keeps incidents in PostgreSQL: DATABASE_URL, or else a project-local cluster
+# (data/postgres, port 55432), started now and stopped with the rest.
+if [ -z "${DATABASE_URL:-}" ]; then
+    if ! DATABASE_URL=$(bash scripts/postgres.sh start); then
+        echo "[run] no PostgreSQL: set DATABASE_URL, or see the errors above" >&2
+        stop 1
+    fi
+    export DATABASE_URL
+    local_postgres=1
 fi
-if [ -n "${DATABASE_URL:-}" ]; then
-    export ALERT_MANAGER_API_KEYS=${ALERT_MANAGER_API_KEYS:-demo-admin-key:ops:admin}
-    start alert-manager --rules deploy/rules --gateway http://127.0.0.1:50051 \
-        --gateway-api-key "${ALERT_MANAGER_GATEWAY_API_KEY:-demo-admin-key}" --inference http://127.0.0.1:50052
-    alerts_line="[run] alerts:    grpc 127.0.0.1:50054 (monitoring.alerts.v1), rules in deploy/rules/"
-else
-    alerts_line="[run] alerts:    not started: set DATABASE_URL (no PostgreSQL answers on 127.0.0.1:5432)"
+export ALERT_MANAGER_API_KEYS=${ALERT_MANAGER_API_KEYS:-demo-admin-key:ops:admin}
+start alert-manager --rules "${MESH_RULES:-deploy/rules}" --gateway http://127.0.0.1:50051 \
+    --gateway-api-key "${ALERT_MANAGER_GATEWAY_API_KEY:-demo-admin-key}" --inference http://127.0.0.1:50052
+alerts_line="[run] alerts:    grpc 127.0.0.1:50054 (monitoring.alerts.v1), rules in ${MESH_RULES:-deploy/rules}"
+
+# Every service answers its health check before the traffic starts.
+GRPCURL=.venv/bin/grpcurl
+wait_healthy() {
+    local name=$1 address=$2
+    for _ in $(seq 1 300); do
+        if "$GRPCURL" -plaintext -max-time 1 "$address" grpc.health.v1.Health/Check 2>/dev/null \
+            | grep -q '"SERVING"'; then
+            echo "[run] $name is serving on $address" >&2
+            return 0
+        fi
+        sleep 0.2
+    done
+    echo "[run] $name did not become healthy on $address within 60 s" >&2
+    stop 1
+}
+wait_healthy metrics-collector 127.0.0.1:4317
+wait_healthy inference 127.0.0.1:50052
+wait_healthy gateway 127.0.0.1:50051
+wait_healthy alert-manager 127.0.0.1:50054
+
+# Shoppers (MESH_TRAFFIC_RATE actions a second; 0 for none), see tools/traffic.
+if [ "${MESH_TRAFFIC_RATE:-4}" != 0 ]; then
+    start traffic --rate "${MESH_TRAFFIC_RATE:-4}" --report-every 30
 fi
 
 cat >&2 <<MSG
@@ -71,6 +99,10 @@ $alerts_line
 [run]     127.0.0.1:4317 monitoring.metrics.v1.MetricsQuery/Query
 [run] try:  .venv/bin/grpcurl -plaintext -H 'authorization: Bearer demo-client-key' \\
 [run]         -d '{"texts": ["wireless headphones"]}' 127.0.0.1:50051 ecommerce.gateway.v1.Gateway/Embed
+[run] incidents: .venv/bin/grpcurl -plaintext -d '{}' 127.0.0.1:50054 monitoring.alerts.v1.AlertManager/ListIncidents
+[run]            .venv/bin/grpcurl -plaintext -d '{"id": 1}' 127.0.0.1:50054 monitoring.alerts.v1.AlertManager/GetIncident
+[run] traffic:   ${MESH_TRAFFIC_RATE:-4} shopper actions a second (tools/traffic; MESH_TRAFFIC_RATE=0 for none)
+[run] a fault:   make demo-incident (in another terminal): a bad canary, caught, undone and resolved
 [run] stop: Ctrl-C
 MSG
 
@@ -78,4 +110,4 @@ MSG
 wait -n "${pids[@]}"
 status=$?
 echo "[run] a service exited with status $status" >&2
-stop
+stop 1

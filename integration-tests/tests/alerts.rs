@@ -918,56 +918,222 @@ async fn an_outage_of_postgres_loses_nothing_and_writes_nothing_twice() {
     collector.stop().await.unwrap();
 }
 
+/// The `Errors` rule of model-000, waiting 3 s (`for`) before it fires.
+const PATIENT_RULES: &str = r#"
+group_by: [alertname, model]
+route: {group_wait: 0s, group_interval: 1s}
+receivers:
+  - {name: ops, url: "http://RECEIVER/hook"}
+rules:
+  - name: Errors
+    kind: threshold
+    query: {metric: shop.errors, function: rate, window: 2s}
+    group_by: [model, replica]
+    op: ">"
+    threshold: 5
+    for: 3s
+    labels: {severity: critical}
+"#;
+
+async fn list_alerts(address: std::net::SocketAddr) -> Vec<pb::Alert> {
+    let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+    else {
+        return Vec::new();
+    };
+    AlertManagerClient::new(channel)
+        .list_alerts(pb::ListAlertsRequest::default())
+        .await
+        .map(|r| r.into_inner().alerts)
+        .unwrap_or_default()
+}
+
+/// Notifications received so far with `status` (`firing` or `resolved`).
+fn received_with(received: &std::sync::Mutex<Vec<serde_json::Value>>, status: &str) -> usize {
+    received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|p| p["status"] == status)
+        .count()
+}
+
+/// Keeps exporting 10 errors of model-000 every 100 ms until the returned flag is cleared.
+fn keep_storming(
+    otlp: &MetricsServiceClient<Channel>,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let on = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = on.clone();
+    let mut otlp = otlp.clone();
+    let one = models(0..1, 1);
+    let task = tokio::spawn(async move {
+        while flag.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = otlp.export(errors_of(&one, 10.0)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    (on, task)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_mid_incident_continues_it() {
+async fn a_restart_keeps_pending_timers_and_continues_the_incident() {
     let db = TestDatabase::create().await;
     let mut collector = RunningCollector::start(&[]).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let (receiver, received) = start_receiver().await;
     std::fs::write(
         dir.path().join("rules.yaml"),
-        STORM_RULES.replace("RECEIVER", "127.0.0.1:9"),
+        PATIENT_RULES.replace("RECEIVER", &receiver.to_string()),
     )
     .unwrap();
+    let otlp = MetricsServiceClient::new(connect(collector.grpc).await);
+    let (storming, storm) = keep_storming(&otlp);
+
+    // The alert is pending; the manager restarts 1.5 s into its 3 s `for`.
     let manager = start_alert_manager(&collector.endpoint(), dir.path(), &db.url).await;
-    let client = AlertManagerClient::new(connect(manager.addr).await);
-    let mut otlp = MetricsServiceClient::new(connect(collector.grpc).await);
-    let one = models(0..1, 1);
-    eventually("an incident", Duration::from_secs(20), || {
-        let mut client = client.clone();
-        let mut otlp = otlp.clone();
-        let one = one.clone();
-        async move {
-            otlp.export(errors_of(&one, 10.0)).await.ok()?;
-            (all_incidents(&mut client).await.len() == 1).then_some(())
-        }
+    let pending = eventually("a pending alert", Duration::from_secs(20), || async {
+        list_alerts(manager.addr)
+            .await
+            .into_iter()
+            .find(|a| a.state == pb::AlertState::Pending as i32)
     })
     .await;
+    let since = pending.active_since_unix_ms;
+    // Time passing is what is tested here: the timer must have run half its course.
+    let half = since + 1500 - now_unix_ms();
+    tokio::time::sleep(Duration::from_millis(half.max(0) as u64)).await;
     let _ = manager.stop.send(());
     manager.task.await.unwrap().unwrap();
-    // Restarted while the errors go on: the same incident continues.
     let manager = start_alert_manager(&collector.endpoint(), dir.path(), &db.url).await;
-    let mut client = AlertManagerClient::new(connect(manager.addr).await);
-    let refired = eventually("the alert fires again", Duration::from_secs(20), || {
-        let mut client = client.clone();
-        let mut otlp = otlp.clone();
-        let one = one.clone();
+    let fired = eventually("the alert fires", Duration::from_secs(20), || async {
+        list_alerts(manager.addr)
+            .await
+            .into_iter()
+            .find(|a| a.state == pb::AlertState::Firing as i32)
+    })
+    .await;
+    // The `for` went on counting from before the restart, not from the restart.
+    assert_eq!(fired.active_since_unix_ms, since, "the timer was restarted");
+    let waited = fired.fired_at_unix_ms - since;
+    assert!(
+        (3000..4400).contains(&waited),
+        "fired {waited} ms after the condition started to hold"
+    );
+    let client = AlertManagerClient::new(connect(manager.addr).await);
+    eventually(
+        "one firing notification",
+        Duration::from_secs(10),
+        || async { (received_with(&received, "firing") == 1).then_some(()) },
+    )
+    .await;
+
+    // Restarted mid-incident: the alert stays firing and the incident continues.
+    let _ = manager.stop.send(());
+    manager.task.await.unwrap().unwrap();
+    let manager = start_alert_manager(&collector.endpoint(), dir.path(), &db.url).await;
+    let mut client2 = AlertManagerClient::new(connect(manager.addr).await);
+    let restored = eventually(
+        "the firing alert restored",
+        Duration::from_secs(10),
+        || async {
+            list_alerts(manager.addr)
+                .await
+                .into_iter()
+                .find(|a| a.state == pb::AlertState::Firing as i32)
+        },
+    )
+    .await;
+    assert_eq!(restored.fired_at_unix_ms, fired.fired_at_unix_ms);
+    drop(client);
+
+    // The errors stop: that incident resolves, and the receiver hears of it once.
+    storming.store(false, std::sync::atomic::Ordering::Relaxed);
+    storm.await.unwrap();
+    let all = all_incidents(&mut client2).await;
+    assert_eq!(all.len(), 1, "no duplicate incident");
+    let id = all[0].id;
+    let done = eventually("the incident resolves", Duration::from_secs(20), || {
+        let mut client = client2.clone();
         async move {
-            otlp.export(errors_of(&one, 10.0)).await.ok()?;
-            let all = all_incidents(&mut client).await;
-            let full = client
-                .get_incident(pb::GetIncidentRequest { id: all[0].id })
+            let i = client
+                .get_incident(pb::GetIncidentRequest { id })
                 .await
                 .ok()?
                 .into_inner();
-            let fired = full.timeline.iter().filter(|e| e.kind == "fired").count();
-            (fired == 2).then_some(all)
+            (i.state == pb::IncidentState::Resolved as i32).then_some(i)
         }
     })
     .await;
-    assert_eq!(refired.len(), 1, "no duplicate incident");
-    // The errors stop: that incident resolves.
-    let id = refired[0].id;
-    eventually("the incident resolves", Duration::from_secs(20), || {
+    let fired_events = done.timeline.iter().filter(|e| e.kind == "fired").count();
+    assert_eq!(fired_events, 1, "{:?}", done.timeline);
+    eventually(
+        "one resolved notification",
+        Duration::from_secs(10),
+        || async { (received_with(&received, "resolved") == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(received_with(&received, "firing"), 1, "notified twice");
+    assert_eq!(all_incidents(&mut client2).await.len(), 1);
+    let _ = manager.stop.send(());
+    manager.task.await.unwrap().unwrap();
+    collector.stop().await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_notify_once_and_the_second_takes_over() {
+    let db = TestDatabase::create().await;
+    let mut collector = RunningCollector::start(&[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (receiver, received) = start_receiver().await;
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        STORM_RULES.replace("RECEIVER", &receiver.to_string()),
+    )
+    .unwrap();
+    let first = start_alert_manager(&collector.endpoint(), dir.path(), &db.url).await;
+    // The first one leads before the second starts: its alerts are listed.
+    let otlp = MetricsServiceClient::new(connect(collector.grpc).await);
+    let (storming, storm) = keep_storming(&otlp);
+    eventually(
+        "the first replica fires",
+        Duration::from_secs(20),
+        || async { (!list_alerts(first.addr).await.is_empty()).then_some(()) },
+    )
+    .await;
+    let second = start_alert_manager(&collector.endpoint(), dir.path(), &db.url).await;
+    let mut client = AlertManagerClient::new(connect(second.addr).await);
+    eventually(
+        "one firing notification",
+        Duration::from_secs(10),
+        || async { (received_with(&received, "firing") >= 1).then_some(()) },
+    )
+    .await;
+    // Both serve the incidents (the database's) and the alerts (the follower from the leader's
+    // saved state).
+    assert_eq!(all_incidents(&mut client).await.len(), 1);
+    let fired_at = list_alerts(first.addr).await[0].fired_at_unix_ms;
+    let seen = eventually(
+        "the follower lists the alert",
+        Duration::from_secs(10),
+        || async { list_alerts(second.addr).await.into_iter().next() },
+    )
+    .await;
+    assert_eq!(seen.fired_at_unix_ms, fired_at);
+
+    // The leader goes: the second takes over the firing alert, without firing it again, and
+    // resolves the incident when the errors stop (only a leader evaluates).
+    let _ = first.stop.send(());
+    first.task.await.unwrap().unwrap();
+    storming.store(false, std::sync::atomic::Ordering::Relaxed);
+    storm.await.unwrap();
+    let id = all_incidents(&mut client).await[0].id;
+    let done = eventually("the incident resolves", Duration::from_secs(20), || {
         let mut client = client.clone();
         async move {
             let i = client
@@ -975,16 +1141,31 @@ async fn a_restart_mid_incident_continues_it() {
                 .await
                 .ok()?
                 .into_inner();
-            (i.state == pb::IncidentState::Resolved as i32).then_some(())
+            (i.state == pb::IncidentState::Resolved as i32).then_some(i)
         }
     })
     .await;
+    eventually(
+        "one resolved notification",
+        Duration::from_secs(10),
+        || async { (received_with(&received, "resolved") == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(received_with(&received, "firing"), 1, "notified twice");
+    let fired_events = done.timeline.iter().filter(|e| e.kind == "fired").count();
+    assert_eq!(fired_events, 1, "{:?}", done.timeline);
     assert_eq!(all_incidents(&mut client).await.len(), 1);
-    let _ = otlp.export(errors_of(&one, 0.0)).await;
-    let _ = manager.stop.send(());
-    manager.task.await.unwrap().unwrap();
+    let _ = second.stop.send(());
+    second.task.await.unwrap().unwrap();
     collector.stop().await.unwrap();
     db.drop().await;
+}
+
+fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 const LATENCY_RULES: &str = r#"
@@ -1111,6 +1292,36 @@ async fn a_flood_on_the_real_mesh_is_detected_diagnosed_remediated_and_resolved(
         resolved.summary.contains("time to resolve"),
         "{}",
         resolved.summary
+    );
+    // The report holds the inference replicas' memory, as they export it.
+    assert!(
+        resolved.report.contains("inference_memory_bytes: ")
+            && !resolved.report.contains("inference_memory_bytes: missing"),
+        "{}",
+        resolved.report
+    );
+    // What the reload changed is measured and makes it into the summary.
+    let summary = eventually(
+        "the action's effect in the summary",
+        Duration::from_secs(20),
+        || {
+            let mut client = client.clone();
+            async move {
+                let i = client
+                    .get_incident(pb::GetIncidentRequest { id: opened.id })
+                    .await
+                    .ok()?
+                    .into_inner();
+                i.summary
+                    .contains("after the actions:")
+                    .then_some(i.summary)
+            }
+        },
+    )
+    .await;
+    assert!(
+        summary.contains("Actions and what changed after them"),
+        "{summary}"
     );
     let payloads = eventually(
         "firing and resolved notifications",

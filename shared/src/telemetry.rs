@@ -148,6 +148,7 @@ pub fn init(
                 .with_reader(reader)
                 .build();
             global::set_meter_provider(meter_provider.clone());
+            observe_memory();
             let tracer = tracer_provider.tracer(service_name.clone());
             global::set_tracer_provider(tracer_provider.clone());
             guard.tracer = Some(tracer_provider);
@@ -167,4 +168,49 @@ pub fn init(
         tracing::info!(%endpoint, service = %service_name, "exporting traces and metrics over OTLP");
     }
     Ok(guard)
+}
+
+/// Reports the process's resident memory at every export as `process.memory.usage` (bytes; the
+/// name of OpenTelemetry's semantic conventions), where the system tells it.
+fn observe_memory() {
+    let _registered = global::meter("process")
+        .u64_observable_gauge("process.memory.usage")
+        .with_unit("By")
+        .with_description("Resident memory of the process")
+        .with_callback(|observer| {
+            if let Some(bytes) = resident_bytes() {
+                observer.observe(bytes, &[]);
+            }
+        })
+        .build();
+}
+
+/// Resident set size of this process, from `/proc/self/status` (Linux).
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_vm_rss(&status)
+}
+
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod memory_tests {
+    #[test]
+    fn resident_memory_is_read_from_proc_status() {
+        let status = "Name:\tx\nVmPeak:\t  2000 kB\nVmRSS:\t  1234 kB\nThreads:\t3\n";
+        assert_eq!(super::parse_vm_rss(status), Some(1234 * 1024));
+        assert_eq!(super::parse_vm_rss("Name:\tx\n"), None);
+        // This process has some resident memory.
+        assert!(super::resident_bytes().is_some_and(|b| b > 0));
+    }
 }

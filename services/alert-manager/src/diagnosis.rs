@@ -98,6 +98,34 @@ async fn signals(
         .await
         .ok()
         .and_then(|r| r.into_inner().samples.first().map(|s| s.value));
+    // The gateway sees failures that never reach a replica (e.g. a version no replica serves).
+    let gateway_failed: Vec<(&str, &str, pb::MatchOp)> = m
+        .iter()
+        .copied()
+        .chain([("status", "OK", pb::MatchOp::NotEqual)])
+        .collect();
+    let gateway_error_rate = client
+        .ratio(pb::RatioRequest {
+            numerator: Some(query(
+                "gateway.requests",
+                &gateway_failed,
+                pb::Function::Rate,
+                60,
+                0.0,
+                at,
+            )),
+            denominator: Some(query(
+                "gateway.requests",
+                &m,
+                pb::Function::Rate,
+                60,
+                0.0,
+                at,
+            )),
+        })
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().samples.first().map(|s| s.value));
     let by_model = &m[..1];
     let p50 = one(
         client,
@@ -159,6 +187,19 @@ async fn signals(
         ),
     )
     .await;
+    // Resident memory of the inference replicas (the largest, over the last minute).
+    let memory = one(
+        client,
+        query(
+            "process.memory.usage",
+            &[("job", "inference", Equal)],
+            pb::Function::Max,
+            60,
+            0.0,
+            at,
+        ),
+    )
+    .await;
     let providers = client
         .query(pb::QueryRequest {
             group_by: vec!["provider".into()],
@@ -182,12 +223,14 @@ async fn signals(
         });
     json!({
         "error_rate": error_rate,
+        "gateway_error_rate": gateway_error_rate,
         "latency_p50_s": p50,
         "latency_p99_s": p99,
         "queue_depth_avg": queue,
         "batch_size_p50": batch,
         "model_loads_last_15m": loads,
         "execution_providers": providers,
+        "inference_memory_bytes": memory,
     })
 }
 
@@ -210,7 +253,9 @@ fn suspects(rule: &Rule, now: &Value, before: &Value) -> Vec<Value> {
             "latency and queue depth rose together: more load than the replicas serve; scale out or shed load".into(),
         ));
     }
-    let errors = num(&now["error_rate"]).unwrap_or(0.0);
+    let errors = num(&now["error_rate"])
+        .unwrap_or(0.0)
+        .max(num(&now["gateway_error_rate"]).unwrap_or(0.0));
     if errors > 0.0 && num(&now["model_loads_last_15m"]).unwrap_or(0.0) > 0.0 {
         out.push((
             0.7,
@@ -234,6 +279,21 @@ fn suspects(rule: &Rule, now: &Value, before: &Value) -> Vec<Value> {
             0.5,
             "CPU fallback".into(),
             "a replica runs the model on CPU: its GPU provider did not register".into(),
+        ));
+    }
+    // Only against a measured earlier value: memory is never zero.
+    let memory_grew = match (
+        num(&now["inference_memory_bytes"]),
+        num(&before["inference_memory_bytes"]),
+    ) {
+        (Some(n), Some(b)) => n > b * 1.5,
+        _ => false,
+    };
+    if memory_grew && (errors > 0.0 || grew("latency_p99_s", 1.5)) {
+        out.push((
+            0.5,
+            "memory pressure".into(),
+            "the inference replicas' memory grew by half while requests failed or slowed: a leak, or more models loaded than fit".into(),
         ));
     }
     if errors > 0.0 && out.is_empty() {
@@ -328,11 +388,13 @@ pub async fn diagnose(
         ));
         for key in [
             "error_rate",
+            "gateway_error_rate",
             "latency_p50_s",
             "latency_p99_s",
             "queue_depth_avg",
             "batch_size_p50",
             "model_loads_last_15m",
+            "inference_memory_bytes",
         ] {
             let show = |v: &Value| {
                 v.as_f64()
@@ -403,5 +465,22 @@ mod tests {
         assert_eq!(causes, ["saturation", "bad rollout"]);
         let calm = json!({"latency_p99_s": 0.05, "queue_depth_avg": 2.0, "error_rate": 0.0});
         assert!(suspects(&rule(), &calm, &before).is_empty());
+        let leaking = json!({"latency_p99_s": 0.05, "queue_depth_avg": 2.0, "error_rate": 0.1,
+                             "inference_memory_bytes": 9.0e9});
+        let before = json!({"latency_p99_s": 0.05, "queue_depth_avg": 2.0, "error_rate": 0.0,
+                            "inference_memory_bytes": 2.0e9});
+        let found = suspects(&rule(), &leaking, &before);
+        assert_eq!(found[0]["cause"], "memory pressure", "{found:?}");
+        // Memory without an earlier figure to compare with says nothing.
+        let found = suspects(&rule(), &leaking, &json!({}));
+        assert!(
+            found.iter().all(|s| s["cause"] != "memory pressure"),
+            "{found:?}"
+        );
+        // Failures seen only by the gateway, after a version load: a bad rollout.
+        let rollout =
+            json!({"error_rate": 0.0, "gateway_error_rate": 0.5, "model_loads_last_15m": 1.0});
+        let found = suspects(&rule(), &rollout, &json!({}));
+        assert_eq!(found[0]["cause"], "bad rollout", "{found:?}");
     }
 }

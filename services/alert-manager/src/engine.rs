@@ -36,6 +36,105 @@ pub struct LoadedRules {
     stamp: Vec<(PathBuf, Option<SystemTime>)>,
 }
 
+/// Exports the PSI each group of a drift rule showed, as the gauge `alert_manager.drift.score`
+/// (attributes: the rule, the group's labels, `method`), for dashboards.
+fn record_drift(rule: &str, observations: &[evaluator::Observation]) {
+    let gauge = opentelemetry::global::meter("alert-manager")
+        .f64_gauge("alert_manager.drift.score")
+        .with_description("Drift of each drift rule's groups against their baseline (PSI)")
+        .build();
+    for obs in observations {
+        let mut attributes = vec![
+            opentelemetry::KeyValue::new("rule", rule.to_owned()),
+            opentelemetry::KeyValue::new("method", "psi"),
+        ];
+        attributes.extend(
+            obs.labels
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "rule" | "method"))
+                .map(|(k, v)| opentelemetry::KeyValue::new(k.clone(), v.clone())),
+        );
+        gauge.record(obs.value, &attributes);
+    }
+}
+
+/// How long after its actions an alert's value is watched for their effect (rules' windows
+/// must empty of the bad data before their value moves).
+const EFFECT_WINDOW: Duration = Duration::from_secs(30);
+
+/// What the actions changed: the alert's value when they started against its value once the
+/// condition cleared (watched every second), or after [`EFFECT_WINDOW`] if it still holds.
+async fn measure_effect(
+    client: &mut MetricsQueryClient<Channel>,
+    rule: &rules::Rule,
+    alert: &evaluator::Alert,
+) -> String {
+    let started = tokio::time::Instant::now();
+    let before = alert.value;
+    let mut last = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let observed = evaluator::observe_at(client, rule, 0).await.map(|obs| {
+            obs.into_iter()
+                .find(|o| o.labels.iter().all(|(k, v)| alert.labels.get(k) == Some(v)))
+                .map(|o| (o.value, o.holds))
+        });
+        let elapsed = started.elapsed().as_secs_f64();
+        match observed {
+            // The group no longer answers (e.g. no more errors at all): the condition cleared.
+            Ok(None) => {
+                return format!(
+                    "after the actions: {} was {before:.4}; {elapsed:.1} s later the condition had cleared (no data for the group)",
+                    rule.name
+                );
+            }
+            Ok(Some((value, false))) => {
+                return format!(
+                    "after the actions: {} went from {before:.4} to {value:.4} ({}); the condition cleared {elapsed:.1} s after they finished",
+                    rule.name,
+                    change(before, value)
+                );
+            }
+            Ok(Some((value, true))) => last = Some(value),
+            // The collector did not answer: try again.
+            Err(_) => {}
+        }
+        if started.elapsed() >= EFFECT_WINDOW {
+            return match last {
+                Some(value) => format!(
+                    "after the actions: {} went from {before:.4} to {value:.4} ({}) in {elapsed:.0} s; the condition still holds",
+                    rule.name,
+                    change(before, value)
+                ),
+                None => format!(
+                    "after the actions: {} could not be read from the collector in {elapsed:.0} s",
+                    rule.name
+                ),
+            };
+        }
+    }
+}
+
+/// `−94%`, `+12%`, or `unchanged`.
+fn change(before: f64, after: f64) -> String {
+    if before == 0.0 || !before.is_finite() || !after.is_finite() {
+        return if after == before {
+            "unchanged".into()
+        } else {
+            "changed".into()
+        };
+    }
+    let pct = (after - before) / before.abs() * 100.0;
+    if pct.abs() < 0.5 {
+        "unchanged".into()
+    } else {
+        format!("{pct:+.0}%")
+    }
+}
+
+/// How often the open incidents are counted for the `alert_manager.incidents.open` gauge.
+const COUNT_OPEN_EVERY: Duration = Duration::from_secs(5);
+
 /// Least time between two evaluations triggered by new data.
 const PUSH_DEBOUNCE: Duration = Duration::from_millis(20);
 
@@ -118,6 +217,27 @@ pub enum Write {
     },
 }
 
+/// What is saved of the evaluation state: every alert with its timers, and each group's
+/// notification timing.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct EngineState {
+    /// Every alert.
+    pub alerts: Vec<evaluator::Alert>,
+    /// Notification timing per group key.
+    pub groups: std::collections::BTreeMap<String, notify::GroupState>,
+}
+
+/// When the evaluation state was last saved, and a digest of what was saved.
+#[derive(Debug, Default)]
+pub struct Saved {
+    digest: u64,
+    at: Option<tokio::time::Instant>,
+}
+
+/// How often the state is saved while alerts are active even when no timer changed (their
+/// `keep_firing_for` clocks and values move on).
+const SAVE_ACTIVE_EVERY: Duration = Duration::from_secs(10);
+
 /// Shared state of the engine and the API.
 pub struct Engine {
     /// Rules files or folders.
@@ -152,6 +272,12 @@ pub struct Engine {
     pub actions: Arc<ActionRunner>,
     /// Wakes the writer task when writes were queued.
     pub writes_ready: tokio::sync::Notify,
+    /// Whether this replica leads: evaluates, records and notifies (see [`crate::leader`]).
+    pub leader: std::sync::atomic::AtomicBool,
+    /// The last save of the evaluation state.
+    pub saved: Mutex<Saved>,
+    /// A saved state older than this is not restored (its `for` timers would be stale).
+    pub state_max_age_ms: i64,
 }
 
 fn stamp(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>)> {
@@ -207,8 +333,148 @@ impl Engine {
         }
     }
 
-    /// One evaluation cycle.
+    /// Whether this replica leads.
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Becomes the leader: restores the alerts, their timers and the notification timing saved
+    /// by the previous leader (or the previous run), and the incidents it left active.
+    pub async fn take_lead(&self) -> Result<(), crate::incidents::IncidentError> {
+        let active = self.incidents.active_groups().await?;
+        let saved = self.incidents.load_state().await?;
+        let now = now_ms();
+        let mut state = EngineState::default();
+        match saved {
+            Some((value, saved_at)) if now - saved_at <= self.state_max_age_ms => {
+                match serde_json::from_value::<EngineState>(value) {
+                    Ok(read) => state = read,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "the saved evaluation state is unreadable; starting afresh")
+                    }
+                }
+            }
+            Some((_, saved_at)) => tracing::info!(
+                age_s = (now - saved_at) / 1000,
+                "the saved evaluation state is too old to restore; starting afresh"
+            ),
+            None => {}
+        }
+        tracing::info!(
+            alerts = state.alerts.len(),
+            groups = state.groups.len(),
+            active_incidents = active.len(),
+            "leading: evaluation state restored"
+        );
+        {
+            let mut alerts = self.alerts.lock().unwrap_or_else(|p| p.into_inner());
+            alerts.restore(state.alerts);
+            let mut saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
+            saved.digest = self.state_digest(&alerts);
+            saved.at = Some(tokio::time::Instant::now());
+        }
+        self.notifier
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .restore(state.groups);
+        *self.restored.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(active.into_iter().collect());
+        self.leader
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// The alerts of the state the leader saved last (for a follower's API).
+    pub async fn saved_alerts(&self) -> Result<Alerts, crate::incidents::IncidentError> {
+        let mut alerts = Alerts::default();
+        if let Some((value, _)) = self.incidents.load_state().await?
+            && let Ok(state) = serde_json::from_value::<EngineState>(value)
+        {
+            alerts.restore(state.alerts);
+        }
+        Ok(alerts)
+    }
+
+    /// Another replica leads: stops evaluating, and leaves it the queued writes (it records
+    /// what it sees itself).
+    pub fn step_down(&self) {
+        if !self.leader.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        let dropped = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let n = pending.len();
+            pending.clear();
+            n
+        };
+        *self.alerts.lock().unwrap_or_else(|p| p.into_inner()) = Alerts::default();
+        *self.notifier.lock().unwrap_or_else(|p| p.into_inner()) = Notifier::default();
+        tracing::warn!(
+            queued_writes = dropped,
+            "another replica took the lead: stepping down"
+        );
+    }
+
+    fn state_digest(&self, alerts: &Alerts) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let groups = self
+            .notifier
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .snapshot();
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        alerts.timers_digest().hash(&mut hasher);
+        serde_json::to_string(&groups)
+            .unwrap_or_default()
+            .hash(&mut hasher);
+        hasher.finish()
+    }
+
+    /// Saves the evaluation state when a timer changed since the last save (or every
+    /// [`SAVE_ACTIVE_EVERY`] while alerts are active, or when `force`d), once the queued writes
+    /// are in: the saved state never runs ahead of the incidents.
+    pub async fn save_state(&self, force: bool) {
+        if !self.is_leader() || self.pending_writes() > 0 {
+            return;
+        }
+        let (digest, state) = {
+            let alerts = self.alerts.lock().unwrap_or_else(|p| p.into_inner());
+            let digest = self.state_digest(&alerts);
+            let saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
+            let active = alerts
+                .snapshot()
+                .iter()
+                .any(|a| a.state != evaluator::State::Resolved);
+            let stale = saved.at.is_none_or(|at| at.elapsed() >= SAVE_ACTIVE_EVERY);
+            if !force && digest == saved.digest && !(active && stale) {
+                return;
+            }
+            let state = EngineState {
+                alerts: alerts.snapshot(),
+                groups: self
+                    .notifier
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .snapshot(),
+            };
+            (digest, state)
+        };
+        let value = serde_json::to_value(&state).unwrap_or_default();
+        match self.incidents.save_state(&value, now_ms()).await {
+            Ok(()) => {
+                let mut saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
+                saved.digest = digest;
+                saved.at = Some(tokio::time::Instant::now());
+            }
+            Err(err) => tracing::debug!(error = %err, "evaluation state not saved; trying again"),
+        }
+    }
+
+    /// One evaluation cycle (only the leader evaluates).
     pub async fn cycle(&self, client: &mut MetricsQueryClient<Channel>) {
+        if !self.is_leader() {
+            return;
+        }
         self.reload_if_changed();
         let set = self
             .rules
@@ -224,7 +490,12 @@ impl Engine {
             let mut alerts = self.alerts.lock().unwrap_or_else(|p| p.into_inner());
             for (rule, result) in set.rules.iter().zip(observed) {
                 match result {
-                    Ok(observations) => transitions.extend(alerts.apply(rule, observations, now)),
+                    Ok(observations) => {
+                        if matches!(rule.kind, rules::RuleKind::Drift { .. }) {
+                            record_drift(&rule.name, &observations);
+                        }
+                        transitions.extend(alerts.apply(rule, observations, now));
+                    }
                     // Unknown data is not a resolution: the rule's alerts stay as they are.
                     Err(why) => {
                         all_evaluated = false;
@@ -305,14 +576,23 @@ impl Engine {
         }
         let runner = self.actions.clone();
         let incidents = self.incidents.clone();
+        let collector = self
+            .collector
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         tokio::spawn(async move {
+            let mut any_done = false;
             for action in &rule.actions {
                 let what = action.describe(&alert.labels);
                 let _ = incidents
                     .record_event(id, "action_started", SELF, &what, now_ms())
                     .await;
                 let (kind, message) = match runner.run(&rule.name, action, &alert.labels).await {
-                    Outcome::Done(done) => ("action_finished", format!("{what}: done, {done}")),
+                    Outcome::Done(done) => {
+                        any_done = true;
+                        ("action_finished", format!("{what}: done, {done}"))
+                    }
                     Outcome::Failed(why) => ("action_failed", format!("{what}: failed, {why}")),
                     Outcome::RateLimited => (
                         "action_skipped",
@@ -326,6 +606,15 @@ impl Engine {
                     .await
                 {
                     tracing::error!(incident = id, error = %err, "action outcome not recorded");
+                }
+            }
+            if let (true, Some(mut collector)) = (any_done, collector) {
+                let message = measure_effect(&mut collector, &rule, &alert).await;
+                if let Err(err) = incidents
+                    .record_event(id, "action_effect", SELF, &message, now_ms())
+                    .await
+                {
+                    tracing::error!(incident = id, error = %err, "action effect not recorded");
                 }
             }
         });
@@ -382,8 +671,15 @@ impl Engine {
     /// the database is unreachable. A last flush runs at shutdown.
     pub async fn write(self: Arc<Self>, stop: shared::shutdown::Shutdown) {
         let mut stopped = std::pin::pin!(stop.wait());
+        let mut counted = tokio::time::Instant::now();
+        let mut severities = std::collections::BTreeSet::new();
         loop {
             self.flush().await;
+            self.save_state(false).await;
+            if counted.elapsed() >= COUNT_OPEN_EVERY && self.is_leader() {
+                counted = tokio::time::Instant::now();
+                self.export_open_incidents(&mut severities).await;
+            }
             tokio::select! {
                 () = self.writes_ready.notified() => {}
                 () = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -391,6 +687,29 @@ impl Engine {
             }
         }
         self.flush().await;
+        self.save_state(true).await;
+    }
+
+    /// Exports the open incidents per severity as the gauge `alert_manager.incidents.open`
+    /// (severities seen before and now without incidents read 0).
+    async fn export_open_incidents(&self, severities: &mut std::collections::BTreeSet<String>) {
+        let Ok(open) = self.incidents.open_by_severity().await else {
+            return;
+        };
+        let gauge = opentelemetry::global::meter("alert-manager")
+            .u64_gauge("alert_manager.incidents.open")
+            .with_description("Incidents open or acknowledged, per severity")
+            .build();
+        let now: std::collections::BTreeMap<String, i64> = open.into_iter().collect();
+        // Bounded: severities are the rules' labels.
+        severities.extend(now.keys().cloned());
+        for severity in severities.iter() {
+            let n = now.get(severity).copied().unwrap_or(0).max(0) as u64;
+            gauge.record(
+                n,
+                &[opentelemetry::KeyValue::new("severity", severity.clone())],
+            );
+        }
     }
 
     /// Delivers queued notifications until `stop`: at once when some are queued, and every
@@ -403,7 +722,10 @@ impl Engine {
         let mut stopped = std::pin::pin!(stop.wait());
         let mut silences_read = tokio::time::Instant::now();
         loop {
-            if let Err(err) = self.incidents.deliver_pending(&http, now_ms()).await {
+            // Only the leader delivers: two replicas never send one notification twice.
+            if self.is_leader()
+                && let Err(err) = self.incidents.deliver_pending(&http, now_ms()).await
+            {
                 tracing::warn!(error = %err, "outbox not read");
             }
             if silences_read.elapsed() > Duration::from_secs(10) {
@@ -617,5 +939,19 @@ impl Engine {
             }
         }
         let _ = watcher.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::change;
+
+    #[test]
+    fn changes_are_told_in_percent_of_the_value_before() {
+        assert_eq!(change(0.5, 0.03), "-94%");
+        assert_eq!(change(2.0, 2.5), "+25%");
+        assert_eq!(change(2.0, 2.001), "unchanged");
+        assert_eq!(change(0.0, 0.0), "unchanged");
+        assert_eq!(change(0.0, 1.0), "changed");
     }
 }

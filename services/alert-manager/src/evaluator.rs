@@ -296,7 +296,7 @@ fn human(d: std::time::Duration) -> String {
 }
 
 /// Where an alert is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum State {
     /// Holding, for less than `for`.
     Pending,
@@ -307,7 +307,7 @@ pub enum State {
 }
 
 /// One alert.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Alert {
     /// The rule's name.
     pub rule: String,
@@ -466,6 +466,43 @@ impl Alerts {
             false
         });
         transitions
+    }
+
+    /// Every alert (pending, firing and recently resolved), for a snapshot of the state.
+    pub fn snapshot(&self) -> Vec<Alert> {
+        self.alerts.values().cloned().collect()
+    }
+
+    /// Takes the alerts of a snapshot (a previous run's, or another replica's) in place of
+    /// these: pending alerts keep counting their `for` from when they started to hold.
+    pub fn restore(&mut self, alerts: Vec<Alert>) {
+        self.alerts = alerts
+            .into_iter()
+            .map(|a| (a.fingerprint.clone(), a))
+            .collect();
+    }
+
+    /// A digest of what a snapshot must keep: each alert's identity, state and timers (not its
+    /// value, which changes every evaluation).
+    pub fn timers_digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut keys: Vec<_> = self
+            .alerts
+            .values()
+            .map(|a| {
+                (
+                    &a.fingerprint,
+                    a.state as u8,
+                    a.active_since_ms,
+                    a.fired_at_ms,
+                    a.resolved_at_ms,
+                )
+            })
+            .collect();
+        keys.sort_unstable();
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        keys.hash(&mut hasher);
+        hasher.finish()
     }
 
     /// Every alert, sorted by rule and labels.

@@ -278,12 +278,20 @@ impl pb::alert_manager_server::AlertManager for AlertService {
         request: Request<pb::ListAlertsRequest>,
     ) -> Result<Response<pb::ListAlertsResponse>, Status> {
         let include_resolved = request.into_inner().include_resolved;
-        let alerts = self
-            .engine
-            .alerts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .list(include_resolved);
+        let alerts = if self.engine.is_leader() {
+            self.engine
+                .alerts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .list(include_resolved)
+        } else {
+            // A follower does not evaluate: it answers from the leader's last saved state.
+            self.engine
+                .saved_alerts()
+                .await
+                .map_err(|e| Status::unavailable(format!("the leader's saved alerts: {e}")))?
+                .list(include_resolved)
+        };
         Ok(Response::new(pb::ListAlertsResponse {
             alerts: alerts.into_iter().map(alert).collect(),
         }))

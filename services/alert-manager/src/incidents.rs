@@ -190,7 +190,18 @@ async fn summarize(
         .filter(|e| e["kind"].as_str().is_some_and(|k| k.starts_with("action")))
         .collect();
     let to_ack = acked.map(|a| (a - opened) as f64 / 1000.0);
-    let to_resolve = (now_ms - opened) as f64 / 1000.0;
+    let resolved_at: Option<i64> =
+        sqlx::query_scalar("SELECT resolved_at_ms FROM incidents WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut **tx)
+            .await?;
+    let to_resolve = (resolved_at.unwrap_or(now_ms) - opened) as f64 / 1000.0;
+    if !actions.is_empty() {
+        text.push_str("Actions and what changed after them:\n");
+        for a in actions.iter().filter(|a| a["kind"] != "action_started") {
+            text.push_str(&format!("  - {}\n", a["message"].as_str().unwrap_or("")));
+        }
+    }
     text.push_str(&format!(
         "Time to acknowledge: {}; time to resolve: {to_resolve:.1} s; {} action(s), {} note(s).\n",
         to_ack.map_or("never acknowledged".to_owned(), |s| format!("{s:.1} s")),
@@ -368,6 +379,40 @@ impl IncidentStore {
         )
     }
 
+    /// Saves the evaluation state (a JSON document, see [`crate::engine::EngineState`]).
+    pub async fn save_state(
+        &self,
+        state: &serde_json::Value,
+        now_ms: i64,
+    ) -> Result<(), IncidentError> {
+        sqlx::query(
+            "INSERT INTO engine_state (id, state, saved_at_ms) VALUES (1, $1, $2) \
+             ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, saved_at_ms = EXCLUDED.saved_at_ms",
+        )
+        .bind(state)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The evaluation state last saved, with when it was saved (Unix ms), if any.
+    pub async fn load_state(&self) -> Result<Option<(serde_json::Value, i64)>, IncidentError> {
+        let row = sqlx::query("SELECT state, saved_at_ms FROM engine_state WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => Some((row.try_get("state")?, row.try_get("saved_at_ms")?)),
+            None => None,
+        })
+    }
+
+    /// A connection of its own, outside the pool (a session-level advisory lock lives as long
+    /// as it does).
+    pub async fn dedicated_connection(&self) -> Result<sqlx::PgConnection, IncidentError> {
+        Ok(self.pool.acquire().await?.detach())
+    }
+
     /// Resolves the active incident of `group_key` whose alerts no longer fire (found after a
     /// restart), if auto-resolution is on; otherwise only notes it.
     pub async fn resolve_quiet_group(
@@ -401,6 +446,17 @@ impl IncidentStore {
     ) -> Result<(), IncidentError> {
         let mut tx = self.pool.begin().await?;
         add_event(&mut tx, id, kind, actor, message, at_ms).await?;
+        // What an action changed may be measured after the incident resolved: its summary is
+        // written again to include it.
+        if kind == "action_effect" {
+            let state: String = sqlx::query_scalar("SELECT state FROM incidents WHERE id = $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+            if state == "resolved" {
+                summarize(&mut tx, id, at_ms).await?;
+            }
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -466,6 +522,15 @@ impl IncidentStore {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(IncidentError::from)
+    }
+
+    /// Open and acknowledged incidents per severity.
+    pub async fn open_by_severity(&self) -> Result<Vec<(String, i64)>, IncidentError> {
+        Ok(sqlx::query_as(
+            "SELECT severity, count(*) FROM incidents WHERE state <> 'resolved' GROUP BY 1 ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Records that `alert` stopped firing; resolves the group's incident when nothing of the

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod evaluator;
 pub mod grpc;
 pub mod incidents;
+pub mod leader;
 pub mod notify;
 pub mod rules;
 
@@ -110,6 +111,11 @@ pub struct Config {
     )]
     pub action_min_interval_secs: u64,
 
+    /// A saved evaluation state (alerts, `for` timers, notification timing) older than this is
+    /// not restored at start or on taking the lead, in seconds: pending alerts start afresh.
+    #[arg(long, env = "ALERT_MANAGER_STATE_MAX_AGE_SECS", default_value_t = 3600)]
+    pub state_max_age_secs: u64,
+
     /// Record remediation actions on the timeline without running them.
     #[arg(long, env = "ALERT_MANAGER_ACTIONS_DRY_RUN")]
     pub actions_dry_run: bool,
@@ -186,15 +192,11 @@ pub async fn serve(
             dry_run: config.actions_dry_run,
         })),
         writes_ready: tokio::sync::Notify::new(),
+        leader: Default::default(),
+        saved: Mutex::new(Default::default()),
+        state_max_age_ms: i64::try_from(config.state_max_age_secs.saturating_mul(1000))
+            .unwrap_or(i64::MAX),
     });
-    let active = engine.incidents.active_groups().await?;
-    if !active.is_empty() {
-        tracing::info!(
-            incidents = active.len(),
-            "incidents of the previous run are still active"
-        );
-    }
-    *engine.restored.lock().unwrap_or_else(|p| p.into_inner()) = Some(active.into_iter().collect());
     engine.refresh_silences().await;
     if let Err(err) = engine.reload() {
         tracing::error!(error = %err, "starting without rules");
@@ -207,6 +209,9 @@ pub async fn serve(
     let (trigger, stop) = shared::shutdown::channel();
     let delivery = tokio::spawn(engine.clone().deliver(stop.clone()));
     let writer = tokio::spawn(engine.clone().write(stop.clone()));
+    // The lead is held until the last writes and the last save of the state are in.
+    let (release, released) = shared::shutdown::channel();
+    let election = tokio::spawn(leader::compete(engine.clone(), released));
     let evaluation = tokio::spawn(engine.clone().run(
         MetricsQueryClient::new(channel),
         Duration::from_millis(config.evaluation_interval_ms.max(10)),
@@ -231,6 +236,8 @@ pub async fn serve(
     let _ = evaluation.await;
     let _ = writer.await;
     let _ = delivery.await;
+    release.trigger();
+    let _ = election.await;
     shared::grpc::server_outcome(server.await)?;
     tracing::info!("alert-manager stopped");
     Ok(())

@@ -68,8 +68,10 @@ pub struct GroupNotification {
     pub alerts: Vec<Alert>,
 }
 
-#[derive(Debug, Clone)]
-struct GroupState {
+/// Notification timing of one group: what a snapshot keeps so that a restart neither waits a
+/// group's `group_wait` again nor notifies again what was notified.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GroupState {
     first_seen_ms: i64,
     last_sent_ms: Option<i64>,
     /// Fingerprints of the firing alerts last notified, sorted.
@@ -87,6 +89,19 @@ fn ms(d: Duration) -> i64 {
 }
 
 impl Notifier {
+    /// The timing of every group, for a snapshot of the state.
+    pub fn snapshot(&self) -> BTreeMap<String, GroupState> {
+        self.groups
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Takes the timing of a snapshot in place of this one.
+    pub fn restore(&mut self, groups: BTreeMap<String, GroupState>) {
+        self.groups = groups.into_iter().collect();
+    }
+
     /// The notifications due at `now_ms` for the given alerts (firing and recently resolved).
     pub fn due(
         &mut self,

@@ -951,7 +951,7 @@ rules:
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/rules");
         let set = load(&[root]).unwrap();
         assert_eq!(set.rules.len(), 6);
-        assert_eq!(set.inhibit_rules.len(), 1);
+        assert_eq!(set.inhibit_rules.len(), 2);
         assert_eq!(set.rules[1].actions.len(), 1);
         assert_eq!(set.group_by, ["alertname", "model"]);
     }

@@ -33,6 +33,9 @@ pub struct CallContext {
     pub deadline: Option<Instant>,
     /// When the call arrived.
     pub arrived: Instant,
+    /// The model version the call was routed to (the canary's choice, else the newest known;
+    /// 0 before routing): failed calls are counted against it.
+    pub routed_version: std::sync::atomic::AtomicI64,
 }
 
 /// Embeddings of a list of texts, and where they came from.
@@ -108,7 +111,10 @@ impl GatewayCore {
 
     /// The version a call should use: the canary's choice, or `None` for the newest.
     pub fn pinned_version(&self, model: &str, call: &CallContext) -> Option<i64> {
-        self.canary.choose(model, &call.routing_key)
+        let pinned = self.canary.choose(model, &call.routing_key);
+        let routed = pinned.unwrap_or_else(|| self.current_version(model).load(Ordering::Relaxed));
+        call.routed_version.store(routed, Ordering::Relaxed);
+        pinned
     }
 
     /// Embeds `texts`, from the cache where possible.

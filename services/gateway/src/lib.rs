@@ -111,8 +111,10 @@ pub async fn serve(
         );
 
     let (trigger, stop) = shared::shutdown::channel();
+    let checked = Arc::new(tokio::sync::Notify::new());
     tokio::spawn(pool.clone().run_health_checks(
         Duration::from_millis(config.health_interval_ms.max(50)),
+        checked.clone(),
         stop.clone(),
     ));
     let shipper = match &config.records_endpoint {
@@ -131,6 +133,8 @@ pub async fn serve(
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(shared::grpc::incoming(listener), stop.clone().wait());
     let mut server = tokio::spawn(server);
+    // Serving once the replicas' health is known (calls before would find none admitted).
+    let _ = tokio::time::timeout(Duration::from_secs(5), checked.notified()).await;
     health
         .set_service_status("", shared::grpc::ServingStatus::Serving)
         .await;

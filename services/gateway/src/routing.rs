@@ -263,9 +263,13 @@ impl ReplicaPool {
 
     /// Checks every replica's health every `interval` until `shutdown` resolves; ejects those
     /// that do not answer SERVING and re-admits them when they do again.
+    ///
+    /// `checked` is notified when the first round is done: until then every replica counts as
+    /// down, so the gateway does not report itself serving before.
     pub async fn run_health_checks(
         self: Arc<Self>,
         interval: Duration,
+        checked: Arc<tokio::sync::Notify>,
         shutdown: shared::shutdown::Shutdown,
     ) {
         let checks = async {
@@ -290,6 +294,7 @@ impl ReplicaPool {
                     }
                 }))
                 .await;
+                checked.notify_one();
             }
         };
         tokio::select! {

@@ -228,6 +228,9 @@ impl ModelWorker {
         }
         self.depth
             .fetch_sub(batch.requests.len(), Ordering::Relaxed);
+        metrics::instruments()
+            .queue_depth
+            .add(-(batch.requests.len() as i64), &self.attributes);
         Some(batch.requests)
     }
 

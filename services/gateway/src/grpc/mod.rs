@@ -35,5 +35,6 @@ pub fn call_context<T>(request: &Request<T>) -> CallContext {
         tenant,
         routing_key,
         arrived,
+        routed_version: Default::default(),
     }
 }

@@ -110,7 +110,10 @@ async fn observed<T>(
                 span.record("otel.status_code", "ERROR");
                 span.record("otel.status_message", status.message());
             }
-            (0, format!("{:?}", status.code()))
+            let routed = call
+                .routed_version
+                .load(std::sync::atomic::Ordering::Relaxed);
+            (routed, format!("{:?}", status.code()))
         }
     };
     let attributes = [
