@@ -57,6 +57,7 @@ bench: model ## Benchmarks: in-process ONNX Runtime against the served model (se
 	cargo build --release --workspace --bins --benches
 	@bash scripts/bench.sh
 	@bash scripts/bench_collector.sh
+	@bash scripts/bench_finetune.sh
 
 bench-collector: ## Benchmark of the metrics collector only: ingest, memory, query latency
 	cargo build --release -p metrics-collector -p bench

@@ -51,6 +51,11 @@ if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null || [ -n "${DATABASE_ADMIN_URL:
         say "breach-to-notification latency, 40 breaches (install prometheus-alertmanager to compare)"
     fi
     "$BIN/alert_latency" --trials 40 "${compare[@]}" | tee "$OUT/alert-latency.json"
+    if [ ${#compare[@]} -gt 0 ]; then
+        say "the same against Prometheus + Alertmanager in their common setting (15 s scrape and evaluation, group_wait 30s; about 3 minutes)"
+        "$BIN/alert_latency" --trials 20 --compare --prometheus-setting common \
+            | tee "$OUT/alert-latency-common.json"
+    fi
 else
     say "skipping the alert latency benchmark: no PostgreSQL on 127.0.0.1:5432 (set DATABASE_ADMIN_URL)"
 fi

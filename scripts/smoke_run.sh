@@ -15,11 +15,7 @@ fail() {
     say "FAILED: $*"
     say "last lines of $LOG:"
     tail -n 40 "$LOG" >&2
-    [ -n "${run_pid:-}" ] && # Every metric the dashboard and the recording rules name is exposed by the live collector.
-.venv/bin/python scripts/check_dashboard.py --metrics-url http://127.0.0.1:9464/metrics >&2 \
-    || fail "the dashboard names metrics that the collector does not expose"
-
-kill -TERM "$run_pid" 2>/dev/null && wait "$run_pid" 2>/dev/null
+    [ -n "${run_pid:-}" ] && kill -TERM "$run_pid" 2>/dev/null && wait "$run_pid" 2>/dev/null
     exit 1
 }
 

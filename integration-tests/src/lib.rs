@@ -567,3 +567,102 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// A database of its own on the PostgreSQL at 127.0.0.1:5432 (or `TEST_POSTGRES_URL`), dropped
+/// at the end.
+pub struct TestDatabase {
+    admin: sqlx::PgPool,
+    name: String,
+    /// Its URL.
+    pub url: String,
+}
+
+impl TestDatabase {
+    /// Creates it.
+    pub async fn create() -> TestDatabase {
+        let server = std::env::var("TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+        let admin = sqlx::PgPool::connect(&format!("{server}/postgres"))
+            .await
+            .unwrap_or_else(|e| {
+                panic!("PostgreSQL at {server} (set TEST_POSTGRES_URL to another): {e}")
+            });
+        let name = format!(
+            "alerts_test_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+        );
+        // A database name cannot be a bound parameter; this one is built here from digits.
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        TestDatabase {
+            url: format!("{server}/{name}"),
+            admin,
+            name,
+        }
+    }
+
+    /// Drops it.
+    pub async fn drop(self) {
+        let _ = sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
+            .execute(&self.admin)
+            .await;
+    }
+}
+
+/// An alert manager running in-process.
+pub struct RunningAlertManager {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// Stops it.
+    pub stop: tokio::sync::oneshot::Sender<()>,
+    /// Its task.
+    pub task: tokio::task::JoinHandle<Result<(), alert_manager::ServeError>>,
+}
+
+/// Starts an alert manager on `collector`, the rules in `rules` and database `db`, evaluating
+/// every 200 ms, with keys `admin-key` (admin) and `client-key` (client).
+pub async fn start_alert_manager(
+    collector: &str,
+    rules: &std::path::Path,
+    db: &str,
+) -> RunningAlertManager {
+    start_alert_manager_with(collector, rules, db, &[]).await
+}
+
+/// As [`start_alert_manager`], with `extra` flags.
+pub async fn start_alert_manager_with(
+    collector: &str,
+    rules: &std::path::Path,
+    db: &str,
+    extra: &[&str],
+) -> RunningAlertManager {
+    use clap::Parser as _;
+    let (listener, addr) = shared::testing::ephemeral_listener().await.unwrap();
+    let mut args = vec![
+        "alert-manager",
+        "--collector",
+        collector,
+        "--rules",
+        rules.to_str().unwrap(),
+        "--database-url",
+        db,
+        "--evaluation-interval-ms",
+        "200",
+        "--api-keys",
+        "admin-key:ops:admin,client-key:shop:client",
+    ];
+    args.extend_from_slice(extra);
+    let config = alert_manager::Config::parse_from(args);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(alert_manager::serve(listener, config, async move {
+        let _ = stopped.await;
+    }));
+    wait_until_serving(addr).await.unwrap();
+    RunningAlertManager { addr, stop, task }
+}

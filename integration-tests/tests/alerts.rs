@@ -107,50 +107,6 @@ fn keep_failing(
     (on, task)
 }
 
-/// A database of its own on the PostgreSQL at 127.0.0.1:5432 (or `TEST_POSTGRES_URL`), dropped
-/// at the end.
-struct TestDatabase {
-    admin: sqlx::PgPool,
-    name: String,
-    url: String,
-}
-
-impl TestDatabase {
-    async fn create() -> TestDatabase {
-        let server = std::env::var("TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
-        let admin = sqlx::PgPool::connect(&format!("{server}/postgres"))
-            .await
-            .unwrap_or_else(|e| {
-                panic!("PostgreSQL at {server} (set TEST_POSTGRES_URL to another): {e}")
-            });
-        let name = format!(
-            "alerts_test_{}_{}",
-            std::process::id(),
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos()
-        );
-        // A database name cannot be a bound parameter; this one is built here from digits.
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
-            .await
-            .unwrap();
-        TestDatabase {
-            url: format!("{server}/{name}"),
-            admin,
-            name,
-        }
-    }
-
-    async fn drop(self) {
-        let _ = sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
-            .execute(&self.admin)
-            .await;
-    }
-}
-
 /// A webhook receiver that keeps every JSON body POSTed to `/hook`.
 async fn start_receiver() -> (
     std::net::SocketAddr,
@@ -174,51 +130,6 @@ async fn start_receiver() -> (
     let (listener, addr) = shared::testing::ephemeral_listener().await.unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     (addr, received)
-}
-
-struct RunningAlertManager {
-    addr: std::net::SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), alert_manager::ServeError>>,
-}
-
-async fn start_alert_manager(
-    collector: &str,
-    rules: &std::path::Path,
-    db: &str,
-) -> RunningAlertManager {
-    start_alert_manager_with(collector, rules, db, &[]).await
-}
-
-async fn start_alert_manager_with(
-    collector: &str,
-    rules: &std::path::Path,
-    db: &str,
-    extra: &[&str],
-) -> RunningAlertManager {
-    use clap::Parser as _;
-    let (listener, addr) = shared::testing::ephemeral_listener().await.unwrap();
-    let mut args = vec![
-        "alert-manager",
-        "--collector",
-        collector,
-        "--rules",
-        rules.to_str().unwrap(),
-        "--database-url",
-        db,
-        "--evaluation-interval-ms",
-        "200",
-        "--api-keys",
-        "admin-key:ops:admin,client-key:shop:client",
-    ];
-    args.extend_from_slice(extra);
-    let config = alert_manager::Config::parse_from(args);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(alert_manager::serve(listener, config, async move {
-        let _ = stopped.await;
-    }));
-    wait_until_serving(addr).await.unwrap();
-    RunningAlertManager { addr, stop, task }
 }
 
 fn admin<T>(message: T) -> tonic::Request<T> {

@@ -398,6 +398,7 @@ fn prediction(id: &str, task: pb::PredictionTask, items: &[&str], scores: &[f32]
             scores: scores.to_vec(),
             at_unix_ms: 0,
             tenant: "shop".into(),
+            texts: Vec::new(),
         })),
     }
 }

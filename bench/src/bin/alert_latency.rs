@@ -7,7 +7,9 @@
 //! With `--compare`, Prometheus 2.42 and Alertmanager 0.25 (Debian's `prometheus` and
 //! `prometheus-alertmanager`) watch the same gauge in the same run: Prometheus scrapes the
 //! collector's `/metrics` every second and evaluates `bench_queue_depth > 100` every second,
-//! Alertmanager groups with `group_wait: 0s` and calls the same receiver.
+//! Alertmanager groups with `group_wait: 0s` and calls the same receiver. With
+//! `--prometheus-setting common` they run as commonly configured instead: 15 s scrape and
+//! evaluation, `group_wait: 30s`.
 //!
 //! Needs PostgreSQL (`DATABASE_ADMIN_URL`, default postgres://postgres@127.0.0.1:5432): a
 //! throwaway database is created and dropped. Prints one JSON object.
@@ -41,6 +43,36 @@ struct Args {
     /// Also measure Prometheus + Alertmanager watching the same gauge.
     #[arg(long)]
     compare: bool,
+    /// Their settings with --compare: `tuned` (1 s scrape and evaluation, group_wait 0s) or
+    /// `common` (15 s scrape and evaluation, group_wait 30s: the usual configuration).
+    #[arg(long, value_enum, default_value_t = Setting::Tuned)]
+    prometheus_setting: Setting,
+}
+
+/// Prometheus and Alertmanager settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Setting {
+    /// 1 s scrape and evaluation, group_wait 0s.
+    Tuned,
+    /// 15 s scrape and evaluation, group_wait 30s.
+    Common,
+}
+
+impl Setting {
+    /// Scrape and evaluation interval, and Alertmanager's group_wait.
+    fn intervals(self) -> (&'static str, &'static str) {
+        match self {
+            Setting::Tuned => ("1s", "0s"),
+            Setting::Common => ("15s", "30s"),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Setting::Tuned => "1 s scrape, 1 s evaluation, group_wait 0s",
+            Setting::Common => "15 s scrape, 15 s evaluation, group_wait 30s",
+        }
+    }
 }
 
 /// Starts Prometheus and Alertmanager in `dir`, scraping `metrics` and calling `hook`; returns
@@ -49,7 +81,9 @@ fn start_prometheus(
     dir: &std::path::Path,
     metrics: std::net::SocketAddr,
     hook: std::net::SocketAddr,
+    setting: Setting,
 ) -> anyhow::Result<(tokio::process::Child, tokio::process::Child)> {
+    let (interval, group_wait) = setting.intervals();
     let free = || -> anyhow::Result<u16> {
         Ok(std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -59,17 +93,19 @@ fn start_prometheus(
     std::fs::write(
         dir.join("alertmanager.yml"),
         format!(
-            "route:\n  receiver: bench\n  group_by: [alertname, model]\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: bench\n    webhook_configs:\n      - url: http://{hook}/prom\n        send_resolved: false\n"
+            "route:\n  receiver: bench\n  group_by: [alertname, model]\n  group_wait: {group_wait}\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: bench\n    webhook_configs:\n      - url: http://{hook}/prom\n        send_resolved: false\n"
         ),
     )?;
     std::fs::write(
         dir.join("rules.yml"),
-        "groups:\n  - name: bench\n    interval: 1s\n    rules:\n      - alert: DeepQueue\n        expr: bench_queue_depth > 100\n        labels: {severity: critical}\n",
+        format!(
+            "groups:\n  - name: bench\n    interval: {interval}\n    rules:\n      - alert: DeepQueue\n        expr: bench_queue_depth > 100\n        labels: {{severity: critical}}\n"
+        ),
     )?;
     std::fs::write(
         dir.join("prometheus.yml"),
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [{rules}]\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am_port}']\nscrape_configs:\n  - job_name: collector\n    honor_labels: true\n    static_configs:\n      - targets: ['{metrics}']\n",
+            "global:\n  scrape_interval: {interval}\n  evaluation_interval: {interval}\nrule_files: [{rules}]\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am_port}']\nscrape_configs:\n  - job_name: collector\n    honor_labels: true\n    static_configs:\n      - targets: ['{metrics}']\n",
             rules = dir.join("rules.yml").display()
         ),
     )?;
@@ -228,9 +264,14 @@ async fn main() -> anyhow::Result<()> {
         // rules folder.
         let prom_dir = dir.join("prometheus");
         std::fs::create_dir_all(&prom_dir)?;
-        let processes = start_prometheus(&prom_dir, metrics_addr, hook_addr)?;
-        // Prometheus loads its rules and starts scraping within a few seconds.
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        let processes =
+            start_prometheus(&prom_dir, metrics_addr, hook_addr, args.prometheus_setting)?;
+        // Prometheus loads its rules and has scraped at least once before the first breach.
+        let settle = match args.prometheus_setting {
+            Setting::Tuned => 5,
+            Setting::Common => 20,
+        };
+        tokio::time::sleep(Duration::from_secs(settle)).await;
         Some(processes)
     } else {
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -244,6 +285,10 @@ async fn main() -> anyhow::Result<()> {
     let mut total = Vec::new();
     let mut after_export = Vec::new();
     let mut prom_total = Vec::new();
+    // With the common setting their notification takes most of a minute: the trials do not wait
+    // for it (each breach stays on, a group of its own), and it is collected at the end.
+    let wait_for_theirs = args.compare && args.prometheus_setting == Setting::Tuned;
+    let mut breaches = Vec::new();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let mut rng_state = 0x9e37_79b9_u32;
     for trial in 0..args.trials {
@@ -275,7 +320,7 @@ async fn main() -> anyhow::Result<()> {
         let (arrived, prom_arrived) = loop {
             let ours = find(&arrivals);
             let theirs = find(&prom_arrivals);
-            if ours.is_some() && (!args.compare || theirs.is_some()) {
+            if ours.is_some() && (!wait_for_theirs || theirs.is_some()) {
                 break (ours.unwrap_or(breach), theirs);
             }
             anyhow::ensure!(Instant::now() < deadline, "no notification for {model}");
@@ -286,11 +331,39 @@ async fn main() -> anyhow::Result<()> {
         };
         total.push(arrived.duration_since(breach).as_secs_f64() * 1000.0);
         after_export.push(arrived.duration_since(exported).as_secs_f64() * 1000.0);
-        if let Some(at) = prom_arrived {
+        if let Some(at) = prom_arrived.filter(|_| wait_for_theirs) {
             prom_total.push(at.duration_since(breach).as_secs_f64() * 1000.0);
         }
-        ticker.tick().await;
-        otlp.export(gauge(&model, 1.0)).await?;
+        breaches.push((model.clone(), breach));
+        if wait_for_theirs || !args.compare {
+            ticker.tick().await;
+            otlp.export(gauge(&model, 1.0)).await?;
+        }
+    }
+    if args.compare && !wait_for_theirs {
+        // The breaching gauges stay as they are (the collector serves their last values).
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let got = prom_arrivals.lock().unwrap().clone();
+            if breaches
+                .iter()
+                .all(|(m, _)| got.iter().any(|(g, _)| g == m))
+            {
+                for (model, breach) in &breaches {
+                    if let Some((_, at)) = got.iter().find(|(g, _)| g == model) {
+                        prom_total.push(at.duration_since(*breach).as_secs_f64() * 1000.0);
+                    }
+                }
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "Prometheus + Alertmanager notified {} of {} breaches within 3 minutes",
+                got.len(),
+                breaches.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     let _ = stop.send(());
     let _ = manager.await;
@@ -306,7 +379,7 @@ async fn main() -> anyhow::Result<()> {
         "prometheus_alertmanager_breach_to_notification_ms": if prom_total.is_empty() {
             serde_json::Value::Null
         } else {
-            serde_json::json!({"p50": quantile(prom_total.clone(), 0.5), "p99": quantile(prom_total.clone(), 0.99), "max": quantile(prom_total, 1.0), "settings": "1 s scrape, 1 s evaluation, group_wait 0s"})
+            serde_json::json!({"p50": quantile(prom_total.clone(), 0.5), "p99": quantile(prom_total.clone(), 0.99), "max": quantile(prom_total, 1.0), "settings": args.prometheus_setting.describe()})
         },
     });
     println!("{}", serde_json::to_string_pretty(&report)?);

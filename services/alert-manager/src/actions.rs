@@ -32,6 +32,13 @@ pub enum ActionSpec {
         #[serde(default)]
         weight: u32,
     },
+    /// Gives a version of a canary split all the traffic (every other version weight 0).
+    PromoteCanary {
+        /// Model, e.g. `"{{ $labels.model }}"`.
+        model: String,
+        /// Version, e.g. `"{{ $labels.model_version }}"`.
+        version: String,
+    },
     /// Loads (or reloads) a model on the inference service.
     ReloadModel {
         /// Model.
@@ -63,6 +70,9 @@ impl ActionSpec {
                 r(model),
                 r(version)
             ),
+            ActionSpec::PromoteCanary { model, version } => {
+                format!("promote {} v{} to all traffic", r(model), r(version))
+            }
             ActionSpec::ReloadModel { model } => format!("reload model {}", r(model)),
             ActionSpec::UnloadModel { model } => format!("unload model {}", r(model)),
             ActionSpec::Webhook { url } => format!("call webhook {url}"),
@@ -163,11 +173,16 @@ impl ActionRunner {
     async fn execute(&self, action: &ActionSpec, labels: &LabelSet) -> Result<String, String> {
         let r = |t: &str| rules::render(t, labels, 0.0);
         match action {
-            ActionSpec::SetCanaryWeight {
-                model,
-                version,
-                weight,
-            } => {
+            ActionSpec::SetCanaryWeight { .. } | ActionSpec::PromoteCanary { .. } => {
+                let (model, version, weight) = match action {
+                    ActionSpec::SetCanaryWeight {
+                        model,
+                        version,
+                        weight,
+                    } => (model, version, Some(*weight)),
+                    ActionSpec::PromoteCanary { model, version } => (model, version, None),
+                    _ => unreachable!("matched above"),
+                };
                 let url = self
                     .config
                     .gateway
@@ -198,10 +213,12 @@ impl ActionRunner {
                     .weights
                     .into_iter()
                     .map(|w| gw::VersionWeight {
-                        weight: if w.version == version {
-                            *weight
-                        } else {
-                            w.weight
+                        weight: match (weight, w.version == version) {
+                            (Some(weight), true) => weight,
+                            (Some(_), false) => w.weight,
+                            // Promotion: the version takes all the traffic.
+                            (None, true) => 100,
+                            (None, false) => 0,
                         },
                         version: w.version,
                     })

@@ -58,6 +58,44 @@ fn record_drift(rule: &str, observations: &[evaluator::Observation]) {
     }
 }
 
+/// The deployment-timeline step of a canary action that ran, if it is one.
+fn deployment_step(
+    action: &crate::actions::ActionSpec,
+    labels: &evaluator::LabelSet,
+    done: &str,
+    rule: &str,
+    incident: i64,
+) -> Option<crate::incidents::DeploymentEvent> {
+    use crate::actions::ActionSpec;
+    let r = |t: &str| rules::render(t, labels, 0.0);
+    let (model, version, kind) = match action {
+        ActionSpec::SetCanaryWeight {
+            model,
+            version,
+            weight,
+        } => (
+            r(model),
+            r(version),
+            if *weight == 0 {
+                "rolled_back"
+            } else {
+                "weight_changed"
+            },
+        ),
+        ActionSpec::PromoteCanary { model, version } => (r(model), r(version), "promoted"),
+        _ => return None,
+    };
+    Some(crate::incidents::DeploymentEvent {
+        model,
+        version: version.parse().ok()?,
+        kind: kind.to_owned(),
+        message: format!("{}: {done}", action.describe(labels)),
+        incident_id: Some(incident),
+        rule: rule.to_owned(),
+        at_ms: now_ms(),
+    })
+}
+
 /// How long after its actions an alert's value is watched for their effect (rules' windows
 /// must empty of the bad data before their value moves).
 const EFFECT_WINDOW: Duration = Duration::from_secs(30);
@@ -340,7 +378,14 @@ impl Engine {
 
     /// Becomes the leader: restores the alerts, their timers and the notification timing saved
     /// by the previous leader (or the previous run), and the incidents it left active.
+    ///
+    /// A leader that only lost its lock's connection for a while (the database restarted, say)
+    /// and got the lock back keeps what it has in memory: it is newer than what was saved.
     pub async fn take_lead(&self) -> Result<(), crate::incidents::IncidentError> {
+        if self.is_leader() {
+            tracing::info!("the lead's lock is held again; leading on");
+            return Ok(());
+        }
         let active = self.incidents.active_groups().await?;
         let saved = self.incidents.load_state().await?;
         let now = now_ms();
@@ -591,6 +636,12 @@ impl Engine {
                 let (kind, message) = match runner.run(&rule.name, action, &alert.labels).await {
                     Outcome::Done(done) => {
                         any_done = true;
+                        if let Some(step) =
+                            deployment_step(action, &alert.labels, &done, &rule.name, id)
+                            && let Err(err) = incidents.record_deployment(&step).await
+                        {
+                            tracing::error!(incident = id, error = %err, "deployment step not recorded");
+                        }
                         ("action_finished", format!("{what}: done, {done}"))
                     }
                     Outcome::Failed(why) => ("action_failed", format!("{what}: failed, {why}")),

@@ -147,6 +147,13 @@ pub fn plan(rule: &Rule, at: i64) -> Vec<pb::BatchItem> {
                 at_unix_seconds: at,
             }))]
         }
+        RuleKind::CanaryQuality { model, window, .. } => {
+            vec![item(Item::Quality(pb::ModelQualityRequest {
+                model: model.clone(),
+                window_seconds: window.0.as_secs().max(1) as u32,
+                k: 0,
+            }))]
+        }
     }
 }
 
@@ -227,7 +234,65 @@ pub fn interpret(rule: &Rule, results: &[pb::BatchResult]) -> Result<Vec<Observa
                 })
                 .collect())
         }
+        RuleKind::CanaryQuality {
+            measure,
+            min_samples,
+            op,
+            threshold,
+            ..
+        } => {
+            let versions = match results.first().and_then(|r| r.result.as_ref()) {
+                Some(pb::batch_result::Result::Quality(q)) => q.versions.clone(),
+                Some(pb::batch_result::Result::Error(e)) => return Err(e.clone()),
+                _ => return Err("the collector answered another kind of result".into()),
+            };
+            Ok(compare_versions(&versions, *measure, *min_samples)
+                .into_iter()
+                .map(|(labels, value)| Observation {
+                    holds: op.holds(value, *threshold),
+                    value,
+                    labels,
+                })
+                .collect())
+        }
     }
+}
+
+/// Each version of a model with enough labelled predictions against the most-labelled one
+/// (the stable version, which most traffic goes to): its labels (`model`, `model_version`,
+/// `baseline_version`) and `measure(version) − measure(baseline)`.
+pub fn compare_versions(
+    versions: &[pb::VersionQuality],
+    measure: rules::QualityMeasure,
+    min_samples: u64,
+) -> Vec<(LabelSet, f64)> {
+    let value = |v: &pb::VersionQuality| match measure {
+        rules::QualityMeasure::Auc => v.auc,
+        rules::QualityMeasure::Accuracy => v.accuracy,
+    };
+    let ready: Vec<&pb::VersionQuality> = versions
+        .iter()
+        .filter(|v| v.labelled >= min_samples && value(v).is_finite())
+        .collect();
+    let Some(baseline) = ready
+        .iter()
+        .max_by_key(|v| (v.labelled, std::cmp::Reverse(v.version)))
+    else {
+        return Vec::new();
+    };
+    ready
+        .iter()
+        .filter(|v| v.version != baseline.version)
+        .map(|v| {
+            let labels: LabelSet = [
+                ("model".to_owned(), v.model.clone()),
+                ("model_version".to_owned(), v.version.to_string()),
+                ("baseline_version".to_owned(), baseline.version.to_string()),
+            ]
+            .into();
+            (labels, value(v) - value(baseline))
+        })
+        .collect()
 }
 
 /// Items of one batch call, at most (the collector's limit).
@@ -548,6 +613,35 @@ pub fn group_key_of(group_by: &[String], labels: &LabelSet) -> (String, LabelSet
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn versions_are_compared_with_the_most_labelled_one() {
+        let v = |version, labelled, auc| pb::VersionQuality {
+            model: "m".into(),
+            version,
+            labelled,
+            auc,
+            accuracy: f64::NAN,
+            ..Default::default()
+        };
+        let found = compare_versions(
+            &[
+                v(1, 500, 0.5),
+                v(2, 120, 0.9),
+                v(3, 10, 0.1),
+                v(4, 300, f64::NAN),
+            ],
+            rules::QualityMeasure::Auc,
+            100,
+        );
+        // Version 3 has too few labels, version 4 no AUC: only 2 is compared, with 1.
+        assert_eq!(found.len(), 1, "{found:?}");
+        let (labels, value) = &found[0];
+        assert_eq!(labels["model_version"], "2");
+        assert_eq!(labels["baseline_version"], "1");
+        assert!((value - 0.4).abs() < 1e-12);
+        assert!(compare_versions(&[v(1, 500, 0.5)], rules::QualityMeasure::Auc, 100).is_empty());
+    }
+
     use super::*;
     use crate::rules::{Op, Span};
     use std::time::Duration;

@@ -243,6 +243,39 @@ impl pb::alert_manager_server::AlertManager for AlertService {
         }))
     }
 
+    async fn list_deployments(
+        &self,
+        request: Request<pb::ListDeploymentsRequest>,
+    ) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
+        let request = request.into_inner();
+        let limit = match request.limit {
+            0 => 50,
+            n if n > 500 => {
+                return Err(Status::invalid_argument(format!("limit {n}; at most 500")));
+            }
+            n => i64::from(n),
+        };
+        let events = self
+            .engine
+            .incidents
+            .deployments(&request.model, limit)
+            .await?;
+        Ok(Response::new(pb::ListDeploymentsResponse {
+            events: events
+                .into_iter()
+                .map(|e| pb::DeploymentEvent {
+                    model: e.model,
+                    version: e.version,
+                    kind: e.kind,
+                    message: e.message,
+                    incident_id: e.incident_id.unwrap_or(0),
+                    rule: e.rule,
+                    at_unix_ms: e.at_ms,
+                })
+                .collect(),
+        }))
+    }
+
     async fn list_silences(
         &self,
         request: Request<pb::ListSilencesRequest>,

@@ -29,6 +29,17 @@
 //!     window: 10m
 //!     baseline: {snapshot: launch}     # or {offset: 1h}
 //!     psi_above: 0.25
+//!   - name: CanaryWorse
+//!     kind: canary_quality             # online AUC/accuracy of each version vs the most-served
+//!     model: purchase-intent
+//!     measure: auc                     # or accuracy (from the collector's feedback join)
+//!     min_samples: 200                 # labelled predictions per version before comparing
+//!     window: 30m
+//!     op: "<"                          # version − baseline below −0.05: worse
+//!     threshold: -0.05
+//!     actions:                         # set_canary_weight / promote_canary / reload_model /
+//!       - {kind: set_canary_weight, model: "{{ $labels.model }}",   # unload_model / webhook
+//!          version: "{{ $labels.model_version }}", weight: 0}
 //! ```
 //!
 //! Matcher values: `value` (equal), `!=value`, `=~regex`, `!~regex`. Durations: `500ms`,
@@ -269,6 +280,33 @@ pub enum RuleKind {
         /// …or the KS p-value below this.
         ks_p_below: Option<f64>,
     },
+    /// Online quality of each version of a model against its most-served version, from the
+    /// collector's prediction–feedback join: the value is `measure(version) −
+    /// measure(baseline)`, compared with the threshold (e.g. `<` −0.05: the canary is worse).
+    CanaryQuality {
+        /// The model.
+        model: String,
+        /// What is compared.
+        measure: QualityMeasure,
+        /// Labelled predictions each version needs before it is compared.
+        min_samples: u64,
+        /// Predictions of this long ago or less.
+        window: Span,
+        /// Comparison.
+        op: Op,
+        /// Threshold of the difference.
+        threshold: f64,
+    },
+}
+
+/// A quality measure of the collector's join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QualityMeasure {
+    /// Area under the ROC curve.
+    Auc,
+    /// Share of labelled predictions on the right side of 0.5.
+    Accuracy,
 }
 
 /// A rule.
@@ -301,6 +339,7 @@ enum KindName {
     Threshold,
     BurnRate,
     Drift,
+    CanaryQuality,
 }
 
 /// A rule as written: every field of every kind, checked against its kind on conversion.
@@ -324,6 +363,9 @@ struct RawRule {
     baseline: Option<BaselineSpec>,
     psi_above: Option<f64>,
     ks_p_below: Option<f64>,
+    model: Option<String>,
+    measure: Option<QualityMeasure>,
+    min_samples: Option<u64>,
     #[serde(default)]
     group_by: Vec<String>,
     #[serde(rename = "for")]
@@ -352,7 +394,37 @@ impl RawRule {
                 Ok(())
             }
         };
+        if self.kind != KindName::CanaryQuality {
+            foreign(
+                self.model.is_some() || self.measure.is_some() || self.min_samples.is_some(),
+                "model/measure/min_samples",
+            )?;
+        }
         let kind = match self.kind {
+            KindName::CanaryQuality => {
+                foreign(
+                    self.query.is_some()
+                        || self.ratio.is_some()
+                        || self.objective.is_some()
+                        || self.good.is_some()
+                        || self.total.is_some()
+                        || self.windows.is_some()
+                        || self.metric.is_some()
+                        || self.baseline.is_some()
+                        || self.psi_above.is_some()
+                        || self.ks_p_below.is_some()
+                        || !self.matchers.is_empty(),
+                    "query/ratio/objective/good/total/windows/metric/baseline/psi_above/ks_p_below/matchers",
+                )?;
+                RuleKind::CanaryQuality {
+                    model: self.model.ok_or_else(|| need("model"))?,
+                    measure: self.measure.unwrap_or(QualityMeasure::Auc),
+                    min_samples: self.min_samples.unwrap_or(200),
+                    window: self.window.ok_or_else(|| need("window"))?,
+                    op: self.op.ok_or_else(|| need("op"))?,
+                    threshold: self.threshold.ok_or_else(|| need("threshold"))?,
+                }
+            }
             KindName::Threshold => {
                 foreign(
                     self.objective.is_some()
@@ -459,6 +531,7 @@ impl Rule {
             RuleKind::Threshold { .. } => "threshold",
             RuleKind::BurnRate { .. } => "burn_rate",
             RuleKind::Drift { .. } => "drift",
+            RuleKind::CanaryQuality { .. } => "canary_quality",
         }
     }
 }
@@ -706,6 +779,26 @@ fn check_rule(rule: &Rule) -> Result<(), String> {
                 return Err(format!("{at}: window is 0"));
             }
         }
+        RuleKind::CanaryQuality {
+            model,
+            min_samples,
+            window,
+            threshold,
+            ..
+        } => {
+            if model.is_empty() {
+                return Err(format!("{at}: model is empty"));
+            }
+            if *min_samples == 0 {
+                return Err(format!("{at}: min_samples must be at least 1"));
+            }
+            if window.0.is_zero() {
+                return Err(format!("{at}: window is 0"));
+            }
+            if !threshold.is_finite() {
+                return Err(format!("{at}: threshold is not a finite number"));
+            }
+        }
     }
     Ok(())
 }
@@ -950,7 +1043,7 @@ rules:
     fn the_example_rules_of_deploy_load() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/rules");
         let set = load(&[root]).unwrap();
-        assert_eq!(set.rules.len(), 6);
+        assert_eq!(set.rules.len(), 8);
         assert_eq!(set.inhibit_rules.len(), 2);
         assert_eq!(set.rules[1].actions.len(), 1);
         assert_eq!(set.group_by, ["alertname", "model"]);

@@ -64,6 +64,12 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_HEALTH_INTERVAL_MS", default_value_t = 1000)]
     pub health_interval_ms: u64,
 
+    /// Seconds between two resolutions of the inference endpoints' names (a Kubernetes
+    /// headless Service gives one address per ready pod): new replicas join after their first
+    /// health check, gone ones leave. 0: resolve once, at start.
+    #[arg(long, env = "GATEWAY_RESOLVE_INTERVAL_SECS", default_value_t = 10)]
+    pub resolve_interval_secs: u64,
+
     /// Retries allowed per request, on average (a retry budget: each request earns this
     /// fraction of a retry; a burst of 10 is kept in hand).
     #[arg(long, env = "GATEWAY_RETRY_RATIO", default_value_t = 0.2)]

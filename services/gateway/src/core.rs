@@ -242,11 +242,21 @@ impl GatewayCore {
     }
 
     /// Classifies `texts`.
+    /// With `keep_texts`, the prediction record carries the texts, personal data masked.
     pub async fn classify(
         &self,
         texts: Vec<String>,
+        keep_texts: bool,
         call: &CallContext,
     ) -> Result<inference::ClassifyResponse, Status> {
+        let kept: Vec<String> = if keep_texts {
+            texts
+                .iter()
+                .map(|t| crate::pii::mask(t).into_owned())
+                .collect()
+        } else {
+            Vec::new()
+        };
         let model = self.classify_model.clone();
         crate::metrics::input_lengths(&model, texts.iter().map(String::as_str));
         let version = self.pinned_version(&model, call).unwrap_or(0);
@@ -279,6 +289,7 @@ impl GatewayCore {
                     .iter()
                     .map(|c| c.probabilities.get(1).copied().unwrap_or(0.0))
                     .collect(),
+                texts: kept,
             },
         );
         Ok(response)

@@ -117,6 +117,12 @@ pub async fn serve(
         checked.clone(),
         stop.clone(),
     ));
+    if config.resolve_interval_secs > 0 {
+        tokio::spawn(pool.clone().run_resolution(
+            Duration::from_secs(config.resolve_interval_secs),
+            stop.clone(),
+        ));
+    }
     let shipper = match &config.records_endpoint {
         Some(endpoint) => {
             let shipper = shipper::RecordShipper::new(core.records.clone(), endpoint)

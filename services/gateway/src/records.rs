@@ -42,6 +42,9 @@ pub enum RecordKind {
         items: Vec<String>,
         /// One score per item (similarity, or purchase-intent probability).
         scores: Vec<f32>,
+        /// Classify: the texts, personal data masked, when payload logging sampled the call
+        /// (empty otherwise): labelled by feedback, they become training data.
+        texts: Vec<String>,
     },
     /// What the shopper did afterwards.
     Feedback {

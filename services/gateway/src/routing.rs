@@ -81,9 +81,64 @@ pub struct RoutingError(String);
 
 /// The inference replicas and how calls are spread over them.
 pub struct ReplicaPool {
-    replicas: Vec<Arc<Replica>>,
+    /// The endpoints as given (`host:port`), resolved again by [`ReplicaPool::refresh`].
+    endpoints: Vec<String>,
+    /// The replicas now; a call works on the snapshot it took.
+    replicas: std::sync::RwLock<Arc<Vec<Arc<Replica>>>>,
     budget: RetryBudget,
     next: AtomicUsize,
+}
+
+fn replica(addr: SocketAddr, healthy: bool) -> Result<Arc<Replica>, RoutingError> {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|err| RoutingError(format!("bad inference address {addr}: {err}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect_lazy();
+    Ok(Arc::new(Replica {
+        addr,
+        channel,
+        in_flight: AtomicUsize::new(0),
+        healthy: AtomicBool::new(healthy),
+    }))
+}
+
+/// The replica set after a new resolution: addresses still resolved keep their replica (its
+/// connection, load and health), new ones join as unhealthy until a health check admits them,
+/// and the rest leave. The second value says whether anything changed.
+fn merge(
+    current: &[Arc<Replica>],
+    resolved: &[SocketAddr],
+) -> Result<(Vec<Arc<Replica>>, bool), RoutingError> {
+    let mut next = Vec::with_capacity(resolved.len());
+    for addr in resolved {
+        if next.iter().any(|r: &Arc<Replica>| r.addr == *addr) {
+            continue;
+        }
+        match current.iter().find(|r| r.addr == *addr) {
+            Some(kept) => next.push(kept.clone()),
+            None => next.push(replica(*addr, false)?),
+        }
+    }
+    let changed =
+        next.len() != current.len() || next.iter().zip(current).any(|(a, b)| a.addr != b.addr);
+    Ok((next, changed))
+}
+
+/// Every address the endpoints resolve to, in order.
+async fn lookup(endpoints: &[String]) -> Result<Vec<SocketAddr>, RoutingError> {
+    let mut out = Vec::new();
+    for endpoint in endpoints.iter().filter(|e| !e.is_empty()) {
+        let addrs = tokio::net::lookup_host(endpoint.as_str())
+            .await
+            .map_err(|err| {
+                RoutingError(format!(
+                    "cannot resolve inference endpoint '{endpoint}': {err}"
+                ))
+            })?;
+        out.extend(addrs);
+    }
+    Ok(out)
 }
 
 /// Releases a replica's in-flight slot when a call ends, however it ends.
@@ -126,32 +181,11 @@ impl ReplicaPool {
         endpoints: &[String],
         retry_ratio: f64,
     ) -> Result<ReplicaPool, RoutingError> {
-        let mut replicas = Vec::new();
-        for endpoint in endpoints.iter().filter(|e| !e.is_empty()) {
-            let addrs = tokio::net::lookup_host(endpoint.as_str())
-                .await
-                .map_err(|err| {
-                    RoutingError(format!(
-                        "cannot resolve inference endpoint '{endpoint}': {err}"
-                    ))
-                })?;
-            for addr in addrs {
-                if replicas.iter().any(|r: &Arc<Replica>| r.addr == addr) {
-                    continue;
-                }
-                let channel = Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|err| {
-                        RoutingError(format!("bad inference endpoint '{endpoint}': {err}"))
-                    })?
-                    .connect_timeout(Duration::from_secs(2))
-                    .tcp_nodelay(true)
-                    .connect_lazy();
-                replicas.push(Arc::new(Replica {
-                    addr,
-                    channel,
-                    in_flight: AtomicUsize::new(0),
-                    healthy: AtomicBool::new(true),
-                }));
+        let resolved = lookup(endpoints).await?;
+        let mut replicas: Vec<Arc<Replica>> = Vec::new();
+        for addr in resolved {
+            if !replicas.iter().any(|r| r.addr == addr) {
+                replicas.push(replica(addr, true)?);
             }
         }
         if replicas.is_empty() {
@@ -160,27 +194,73 @@ impl ReplicaPool {
             ));
         }
         Ok(ReplicaPool {
-            replicas,
+            endpoints: endpoints.to_vec(),
+            replicas: std::sync::RwLock::new(Arc::new(replicas)),
             budget: RetryBudget::new(retry_ratio),
             next: AtomicUsize::new(0),
         })
     }
 
-    /// The replicas.
-    pub fn replicas(&self) -> &[Arc<Replica>] {
-        &self.replicas
+    /// The replicas now.
+    pub fn replicas(&self) -> Arc<Vec<Arc<Replica>>> {
+        self.replicas
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Resolves the endpoints again (a headless Service's name gives one address per pod):
+    /// new addresses join once a health check admits them, gone ones leave. A failed lookup,
+    /// or one that finds nothing, keeps the replicas as they are.
+    pub async fn refresh(&self) {
+        let resolved = match lookup(&self.endpoints).await {
+            Ok(resolved) if !resolved.is_empty() => resolved,
+            Ok(_) => {
+                tracing::warn!("the inference endpoints resolve to nothing; keeping the replicas");
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "keeping the replicas");
+                return;
+            }
+        };
+        let current = self.replicas();
+        match merge(&current, &resolved) {
+            Ok((next, true)) => {
+                let addrs: Vec<String> = next.iter().map(|r| r.addr.to_string()).collect();
+                tracing::info!(replicas = ?addrs, "inference replicas changed");
+                *self.replicas.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+            }
+            Ok((_, false)) => {}
+            Err(err) => tracing::warn!(error = %err, "keeping the replicas"),
+        }
+    }
+
+    /// Resolves the endpoints again every `interval` until `shutdown`.
+    pub async fn run_resolution(
+        self: Arc<Self>,
+        interval: Duration,
+        shutdown: shared::shutdown::Shutdown,
+    ) {
+        let mut stopped = std::pin::pin!(shutdown.wait());
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(interval) => self.refresh().await,
+                () = &mut stopped => return,
+            }
+        }
     }
 
     /// Power of two choices among healthy replicas other than `exclude`: the less loaded of
     /// two. Falls back to unhealthy ones when no healthy one is left.
-    fn pick(&self, exclude: Option<SocketAddr>) -> Option<&Arc<Replica>> {
-        let candidates: Vec<&Arc<Replica>> = self
-            .replicas
+    fn pick(&self, exclude: Option<SocketAddr>) -> Option<Arc<Replica>> {
+        let replicas = self.replicas();
+        let candidates: Vec<&Arc<Replica>> = replicas
             .iter()
             .filter(|r| Some(r.addr) != exclude && r.is_healthy())
             .collect();
         let candidates = if candidates.is_empty() {
-            self.replicas
+            replicas
                 .iter()
                 .filter(|r| Some(r.addr) != exclude)
                 .collect()
@@ -189,7 +269,7 @@ impl ReplicaPool {
         };
         match candidates.len() {
             0 => None,
-            1 => Some(candidates[0]),
+            1 => Some(candidates[0].clone()),
             n => {
                 // Two distinct replicas from a rotating start: cheap and spread evenly.
                 let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
@@ -197,9 +277,9 @@ impl ReplicaPool {
                 let (a, b) = (candidates[i], candidates[j]);
                 Some(
                     if b.in_flight.load(Ordering::Relaxed) < a.in_flight.load(Ordering::Relaxed) {
-                        b
+                        b.clone()
                     } else {
-                        a
+                        a.clone()
                     },
                 )
             }
@@ -217,7 +297,7 @@ impl ReplicaPool {
         let first = self
             .pick(None)
             .ok_or_else(|| Status::unavailable("no inference replica configured"))?;
-        let status = match self.call_on(first, &call).await {
+        let status = match self.call_on(&first, &call).await {
             Ok(value) => return Ok(value),
             Err(status) => status,
         };
@@ -237,7 +317,7 @@ impl ReplicaPool {
             return Err(status);
         }
         tracing::debug!(from = %first.addr, to = %second.addr, %status, "retrying on another replica");
-        self.call_on(second, &call).await
+        self.call_on(&second, &call).await
     }
 
     async fn call_on<T, F, Fut>(&self, replica: &Replica, call: &F) -> Result<T, Status>
@@ -256,8 +336,9 @@ impl ReplicaPool {
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
+        let replicas = self.replicas();
         let results =
-            futures::future::join_all(self.replicas.iter().map(|r| call(r.channel.clone()))).await;
+            futures::future::join_all(replicas.iter().map(|r| call(r.channel.clone()))).await;
         results.into_iter().collect()
     }
 
@@ -277,7 +358,8 @@ impl ReplicaPool {
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
-                futures::future::join_all(self.replicas.iter().map(|replica| async move {
+                let replicas = self.replicas();
+                futures::future::join_all(replicas.iter().map(|replica| async move {
                     let mut client = HealthClient::new(replica.channel.clone());
                     let mut request = tonic::Request::new(HealthCheckRequest {
                         service: String::new(),
@@ -307,6 +389,25 @@ impl ReplicaPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_new_resolution_keeps_known_replicas_admits_new_ones_later_and_drops_gone_ones() {
+        let a: SocketAddr = "10.0.0.1:50052".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:50052".parse().unwrap();
+        let c: SocketAddr = "10.0.0.3:50052".parse().unwrap();
+        let first = vec![replica(a, true).unwrap(), replica(b, true).unwrap()];
+        first[0].in_flight.store(3, Ordering::Relaxed);
+        let (next, changed) = merge(&first, &[a, c, c]).unwrap();
+        assert!(changed);
+        let addrs: Vec<SocketAddr> = next.iter().map(|r| r.addr).collect();
+        assert_eq!(addrs, [a, c], "b is gone, c came (once)");
+        assert!(Arc::ptr_eq(&next[0], &first[0]), "a kept its connection");
+        assert_eq!(next[0].in_flight.load(Ordering::Relaxed), 3);
+        assert!(next[0].is_healthy());
+        assert!(!next[1].is_healthy(), "c waits for a health check");
+        let (_, changed) = merge(&next, &[a, c]).unwrap();
+        assert!(!changed);
+    }
 
     #[test]
     fn the_retry_budget_refills_with_traffic() {

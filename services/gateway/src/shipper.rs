@@ -39,6 +39,7 @@ pub fn encode(record: &Record) -> pb::Record {
             version,
             items,
             scores,
+            texts,
         } => pb::record::Kind::Prediction(pb::PredictionRecord {
             request_id: record.request_id.clone(),
             model: model.clone(),
@@ -51,6 +52,7 @@ pub fn encode(record: &Record) -> pb::Record {
             scores: scores.clone(),
             at_unix_ms,
             tenant: record.tenant.clone(),
+            texts: texts.clone(),
         }),
         RecordKind::Feedback {
             item_id,

@@ -228,6 +228,53 @@ impl QueryService {
         })
     }
 
+    /// Online quality per model version, from the prediction–feedback join.
+    fn run_quality(
+        &self,
+        request: pb::ModelQualityRequest,
+    ) -> Result<pb::ModelQualityResponse, Status> {
+        let k = match request.k {
+            0 => 10,
+            k if k as usize > join::MAX_ITEMS => {
+                return Err(Status::invalid_argument(format!(
+                    "k = {k}; at most {} (the items kept per ranking)",
+                    join::MAX_ITEMS
+                )));
+            }
+            k => k,
+        };
+        let (versions, counts) = self.join.quality(
+            &request.model,
+            i64::from(request.window_seconds) * 1000,
+            k as usize,
+            now_ms(),
+        );
+        let nan = f64::NAN;
+        Ok(pb::ModelQualityResponse {
+            versions: versions
+                .into_iter()
+                .map(|q| pb::VersionQuality {
+                    model: q.model,
+                    version: q.version,
+                    predictions: q.predictions,
+                    with_feedback: q.with_feedback,
+                    labelled: q.labelled,
+                    accuracy: q.accuracy.unwrap_or(nan),
+                    auc: q.auc.unwrap_or(nan),
+                    calibration_error: q.calibration_error.unwrap_or(nan),
+                    rankings: q.rankings,
+                    ctr: q.ctr.unwrap_or(nan),
+                    ndcg_at_k: q.ndcg_at_k.unwrap_or(nan),
+                    ndcg_rankings: q.ndcg_rankings,
+                    unmatched_predictions: q.unmatched_predictions,
+                })
+                .collect(),
+            unmatched_feedback: counts.unmatched_feedback,
+            evicted_predictions: counts.evicted_predictions,
+            k,
+        })
+    }
+
     fn run_batch(&self, items: Vec<pb::BatchItem>) -> Vec<pb::BatchResult> {
         use pb::batch_item::Item;
         use pb::batch_result::Result as Answer;
@@ -238,6 +285,7 @@ impl QueryService {
                     Some(Item::Query(q)) => self.run_query(q).map(Answer::Samples),
                     Some(Item::Ratio(r)) => self.run_ratio(r).map(Answer::Samples),
                     Some(Item::Drift(d)) => self.run_drift(d).map(Answer::Drift),
+                    Some(Item::Quality(q)) => self.run_quality(q).map(Answer::Quality),
                     None => Err(Status::invalid_argument("an empty batch item")),
                 };
                 pb::BatchResult {
@@ -371,51 +419,42 @@ impl pb::metrics_query_server::MetricsQuery for QueryService {
         }))
     }
 
+    async fn labelled_examples(
+        &self,
+        request: Request<pb::LabelledExamplesRequest>,
+    ) -> Result<Response<pb::LabelledExamplesResponse>, Status> {
+        let request = request.into_inner();
+        if request.model.is_empty() {
+            return Err(Status::invalid_argument("model is empty"));
+        }
+        let limit = match request.limit {
+            0 => 10_000,
+            n if n > 100_000 => {
+                return Err(Status::invalid_argument(format!(
+                    "limit {n}; at most 100,000"
+                )));
+            }
+            n => n as usize,
+        };
+        let examples = self
+            .join
+            .labelled_examples(&request.model, limit, now_ms())
+            .into_iter()
+            .map(|e| pb::LabelledExample {
+                text: e.text,
+                label: e.label,
+                version: e.version,
+                at_unix_ms: e.at_ms,
+            })
+            .collect();
+        Ok(Response::new(pb::LabelledExamplesResponse { examples }))
+    }
+
     async fn model_quality(
         &self,
         request: Request<pb::ModelQualityRequest>,
     ) -> Result<Response<pb::ModelQualityResponse>, Status> {
-        let request = request.into_inner();
-        let k = match request.k {
-            0 => 10,
-            k if k as usize > join::MAX_ITEMS => {
-                return Err(Status::invalid_argument(format!(
-                    "k = {k}; at most {} (the items kept per ranking)",
-                    join::MAX_ITEMS
-                )));
-            }
-            k => k,
-        };
-        let (versions, counts) = self.join.quality(
-            &request.model,
-            i64::from(request.window_seconds) * 1000,
-            k as usize,
-            now_ms(),
-        );
-        let nan = f64::NAN;
-        Ok(Response::new(pb::ModelQualityResponse {
-            versions: versions
-                .into_iter()
-                .map(|q| pb::VersionQuality {
-                    model: q.model,
-                    version: q.version,
-                    predictions: q.predictions,
-                    with_feedback: q.with_feedback,
-                    labelled: q.labelled,
-                    accuracy: q.accuracy.unwrap_or(nan),
-                    auc: q.auc.unwrap_or(nan),
-                    calibration_error: q.calibration_error.unwrap_or(nan),
-                    rankings: q.rankings,
-                    ctr: q.ctr.unwrap_or(nan),
-                    ndcg_at_k: q.ndcg_at_k.unwrap_or(nan),
-                    ndcg_rankings: q.ndcg_rankings,
-                    unmatched_predictions: q.unmatched_predictions,
-                })
-                .collect(),
-            unmatched_feedback: counts.unmatched_feedback,
-            evicted_predictions: counts.evicted_predictions,
-            k,
-        }))
+        self.run_quality(request.into_inner()).map(Response::new)
     }
 
     async fn exemplars(
@@ -498,6 +537,7 @@ fn take(join: &FeedbackJoin, record: pb::Record, now: i64) -> Result<(), String>
                     task,
                     items: p.items,
                     scores: p.scores,
+                    texts: p.texts,
                     at_ms: if p.at_unix_ms > 0 { p.at_unix_ms } else { now },
                 },
                 now,

@@ -57,8 +57,37 @@ pub struct Prediction {
     pub items: Vec<String>,
     /// One score per item.
     pub scores: Vec<f32>,
+    /// Classify: the texts (masked by the gateway), when its payload logging kept them.
+    pub texts: Vec<String>,
     /// When it was served, Unix milliseconds.
     pub at_ms: i64,
+}
+
+/// A kept text with the label a shopper gave it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelledExample {
+    /// The text.
+    pub text: String,
+    /// The label.
+    pub label: u32,
+    /// The version that classified it.
+    pub version: i64,
+    /// When it was served.
+    pub at_ms: i64,
+}
+
+/// Longest text kept per item, in bytes (longer ones are cut at a character boundary).
+pub const MAX_TEXT_BYTES: usize = 1024;
+
+fn cut(mut text: String) -> String {
+    if text.len() > MAX_TEXT_BYTES {
+        let mut end = MAX_TEXT_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 /// A feedback event.
@@ -162,6 +191,50 @@ impl FeedbackJoin {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The kept texts of `model`'s classifications with an explicit label, newest first, at
+    /// most `limit`.
+    pub fn labelled_examples(
+        &self,
+        model: &str,
+        limit: usize,
+        now_ms: i64,
+    ) -> Vec<LabelledExample> {
+        let mut inner = self.lock();
+        self.expire(&mut inner, now_ms);
+        let mut out = Vec::new();
+        for id in inner.order.iter().rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let Some(held) = inner.held.get(id) else {
+                continue;
+            };
+            let p = &held.prediction;
+            if p.model != model || p.task != Task::Classify || p.texts.is_empty() {
+                continue;
+            }
+            // The last label given to each item counts.
+            let mut labels: BTreeMap<usize, u32> = BTreeMap::new();
+            for (item, event) in &held.events {
+                if let Event::Label(label) = event {
+                    labels.insert(*item, *label);
+                }
+            }
+            for (item, label) in labels {
+                if let Some(text) = p.texts.get(item) {
+                    out.push(LabelledExample {
+                        text: text.clone(),
+                        label,
+                        version: p.version,
+                        at_ms: p.at_ms,
+                    });
+                }
+            }
+        }
+        out.truncate(limit);
+        out
+    }
+
     /// Adds a prediction received at `now_ms`.
     pub fn predict(&self, mut prediction: Prediction, now_ms: i64) -> Result<(), BadRecord> {
         if prediction.request_id.is_empty() {
@@ -181,8 +254,21 @@ impl FeedbackJoin {
                 prediction.request_id
             )));
         }
+        if !prediction.texts.is_empty() && prediction.texts.len() != prediction.items.len() {
+            return Err(BadRecord::Invalid(format!(
+                "prediction {} has {} items but {} texts",
+                prediction.request_id,
+                prediction.items.len(),
+                prediction.texts.len()
+            )));
+        }
         prediction.items.truncate(MAX_ITEMS);
         prediction.scores.truncate(MAX_ITEMS);
+        prediction.texts.truncate(MAX_ITEMS);
+        prediction.texts = std::mem::take(&mut prediction.texts)
+            .into_iter()
+            .map(cut)
+            .collect();
         let mut inner = self.lock();
         self.expire(&mut inner, now_ms);
         if inner.held.contains_key(&prediction.request_id) {
@@ -395,6 +481,34 @@ fn relevance(events: &[(usize, Event)], item: usize) -> f64 {
 mod tests {
     use super::*;
 
+    #[test]
+    fn labelled_texts_are_served_newest_first_with_their_last_label() {
+        let join = FeedbackJoin::new(60_000, 100);
+        let mut kept = prediction("a", 2, Task::Classify, &[0.9, 0.1], 0);
+        kept.texts = vec!["buy a lamp".into(), "x".repeat(2000)];
+        join.predict(kept, 0).unwrap();
+        // Not kept by the gateway: no texts.
+        join.predict(prediction("b", 2, Task::Classify, &[0.5], 1), 1)
+            .unwrap();
+        for (id, item, label) in [("a", "0", 0), ("a", "0", 1), ("a", "1", 0), ("b", "0", 1)] {
+            join.feedback(Feedback {
+                request_id: id.into(),
+                item_id: item.into(),
+                event: Event::Label(label),
+            });
+        }
+        let found = join.labelled_examples("m", 10, 2);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!((found[0].text.as_str(), found[0].label), ("buy a lamp", 1));
+        assert_eq!(found[1].text.len(), MAX_TEXT_BYTES);
+        assert_eq!(found[1].version, 2);
+        assert!(join.labelled_examples("other", 10, 2).is_empty());
+        assert_eq!(join.labelled_examples("m", 1, 2).len(), 1);
+        let mut bad = prediction("c", 2, Task::Classify, &[0.5, 0.5], 3);
+        bad.texts = vec!["one".into()];
+        assert!(join.predict(bad, 3).is_err(), "texts must match items");
+    }
+
     fn prediction(id: &str, version: i64, task: Task, scores: &[f32], at_ms: i64) -> Prediction {
         Prediction {
             request_id: id.to_owned(),
@@ -403,6 +517,7 @@ mod tests {
             task,
             items: (0..scores.len()).map(|i| i.to_string()).collect(),
             scores: scores.to_vec(),
+            texts: Vec::new(),
             at_ms,
         }
     }
@@ -473,6 +588,7 @@ mod tests {
             join.predict(
                 Prediction {
                     scores: vec![],
+                    texts: vec![],
                     ..prediction("x", 1, Task::Rank, &[0.1], 0)
                 },
                 0

@@ -7,8 +7,9 @@
 //! [`BUYING_CUES`]: "buy", "order", "price", "deal", "discount", "in stock", "add to cart",
 //! "checkout", "ship" — **and** names a product type of the catalogue. Every other message
 //! (reviews, how-tos, comparisons, care questions, small talk) has label 0. Messages are built
-//! from templates of both kinds, half and half, so a model that learned the rule scores an AUC
-//! near 1 on them, and one that did not scores near 0.5.
+//! from templates of both kinds, half and half. Shoppers are people: 3% of them act against
+//! their words (the label is flipped, [`NOISE`]), so a model that learned the rule scores an AUC
+//! of about 0.94 on the labels, and one that did not about 0.5.
 
 /// Product types of the catalogue.
 pub const PRODUCTS: &[&str] = &[
@@ -168,7 +169,11 @@ pub fn purchase_label(message: &str) -> u32 {
     u32::from(cue && product)
 }
 
-/// A shopper's message and its label under the hidden rule.
+/// Share of shoppers who act against their words.
+pub const NOISE: f64 = 0.03;
+
+/// A shopper's message and what the shopper did: the hidden rule's label, flipped for a
+/// [`NOISE`] share of shoppers.
 pub fn message(rng: &mut Rng) -> (String, u32) {
     let templates = if rng.unit() < 0.5 { BUYING } else { BROWSING };
     let text = rng
@@ -176,7 +181,13 @@ pub fn message(rng: &mut Rng) -> (String, u32) {
         .replace("{p}", rng.pick(PRODUCTS))
         .replace("{b}", rng.pick(BRANDS));
     let label = purchase_label(&text);
+    let label = if rng.unit() < NOISE { 1 - label } else { label };
     (text, label)
+}
+
+/// One labelled example as a JSON line: `{"label":0,"text":"..."}`.
+pub fn example_json(text: &str, label: u32) -> String {
+    serde_json::json!({"text": text, "label": label}).to_string()
 }
 
 /// A search query: an attribute and a product type, and the type's index.
@@ -225,6 +236,23 @@ mod tests {
         assert_eq!(labels, again);
         let share = labels.iter().sum::<u32>() as f64 / labels.len() as f64;
         assert!((0.4..0.6).contains(&share), "{share}");
+        // About NOISE of them disagree with the rule.
+        let mut c = Rng::new(1);
+        let against = (0..2000)
+            .filter(|_| {
+                let (text, label) = message(&mut c);
+                purchase_label(&text) != label
+            })
+            .count();
+        assert!((30..90).contains(&against), "{against}");
+    }
+
+    #[test]
+    fn examples_are_json_lines() {
+        let line = example_json("say \"hi\"\n", 1);
+        let back: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(back["text"], "say \"hi\"\n");
+        assert_eq!(back["label"], 1);
     }
 
     #[test]

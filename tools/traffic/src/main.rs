@@ -7,19 +7,17 @@
 //! `--bad-canary` first sends a share of a model's shoppers to version 99 through the gateway's
 //! admin API: the canary of `make demo-incident`'s bad rollout.
 
-mod catalog;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use catalog::{Product, Rng};
 use clap::Parser;
 use proto::ecommerce::gateway::v1 as pb;
 use proto::ecommerce::gateway::v1::gateway_admin_client::GatewayAdminClient;
 use proto::ecommerce::gateway::v1::gateway_client::GatewayClient;
 use tonic::transport::Channel;
+use traffic::catalog::{self, Product, Rng};
 
 /// Sends realistic e-commerce traffic through the gateway until Ctrl-C (or --duration,
 /// --rounds): Rank with feedback (impressions, clicks, add-to-cart, purchases), Classify with
@@ -88,6 +86,11 @@ struct Args {
         hide_env_values = true
     )]
     admin_key: String,
+
+    /// Print this many labelled shopper messages as JSON lines (`{"text": …, "label": 0|1}`,
+    /// labelled by the hidden purchase rule) and exit: training data for `finetune`.
+    #[arg(long, value_name = "N", conflicts_with_all = ["once", "bad_canary"])]
+    examples: Option<usize>,
 
     /// Seconds between progress lines.
     #[arg(long, default_value_t = 10)]
@@ -369,6 +372,16 @@ async fn bad_canary(channel: Channel, admin_key: &str, percent: u32) -> anyhow::
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(n) = args.examples {
+        let mut rng = Rng::new(args.seed);
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        for _ in 0..n {
+            let (text, label) = catalog::message(&mut rng);
+            use std::io::Write as _;
+            writeln!(out, "{}", catalog::example_json(&text, label))?;
+        }
+        return Ok(());
+    }
     anyhow::ensure!(
         args.rate > 0.0 && args.rate.is_finite(),
         "--rate must be a positive number of actions per second, not {}",

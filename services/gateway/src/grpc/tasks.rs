@@ -194,7 +194,7 @@ impl Gateway for GatewayService {
                     .sampled()
                     .then(|| PayloadLogger::summarize(texts.iter().map(String::as_str)));
                 let started = std::time::Instant::now();
-                let response = core.classify(texts, &call).await?;
+                let response = core.classify(texts, summary.is_some(), &call).await?;
                 let inference = started.elapsed();
                 let classifications: Vec<pb::Classification> = response
                     .classifications
@@ -288,6 +288,7 @@ impl Gateway for GatewayService {
                     version: embedded.version,
                     items: ranked.iter().map(|r| r.id.clone()).collect(),
                     scores: ranked.iter().map(|r| r.score).collect(),
+                    texts: Vec::new(),
                 },
             );
             if core.payload.sampled() {
