@@ -11,7 +11,7 @@ export MODEL_REPOSITORY ?= $(MODELS)
 
 MODEL_FILES := $(MODELS)/minilm-l6/1/model.onnx $(MODELS)/purchase-intent/1/model.onnx
 
-.PHONY: help deps model build run demo-incident test lint fmt bench bench-collector clean
+.PHONY: help deps model build run demo-incident test lint fmt bench bench-collector bench-anchors clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -58,6 +58,11 @@ bench: model ## Benchmarks: in-process ONNX Runtime against the served model (se
 	@bash scripts/bench.sh
 	@bash scripts/bench_collector.sh
 	@bash scripts/bench_finetune.sh
+
+bench-anchors: model ## Ours against Triton (PyTriton), MLServer and a plain Python server (~20 min)
+	@bash scripts/deps.sh --bench
+	cargo build --release --workspace --bins --benches
+	@bash scripts/bench_anchors.sh
 
 bench-collector: ## Benchmark of the metrics collector only: ingest, memory, query latency
 	cargo build --release -p metrics-collector -p bench

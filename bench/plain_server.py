@@ -6,7 +6,7 @@ batching. It speaks the Open Inference Protocol (through the stubs that tritoncl
 the same load generator and perf_analyzer drive it and the inference service alike.
 
 Usage: plain_server.py --port PORT --model-dir models/minilm-l6 [--threads 2] [--spin]
-It serves ServerLive/ServerReady/ModelReady/ModelMetadata/ModelConfig/ModelInfer for the
+It serves ServerLive/ServerReady/ServerMetadata/ModelReady/ModelMetadata/ModelConfig/ModelInfer for the
 model in --model-dir (input TEXT BYTES [batch, 1], output sentence_embedding FP32 [batch, 384]).
 """
 
@@ -58,6 +58,9 @@ class PlainServer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def ModelReady(self, request, context):
         return service_pb2.ModelReadyResponse(ready=request.name == self.name)
+
+    def ServerMetadata(self, request, context):
+        return service_pb2.ServerMetadataResponse(name="plain", version="1", extensions=[])
 
     def ModelMetadata(self, request, context):
         tensor = service_pb2.ModelMetadataResponse.TensorMetadata
