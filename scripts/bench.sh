@@ -30,8 +30,8 @@ PA_INTERVAL_MS=${BENCH_PA_INTERVAL_MS:-5000}
 read -r -a SERVER_ARGS <<<"${BENCH_SERVER_ARGS:-}"
 export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$PWD/.deps/onnxruntime/lib/libonnxruntime.so}
 
-say() { printf '[bench] %s\n' "$*" >&2; }
-die() { say "FAILED: $*"; exit 1; }
+BENCH_TAG=bench
+. scripts/bench_lib.sh
 
 for bin in inference gateway inprocess loadgen; do
     [ -x "$BIN/$bin" ] || die "$BIN/$bin is missing: run \`cargo build --release --workspace --bins\`"
@@ -39,14 +39,7 @@ done
 [ -f "models/$MODEL/1/model.onnx" ] || die "models/$MODEL is missing: run \`make model\`"
 [ -f "$ORT_DYLIB_PATH" ] || die "ONNX Runtime not found at $ORT_DYLIB_PATH: run \`make deps\`"
 [ -x "$VENV/bin/perf_analyzer" ] && [ -x "$VENV/bin/grpcurl" ] || die "perf_analyzer or grpcurl missing in $VENV: run \`make deps\`"
-cuda_lib=$(ls -d "$VENV"/lib/python3*/site-packages/nvidia/cuda_runtime/lib 2>/dev/null | head -n 1)
-[ -n "$cuda_lib" ] || die "perf_analyzer needs nvidia-cuda-runtime-cu12: run \`bash scripts/deps.sh --bench\`"
-
-# Percentage of CPU time spent busy over one second: other work on the machine skews results.
-# A free loopback port.
-free_port() {
-    "$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+cuda_lib=$(perf_analyzer_cuda_lib)
 
 # Waits (60 s at most) until the service NAME at ADDR answers SERVING; fails if PID exits.
 wait_serving() {

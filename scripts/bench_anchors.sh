@@ -40,16 +40,15 @@ SECS=${ANCHORS_SECS:-6}
 SYSTEMS=${ANCHORS_SYSTEMS:-us gateway triton mlserver plain}
 export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$PWD/.deps/onnxruntime/lib/libonnxruntime.so}
 
-say() { printf '[anchors] %s\n' "$*" >&2; }
-die() { say "FAILED: $*"; exit 1; }
+BENCH_TAG=anchors
+. scripts/bench_lib.sh
 
 for bin in inference gateway loadgen inprocess; do
     [ -x "$BIN/$bin" ] || die "$BIN/$bin is missing: run \`cargo build --release --workspace --bins --benches\`"
 done
 [ -f "models/$MODEL/1/model.onnx" ] || die "models/$MODEL is missing: run \`make model\`"
 [ -x "$VENV/bin/perf_analyzer" ] || die "perf_analyzer is missing in $VENV: run \`make deps\`"
-cuda_lib=$(ls -d "$VENV"/lib/python3*/site-packages/nvidia/cuda_runtime/lib 2>/dev/null | head -n 1)
-[ -n "$cuda_lib" ] || die "perf_analyzer needs nvidia-cuda-runtime-cu12: run \`bash scripts/deps.sh --bench\`"
+cuda_lib=$(perf_analyzer_cuda_lib)
 mkdir -p "$OUT" "$ENVS"
 
 # A throwaway environment: NAME PYTHON PACKAGES… (reused while its package list is unchanged).
@@ -76,10 +75,6 @@ TOKENIZERS=tokenizers==0.22.1
 case " $SYSTEMS " in *" triton "*) make_env triton /usr/bin/python3 nvidia-pytriton==0.7.0 "$ORT" "$TOKENIZERS" ;; esac
 case " $SYSTEMS " in *" mlserver "*) make_env mlserver python3 mlserver==1.7.1 "$ORT" "$TOKENIZERS" ;; esac
 make_env plot python3 matplotlib==3.9.2
-
-free_port() {
-    "$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 # Waits (120 s at most) until ADDR answers ServerReady (Open Inference Protocol: every system
 # serves it, with or without grpc.health.v1).

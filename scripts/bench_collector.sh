@@ -14,13 +14,12 @@ cd "$(dirname "$0")/.."
 BIN=target/release
 OUT=target/bench
 SECS=${BENCH_COLLECTOR_SECS:-10}
-say() { printf '[bench-collector] %s\n' "$*" >&2; }
-die() { say "FAILED: $*"; exit 1; }
+BENCH_TAG=bench-collector
+. scripts/bench_lib.sh
 for bin in metrics-collector collector_bench collector_memory rule_eval alert_latency; do
     [ -x "$BIN/$bin" ] || die "$BIN/$bin is missing: run \`cargo build --release --workspace --bins\`"
 done
 mkdir -p "$OUT"
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 grpc_port=$(free_port)
 http_port=$(free_port)
 "$BIN/metrics-collector" --listen "127.0.0.1:$grpc_port" --http-listen "127.0.0.1:$http_port" \

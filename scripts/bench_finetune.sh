@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 BIN=target/release
 OUT=target/bench
 mkdir -p "$OUT"
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+BENCH_TAG=bench-finetune
+. scripts/bench_lib.sh
+PORT=$(free_port)
 ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$PWD/.deps/onnxruntime/lib/libonnxruntime.so} \
     MODEL_REPOSITORY=$PWD/models INFERENCE_LISTEN=127.0.0.1:$PORT OTEL_EXPORTER_OTLP_ENDPOINT= \
     "$BIN/inference" >"$OUT/finetune-inference.log" 2>&1 &

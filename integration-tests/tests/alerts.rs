@@ -87,10 +87,11 @@ fn counts(metric: &str, label_sets: &[Vec<(&str, String)>], n: f64) -> ExportMet
     }
 }
 
-/// Keeps exporting 10 errors of `model` every 100 ms until the returned flag is cleared.
-fn keep_failing(
+/// Keeps exporting what `request` makes (fresh timestamps each time) every 100 ms until the
+/// returned flag is cleared.
+fn keep_exporting(
     otlp: &MetricsServiceClient<Channel>,
-    model: &'static str,
+    request: impl Fn() -> ExportMetricsServiceRequest + Send + 'static,
 ) -> (
     std::sync::Arc<std::sync::atomic::AtomicBool>,
     tokio::task::JoinHandle<()>,
@@ -100,11 +101,22 @@ fn keep_failing(
     let mut otlp = otlp.clone();
     let task = tokio::spawn(async move {
         while flag.load(std::sync::atomic::Ordering::Relaxed) {
-            let _ = otlp.export(errors(model, 10.0)).await;
+            let _ = otlp.export(request()).await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
     (on, task)
+}
+
+/// Keeps exporting 10 errors of `model` every 100 ms until the returned flag is cleared.
+fn keep_failing(
+    otlp: &MetricsServiceClient<Channel>,
+    model: &'static str,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tokio::task::JoinHandle<()>,
+) {
+    keep_exporting(otlp, move || errors(model, 10.0))
 }
 
 /// A webhook receiver that keeps every JSON body POSTed to `/hook`.
@@ -212,17 +224,13 @@ async fn a_breach_opens_an_incident_that_resolves_with_its_alert() {
     failing_flag.store(false, std::sync::atomic::Ordering::Relaxed);
     failing.await.unwrap();
     // The errors stop: within the 2 s window and an evaluation, the alert and the incident resolve.
-    let resolved = eventually("the incident resolves", Duration::from_secs(15), || {
-        let mut client = client.clone();
-        async move {
-            let i = client
-                .get_incident(pb::GetIncidentRequest { id: opened.id })
-                .await
-                .ok()?
-                .into_inner();
-            (i.state == pb::IncidentState::Resolved as i32).then_some(i)
-        }
-    })
+    let resolved = incident_when(
+        &client,
+        opened.id,
+        "the incident resolves",
+        Duration::from_secs(15),
+        |i| i.state == pb::IncidentState::Resolved as i32,
+    )
     .await;
     let kinds: Vec<&str> = resolved
         .timeline
@@ -861,6 +869,29 @@ async fn list_alerts(address: std::net::SocketAddr) -> Vec<pb::Alert> {
         .unwrap_or_default()
 }
 
+/// Incident `id` as soon as `ready` holds for it (at most `limit`).
+async fn incident_when(
+    client: &AlertManagerClient<Channel>,
+    id: i64,
+    what: &str,
+    limit: Duration,
+    ready: impl Fn(&pb::Incident) -> bool,
+) -> pb::Incident {
+    let ready = &ready;
+    eventually(what, limit, || {
+        let mut client = client.clone();
+        async move {
+            let i = client
+                .get_incident(pb::GetIncidentRequest { id })
+                .await
+                .ok()?
+                .into_inner();
+            ready(&i).then_some(i)
+        }
+    })
+    .await
+}
+
 /// Notifications received so far with `status` (`firing` or `resolved`).
 fn received_with(received: &std::sync::Mutex<Vec<serde_json::Value>>, status: &str) -> usize {
     received
@@ -878,17 +909,8 @@ fn keep_storming(
     std::sync::Arc<std::sync::atomic::AtomicBool>,
     tokio::task::JoinHandle<()>,
 ) {
-    let on = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let flag = on.clone();
-    let mut otlp = otlp.clone();
     let one = models(0..1, 1);
-    let task = tokio::spawn(async move {
-        while flag.load(std::sync::atomic::Ordering::Relaxed) {
-            let _ = otlp.export(errors_of(&one, 10.0)).await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
-    (on, task)
+    keep_exporting(otlp, move || errors_of(&one, 10.0))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -968,17 +990,13 @@ async fn a_restart_keeps_pending_timers_and_continues_the_incident() {
     let all = all_incidents(&mut client2).await;
     assert_eq!(all.len(), 1, "no duplicate incident");
     let id = all[0].id;
-    let done = eventually("the incident resolves", Duration::from_secs(20), || {
-        let mut client = client2.clone();
-        async move {
-            let i = client
-                .get_incident(pb::GetIncidentRequest { id })
-                .await
-                .ok()?
-                .into_inner();
-            (i.state == pb::IncidentState::Resolved as i32).then_some(i)
-        }
-    })
+    let done = incident_when(
+        &client2,
+        id,
+        "the incident resolves",
+        Duration::from_secs(20),
+        |i| i.state == pb::IncidentState::Resolved as i32,
+    )
     .await;
     let fired_events = done.timeline.iter().filter(|e| e.kind == "fired").count();
     assert_eq!(fired_events, 1, "{:?}", done.timeline);
@@ -1044,17 +1062,13 @@ async fn two_replicas_notify_once_and_the_second_takes_over() {
     storming.store(false, std::sync::atomic::Ordering::Relaxed);
     storm.await.unwrap();
     let id = all_incidents(&mut client).await[0].id;
-    let done = eventually("the incident resolves", Duration::from_secs(20), || {
-        let mut client = client.clone();
-        async move {
-            let i = client
-                .get_incident(pb::GetIncidentRequest { id })
-                .await
-                .ok()?
-                .into_inner();
-            (i.state == pb::IncidentState::Resolved as i32).then_some(i)
-        }
-    })
+    let done = incident_when(
+        &client,
+        id,
+        "the incident resolves",
+        Duration::from_secs(20),
+        |i| i.state == pb::IncidentState::Resolved as i32,
+    )
     .await;
     eventually(
         "one resolved notification",
@@ -1156,20 +1170,13 @@ async fn a_flood_on_the_real_mesh_is_detected_diagnosed_remediated_and_resolved(
     );
     assert_eq!(opened.labels["model"], "minilm-l6");
     // The report and the remediation land on the timeline.
-    let with_action = eventually("the remediation", Duration::from_secs(20), || {
-        let mut client = client.clone();
-        async move {
-            let i = client
-                .get_incident(pb::GetIncidentRequest { id: opened.id })
-                .await
-                .ok()?
-                .into_inner();
-            i.timeline
-                .iter()
-                .any(|e| e.kind == "action_finished")
-                .then_some(i)
-        }
-    })
+    let with_action = incident_when(
+        &client,
+        opened.id,
+        "the remediation",
+        Duration::from_secs(20),
+        |i| i.timeline.iter().any(|e| e.kind == "action_finished"),
+    )
     .await;
     let action = with_action
         .timeline
@@ -1182,17 +1189,13 @@ async fn a_flood_on_the_real_mesh_is_detected_diagnosed_remediated_and_resolved(
         caller.await.unwrap();
     }
     // The flood is over: the alert clears and the incident resolves with its summary.
-    let resolved = eventually("the incident resolves", Duration::from_secs(20), || {
-        let mut client = client.clone();
-        async move {
-            let i = client
-                .get_incident(pb::GetIncidentRequest { id: opened.id })
-                .await
-                .ok()?
-                .into_inner();
-            (i.state == pb::IncidentState::Resolved as i32).then_some(i)
-        }
-    })
+    let resolved = incident_when(
+        &client,
+        opened.id,
+        "the incident resolves",
+        Duration::from_secs(20),
+        |i| i.state == pb::IncidentState::Resolved as i32,
+    )
     .await;
     assert!(
         resolved.report.contains("latency_p99_s"),
@@ -1212,24 +1215,15 @@ async fn a_flood_on_the_real_mesh_is_detected_diagnosed_remediated_and_resolved(
         resolved.report
     );
     // What the reload changed is measured and makes it into the summary.
-    let summary = eventually(
+    let summary = incident_when(
+        &client,
+        opened.id,
         "the action's effect in the summary",
         Duration::from_secs(20),
-        || {
-            let mut client = client.clone();
-            async move {
-                let i = client
-                    .get_incident(pb::GetIncidentRequest { id: opened.id })
-                    .await
-                    .ok()?
-                    .into_inner();
-                i.summary
-                    .contains("after the actions:")
-                    .then_some(i.summary)
-            }
-        },
+        |i| i.summary.contains("after the actions:"),
     )
-    .await;
+    .await
+    .summary;
     assert!(
         summary.contains("Actions and what changed after them"),
         "{summary}"

@@ -43,6 +43,40 @@ fn finetune(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Runs finetune off the runtime's threads (the in-process services it calls run on them).
+async fn finetune_async(args: &[&str]) -> (bool, String, String) {
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        finetune(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap()
+}
+
+/// Has the inference service at `addr` serve exactly `versions` of purchase-intent.
+async fn serve_versions(addr: std::net::SocketAddr, versions: &[i64]) {
+    let policy = serde_json::json!({"version_policy": {"specific": {"versions": versions}}});
+    oip_client(addr)
+        .await
+        .repository_model_load(RepositoryModelLoadRequest {
+            repository_name: String::new(),
+            model_name: "purchase-intent".into(),
+            parameters: [(
+                "config".to_owned(),
+                ModelRepositoryParameter {
+                    parameter_choice: Some(
+                        proto::inference::model_repository_parameter::ParameterChoice::StringParam(
+                            policy.to_string(),
+                        ),
+                    ),
+                },
+            )]
+            .into(),
+        })
+        .await
+        .unwrap();
+}
+
 fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
@@ -58,26 +92,19 @@ async fn training_learns_the_rule_stops_early_and_the_export_serves_its_probabil
     .unwrap();
     let report_dir = repo.path().join("report");
     let endpoint = format!("http://{}", inference.addr);
-    let (ok, stdout, stderr) = tokio::task::spawn_blocking({
-        let args: Vec<String> = [
-            "--demo-examples",
-            "1500",
-            "--inference",
-            &endpoint,
-            "--repository",
-            repo.path().to_str().unwrap(),
-            "--report-dir",
-            report_dir.to_str().unwrap(),
-            "--epochs",
-            "300",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        move || finetune(&args.iter().map(String::as_str).collect::<Vec<_>>())
-    })
-    .await
-    .unwrap();
+    let (ok, stdout, stderr) = finetune_async(&[
+        "--demo-examples",
+        "1500",
+        "--inference",
+        &endpoint,
+        "--repository",
+        repo.path().to_str().unwrap(),
+        "--report-dir",
+        report_dir.to_str().unwrap(),
+        "--epochs",
+        "300",
+    ])
+    .await;
     assert!(ok, "finetune failed:\n{stderr}");
     assert_eq!(stdout.trim(), "2", "the new version is printed");
 
@@ -113,24 +140,7 @@ async fn training_learns_the_rule_stops_early_and_the_export_serves_its_probabil
     assert!(card.contains("parent version 1"), "{card}");
 
     // The export serves: loaded next to version 1, it gives the trainer's probabilities.
-    let mut oip = oip_client(inference.addr).await;
-    oip.repository_model_load(RepositoryModelLoadRequest {
-        repository_name: String::new(),
-        model_name: "purchase-intent".into(),
-        parameters: [(
-            "config".to_owned(),
-            ModelRepositoryParameter {
-                parameter_choice: Some(
-                    proto::inference::model_repository_parameter::ParameterChoice::StringParam(
-                        r#"{"version_policy": {"specific": {"versions": [1, 2]}}}"#.into(),
-                    ),
-                ),
-            },
-        )]
-        .into(),
-    })
-    .await
-    .unwrap();
+    serve_versions(inference.addr, &[1, 2]).await;
     let samples = report["samples"].as_array().unwrap();
     let texts: Vec<String> = samples
         .iter()
@@ -335,31 +345,11 @@ async fn a_worse_canary_is_rolled_back_and_a_better_one_promoted() {
         if flip {
             args.push("--flip-labels".into());
         }
-        let (ok, _, stderr) = tokio::task::spawn_blocking(move || {
-            finetune(&args.iter().map(String::as_str).collect::<Vec<_>>())
-        })
-        .await
-        .unwrap();
+        let (ok, _, stderr) =
+            finetune_async(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
         assert!(ok, "{stderr}");
     }
-    let mut oip = oip_client(inference.addr).await;
-    oip.repository_model_load(RepositoryModelLoadRequest {
-        repository_name: String::new(),
-        model_name: "purchase-intent".into(),
-        parameters: [(
-            "config".to_owned(),
-            ModelRepositoryParameter {
-                parameter_choice: Some(
-                    proto::inference::model_repository_parameter::ParameterChoice::StringParam(
-                        r#"{"version_policy": {"specific": {"versions": [1, 2, 3]}}}"#.into(),
-                    ),
-                ),
-            },
-        )]
-        .into(),
-    })
-    .await
-    .unwrap();
+    serve_versions(inference.addr, &[1, 2, 3]).await;
 
     let mut collector = RunningCollector::start(&[]).await.unwrap();
     let mut gateway = RunningGateway::start(gateway_config(
@@ -535,7 +525,7 @@ async fn texts_that_shoppers_labelled_become_training_data_with_personal_data_ma
 
     // finetune takes them with the demonstration data.
     let report_dir = repo.path().join("report");
-    let args: Vec<String> = [
+    let (ok, _, stderr) = finetune_async(&[
         "--gathered",
         &collector.endpoint(),
         "--demo-examples",
@@ -547,15 +537,8 @@ async fn texts_that_shoppers_labelled_become_training_data_with_personal_data_ma
         "--report-dir",
         report_dir.to_str().unwrap(),
         "--no-export",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let (ok, _, stderr) = tokio::task::spawn_blocking(move || {
-        finetune(&args.iter().map(String::as_str).collect::<Vec<_>>())
-    })
-    .await
-    .unwrap();
+    ])
+    .await;
     assert!(ok, "{stderr}");
     let report = read_json(&report_dir.join("report.json"));
     assert_eq!(report["data"]["gathered_examples"], 40);

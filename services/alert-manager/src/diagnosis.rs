@@ -59,6 +59,29 @@ fn query(
     }
 }
 
+/// Failed calls over all calls of `metric` (a counter with a `status` label) matching `m`, over
+/// the minute before Unix second `at` (0 = now).
+async fn failure_ratio(
+    client: &mut MetricsQueryClient<Channel>,
+    metric: &str,
+    m: &[(&str, &str, pb::MatchOp)],
+    at: i64,
+) -> Option<f64> {
+    let failed: Vec<(&str, &str, pb::MatchOp)> = m
+        .iter()
+        .copied()
+        .chain([("status", "OK", pb::MatchOp::NotEqual)])
+        .collect();
+    client
+        .ratio(pb::RatioRequest {
+            numerator: Some(query(metric, &failed, pb::Function::Rate, 60, 0.0, at)),
+            denominator: Some(query(metric, m, pb::Function::Rate, 60, 0.0, at)),
+        })
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().samples.first().map(|s| s.value))
+}
+
 /// Related signals of one model (and version) at Unix second `at` (0 = now).
 async fn signals(
     client: &mut MetricsQueryClient<Channel>,
@@ -71,61 +94,9 @@ async fn signals(
     if let Some(v) = version {
         m.push(("model_version", v, Equal));
     }
-    let failed: Vec<(&str, &str, pb::MatchOp)> = m
-        .iter()
-        .copied()
-        .chain([("status", "OK", pb::MatchOp::NotEqual)])
-        .collect();
-    let error_rate = client
-        .ratio(pb::RatioRequest {
-            numerator: Some(query(
-                "inference.requests",
-                &failed,
-                pb::Function::Rate,
-                60,
-                0.0,
-                at,
-            )),
-            denominator: Some(query(
-                "inference.requests",
-                &m,
-                pb::Function::Rate,
-                60,
-                0.0,
-                at,
-            )),
-        })
-        .await
-        .ok()
-        .and_then(|r| r.into_inner().samples.first().map(|s| s.value));
+    let error_rate = failure_ratio(client, "inference.requests", &m, at).await;
     // The gateway sees failures that never reach a replica (e.g. a version no replica serves).
-    let gateway_failed: Vec<(&str, &str, pb::MatchOp)> = m
-        .iter()
-        .copied()
-        .chain([("status", "OK", pb::MatchOp::NotEqual)])
-        .collect();
-    let gateway_error_rate = client
-        .ratio(pb::RatioRequest {
-            numerator: Some(query(
-                "gateway.requests",
-                &gateway_failed,
-                pb::Function::Rate,
-                60,
-                0.0,
-                at,
-            )),
-            denominator: Some(query(
-                "gateway.requests",
-                &m,
-                pb::Function::Rate,
-                60,
-                0.0,
-                at,
-            )),
-        })
-        .await
-        .ok()
-        .and_then(|r| r.into_inner().samples.first().map(|s| s.value));
+    let gateway_error_rate = failure_ratio(client, "gateway.requests", &m, at).await;
     let by_model = &m[..1];
     let p50 = one(
         client,
@@ -323,7 +294,7 @@ pub async fn diagnose(
         let value = match evaluator::observe_at(client, rule, at).await {
             Ok(obs) => obs
                 .into_iter()
-                .find(|o| o.labels.iter().all(|(k, v)| alert.labels.get(k) == Some(v)))
+                .find(|o| o.is_group_of(alert))
                 .map(|o| o.value),
             Err(_) => None,
         };

@@ -114,7 +114,7 @@ async fn measure_effect(
         tokio::time::sleep(Duration::from_secs(1)).await;
         let observed = evaluator::observe_at(client, rule, 0).await.map(|obs| {
             obs.into_iter()
-                .find(|o| o.labels.iter().all(|(k, v)| alert.labels.get(k) == Some(v)))
+                .find(|o| o.is_group_of(alert))
                 .map(|o| (o.value, o.holds))
         });
         let elapsed = started.elapsed().as_secs_f64();
@@ -371,6 +371,23 @@ impl Engine {
         }
     }
 
+    /// The rules in force.
+    fn rule_set(&self) -> RuleSet {
+        self.rules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set
+            .clone()
+    }
+
+    /// The collector client, once the evaluation loop has set it.
+    fn collector_client(&self) -> Option<MetricsQueryClient<Channel>> {
+        self.collector
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Whether this replica leads.
     pub fn is_leader(&self) -> bool {
         self.leader.load(std::sync::atomic::Ordering::Acquire)
@@ -486,10 +503,7 @@ impl Engine {
             let alerts = self.alerts.lock().unwrap_or_else(|p| p.into_inner());
             let digest = self.state_digest(&alerts);
             let saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
-            let active = alerts
-                .snapshot()
-                .iter()
-                .any(|a| a.state != evaluator::State::Resolved);
+            let active = alerts.any_active();
             let stale = saved.at.is_none_or(|at| at.elapsed() >= SAVE_ACTIVE_EVERY);
             if !force && digest == saved.digest && !(active && stale) {
                 return;
@@ -521,12 +535,7 @@ impl Engine {
             return;
         }
         self.reload_if_changed();
-        let set = self
-            .rules
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .set
-            .clone();
+        let set = self.rule_set();
         let mut transitions = Vec::new();
         let mut all_evaluated = true;
         let observed = evaluator::observe_all(client, &set.rules, 0).await;
@@ -592,12 +601,7 @@ impl Engine {
         let Some(rule) = set.rules.iter().find(|r| r.name == alert.rule).cloned() else {
             return;
         };
-        let Some(mut client) = self
-            .collector
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        else {
+        let Some(mut client) = self.collector_client() else {
             return;
         };
         let incidents = self.incidents.clone();
@@ -621,11 +625,7 @@ impl Engine {
         }
         let runner = self.actions.clone();
         let incidents = self.incidents.clone();
-        let collector = self
-            .collector
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let collector = self.collector_client();
         tokio::spawn(async move {
             let mut any_done = false;
             for action in &rule.actions {
@@ -866,12 +866,7 @@ impl Engine {
     /// Writes queued changes to the database in order; stops at the first failure (the
     /// database is unreachable) and keeps the rest for the next cycle.
     pub async fn flush(&self) {
-        let set = self
-            .rules
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .set
-            .clone();
+        let set = self.rule_set();
         let set = &set;
         loop {
             let Some(write) = self

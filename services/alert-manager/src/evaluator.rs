@@ -28,6 +28,16 @@ pub struct Observation {
     pub holds: bool,
 }
 
+impl Observation {
+    /// Whether this is the group that `alert` was raised for (its labels are among the
+    /// alert's).
+    pub fn is_group_of(&self, alert: &Alert) -> bool {
+        self.labels
+            .iter()
+            .all(|(k, v)| alert.labels.get(k) == Some(v))
+    }
+}
+
 fn matchers(spec: &BTreeMap<String, String>) -> Vec<pb::LabelMatcher> {
     spec.iter()
         .map(|(name, value)| {
@@ -531,6 +541,11 @@ impl Alerts {
             false
         });
         transitions
+    }
+
+    /// Whether any alert is pending or firing.
+    pub fn any_active(&self) -> bool {
+        self.alerts.values().any(|a| a.state != State::Resolved)
     }
 
     /// Every alert (pending, firing and recently resolved), for a snapshot of the state.

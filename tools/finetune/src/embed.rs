@@ -5,6 +5,22 @@ use std::time::Duration;
 use proto::serving::inference::v1 as pb;
 use proto::serving::inference::v1::inference_tasks_client::InferenceTasksClient;
 
+/// Connects to `endpoint`, given by `flag`; errors name the flag, or `service` when it does not
+/// answer.
+pub async fn connect(
+    endpoint: &str,
+    flag: &str,
+    service: &str,
+) -> anyhow::Result<tonic::transport::Channel> {
+    use anyhow::Context as _;
+    tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .with_context(|| format!("{flag} {endpoint:?} is not a URI"))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("{service} at {endpoint} does not answer"))
+}
+
 /// Texts per call (the encoder's batch limit is 64).
 pub const BATCH: usize = 64;
 
@@ -16,13 +32,7 @@ pub async fn embed(
     texts: &[String],
     mut on_batch: impl FnMut(usize),
 ) -> anyhow::Result<Vec<Vec<f32>>> {
-    use anyhow::Context as _;
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-        .with_context(|| format!("--inference {endpoint:?} is not a URI"))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| format!("the inference service at {endpoint} does not answer"))?;
+    let channel = connect(endpoint, "--inference", "the inference service").await?;
     let mut client = InferenceTasksClient::new(channel)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);

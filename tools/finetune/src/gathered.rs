@@ -2,9 +2,6 @@
 //! gateway's payload logging kept (personal data masked) and that shoppers labelled through
 //! Feedback, read from the metrics collector's join.
 
-use std::time::Duration;
-
-use anyhow::Context as _;
 use proto::monitoring::metrics::v1 as pb;
 use proto::monitoring::metrics::v1::metrics_query_client::MetricsQueryClient;
 
@@ -12,12 +9,7 @@ use crate::data::Labelled;
 
 /// The gathered examples of `model` at the collector `endpoint` (at most 100,000, newest first).
 pub async fn fetch(endpoint: &str, model: &str) -> anyhow::Result<Vec<Labelled>> {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-        .with_context(|| format!("--gathered {endpoint:?} is not a URI"))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| format!("the metrics collector at {endpoint} does not answer"))?;
+    let channel = crate::embed::connect(endpoint, "--gathered", "the metrics collector").await?;
     let examples = MetricsQueryClient::new(channel)
         .max_decoding_message_size(256 << 20)
         .labelled_examples(pb::LabelledExamplesRequest {

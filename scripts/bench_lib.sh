@@ -1,0 +1,18 @@
+# Helpers of the benchmark scripts, sourced after setting BENCH_TAG (the log prefix) and,
+# where perf_analyzer runs, VENV.
+
+say() { printf '[%s] %s\n' "${BENCH_TAG:-bench}" "$*" >&2; }
+die() { say "FAILED: $*"; exit 1; }
+
+# A free loopback port.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# The folder of the CUDA runtime library that perf_analyzer links (even on the CPU), in $VENV.
+perf_analyzer_cuda_lib() {
+    local lib
+    lib=$(ls -d "$VENV"/lib/python3*/site-packages/nvidia/cuda_runtime/lib 2>/dev/null | head -n 1)
+    [ -n "$lib" ] || die "perf_analyzer needs nvidia-cuda-runtime-cu12: run \`bash scripts/deps.sh --bench\`"
+    echo "$lib"
+}
