@@ -188,16 +188,25 @@ async fn a_replica_killed_under_traffic_fails_no_request() {
             let (done, failed) = (done.clone(), failed.clone());
             let addr = gateway.addr;
             tokio::spawn(async move {
+                // Half the workers call the task API, half the Open Inference Protocol (whose
+                // ModelInfer takes the gateway's own HTTP/2 path to the replicas).
                 let mut client = gateway_client(addr).await;
+                let mut oip = oip_client(addr).await;
                 for i in (w..total).step_by(8) {
-                    let request = with_key(
-                        pb::EmbedRequest {
-                            texts: vec![format!("product title number {i}")],
-                        },
-                        "client-key",
-                        None,
-                    );
-                    if let Err(status) = client.embed(request).await {
+                    let text = format!("product title number {i}");
+                    let result = if w % 2 == 0 {
+                        let request = pb::EmbedRequest { texts: vec![text] };
+                        client
+                            .embed(with_key(request, "client-key", None))
+                            .await
+                            .map(drop)
+                    } else {
+                        let request = text_request("minilm-l6", &[&text]);
+                        oip.model_infer(with_key(request, "client-key", None))
+                            .await
+                            .map(drop)
+                    };
+                    if let Err(status) = result {
                         eprintln!("request {i} failed: {status:?}");
                         failed.fetch_add(1, Ordering::Relaxed);
                     }

@@ -56,6 +56,26 @@ async fn one_trace_holds_the_gateway_and_the_inference_spans() {
         .embed(request)
         .await
         .unwrap();
+    // The Open Inference Protocol's ModelInfer, in a trace of its own.
+    let oip_trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut request = with_key(
+        text_request("minilm-l6", &["usb-c charger"]),
+        "client-key",
+        None,
+    );
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{oip_trace_id}-{caller_span}-01")
+            .parse()
+            .unwrap(),
+    );
+    let answer = oip_client(gateway.addr)
+        .await
+        .model_infer(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(f32s(&answer.raw_output_contents[0]).len(), 384);
 
     gateway.stop().await.unwrap();
     inference.terminate().await; // flushes its spans on shutdown
@@ -81,6 +101,19 @@ async fn one_trace_holds_the_gateway_and_the_inference_spans() {
     assert_eq!(
         inference_span.parent, gateway_span.span_id,
         "the inference span is a child of the gateway span"
+    );
+    let oip_gateway = spans
+        .iter()
+        .find(|s| s.trace_id == oip_trace_id && s.service == "gateway" && s.name == "gateway")
+        .unwrap_or_else(|| panic!("no gateway span in the ModelInfer trace: {spans:#?}"));
+    assert_eq!(oip_gateway.parent, caller_span);
+    let oip_inference = spans
+        .iter()
+        .find(|s| s.trace_id == oip_trace_id && s.service == "inference" && s.name == "ModelInfer")
+        .unwrap_or_else(|| panic!("no inference span in the ModelInfer trace: {spans:#?}"));
+    assert_eq!(
+        oip_inference.parent, oip_gateway.span_id,
+        "the inference's ModelInfer span is a child of the gateway span"
     );
     for name in ["tokenize", "queue_wait", "compute"] {
         assert!(

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod error;
 pub mod grpc;
 pub mod shutdown;
+pub mod small_frames;
 pub mod telemetry;
 pub mod testing;
 pub mod trace_context;

@@ -74,8 +74,8 @@ struct Args {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(0..=3))]
     optimization_level: u8,
 
-    /// Let ONNX Runtime's worker threads spin between operators (the service's default is
-    /// not to).
+    /// Let ONNX Runtime's worker threads spin between the operators of a run, as the
+    /// service's `--spin` does (its default is not to).
     #[arg(long)]
     spin: bool,
 }

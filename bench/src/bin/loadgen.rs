@@ -15,9 +15,9 @@ use bench::texts::PRODUCT_SEARCHES;
 use clap::{Parser, ValueEnum};
 use proto::ecommerce::gateway::v1::gateway_client::GatewayClient;
 use proto::ecommerce::gateway::v1::{Candidate, RankRequest};
-use proto::inference::ModelInferRequest;
 use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use proto::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+use proto::inference::{ModelInferRequest, ModelMetadataRequest};
 use proto::serving::inference::v1::inference_tasks_client::InferenceTasksClient;
 use proto::serving::inference::v1::{EmbedRequest, ModelRef};
 use serde_json::json;
@@ -74,6 +74,14 @@ struct Args {
     #[arg(long, env = "LOADGEN_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
 
+    /// A second address (say, the gateway in front of `--addr`): every worker alternates its
+    /// requests between the two, and the report adds the second's latency and the difference
+    /// of each percentile (`added_ms`). Alternating request by request cancels the drift of a
+    /// shared machine, which moves separate runs by more than a hop costs. Requests per
+    /// second then count both sides.
+    #[arg(long)]
+    versus: Option<String>,
+
     /// Threads of the load generator's async runtime. Keep it small: the generator shares
     /// the machine's cores with the service it measures.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
@@ -91,6 +99,9 @@ enum Api {
     /// The gateway's `Rank`: the request's text as the query against 100 fixed product
     /// candidates (after the warm-up their embeddings all come from the gateway's cache).
     GatewayRank,
+    /// Open Inference Protocol `ModelMetadata`: no model run, so the figures are the cost of
+    /// the gRPC hops alone (through the gateway: what forwarding adds).
+    Metadata,
 }
 
 impl Api {
@@ -99,6 +110,7 @@ impl Api {
             Api::Oip => "oip",
             Api::Task => "task",
             Api::GatewayRank => "gateway-rank",
+            Api::Metadata => "metadata",
         }
     }
 }
@@ -107,6 +119,7 @@ impl Api {
 #[derive(Clone)]
 enum Client {
     Oip(GrpcInferenceServiceClient<Channel>),
+    Metadata(GrpcInferenceServiceClient<Channel>),
     Task(InferenceTasksClient<Channel>),
     Rank(GatewayClient<Channel>),
 }
@@ -142,6 +155,7 @@ impl Client {
     fn new(api: Api, channel: Channel) -> Client {
         match api {
             Api::Oip => Client::Oip(GrpcInferenceServiceClient::new(channel)),
+            Api::Metadata => Client::Metadata(GrpcInferenceServiceClient::new(channel)),
             Api::Task => Client::Task(InferenceTasksClient::new(channel)),
             Api::GatewayRank => Client::Rank(GatewayClient::new(channel)),
         }
@@ -180,6 +194,16 @@ impl Client {
                 };
                 client.model_infer(with_key(request, key)).await.map(drop)
             }
+            Client::Metadata(client) => {
+                let request = ModelMetadataRequest {
+                    name: model.to_owned(),
+                    version: String::new(),
+                };
+                client
+                    .model_metadata(with_key(request, key))
+                    .await
+                    .map(drop)
+            }
             Client::Task(client) => {
                 let request = EmbedRequest {
                     model: Some(ModelRef {
@@ -202,12 +226,51 @@ impl Client {
     }
 }
 
-/// What one worker measured.
+/// What one worker measured (of one address).
 #[derive(Default)]
 struct WorkerReport {
     latency: LatencyRecorder,
     errors: BTreeMap<String, u64>,
     first_error: Option<String>,
+}
+
+impl WorkerReport {
+    /// Adds `other`'s counts to these.
+    fn merge(&mut self, other: WorkerReport) {
+        self.latency.merge(&other.latency);
+        for (code, count) in other.errors {
+            *self.errors.entry(code).or_default() += count;
+        }
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// `addr` as a URI (`http://` added when it has no scheme).
+fn uri(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// `connections` HTTP/2 connections to `addr`.
+async fn connect(addr: &str, connections: u32) -> anyhow::Result<Vec<Channel>> {
+    let endpoint = Endpoint::from_shared(addr.to_owned())
+        .with_context(|| format!("{addr} is not a valid URI"))?
+        .tcp_nodelay(true);
+    let mut channels = Vec::with_capacity(connections as usize);
+    for _ in 0..connections {
+        channels.push(
+            endpoint
+                .connect()
+                .await
+                .with_context(|| format!("cannot connect to {addr}"))?,
+        );
+    }
+    Ok(channels)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -223,28 +286,21 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn generate(args: Args) -> anyhow::Result<()> {
-    let addr = if args.addr.contains("://") {
-        args.addr.clone()
-    } else {
-        format!("http://{}", args.addr)
-    };
-    let endpoint = Endpoint::from_shared(addr.clone())
-        .with_context(|| format!("--addr {addr} is not a valid URI"))?
-        .tcp_nodelay(true);
+    let addr = uri(&args.addr);
     let connections = if args.connections == 0 {
         args.concurrency
     } else {
         args.connections.min(args.concurrency)
     };
-    let mut channels = Vec::with_capacity(connections as usize);
-    for _ in 0..connections {
-        channels.push(
-            endpoint
-                .connect()
-                .await
-                .with_context(|| format!("cannot connect to {addr}"))?,
-        );
-    }
+    let channels = connect(&addr, connections).await?;
+    let versus = match &args.versus {
+        Some(versus) => {
+            let versus = uri(versus);
+            let channels = connect(&versus, connections).await?;
+            Some((versus, channels))
+        }
+        None => None,
+    };
 
     let started = Instant::now();
     let measure_from = started + Duration::from_secs_f64(args.warmup_secs);
@@ -259,26 +315,44 @@ async fn generate(args: Args) -> anyhow::Result<()> {
         .context("--api-key holds characters not allowed in gRPC metadata")?;
     let candidates = std::sync::Arc::new(rank_candidates());
     let workers = (0..args.concurrency as usize).map(|worker| {
-        let mut client = Client::new(args.api, channels[worker % channels.len()].clone());
+        let mut clients = vec![Client::new(
+            args.api,
+            channels[worker % channels.len()].clone(),
+        )];
+        if let Some((_, channels)) = &versus {
+            clients.push(Client::new(
+                args.api,
+                channels[worker % channels.len()].clone(),
+            ));
+        }
         let model = args.model.clone();
         let (key, candidates) = (key.clone(), candidates.clone());
         tokio::spawn(async move {
-            let mut report = WorkerReport::default();
+            let mut reports: Vec<WorkerReport> =
+                clients.iter().map(|_| WorkerReport::default()).collect();
+            let mut turn = clients.len() - 1;
             // Workers start at different texts so that concurrent requests differ.
             let mut next = worker * 17;
             let mut texts = Vec::with_capacity(per_request);
             while Instant::now() < measure_until {
-                texts.clear();
-                for _ in 0..per_request {
-                    texts.push(PRODUCT_SEARCHES[next % texts_used].as_str());
-                    next += 1;
+                turn = (turn + 1) % clients.len();
+                // With `--versus`, both addresses get the same texts, one after the other.
+                if turn == 0 {
+                    texts.clear();
+                    for _ in 0..per_request {
+                        texts.push(PRODUCT_SEARCHES[next % texts_used].as_str());
+                        next += 1;
+                    }
                 }
                 let sent = Instant::now();
-                let result = client.call(&model, &texts, key.as_ref(), &candidates).await;
+                let result = clients[turn]
+                    .call(&model, &texts, key.as_ref(), &candidates)
+                    .await;
                 let done = Instant::now();
                 if done < measure_from || done > measure_until {
                     continue;
                 }
+                let report = &mut reports[turn];
                 match result {
                     Ok(()) => report.latency.record(done - sent),
                     Err(status) => {
@@ -290,22 +364,20 @@ async fn generate(args: Args) -> anyhow::Result<()> {
                     }
                 }
             }
-            report
+            reports
         })
     });
-    let mut total = WorkerReport::default();
-    for report in futures::future::join_all(workers.collect::<Vec<_>>()).await {
-        let report = report.context("a worker panicked")?;
-        total.latency.merge(&report.latency);
-        for (code, count) in report.errors {
-            *total.errors.entry(code).or_default() += count;
-        }
-        if total.first_error.is_none() {
-            total.first_error = report.first_error;
+    let mut totals = vec![WorkerReport::default(), WorkerReport::default()];
+    for reports in futures::future::join_all(workers.collect::<Vec<_>>()).await {
+        let reports = reports.context("a worker panicked")?;
+        for (total, report) in totals.iter_mut().zip(reports) {
+            total.merge(report);
         }
     }
+    let versus_total = totals.pop().expect("two totals");
+    let total = totals.pop().expect("two totals");
 
-    let ok = total.latency.count();
+    let ok = total.latency.count() + versus_total.latency.count();
     let errors: u64 = total.errors.values().sum();
     let requests_per_sec = ok as f64 / args.duration_secs;
     if let Some(error) = &total.first_error {
@@ -317,7 +389,7 @@ async fn generate(args: Args) -> anyhow::Result<()> {
         args.concurrency,
         total.latency.summary()
     );
-    let report = json!({
+    let mut report = json!({
         "api": args.api.name(),
         "addr": addr,
         "model": args.model,
@@ -336,6 +408,29 @@ async fn generate(args: Args) -> anyhow::Result<()> {
         "texts_per_sec": requests_per_sec * f64::from(args.texts_per_request),
         "latency": total.latency.summary(),
     });
+    if let Some((versus, _)) = &versus {
+        let (main, other) = (total.latency.summary(), versus_total.latency.summary());
+        let added =
+            |p: &str| other[p].as_f64().unwrap_or(f64::NAN) - main[p].as_f64().unwrap_or(f64::NAN);
+        eprintln!(
+            "[loadgen] versus {versus}: {other}; added p50 {:+.3} ms",
+            added("p50_ms")
+        );
+        report["versus"] = json!({
+            "addr": versus,
+            "requests": versus_total.latency.count(),
+            "errors": versus_total.errors.values().sum::<u64>(),
+            "errors_by_code": versus_total.errors,
+            "first_error": versus_total.first_error,
+            "latency": other,
+        });
+        report["added_ms"] = json!({
+            "p50": added("p50_ms"),
+            "p90": added("p90_ms"),
+            "p99": added("p99_ms"),
+            "mean": added("mean_ms"),
+        });
+    }
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }

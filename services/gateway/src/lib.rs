@@ -19,6 +19,7 @@ pub mod pii;
 pub mod records;
 pub mod routing;
 pub mod shipper;
+pub mod unary;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -36,7 +37,7 @@ use crate::core::GatewayCore;
 use crate::routing::ReplicaPool;
 
 /// Largest gRPC message the gateway accepts or sends.
-const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Why the gateway could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +137,7 @@ pub async fn serve(
     let local = listener.local_addr().ok();
     let server = tonic::transport::Server::builder()
         .layer(AdmissionLayer(admission))
+        .layer(shared::small_frames::SmallFramesLayer)
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(shared::grpc::incoming(listener), stop.clone().wait());
     let mut server = tokio::spawn(server);

@@ -13,16 +13,24 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use crate::unary::{ConnectionError, UnaryClient};
+
 /// One inference replica.
 pub struct Replica {
     /// Its address.
     pub addr: SocketAddr,
     channel: Channel,
+    unary: UnaryClient,
     in_flight: AtomicUsize,
     healthy: AtomicBool,
 }
 
 impl Replica {
+    /// Its connection for the hot path's unary calls.
+    pub fn unary(&self) -> &UnaryClient {
+        &self.unary
+    }
+
     /// Whether the last health check (or call) found it serving.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
@@ -98,6 +106,7 @@ fn replica(addr: SocketAddr, healthy: bool) -> Result<Arc<Replica>, RoutingError
     Ok(Arc::new(Replica {
         addr,
         channel,
+        unary: UnaryClient::new(addr, crate::MAX_MESSAGE_BYTES),
         in_flight: AtomicUsize::new(0),
         healthy: AtomicBool::new(healthy),
     }))
@@ -156,7 +165,7 @@ fn transport_failure(status: &Status) -> bool {
     use std::error::Error as _;
     let mut source = status.source();
     while let Some(err) = source {
-        if err.is::<tonic::transport::Error>() {
+        if err.is::<tonic::transport::Error>() || err.is::<ConnectionError>() {
             return true;
         }
         source = err.source();
@@ -293,6 +302,16 @@ impl ReplicaPool {
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
+        self.call_replica(idempotent, |replica| call(replica.channel.clone()))
+            .await
+    }
+
+    /// Like [`ReplicaPool::call`], with the replica itself (for [`Replica::unary`]).
+    pub async fn call_replica<T, F, Fut>(&self, idempotent: bool, call: F) -> Result<T, Status>
+    where
+        F: Fn(Arc<Replica>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
         self.budget.earn();
         let first = self
             .pick(None)
@@ -320,14 +339,14 @@ impl ReplicaPool {
         self.call_on(&second, &call).await
     }
 
-    async fn call_on<T, F, Fut>(&self, replica: &Replica, call: &F) -> Result<T, Status>
+    async fn call_on<T, F, Fut>(&self, replica: &Arc<Replica>, call: &F) -> Result<T, Status>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(Arc<Replica>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         replica.in_flight.fetch_add(1, Ordering::Relaxed);
         let _slot = InFlight(replica);
-        call(replica.channel.clone()).await
+        call(replica.clone()).await
     }
 
     /// Runs `call` on every replica (model loads and unloads); fails if any fails.

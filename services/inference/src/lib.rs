@@ -102,6 +102,7 @@ pub async fn serve(
     let (trigger, stop) = shared::shutdown::channel();
     let local = listener.local_addr().ok();
     let server = tonic::transport::Server::builder()
+        .layer(shared::small_frames::SmallFramesLayer)
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(shared::grpc::incoming(listener), stop.clone().wait());
     let mut server = tokio::spawn(server);

@@ -82,8 +82,9 @@ pub struct RuntimeOptions {
     #[arg(long, env = "INFERENCE_OPT_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(u8).range(0..=3))]
     pub optimization_level: u8,
 
-    /// Let ONNX Runtime's worker threads spin between operators. Faster on a dedicated box,
-    /// but it burns the cores that tokenization and gRPC need on a small one.
+    /// Let ONNX Runtime's worker threads spin between the operators of a run (they stop when
+    /// the run returns). Lower latency at low concurrency; on a small box it takes cycles
+    /// that tokenization and gRPC need under heavy load (see BENCHMARKS.md).
     #[arg(long, env = "INFERENCE_SPIN", default_value_t = false)]
     pub spin: bool,
 }
@@ -180,6 +181,13 @@ impl OrtBackend {
             .map_err(|e| fail(e.into()))?
             .with_inter_op_spinning(false)
             .map_err(|e| fail(e.into()))?;
+        if options.spin {
+            // Spin between the operators of a run only: the threads stop as soon as the run
+            // returns, instead of burning the cores until the next request.
+            builder = builder
+                .with_config_entry("session.force_spinning_stop", "1")
+                .map_err(|e| fail(e.into()))?;
+        }
         let provider = match device {
             Device::Cpu => Provider::Cpu,
             Device::Cuda | Device::Auto => match register_cuda(&mut builder) {

@@ -4,6 +4,10 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use prost::Message;
 
 use futures::Stream;
 use proto::inference as pb;
@@ -20,6 +24,8 @@ use crate::core::{CallContext, GatewayCore, outgoing};
 
 /// Most requests one stream may have in flight at once.
 const STREAM_IN_FLIGHT: usize = 64;
+/// The method `infer` calls on the replicas.
+const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 
 /// The protocol, proxied to the inference replicas.
 #[derive(Clone)]
@@ -84,10 +90,13 @@ impl OipProxy {
             .map(drop)
     }
 
+    /// Forwards one inference; its span continues the caller's trace (`traceparent` in
+    /// `metadata`).
     async fn infer(
         &self,
         mut request: pb::ModelInferRequest,
         call: &CallContext,
+        metadata: &tonic::metadata::MetadataMap,
     ) -> Result<pb::ModelInferResponse, Status> {
         if request.model_version.is_empty()
             && let Some(version) = self.core.pinned_version(&request.model_name, call)
@@ -95,12 +104,33 @@ impl OipProxy {
             request.model_version = version.to_string();
         }
         let span = tracing::info_span!("gateway", rpc = "ModelInfer", tenant = %call.tenant, model = %request.model_name);
-        self.forward(request, call, |mut client, r| async move {
-            client.model_infer(r).await
+        shared::trace_context::set_remote_parent(&span, metadata);
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        shared::trace_context::inject(&span, &mut metadata);
+        let headers = metadata.into_headers();
+        let message = Bytes::from(request.encode_to_vec());
+        let answer = self
+            .core
+            .pool
+            .call_replica(true, |replica| {
+                let (message, headers) = (message.clone(), headers.clone());
+                let timeout = call
+                    .deadline
+                    .map(|d| d.saturating_duration_since(Instant::now()));
+                async move {
+                    replica
+                        .unary()
+                        .call(MODEL_INFER, message, headers, timeout)
+                        .await
+                }
+            })
+            .instrument(span)
+            .await?;
+        pb::ModelInferResponse::decode(answer).map_err(|err| {
+            Status::internal(format!(
+                "cannot decode the replica's ModelInfer answer: {err}"
+            ))
         })
-        .instrument(span)
-        .await
-        .map(Response::into_inner)
     }
 }
 
@@ -161,7 +191,8 @@ impl GrpcInferenceService for OipProxy {
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let call = call_context(&request);
-        self.infer(request.into_inner(), &call)
+        let (metadata, _, message) = request.into_parts();
+        self.infer(message, &call, &metadata)
             .await
             .map(Response::new)
     }
@@ -173,6 +204,7 @@ impl GrpcInferenceService for OipProxy {
         request: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let call = Arc::new(call_context(&request));
+        let metadata = Arc::new(request.metadata().clone());
         // Admission saw the stream once; each message still counts against the key's rate
         // limit and the gateway's concurrency limit.
         let principal = request.extensions().get::<Principal>().cloned();
@@ -181,7 +213,12 @@ impl GrpcInferenceService for OipProxy {
             request.into_inner(),
             STREAM_IN_FLIGHT,
             move |message: pb::ModelInferRequest| {
-                let (proxy, call, principal) = (proxy.clone(), call.clone(), principal.clone());
+                let (proxy, call, principal, metadata) = (
+                    proxy.clone(),
+                    call.clone(),
+                    principal.clone(),
+                    metadata.clone(),
+                );
                 async move {
                     let id = message.id.clone();
                     let admitted = match &principal {
@@ -189,7 +226,7 @@ impl GrpcInferenceService for OipProxy {
                         None => Ok(None),
                     };
                     let result = match admitted {
-                        Ok(_slot) => proxy.infer(message, &call).await,
+                        Ok(_slot) => proxy.infer(message, &call, &metadata).await,
                         Err(status) => Err(status),
                     };
                     match result {

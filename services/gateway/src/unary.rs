@@ -1,0 +1,319 @@
+//! Unary gRPC calls to a replica on a plain HTTP/2 connection, for the hot path (the Open
+//! Inference Protocol's `ModelInfer`).
+//!
+//! The general client (tonic over hyper) sends a request's headers and its message in two
+//! writes: hyper starts piping the body only once the stream is open, after the headers have
+//! gone. The replica then wakes up for the headers, goes back to sleep, and wakes again for
+//! the message; on a two-core machine the woken replica may even preempt the gateway between
+//! the two writes. Here the message is queued together with the headers, so both leave in one
+//! write and the replica wakes once.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use h2::client::SendRequest;
+use http::{HeaderMap, HeaderValue, Method, Request};
+use tonic::Status;
+
+/// Size of the gRPC message prefix: a compression flag and a 4-byte big-endian length.
+const PREFIX: usize = 5;
+/// Flow-control windows of the connection and of each stream: large enough that a batch's
+/// response never waits for a window update.
+const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// How long connecting to a replica may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A failure of the connection itself (refused, reset, closed), as opposed to an answer the
+/// replica gave: the routing layer ejects the replica and retries elsewhere.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConnectionError(String);
+
+/// The error of a call that could not reach the replica.
+fn unavailable(addr: SocketAddr, what: impl std::fmt::Display) -> Status {
+    let message = format!("inference replica {addr}: {what}");
+    let mut status = Status::unavailable(message.clone());
+    status.set_source(Arc::new(ConnectionError(message)));
+    status
+}
+
+/// Unary calls to one replica over one lazily opened HTTP/2 connection, opened again after it
+/// breaks.
+pub struct UnaryClient {
+    addr: SocketAddr,
+    authority: http::uri::Authority,
+    max_message_bytes: usize,
+    connection: tokio::sync::Mutex<Option<SendRequest<Bytes>>>,
+}
+
+impl UnaryClient {
+    /// A client of the replica at `addr`; responses over `max_message_bytes` are refused.
+    pub fn new(addr: SocketAddr, max_message_bytes: usize) -> UnaryClient {
+        UnaryClient {
+            addr,
+            authority: addr
+                .to_string()
+                .parse()
+                .expect("a socket address is a valid authority"),
+            max_message_bytes,
+            connection: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The open connection, or a new one.
+    async fn connection(&self) -> Result<SendRequest<Bytes>, Status> {
+        let mut connection = self.connection.lock().await;
+        if let Some(open) = connection.as_ref() {
+            return Ok(open.clone());
+        }
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect(self.addr).await?;
+            tcp.set_nodelay(true)?;
+            h2::client::Builder::new()
+                .initial_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
+                .handshake::<_, Bytes>(tcp)
+                .await
+                .map_err(std::io::Error::other)
+        };
+        let (send, driver) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| unavailable(self.addr, "connect timed out"))?
+            .map_err(|err| unavailable(self.addr, format!("cannot connect: {err}")))?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(err) = driver.await {
+                tracing::debug!(replica = %addr, error = %err, "connection to the replica ended");
+            }
+        });
+        *connection = Some(send.clone());
+        Ok(send)
+    }
+
+    /// Forgets a broken connection, so that the next call opens a new one.
+    async fn forget(&self) {
+        *self.connection.lock().await = None;
+    }
+
+    /// Calls `path` (`/package.Service/Method`) with the encoded protobuf `message` and
+    /// returns the encoded response. `metadata` goes out as request headers; `timeout` is
+    /// sent as `grpc-timeout` and enforced here too.
+    pub async fn call(
+        &self,
+        path: &'static str,
+        message: Bytes,
+        metadata: HeaderMap,
+        timeout: Option<Duration>,
+    ) -> Result<Bytes, Status> {
+        let call = self.call_once(path, message, metadata, timeout);
+        match timeout {
+            Some(timeout) => tokio::time::timeout(timeout, call).await.map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no answer from inference replica {} within the caller's deadline",
+                    self.addr
+                ))
+            })?,
+            None => call.await,
+        }
+    }
+
+    async fn call_once(
+        &self,
+        path: &'static str,
+        message: Bytes,
+        metadata: HeaderMap,
+        timeout: Option<Duration>,
+    ) -> Result<Bytes, Status> {
+        let uri = http::Uri::builder()
+            .scheme("http")
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|err| Status::internal(format!("bad path {path}: {err}")))?;
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .body(())
+            .map_err(|err| Status::internal(format!("cannot build the request: {err}")))?;
+        let headers = request.headers_mut();
+        *headers = metadata;
+        headers.insert("content-type", HeaderValue::from_static("application/grpc"));
+        headers.insert("te", HeaderValue::from_static("trailers"));
+        if let Some(timeout) = timeout {
+            // At most 8 digits: microseconds cover 99 seconds; longer ones go in milliseconds.
+            let micros = timeout.as_micros().max(1);
+            let value = if micros < 100_000_000 {
+                format!("{micros}u")
+            } else {
+                format!("{}m", timeout.as_millis().min(99_999_999))
+            };
+            headers.insert(
+                "grpc-timeout",
+                HeaderValue::from_str(&value).expect("digits and a unit"),
+            );
+        }
+
+        let mut framed = BytesMut::with_capacity(PREFIX + message.len());
+        framed.put_u8(0);
+        framed.put_u32(message.len() as u32);
+        framed.extend_from_slice(&message);
+
+        let connection = self.connection().await?;
+        let mut sender = match connection.ready().await {
+            Ok(sender) => sender,
+            Err(err) => {
+                self.forget().await;
+                return Err(unavailable(self.addr, err));
+            }
+        };
+        // Headers and message are queued before the connection task runs: one write.
+        let sent = sender
+            .send_request(request, false)
+            .and_then(|(response, mut stream)| {
+                stream.send_data(framed.freeze(), true)?;
+                Ok(response)
+            });
+        let response = match sent {
+            Ok(response) => response,
+            Err(err) => {
+                self.forget().await;
+                return Err(unavailable(self.addr, err));
+            }
+        };
+        let response = response.await.map_err(|err| self.stream_error(err))?;
+        let (parts, mut body) = response.into_parts();
+        // A trailers-only answer (an error) carries its status in the headers.
+        if let Some(status) = Status::from_header_map(&parts.headers)
+            && status.code() != tonic::Code::Ok
+        {
+            return Err(status);
+        }
+        if parts.status != http::StatusCode::OK {
+            return Err(Status::unknown(format!(
+                "inference replica {} answered HTTP {}",
+                self.addr, parts.status
+            )));
+        }
+        let mut data = BytesMut::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.map_err(|err| self.stream_error(err))?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            if data.len() + chunk.len() > self.max_message_bytes + PREFIX {
+                return Err(Status::resource_exhausted(format!(
+                    "the answer of inference replica {} is over {} bytes",
+                    self.addr, self.max_message_bytes
+                )));
+            }
+            data.extend_from_slice(&chunk);
+        }
+        let trailers = body
+            .trailers()
+            .await
+            .map_err(|err| self.stream_error(err))?
+            .unwrap_or_default();
+        match Status::from_header_map(&trailers) {
+            Some(status) if status.code() == tonic::Code::Ok => {}
+            Some(status) => return Err(status),
+            None => {
+                return Err(Status::internal(format!(
+                    "inference replica {} ended the call without a grpc-status",
+                    self.addr
+                )));
+            }
+        }
+        unframe(data.freeze())
+            .map_err(|why| Status::internal(format!("inference replica {}: {why}", self.addr)))
+    }
+
+    /// The status of a failed stream: a reset by the replica is its answer; anything else
+    /// broke the connection.
+    fn stream_error(&self, err: h2::Error) -> Status {
+        match err.reason() {
+            Some(h2::Reason::REFUSED_STREAM) => unavailable(self.addr, "stream refused"),
+            Some(h2::Reason::CANCEL) => Status::cancelled(format!(
+                "inference replica {} cancelled the call",
+                self.addr
+            )),
+            _ if err.is_remote() && err.is_reset() => Status::internal(format!(
+                "inference replica {} reset the call: {err}",
+                self.addr
+            )),
+            _ => unavailable(self.addr, err),
+        }
+    }
+}
+
+/// The one message of a unary response body.
+fn unframe(mut data: Bytes) -> Result<Bytes, String> {
+    if data.len() < PREFIX {
+        return Err(format!(
+            "the answer is {} bytes, shorter than a gRPC message prefix",
+            data.len()
+        ));
+    }
+    let compressed = data.get_u8();
+    let len = data.get_u32() as usize;
+    if compressed != 0 {
+        return Err("the answer is compressed, which was not asked for".to_owned());
+    }
+    if len != data.len() {
+        return Err(format!(
+            "the answer announces {len} bytes but carries {}",
+            data.len()
+        ));
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_message_comes_out_of_its_frame() {
+        let mut framed = BytesMut::new();
+        framed.put_u8(0);
+        framed.put_u32(3);
+        framed.extend_from_slice(b"abc");
+        assert_eq!(
+            unframe(framed.freeze()).unwrap(),
+            Bytes::from_static(b"abc")
+        );
+    }
+
+    #[test]
+    fn bad_frames_are_refused_with_the_reason() {
+        assert!(
+            unframe(Bytes::from_static(b"\0\0"))
+                .unwrap_err()
+                .contains("shorter")
+        );
+        assert!(
+            unframe(Bytes::from_static(b"\x01\0\0\0\x01a"))
+                .unwrap_err()
+                .contains("compressed")
+        );
+        assert!(
+            unframe(Bytes::from_static(b"\0\0\0\0\x05ab"))
+                .unwrap_err()
+                .contains("announces 5 bytes but carries 2")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_is_not_there_is_unavailable() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let client = UnaryClient::new(addr, 1024);
+        let status = client
+            .call("/a.B/C", Bytes::new(), HeaderMap::new(), None)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains(&addr.to_string()), "{status}");
+    }
+}
