@@ -46,7 +46,8 @@ pub struct UnaryClient {
     addr: SocketAddr,
     authority: http::uri::Authority,
     max_message_bytes: usize,
-    connection: tokio::sync::Mutex<Option<SendRequest<Bytes>>>,
+    /// The open connection and its generation (which connection a failed call used).
+    connection: tokio::sync::Mutex<(u64, Option<SendRequest<Bytes>>)>,
 }
 
 impl UnaryClient {
@@ -59,15 +60,15 @@ impl UnaryClient {
                 .parse()
                 .expect("a socket address is a valid authority"),
             max_message_bytes,
-            connection: tokio::sync::Mutex::new(None),
+            connection: tokio::sync::Mutex::new((0, None)),
         }
     }
 
-    /// The open connection, or a new one.
-    async fn connection(&self) -> Result<SendRequest<Bytes>, Status> {
+    /// The open connection, or a new one; with its generation, and whether it is new.
+    async fn connection(&self) -> Result<(SendRequest<Bytes>, u64, bool), Status> {
         let mut connection = self.connection.lock().await;
-        if let Some(open) = connection.as_ref() {
-            return Ok(open.clone());
+        if let Some(open) = connection.1.as_ref() {
+            return Ok((open.clone(), connection.0, false));
         }
         let connect = async {
             let tcp = tokio::net::TcpStream::connect(self.addr).await?;
@@ -89,13 +90,18 @@ impl UnaryClient {
                 tracing::debug!(replica = %addr, error = %err, "connection to the replica ended");
             }
         });
-        *connection = Some(send.clone());
-        Ok(send)
+        connection.0 += 1;
+        connection.1 = Some(send.clone());
+        Ok((send, connection.0, true))
     }
 
-    /// Forgets a broken connection, so that the next call opens a new one.
-    async fn forget(&self) {
-        *self.connection.lock().await = None;
+    /// Forgets connection `generation` after it broke, so that the next call opens a new one
+    /// (unless another call has done so already).
+    async fn forget(&self, generation: u64) {
+        let mut connection = self.connection.lock().await;
+        if connection.0 == generation {
+            connection.1 = None;
+        }
     }
 
     /// Calls `path` (`/package.Service/Method`) with the encoded protobuf `message` and
@@ -133,13 +139,7 @@ impl UnaryClient {
             .path_and_query(path)
             .build()
             .map_err(|err| Status::internal(format!("bad path {path}: {err}")))?;
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(uri)
-            .body(())
-            .map_err(|err| Status::internal(format!("cannot build the request: {err}")))?;
-        let headers = request.headers_mut();
-        *headers = metadata;
+        let mut headers = metadata;
         headers.insert("content-type", HeaderValue::from_static("application/grpc"));
         headers.insert("te", HeaderValue::from_static("trailers"));
         if let Some(timeout) = timeout {
@@ -155,32 +155,45 @@ impl UnaryClient {
                 HeaderValue::from_str(&value).expect("digits and a unit"),
             );
         }
-
+        let request = || {
+            let mut request = Request::new(());
+            *request.method_mut() = Method::POST;
+            *request.uri_mut() = uri.clone();
+            *request.headers_mut() = headers.clone();
+            request
+        };
         let mut framed = BytesMut::with_capacity(PREFIX + message.len());
         framed.put_u8(0);
         framed.put_u32(message.len() as u32);
         framed.extend_from_slice(&message);
+        let framed = framed.freeze();
 
-        let connection = self.connection().await?;
-        let mut sender = match connection.ready().await {
-            Ok(sender) => sender,
-            Err(err) => {
-                self.forget().await;
-                return Err(unavailable(self.addr, err));
-            }
-        };
-        // Headers and message are queued before the connection task runs: one write.
-        let sent = sender
-            .send_request(request, false)
-            .and_then(|(response, mut stream)| {
-                stream.send_data(framed.freeze(), true)?;
-                Ok(response)
-            });
-        let response = match sent {
-            Ok(response) => response,
-            Err(err) => {
-                self.forget().await;
-                return Err(unavailable(self.addr, err));
+        let mut retried = false;
+        let response = loop {
+            let (connection, generation, new) = self.connection().await?;
+            // Headers and message are queued before the connection task runs: one write.
+            let sent = match connection.ready().await {
+                Ok(mut sender) => {
+                    sender
+                        .send_request(request(), false)
+                        .and_then(|(response, mut stream)| {
+                            stream.send_data(framed.clone(), true)?;
+                            Ok(response)
+                        })
+                }
+                Err(err) => Err(err),
+            };
+            match sent {
+                Ok(response) => break response,
+                Err(err) => {
+                    self.forget(generation).await;
+                    // A connection kept from earlier calls may have died while idle (say, the
+                    // replica restarted): one new connection before giving up.
+                    if new || retried {
+                        return Err(unavailable(self.addr, err));
+                    }
+                    retried = true;
+                }
             }
         };
         let response = response.await.map_err(|err| self.stream_error(err))?;
@@ -301,6 +314,85 @@ mod tests {
                 .unwrap_err()
                 .contains("announces 5 bytes but carries 2")
         );
+    }
+
+    /// A gRPC server (tonic's health service) on `listener`, until the returned sender fires.
+    async fn health_server(
+        listener: tokio::net::TcpListener,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async {
+                        let _ = stopped.await;
+                    },
+                )
+                .await
+                .unwrap();
+        });
+        (stop, server)
+    }
+
+    const CHECK: &str = "/grpc.health.v1.Health/Check";
+
+    async fn check(client: &UnaryClient) -> Result<i32, Status> {
+        use prost::Message;
+        let request = tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        };
+        let answer = client
+            .call(
+                CHECK,
+                Bytes::from(request.encode_to_vec()),
+                HeaderMap::new(),
+                Some(Duration::from_secs(5)),
+            )
+            .await?;
+        Ok(tonic_health::pb::HealthCheckResponse::decode(answer)
+            .unwrap()
+            .status)
+    }
+
+    #[tokio::test]
+    async fn calls_a_real_server_and_reconnects_after_it_restarts() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, server) = health_server(listener).await;
+        let client = UnaryClient::new(addr, 1024);
+        let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+        assert_eq!(check(&client).await.unwrap(), serving);
+
+        // The server goes away and comes back on the same port: the kept connection is dead,
+        // and the next call opens a new one instead of failing.
+        stop.send(()).unwrap();
+        server.await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let (stop, server) = health_server(listener).await;
+        assert_eq!(check(&client).await.unwrap(), serving);
+
+        // An error answer (trailers only) comes back as the server's status.
+        let status = client
+            .call(
+                "/grpc.health.v1.Health/NoSuchMethod",
+                Bytes::new(),
+                HeaderMap::new(),
+                None,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unimplemented, "{status}");
+        stop.send(()).unwrap();
+        server.await.unwrap();
     }
 
     #[tokio::test]
