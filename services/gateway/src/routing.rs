@@ -102,6 +102,10 @@ fn replica(addr: SocketAddr, healthy: bool) -> Result<Arc<Replica>, RoutingError
         .map_err(|err| RoutingError(format!("bad inference address {addr}: {err}")))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
+        // A replica that vanishes without closing the connection is noticed within seconds.
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
         .connect_lazy();
     Ok(Arc::new(Replica {
         addr,

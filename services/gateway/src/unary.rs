@@ -25,6 +25,10 @@ const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// How long connecting to a replica may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often an open connection is checked with an HTTP/2 ping, and how long the answer may
+/// take before the connection is closed (a replica on a partitioned node never closes it).
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A failure of the connection itself (refused, reset, closed), as opposed to an answer the
 /// replica gave: the routing layer ejects the replica and retries elsewhere.
@@ -46,6 +50,7 @@ pub struct UnaryClient {
     addr: SocketAddr,
     authority: http::uri::Authority,
     max_message_bytes: usize,
+    keep_alive: (Duration, Duration),
     /// The open connection and its generation (which connection a failed call used).
     connection: tokio::sync::Mutex<(u64, Option<SendRequest<Bytes>>)>,
 }
@@ -60,8 +65,17 @@ impl UnaryClient {
                 .parse()
                 .expect("a socket address is a valid authority"),
             max_message_bytes,
+            keep_alive: (KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT),
             connection: tokio::sync::Mutex::new((0, None)),
         }
+    }
+
+    /// Pings an open connection every `interval` and closes it when the answer takes longer
+    /// than `timeout`: the calls on it fail over instead of waiting for the system's TCP
+    /// timeout.
+    pub fn with_keep_alive(mut self, interval: Duration, timeout: Duration) -> UnaryClient {
+        self.keep_alive = (interval, timeout);
+        self
     }
 
     /// The open connection, or a new one; with its generation, and whether it is new.
@@ -84,10 +98,33 @@ impl UnaryClient {
             .await
             .map_err(|_| unavailable(self.addr, "connect timed out"))?
             .map_err(|err| unavailable(self.addr, format!("cannot connect: {err}")))?;
-        let addr = self.addr;
+        let (addr, (interval, timeout)) = (self.addr, self.keep_alive);
+        let mut driver = driver;
+        let pings = driver.ping_pong();
         tokio::spawn(async move {
-            if let Err(err) = driver.await {
-                tracing::debug!(replica = %addr, error = %err, "connection to the replica ended");
+            let unanswered = async {
+                let Some(mut pings) = pings else {
+                    return std::future::pending().await;
+                };
+                loop {
+                    tokio::time::sleep(interval).await;
+                    match tokio::time::timeout(timeout, pings.ping(h2::Ping::opaque())).await {
+                        Ok(Ok(_)) => {}
+                        // The connection is closing: its driver ends by itself.
+                        Ok(Err(_)) => return std::future::pending().await,
+                        Err(_) => return,
+                    }
+                }
+            };
+            tokio::select! {
+                ended = driver => if let Err(err) = ended {
+                    tracing::debug!(replica = %addr, error = %err, "connection to the replica ended");
+                },
+                () = unanswered => tracing::warn!(
+                    replica = %addr,
+                    timeout_ms = timeout.as_millis() as u64,
+                    "the replica did not answer a keep-alive ping; closing the connection"
+                ),
             }
         });
         connection.0 += 1;
@@ -393,6 +430,35 @@ mod tests {
         assert_eq!(status.code(), tonic::Code::Unimplemented, "{status}");
         stop.send(()).unwrap();
         server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_stops_answering_is_given_up_by_the_keep_alive() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let mut connection = h2::server::handshake(socket).await.unwrap();
+            // Takes the call, then never looks at the connection again: no answer, no pong,
+            // and the socket stays open (a hung or partitioned replica).
+            let call = connection.accept().await;
+            std::future::pending::<()>().await;
+            drop((connection, call));
+        });
+        let client = UnaryClient::new(addr, 1024)
+            .with_keep_alive(Duration::from_millis(100), Duration::from_millis(200));
+        let started = std::time::Instant::now();
+        let status = client
+            .call("/a.B/C", Bytes::new(), HeaderMap::new(), None)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a call without a deadline waited {:?}",
+            started.elapsed()
+        );
+        server.abort();
     }
 
     #[tokio::test]
