@@ -43,6 +43,8 @@ pub struct MetricRecord {
     pub name: String,
     /// Attribute keys seen on its data points.
     pub attribute_keys: Vec<String>,
+    /// Each data point's attributes, values as text.
+    pub points: Vec<Vec<(String, String)>>,
 }
 
 /// What the receiver got so far.
@@ -66,6 +68,13 @@ fn hex(bytes: &[u8]) -> String {
 
 fn keys(attributes: &[KeyValue]) -> impl Iterator<Item = String> + '_ {
     attributes.iter().map(|a| a.key.clone())
+}
+
+fn pairs(attributes: &[KeyValue]) -> Vec<(String, String)> {
+    attributes
+        .iter()
+        .map(|a| (a.key.clone(), text(a.value.as_ref())))
+        .collect()
 }
 
 impl OtlpReceiver {
@@ -139,27 +148,22 @@ impl MetricsService for OtlpReceiver {
         let mut metrics = self.metrics.lock().unwrap();
         for resource in request.into_inner().resource_metrics {
             for metric in resource.scope_metrics.into_iter().flat_map(|s| s.metrics) {
-                let attribute_keys = match &metric.data {
-                    Some(Data::Sum(sum)) => sum
-                        .data_points
-                        .iter()
-                        .flat_map(|p| keys(&p.attributes))
-                        .collect(),
-                    Some(Data::Histogram(h)) => h
-                        .data_points
-                        .iter()
-                        .flat_map(|p| keys(&p.attributes))
-                        .collect(),
-                    Some(Data::Gauge(g)) => g
-                        .data_points
-                        .iter()
-                        .flat_map(|p| keys(&p.attributes))
-                        .collect(),
+                let points: Vec<&[KeyValue]> = match &metric.data {
+                    Some(Data::Sum(sum)) => {
+                        sum.data_points.iter().map(|p| &p.attributes[..]).collect()
+                    }
+                    Some(Data::Histogram(h)) => {
+                        h.data_points.iter().map(|p| &p.attributes[..]).collect()
+                    }
+                    Some(Data::Gauge(g)) => {
+                        g.data_points.iter().map(|p| &p.attributes[..]).collect()
+                    }
                     _ => Vec::new(),
                 };
                 metrics.push(MetricRecord {
                     name: metric.name,
-                    attribute_keys,
+                    attribute_keys: points.iter().flat_map(|a| keys(a)).collect(),
+                    points: points.iter().map(|a| pairs(a)).collect(),
                 });
             }
         }

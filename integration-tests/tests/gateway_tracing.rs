@@ -158,6 +158,26 @@ async fn one_trace_holds_the_gateway_and_the_inference_spans() {
             requests.attribute_keys
         );
     }
+    // The Open Inference Protocol's calls are counted too, with the version that served them.
+    let attribute = |point: &Vec<(String, String)>, key: &str| {
+        point
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        metrics
+            .iter()
+            .filter(|m| m.name == "gateway.requests")
+            .flat_map(|m| &m.points)
+            .any(|p| attribute(p, "rpc") == "ModelInfer"
+                && attribute(p, "model") == "minilm-l6"
+                && attribute(p, "model_version") == "1"
+                && attribute(p, "tenant") == "shop"
+                && attribute(p, "status") == "OK"),
+        "no ModelInfer series in gateway.requests: {metrics:?}"
+    );
     for name in ["gateway.request.duration", "gateway.cache.lookups"] {
         assert!(
             metrics.iter().any(|m| m.name == name),

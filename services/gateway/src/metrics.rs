@@ -63,6 +63,30 @@ pub fn instruments() -> &'static Instruments {
     })
 }
 
+/// Records one finished call: `gateway.requests` by rpc, model, version, tenant and status
+/// (the gRPC code's name), and its duration by rpc, model and version.
+pub fn finished_call(
+    rpc: &'static str,
+    model: &str,
+    version: i64,
+    tenant: &str,
+    status: String,
+    elapsed: std::time::Duration,
+) {
+    let attributes = [
+        KeyValue::new("rpc", rpc),
+        KeyValue::new("model", model.to_owned()),
+        KeyValue::new("model_version", version.to_string()),
+        KeyValue::new("tenant", tenant.to_owned()),
+        KeyValue::new("status", status),
+    ];
+    let instruments = instruments();
+    instruments.requests.add(1, &attributes);
+    instruments
+        .duration
+        .record(elapsed.as_secs_f64(), &attributes[..3]);
+}
+
 /// Records `hits` cache hits out of `lookups`.
 pub fn cache_lookups(hits: usize, lookups: usize) {
     let cache = &instruments().cache;

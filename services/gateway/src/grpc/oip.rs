@@ -90,10 +90,41 @@ impl OipProxy {
             .map(drop)
     }
 
-    /// Forwards one inference; its span continues the caller's trace (`traceparent` in
-    /// `metadata`).
+    /// Forwards one inference of `rpc` (`ModelInfer`, or a message of `ModelStreamInfer`)
+    /// and counts it in `gateway.requests`; its span continues the caller's trace
+    /// (`traceparent` in `metadata`).
     async fn infer(
         &self,
+        rpc: &'static str,
+        request: pb::ModelInferRequest,
+        call: &CallContext,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<pb::ModelInferResponse, Status> {
+        let started = Instant::now();
+        let model = request.model_name.clone();
+        let result = self.forward_infer(rpc, request, call, metadata).await;
+        let (version, status) = match &result {
+            Ok(answer) => (answer.model_version.parse().unwrap_or(0), "OK".to_owned()),
+            Err(status) => (
+                call.routed_version
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                format!("{:?}", status.code()),
+            ),
+        };
+        crate::metrics::finished_call(
+            rpc,
+            &model,
+            version,
+            &call.tenant,
+            status,
+            started.elapsed(),
+        );
+        result
+    }
+
+    async fn forward_infer(
+        &self,
+        rpc: &'static str,
         mut request: pb::ModelInferRequest,
         call: &CallContext,
         metadata: &tonic::metadata::MetadataMap,
@@ -103,7 +134,8 @@ impl OipProxy {
         {
             request.model_version = version.to_string();
         }
-        let span = tracing::info_span!("gateway", rpc = "ModelInfer", tenant = %call.tenant, model = %request.model_name);
+        let span =
+            tracing::info_span!("gateway", rpc, tenant = %call.tenant, model = %request.model_name);
         shared::trace_context::set_remote_parent(&span, metadata);
         let mut metadata = tonic::metadata::MetadataMap::new();
         shared::trace_context::inject(&span, &mut metadata);
@@ -192,7 +224,7 @@ impl GrpcInferenceService for OipProxy {
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let call = call_context(&request);
         let (metadata, _, message) = request.into_parts();
-        self.infer(message, &call, &metadata)
+        self.infer("ModelInfer", message, &call, &metadata)
             .await
             .map(Response::new)
     }
@@ -226,7 +258,11 @@ impl GrpcInferenceService for OipProxy {
                         None => Ok(None),
                     };
                     let result = match admitted {
-                        Ok(_slot) => proxy.infer(message, &call, &metadata).await,
+                        Ok(_slot) => {
+                            proxy
+                                .infer("ModelStreamInfer", message, &call, &metadata)
+                                .await
+                        }
                         Err(status) => Err(status),
                     };
                     match result {

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use opentelemetry::KeyValue;
 use proto::ecommerce::gateway::v1 as pb;
 use proto::ecommerce::gateway::v1::gateway_server::Gateway;
 use tonic::{Request, Response, Status};
@@ -116,18 +115,14 @@ async fn observed<T>(
             (routed, format!("{:?}", status.code()))
         }
     };
-    let attributes = [
-        KeyValue::new("rpc", rpc),
-        KeyValue::new("model", model.to_owned()),
-        KeyValue::new("model_version", version.to_string()),
-        KeyValue::new("tenant", call.tenant.clone()),
-        KeyValue::new("status", code),
-    ];
-    let instruments = metrics::instruments();
-    instruments.requests.add(1, &attributes);
-    instruments
-        .duration
-        .record(call.arrived.elapsed().as_secs_f64(), &attributes[..3]);
+    metrics::finished_call(
+        rpc,
+        model,
+        version,
+        &call.tenant,
+        code,
+        call.arrived.elapsed(),
+    );
     result.map(|(response, _)| Response::new(response))
 }
 
