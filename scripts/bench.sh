@@ -41,14 +41,14 @@ done
 [ -x "$VENV/bin/perf_analyzer" ] && [ -x "$VENV/bin/grpcurl" ] || die "perf_analyzer or grpcurl missing in $VENV: run \`make deps\`"
 cuda_lib=$(perf_analyzer_cuda_lib)
 
+# Whether the gRPC service at ADDR answers SERVING.
+serving() {
+    "$VENV/bin/grpcurl" -plaintext -max-time 2 "$1" grpc.health.v1.Health/Check | grep -q '"SERVING"'
+}
+
 # Waits (60 s at most) until the service NAME at ADDR answers SERVING; fails if PID exits.
 wait_serving() {
-    local name=$1 addr=$2 pid=$3 log=$4 deadline=$((SECONDS + 60))
-    until "$VENV/bin/grpcurl" -plaintext -max-time 2 "$addr" grpc.health.v1.Health/Check 2>/dev/null | grep -q '"SERVING"'; do
-        kill -0 "$pid" 2>/dev/null || die "the $name exited during start-up; see $log"
-        [ "$SECONDS" -lt "$deadline" ] || die "the $name was not SERVING after 60 s; see $log"
-        sleep 0.5
-    done
+    wait_until "the $1" "$3" "$4" 60 serving "$2"
 }
 
 cpu_busy_percent() {
@@ -168,12 +168,9 @@ say "starting the plain one-at-a-time server on $plain_addr"
 "$VENV/bin/python" bench/plain_server.py --port "$plain_port" --model-dir "models/$MODEL" \
     </dev/null >"$OUT/plain-server.log" 2>&1 &
 plain_pid=$!
-deadline=$((SECONDS + 60))
-until "$VENV/bin/python" -c 'import sys, tritonclient.grpc as g; sys.exit(0 if g.InferenceServerClient(sys.argv[1]).is_server_ready() else 1)' "$plain_addr" 2>/dev/null; do
-    kill -0 "$plain_pid" 2>/dev/null || die "the plain server exited during start-up; see $OUT/plain-server.log"
-    [ "$SECONDS" -lt "$deadline" ] || die "the plain server was not ready after 60 s; see $OUT/plain-server.log"
-    sleep 0.5
-done
+wait_until "the plain server" "$plain_pid" "$OUT/plain-server.log" 60 "$VENV/bin/python" -c \
+    'import sys, tritonclient.grpc as g; sys.exit(0 if g.InferenceServerClient(sys.argv[1]).is_server_ready() else 1)' \
+    "$plain_addr"
 for c in 1 8 64; do LOAD_ADDR=$plain_addr loadgen "plain-c$c" --api oip --concurrency "$c"; done
 for i in 1 2 3 4 5; do
     SECS=3 WARMUP=1 loadgen "pair-ours-$i" --api oip --concurrency 1

@@ -27,12 +27,8 @@ http_port=$(free_port)
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true' EXIT
 # Ready when /metrics answers (the gRPC server starts first).
-deadline=$((SECONDS + 30))
-until python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$http_port/metrics')" 2>/dev/null; do
-    kill -0 "$pid" 2>/dev/null || die "the collector exited during start-up; see $OUT/collector.log"
-    [ "$SECONDS" -lt "$deadline" ] || die "the collector did not answer within 30 s"
-    sleep 0.2
-done
+wait_until "the collector" "$pid" "$OUT/collector.log" 30 python3 -c \
+    "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$http_port/metrics')"
 say "ingest for $SECS s, then queries"
 "$BIN/collector_bench" --addr "127.0.0.1:$grpc_port" --pid "$pid" --duration-secs "$SECS" \
     | tee "$OUT/collector.json"

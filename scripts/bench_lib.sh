@@ -4,6 +4,19 @@
 say() { printf '[%s] %s\n' "${BENCH_TAG:-bench}" "$*" >&2; }
 die() { say "FAILED: $*"; exit 1; }
 
+# Waits (SECS at most) until the command PROBE… succeeds; fails if NAME's PID exits first.
+# Usage: wait_until NAME PID LOG SECS PROBE…
+wait_until() {
+    local name=$1 pid=$2 log=$3 secs=$4
+    shift 4
+    local deadline=$((SECONDS + secs))
+    until "$@" 2>/dev/null; do
+        kill -0 "$pid" 2>/dev/null || die "$name exited during start-up; see $log"
+        [ "$SECONDS" -lt "$deadline" ] || die "$name was not ready after $secs s; see $log"
+        sleep 0.5
+    done
+}
+
 # A free loopback port.
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

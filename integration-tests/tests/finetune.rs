@@ -273,28 +273,7 @@ async fn shop_until(
     for sent in 0..limit {
         let (text, label) = traffic::catalog::message(&mut rng);
         let shopper = format!("shopper-{}", rng.below(500));
-        let classified = client
-            .classify(with_key(
-                gw::ClassifyRequest { texts: vec![text] },
-                "client-key",
-                Some(&shopper),
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        client
-            .feedback(with_key(
-                gw::FeedbackRequest {
-                    request_id: classified.request_id,
-                    item_id: "0".into(),
-                    event: gw::FeedbackEvent::Label as i32,
-                    label,
-                },
-                "client-key",
-                Some(&shopper),
-            ))
-            .await
-            .unwrap();
+        classify_and_label(&mut client, text, label, Some(&shopper)).await;
         if sent % 20 == 19 {
             let split = admin_client
                 .get_canary(admin(gw::GetCanaryRequest {
@@ -309,6 +288,41 @@ async fn shop_until(
         }
     }
     panic!("the split did not change within {limit} feedback events");
+}
+
+/// Classifies `text` through the gateway (as `shopper`, if given) and sends the shopper's
+/// `label` for it as feedback, the way the demonstration shop does.
+async fn classify_and_label(
+    client: &mut proto::ecommerce::gateway::v1::gateway_client::GatewayClient<
+        tonic::transport::Channel,
+    >,
+    text: String,
+    label: u32,
+    shopper: Option<&str>,
+) {
+    use proto::ecommerce::gateway::v1 as gw;
+    let classified = client
+        .classify(with_key(
+            gw::ClassifyRequest { texts: vec![text] },
+            "client-key",
+            shopper,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    client
+        .feedback(with_key(
+            gw::FeedbackRequest {
+                request_id: classified.request_id,
+                item_id: "0".into(),
+                event: gw::FeedbackEvent::Label as i32,
+                label,
+            },
+            "client-key",
+            shopper,
+        ))
+        .await
+        .unwrap();
 }
 
 fn traffic_rng(seed: u64) -> traffic::catalog::Rng {
@@ -434,7 +448,6 @@ async fn a_worse_canary_is_rolled_back_and_a_better_one_promoted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn texts_that_shoppers_labelled_become_training_data_with_personal_data_masked() {
-    use proto::ecommerce::gateway::v1 as gw;
     use proto::monitoring::metrics::v1 as mq;
     let repo = repository();
     let mut inference = RunningInference::start(inference_config(
@@ -463,30 +476,7 @@ async fn texts_that_shoppers_labelled_become_training_data_with_personal_data_ma
         let (text, label) = traffic::catalog::message(&mut rng);
         // Shoppers write their e-mail addresses in messages; they must not reach training data.
         let text = format!("{text} (reach me at shopper{i}@example.com)");
-        let classified = client
-            .classify(with_key(
-                gw::ClassifyRequest {
-                    texts: vec![text.clone()],
-                },
-                "client-key",
-                None,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        client
-            .feedback(with_key(
-                gw::FeedbackRequest {
-                    request_id: classified.request_id,
-                    item_id: "0".into(),
-                    event: gw::FeedbackEvent::Label as i32,
-                    label,
-                },
-                "client-key",
-                None,
-            ))
-            .await
-            .unwrap();
+        classify_and_label(&mut client, text, label, None).await;
         sent.push(label);
     }
     let mut query = collector.query_client().await;

@@ -64,20 +64,29 @@ pub fn instruments() -> &'static Instruments {
 }
 
 /// Records one finished call: `gateway.requests` by rpc, model, version, tenant and status
-/// (the gRPC code's name), and its duration by rpc, model and version.
+/// (the gRPC code's name), and its duration by rpc, model and version. `outcome` is the
+/// version that answered, or the failure's code: a failed call counts against the version it
+/// was routed to.
 pub fn finished_call(
     rpc: &'static str,
     model: &str,
-    version: i64,
-    tenant: &str,
-    status: String,
+    call: &crate::core::CallContext,
+    outcome: Result<i64, tonic::Code>,
     elapsed: std::time::Duration,
 ) {
+    let (version, status) = match outcome {
+        Ok(version) => (version, "OK".to_owned()),
+        Err(code) => (
+            call.routed_version
+                .load(std::sync::atomic::Ordering::Relaxed),
+            format!("{code:?}"),
+        ),
+    };
     let attributes = [
         KeyValue::new("rpc", rpc),
         KeyValue::new("model", model.to_owned()),
         KeyValue::new("model_version", version.to_string()),
-        KeyValue::new("tenant", tenant.to_owned()),
+        KeyValue::new("tenant", call.tenant.clone()),
         KeyValue::new("status", status),
     ];
     let instruments = instruments();

@@ -151,25 +151,6 @@ impl UnaryClient {
         metadata: HeaderMap,
         timeout: Option<Duration>,
     ) -> Result<Bytes, Status> {
-        let call = self.call_once(path, message, metadata, timeout);
-        match timeout {
-            Some(timeout) => tokio::time::timeout(timeout, call).await.map_err(|_| {
-                Status::deadline_exceeded(format!(
-                    "no answer from inference replica {} within the caller's deadline",
-                    self.addr
-                ))
-            })?,
-            None => call.await,
-        }
-    }
-
-    async fn call_once(
-        &self,
-        path: &'static str,
-        message: Bytes,
-        metadata: HeaderMap,
-        timeout: Option<Duration>,
-    ) -> Result<Bytes, Status> {
         let uri = http::Uri::builder()
             .scheme("http")
             .authority(self.authority.clone())
@@ -192,6 +173,31 @@ impl UnaryClient {
                 HeaderValue::from_str(&value).expect("digits and a unit"),
             );
         }
+        let mut framed = BytesMut::with_capacity(PREFIX + message.len());
+        framed.put_u8(0);
+        framed.put_u32(message.len() as u32);
+        framed.extend_from_slice(&message);
+
+        let exchange = self.exchange(&uri, &headers, framed.freeze());
+        match timeout {
+            Some(timeout) => tokio::time::timeout(timeout, exchange).await.map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no answer from inference replica {} within the caller's deadline",
+                    self.addr
+                ))
+            })?,
+            None => exchange.await,
+        }
+    }
+
+    /// Sends one framed message to `uri` with `headers` and reads the one message of the
+    /// answer.
+    async fn exchange(
+        &self,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+        framed: Bytes,
+    ) -> Result<Bytes, Status> {
         let request = || {
             let mut request = Request::new(());
             *request.method_mut() = Method::POST;
@@ -199,12 +205,6 @@ impl UnaryClient {
             *request.headers_mut() = headers.clone();
             request
         };
-        let mut framed = BytesMut::with_capacity(PREFIX + message.len());
-        framed.put_u8(0);
-        framed.put_u32(message.len() as u32);
-        framed.extend_from_slice(&message);
-        let framed = framed.freeze();
-
         let mut retried = false;
         let response = loop {
             let (connection, generation, new) = self.connection().await?;

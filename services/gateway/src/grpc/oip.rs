@@ -103,22 +103,11 @@ impl OipProxy {
         let started = Instant::now();
         let model = request.model_name.clone();
         let result = self.forward_infer(rpc, request, call, metadata).await;
-        let (version, status) = match &result {
-            Ok(answer) => (answer.model_version.parse().unwrap_or(0), "OK".to_owned()),
-            Err(status) => (
-                call.routed_version
-                    .load(std::sync::atomic::Ordering::Relaxed),
-                format!("{:?}", status.code()),
-            ),
-        };
-        crate::metrics::finished_call(
-            rpc,
-            &model,
-            version,
-            &call.tenant,
-            status,
-            started.elapsed(),
-        );
+        let outcome = result
+            .as_ref()
+            .map(|answer| answer.model_version.parse().unwrap_or(0))
+            .map_err(Status::code);
+        crate::metrics::finished_call(rpc, &model, call, outcome, started.elapsed());
         result
     }
 

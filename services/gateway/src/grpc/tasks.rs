@@ -99,28 +99,24 @@ async fn observed<T>(
 ) -> Result<Response<T>, Status> {
     span.record("model", model);
     let result = body.instrument(span.clone()).await;
-    let (version, code) = match &result {
+    match &result {
         Ok((_, version)) => {
             span.record("model_version", version);
-            (*version, "OK".to_owned())
         }
-        Err(status) => {
-            if server_failure(status.code()) {
-                span.record("otel.status_code", "ERROR");
-                span.record("otel.status_message", status.message());
-            }
-            let routed = call
-                .routed_version
-                .load(std::sync::atomic::Ordering::Relaxed);
-            (routed, format!("{:?}", status.code()))
+        Err(status) if server_failure(status.code()) => {
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_message", status.message());
         }
-    };
+        Err(_) => {}
+    }
     metrics::finished_call(
         rpc,
         model,
-        version,
-        &call.tenant,
-        code,
+        call,
+        result
+            .as_ref()
+            .map(|(_, version)| *version)
+            .map_err(Status::code),
         call.arrived.elapsed(),
     );
     result.map(|(response, _)| Response::new(response))
