@@ -33,7 +33,7 @@ export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$PWD/.deps/onnxruntime/lib/libonnxruntim
 BENCH_TAG=bench
 . scripts/bench_lib.sh
 
-for bin in inference gateway inprocess loadgen; do
+for bin in inference gateway h2relay inprocess loadgen; do
     [ -x "$BIN/$bin" ] || die "$BIN/$bin is missing: run \`cargo build --release --workspace --bins\`"
 done
 [ -f "models/$MODEL/1/model.onnx" ] || die "models/$MODEL is missing: run \`make model\`"
@@ -141,11 +141,23 @@ for c in 1 64; do
 done
 # Concurrency 1 drifts by more than the gateway's cost between windows: alternate request by
 # request instead (the same text straight to the service, then through the gateway), three
-# times; and once without a model run (ModelMetadata), the cost of the hop alone.
+# times; and once without a model run (ModelMetadata), the cost of the hop alone. Between
+# them runs the yardstick: a bare HTTP/2 relay (h2relay) in the gateway's place, what one hop
+# costs on this machine before the gateway does anything. (It relays unary calls only, so
+# readiness is its listening port: it connects upstream before it listens.)
+relay_port=$(free_port)
+relay_addr=127.0.0.1:$relay_port
+"$BIN/h2relay" --listen "$relay_addr" --upstream "$addr" </dev/null >"$OUT/h2relay.log" 2>&1 &
+relay_pid=$!
+wait_until "the HTTP/2 relay" "$relay_pid" "$OUT/h2relay.log" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$relay_port"
 for i in 1 2 3; do
     loadgen "versus-$i" --api oip --concurrency 1 --versus "$gateway_addr" --api-key bench-key
+    loadgen "relay-$i" --api oip --concurrency 1 --versus "$relay_addr"
 done
 SECS=5 loadgen versus-metadata --api metadata --concurrency 1 --versus "$gateway_addr" --api-key bench-key
+SECS=5 loadgen relay-metadata --api metadata --concurrency 1 --versus "$relay_addr"
+kill -TERM "$relay_pid" 2>/dev/null || true
+wait "$relay_pid" 2>/dev/null || true
 LOAD_ADDR=$gateway_addr loadgen gateway-rank-c1 --api gateway-rank --concurrency 1 --api-key bench-key
 # perf_analyzer 2.51 drops -H on gRPC, so it reaches the gateway as the anonymous tenant.
 for c in 1 64; do
@@ -282,6 +294,9 @@ versus = [load(f"loadgen-versus-{i}.json") for i in (1, 2, 3)]
 added = sorted(v["added_ms"]["p50"] for v in versus)
 added_gw = added[1]
 hop = load("loadgen-versus-metadata.json")
+relay = [load(f"loadgen-relay-{i}.json") for i in (1, 2, 3)]
+added_relay = sorted(v["added_ms"]["p50"] for v in relay)[1]
+relay_hop = load("loadgen-relay-metadata.json")
 gw_ratio = through[64]["requests_per_sec"] / direct[64]["requests_per_sec"]
 print("gateway (same run, back to back with direct calls):")
 print("  added p50 latency at c=1, requests alternating direct / gateway, median of 3 runs: %+.3f ms  (target <= 0.3 ms: %s)"
@@ -293,12 +308,18 @@ for v in versus:
 print("    without a model run (ModelMetadata): direct p50 %.3f ms, through the gateway %.3f ms: added %+.3f ms"
       % (hop["latency"]["p50_ms"], hop["versus"]["latency"]["p50_ms"], hop["added_ms"]["p50"]))
 print("    single 10 s windows: %.3f vs %.3f ms" % (through[1]["latency"]["p50_ms"], direct[1]["latency"]["p50_ms"]))
+print("  yardstick, a bare HTTP/2 relay in the gateway's place (h2relay), runs interleaved with the above:")
+print("    added p50 at c=1, median of 3 runs: %+.3f ms (runs %s); without a model run %+.3f ms"
+      % (added_relay, ", ".join("%+.3f" % v["added_ms"]["p50"] for v in relay), relay_hop["added_ms"]["p50"]))
+print("    the gateway beyond the relay: %+.3f ms with a model run, %+.3f ms without"
+      % (added_gw - added_relay, hop["added_ms"]["p50"] - relay_hop["added_ms"]["p50"]))
 print("  throughput at c=64: %.1f / %.1f = %.1f%% of direct  (target >= 90%%: %s)"
       % (through[64]["requests_per_sec"], direct[64]["requests_per_sec"], 100 * gw_ratio, verdict(gw_ratio >= 0.9)))
 print("  Rank of 100 candidates, warm cache, c=1: p50 %.3f ms, p99 %.3f ms, %.1f req/s"
       % (rank["latency"]["p50_ms"], rank["latency"]["p99_ms"], rank["requests_per_sec"]))
 failed = [name for name, r in rows if r["errors"]]
-failed += ["versus run %d" % i for i, v in enumerate(versus + [hop], 1) if v["errors"] or v["versus"]["errors"]]
+failed += ["versus run %d" % i for i, v in enumerate(versus + [hop] + relay + [relay_hop], 1)
+           if v["errors"] or v["versus"]["errors"]]
 if failed:
     print("FAILED: requests failed in %s (see loadgen.log)" % ", ".join(failed))
     sys.exit(1)

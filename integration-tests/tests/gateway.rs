@@ -347,6 +347,43 @@ async fn a_canary_split_holds_its_weights_sticks_per_shopper_and_changes_at_run_
             "one shopper, one version"
         );
     }
+    // The Open Inference Protocol follows the same split: ModelInfer without a version is
+    // pinned for the shopper (unpinned, the replica would answer with its newest, 2); one
+    // that names its version keeps it.
+    let on_stable = {
+        let mut found = None;
+        for shopper in ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"] {
+            if version_of(shopper).await == 1 {
+                found = Some(shopper);
+                break;
+            }
+        }
+        found.expect("at 90/10, one of ten shoppers is on version 1")
+    };
+    let mut oip = oip_client(gateway.addr).await;
+    let infer_version = |version: &str| {
+        let mut request = text_request("minilm-l6", &["tea"]);
+        request.model_version = version.to_owned();
+        with_key(request, "client-key", Some(on_stable))
+    };
+    for (asked, served) in [("", "1"), ("2", "2")] {
+        let answer = oip
+            .model_infer(infer_version(asked))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            answer.model_version, served,
+            "ModelInfer asking for version {asked:?} of shopper {on_stable}"
+        );
+        assert!(
+            !answer.outputs.is_empty() && answer.outputs.len() == answer.raw_output_contents.len(),
+            "the replica's tensors pass through: {} outputs, {} raw contents",
+            answer.outputs.len(),
+            answer.raw_output_contents.len()
+        );
+    }
+
     // Shift all traffic to the canary by RPC: no restart.
     admin.set_canary(split(&[(1, 0), (2, 100)])).await.unwrap();
     for shopper in ["a", "b", "c", "d", "e"] {
@@ -491,6 +528,27 @@ async fn bad_calls_get_invalid_argument() {
         .unwrap_err();
     assert!(
         status.code() == Code::InvalidArgument && status.message().contains("item_id"),
+        "{status:?}"
+    );
+    // ModelInfer's message is forwarded as bytes: one that is not a ModelInferRequest is
+    // refused with the reason, not sent on to a replica.
+    let raw = gateway::unary::UnaryClient::new(gateway.addr, 1 << 20);
+    let mut headers = http::HeaderMap::new();
+    headers.insert("authorization", "Bearer client-key".parse().unwrap());
+    let status = raw
+        .call(
+            "/inference.GRPCInferenceService/ModelInfer",
+            bytes::Bytes::from_static(&[0x0a, 0xff]),
+            headers,
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        status.code() == Code::InvalidArgument
+            && status
+                .message()
+                .contains("ModelInferRequest cannot be decoded"),
         "{status:?}"
     );
     let feedback = pb::FeedbackRequest {

@@ -4,6 +4,7 @@
 //! configured (`OTEL_EXPORTER_OTLP_ENDPOINT`), spans and metrics are exported over OTLP/gRPC
 //! too; without one, the OpenTelemetry API stays a no-op and costs next to nothing.
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use opentelemetry::global;
@@ -95,7 +96,10 @@ pub fn init(
         TelemetryError(format!("invalid log filter {:?}: {err}", args.log_filter))
     })?;
     let fmt: Box<dyn Layer<Registry> + Send + Sync> = match args.log_format {
+        // Colours only on a terminal: a log file or collector gets plain text (and the
+        // fields of every span are formatted without escape codes).
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()

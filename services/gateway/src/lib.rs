@@ -92,6 +92,7 @@ pub async fn serve(
         config.max_concurrency,
     ));
 
+    let oip = grpc::oip::OipProxy::new(core.clone(), admission.clone());
     let (mut routes, health) = shared::grpc::base_routes().await?;
     routes
         .add_service(
@@ -103,12 +104,9 @@ pub async fn serve(
             core.clone(),
         )))
         .add_service(
-            GrpcInferenceServiceServer::new(grpc::oip::OipProxy::new(
-                core.clone(),
-                admission.clone(),
-            ))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            GrpcInferenceServiceServer::new(oip.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
         );
 
     let (trigger, stop) = shared::shutdown::channel();
@@ -138,6 +136,7 @@ pub async fn serve(
     let server = tonic::transport::Server::builder()
         .layer(AdmissionLayer(admission))
         .layer(shared::small_frames::SmallFramesLayer)
+        .layer(grpc::passthrough::ModelInferLayer(oip))
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(shared::grpc::incoming(listener), stop.clone().wait());
     let mut server = tokio::spawn(server);

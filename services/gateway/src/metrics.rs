@@ -74,12 +74,12 @@ pub fn finished_call(
     outcome: Result<i64, tonic::Code>,
     elapsed: std::time::Duration,
 ) {
-    let (version, status) = match outcome {
-        Ok(version) => (version, "OK".to_owned()),
+    let (version, status): (i64, opentelemetry::Value) = match outcome {
+        Ok(version) => (version, "OK".into()),
         Err(code) => (
             call.routed_version
                 .load(std::sync::atomic::Ordering::Relaxed),
-            format!("{code:?}"),
+            format!("{code:?}").into(),
         ),
     };
     let attributes = [

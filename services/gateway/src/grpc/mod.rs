@@ -2,11 +2,13 @@
 
 pub mod admin;
 pub mod oip;
+pub mod passthrough;
 pub mod tasks;
 
 use std::time::Instant;
 
 use tonic::Request;
+use tonic::metadata::MetadataMap;
 
 use crate::auth::Principal;
 use crate::core::CallContext;
@@ -17,20 +19,21 @@ pub const ROUTING_KEY: &str = "x-routing-key";
 /// The call's context: a new request id, the caller (set by admission), its routing key and
 /// deadline.
 pub fn call_context<T>(request: &Request<T>) -> CallContext {
+    call_context_of(request.metadata(), request.extensions().get::<Principal>())
+}
+
+/// The context of a call with `metadata`, made by `principal` (`None`: anonymous).
+pub fn call_context_of(metadata: &MetadataMap, principal: Option<&Principal>) -> CallContext {
     let arrived = Instant::now();
     let request_id = uuid::Uuid::new_v4().to_string();
-    let tenant = request
-        .extensions()
-        .get::<Principal>()
-        .map_or_else(|| "anonymous".to_owned(), |p| p.tenant.to_string());
-    let routing_key = request
-        .metadata()
+    let tenant = principal.map_or_else(|| "anonymous".to_owned(), |p| p.tenant.to_string());
+    let routing_key = metadata
         .get(ROUTING_KEY)
         .and_then(|v| v.to_str().ok())
         .filter(|k| !k.is_empty())
         .map_or_else(|| request_id.clone(), str::to_owned);
     CallContext {
-        deadline: shared::grpc::deadline(request.metadata(), arrived),
+        deadline: shared::grpc::deadline(metadata, arrived),
         request_id,
         tenant,
         routing_key,

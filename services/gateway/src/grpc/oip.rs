@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use prost::Message;
 
 use futures::Stream;
@@ -25,7 +25,7 @@ use crate::core::{CallContext, GatewayCore, outgoing};
 /// Most requests one stream may have in flight at once.
 const STREAM_IN_FLIGHT: usize = 64;
 /// The method `infer` calls on the replicas.
-const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+pub(crate) const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 
 /// The protocol, proxied to the inference replicas.
 #[derive(Clone)]
@@ -90,9 +90,9 @@ impl OipProxy {
             .map(drop)
     }
 
-    /// Forwards one inference of `rpc` (`ModelInfer`, or a message of `ModelStreamInfer`)
-    /// and counts it in `gateway.requests`; its span continues the caller's trace
-    /// (`traceparent` in `metadata`).
+    /// Forwards one inference of `rpc` (a message of `ModelStreamInfer`) and counts it in
+    /// `gateway.requests`; its span continues the caller's trace (`traceparent` in
+    /// `metadata`).
     async fn infer(
         &self,
         rpc: &'static str,
@@ -100,38 +100,78 @@ impl OipProxy {
         call: &CallContext,
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<pb::ModelInferResponse, Status> {
+        let head = InferHead {
+            model_name: request.model_name.clone(),
+            model_version: request.model_version.clone(),
+        };
+        let message = Bytes::from(request.encode_to_vec());
+        let answer = self
+            .infer_encoded(rpc, head, message, call, metadata)
+            .await?;
+        pb::ModelInferResponse::decode(answer).map_err(|err| {
+            Status::internal(format!(
+                "cannot decode the replica's ModelInfer answer: {err}"
+            ))
+        })
+    }
+
+    /// Forwards one encoded `ModelInferRequest` (whose routing fields are `head`) and returns
+    /// the replica's encoded answer, unchanged; counts the call in `gateway.requests`. The
+    /// message is not decoded: a canary pin is appended to it as a `model_version` field
+    /// (protobuf keeps the last value of a field).
+    pub(crate) async fn infer_encoded(
+        &self,
+        rpc: &'static str,
+        head: InferHead,
+        message: Bytes,
+        call: &CallContext,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Bytes, Status> {
         let started = Instant::now();
-        let model = request.model_name.clone();
-        let result = self.forward_infer(rpc, request, call, metadata).await;
-        let outcome = result
-            .as_ref()
-            .map(|answer| answer.model_version.parse().unwrap_or(0))
-            .map_err(Status::code);
-        crate::metrics::finished_call(rpc, &model, call, outcome, started.elapsed());
+        let result = self
+            .forward_infer(rpc, &head, message, call, metadata)
+            .await;
+        let outcome = match &result {
+            Ok(answer) => InferHead::decode(answer.clone())
+                .map(|answer| answer.model_version.parse().unwrap_or(0))
+                .map_err(|err| {
+                    Status::internal(format!(
+                        "cannot decode the replica's ModelInfer answer: {err}"
+                    ))
+                }),
+            Err(status) => Err(status.clone()),
+        };
+        crate::metrics::finished_call(
+            rpc,
+            &head.model_name,
+            call,
+            outcome.as_ref().copied().map_err(Status::code),
+            started.elapsed(),
+        );
+        outcome?;
         result
     }
 
     async fn forward_infer(
         &self,
         rpc: &'static str,
-        mut request: pb::ModelInferRequest,
+        head: &InferHead,
+        mut message: Bytes,
         call: &CallContext,
         metadata: &tonic::metadata::MetadataMap,
-    ) -> Result<pb::ModelInferResponse, Status> {
-        if request.model_version.is_empty()
-            && let Some(version) = self.core.pinned_version(&request.model_name, call)
+    ) -> Result<Bytes, Status> {
+        if head.model_version.is_empty()
+            && let Some(version) = self.core.pinned_version(&head.model_name, call)
         {
-            request.model_version = version.to_string();
+            message = with_version(message, version);
         }
         let span =
-            tracing::info_span!("gateway", rpc, tenant = %call.tenant, model = %request.model_name);
+            tracing::info_span!("gateway", rpc, tenant = %call.tenant, model = %head.model_name);
         shared::trace_context::set_remote_parent(&span, metadata);
         let mut metadata = tonic::metadata::MetadataMap::new();
         shared::trace_context::inject(&span, &mut metadata);
         let headers = metadata.into_headers();
-        let message = Bytes::from(request.encode_to_vec());
-        let answer = self
-            .core
+        self.core
             .pool
             .call_replica(true, |replica| {
                 let (message, headers) = (message.clone(), headers.clone());
@@ -146,13 +186,29 @@ impl OipProxy {
                 }
             })
             .instrument(span)
-            .await?;
-        pb::ModelInferResponse::decode(answer).map_err(|err| {
-            Status::internal(format!(
-                "cannot decode the replica's ModelInfer answer: {err}"
-            ))
-        })
+            .await
     }
+}
+
+/// The fields of a `ModelInferRequest` and of a `ModelInferResponse` that the gateway reads
+/// (both messages number them 1 and 2); decoding skips the tensors without copying them.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct InferHead {
+    /// The model's name.
+    #[prost(string, tag = "1")]
+    pub model_name: String,
+    /// The model's version; empty for the newest.
+    #[prost(string, tag = "2")]
+    pub model_version: String,
+}
+
+/// `message` (an encoded `ModelInferRequest`) with its `model_version` set to `version`.
+fn with_version(message: Bytes, version: i64) -> Bytes {
+    let version = version.to_string();
+    let mut pinned = BytesMut::with_capacity(message.len() + version.len() + 2);
+    pinned.extend_from_slice(&message);
+    prost::encoding::string::encode(2, &version, &mut pinned);
+    pinned.freeze()
 }
 
 type InferStream = Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
@@ -328,5 +384,41 @@ impl GrpcInferenceService for OipProxy {
         })
         .await?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::inference::model_infer_request::InferInputTensor;
+
+    fn request(version: &str) -> pb::ModelInferRequest {
+        pb::ModelInferRequest {
+            model_name: "minilm-l6".into(),
+            model_version: version.into(),
+            id: "call-7".into(),
+            inputs: vec![InferInputTensor {
+                name: "TEXT".into(),
+                datatype: "BYTES".into(),
+                shape: vec![1, 1],
+                ..Default::default()
+            }],
+            raw_input_contents: vec![Bytes::from_static(b"\x03\0\0\0tea")],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_head_of_an_encoded_request_names_its_model_and_version() {
+        let head = InferHead::decode(Bytes::from(request("3").encode_to_vec())).unwrap();
+        assert_eq!(head.model_name, "minilm-l6");
+        assert_eq!(head.model_version, "3");
+    }
+
+    #[test]
+    fn a_pinned_version_is_appended_and_the_rest_of_the_message_kept() {
+        let unpinned = Bytes::from(request("").encode_to_vec());
+        let pinned = pb::ModelInferRequest::decode(with_version(unpinned, 2)).unwrap();
+        assert_eq!(pinned, request("2"));
     }
 }

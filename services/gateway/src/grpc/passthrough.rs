@@ -1,0 +1,287 @@
+//! The hot path: `ModelInfer` forwarded as bytes.
+//!
+//! [`ModelInferLayer`] answers the Open Inference Protocol's unary `ModelInfer` before tonic's
+//! router and codec see it. The request's message goes to a replica as it came, with only
+//! the canary's pin appended ([`OipProxy::infer_encoded`]), and the replica's answer goes
+//! back as it came. Admission (auth, rate limit, concurrency) has run already: this layer sits
+//! inside it. Every other call, and a `ModelInfer` this path does not take (a compressed one),
+//! goes on to tonic.
+//!
+//! Decoding and encoding each message twice, the router and the codec's buffers cost the
+//! gateway about as much CPU per call as the HTTP/2 work itself; on a machine whose idle
+//! cores sleep, that CPU time is paid at the cold speed of a just-woken core on every call.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use prost::Message;
+use tonic::Status;
+use tonic::metadata::MetadataMap;
+
+use super::call_context_of;
+use super::oip::{InferHead, MODEL_INFER, OipProxy};
+use crate::MAX_MESSAGE_BYTES;
+use crate::auth::Principal;
+
+/// Size of the gRPC message prefix: a compression flag and a 4-byte big-endian length.
+const PREFIX: usize = 5;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+/// The tower layer that answers `ModelInfer` through [`OipProxy`].
+#[derive(Clone)]
+pub struct ModelInferLayer(pub OipProxy);
+
+impl<S> tower::Layer<S> for ModelInferLayer {
+    type Service = ModelInferService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ModelInferService {
+            proxy: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// Service produced by [`ModelInferLayer`].
+#[derive(Clone)]
+pub struct ModelInferService<S> {
+    proxy: OipProxy,
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for ModelInferService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != MODEL_INFER || !plain_grpc(request.headers()) {
+            // Take the service that was driven to readiness; leave a clone in its place.
+            let clone = self.inner.clone();
+            let mut inner = std::mem::replace(&mut self.inner, clone);
+            return Box::pin(async move { inner.call(request).await });
+        }
+        let proxy = self.proxy.clone();
+        Box::pin(async move {
+            Ok(model_infer(&proxy, request)
+                .await
+                .unwrap_or_else(Status::into_http))
+        })
+    }
+}
+
+/// Whether a request is gRPC with uncompressed messages (tonic answers the rest: content
+/// types it does not serve, encodings it does not accept).
+fn plain_grpc(headers: &HeaderMap) -> bool {
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .map(HeaderValue::as_bytes);
+    let grpc = matches!(
+        content_type,
+        Some(b"application/grpc" | b"application/grpc+proto")
+    );
+    let encoding = headers.get("grpc-encoding").map(HeaderValue::as_bytes);
+    grpc && matches!(encoding, None | Some(b"identity"))
+}
+
+/// Forwards one `ModelInfer` call and answers it.
+async fn model_infer<B>(
+    proxy: &OipProxy,
+    request: http::Request<B>,
+) -> Result<http::Response<tonic::body::Body>, Status>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = request.into_parts();
+    let metadata = MetadataMap::from_headers(parts.headers);
+    let call = call_context_of(&metadata, parts.extensions.get::<Principal>());
+    let message = read_message(body).await?;
+    let head = InferHead::decode(message.clone()).map_err(|err| {
+        Status::invalid_argument(format!("the ModelInferRequest cannot be decoded: {err}"))
+    })?;
+    let answer = proxy
+        .infer_encoded("ModelInfer", head, message, &call, &metadata)
+        .await?;
+    Ok(grpc_response(answer))
+}
+
+/// The one message of a unary call's request body, without its prefix.
+async fn read_message<B>(body: B) -> Result<Bytes, Status>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut body = Limited::new(body, PREFIX + MAX_MESSAGE_BYTES)
+        .collect()
+        .await
+        .map_err(|err| {
+            if err.is::<LengthLimitError>() {
+                Status::resource_exhausted(format!(
+                    "the request message is larger than the gateway's limit of {MAX_MESSAGE_BYTES} bytes"
+                ))
+            } else {
+                Status::cancelled(format!("the request could not be read: {err}"))
+            }
+        })?
+        .to_bytes();
+    if body.len() < PREFIX {
+        return Err(Status::invalid_argument(if body.is_empty() {
+            "the call carries no request message".to_owned()
+        } else {
+            format!(
+                "the request's gRPC message prefix is cut short ({} bytes)",
+                body.len()
+            )
+        }));
+    }
+    let compressed = body.get_u8();
+    let length = body.get_u32() as usize;
+    if compressed != 0 {
+        return Err(Status::invalid_argument(
+            "the request message is marked compressed, but the call names no grpc-encoding",
+        ));
+    }
+    match body.len().cmp(&length) {
+        std::cmp::Ordering::Equal => Ok(body),
+        std::cmp::Ordering::Less => Err(Status::invalid_argument(format!(
+            "the request message is cut short: {} of {length} bytes",
+            body.len()
+        ))),
+        std::cmp::Ordering::Greater => Err(Status::invalid_argument(
+            "a unary call carries exactly one request message; this one has more",
+        )),
+    }
+}
+
+/// A gRPC answer of one encoded `message` and status OK.
+fn grpc_response(message: Bytes) -> http::Response<tonic::body::Body> {
+    let mut framed = BytesMut::with_capacity(PREFIX + message.len());
+    framed.put_u8(0);
+    framed.put_u32(message.len() as u32);
+    framed.extend_from_slice(&message);
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let body = Full::new(framed.freeze()).with_trailers(async move { Some(Ok(trailers)) });
+    let mut response = http::Response::new(tonic::body::Body::new(body));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    fn framed(flag: u8, length: u32, payload: &[u8]) -> Full<Bytes> {
+        let mut body = vec![flag];
+        body.extend_from_slice(&length.to_be_bytes());
+        body.extend_from_slice(payload);
+        Full::new(Bytes::from(body))
+    }
+
+    async fn refusal(body: Full<Bytes>) -> Status {
+        read_message(body).await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn the_one_message_of_a_request_is_read_without_its_prefix() {
+        let message = read_message(framed(0, 3, b"abc")).await.unwrap();
+        assert_eq!(&message[..], b"abc");
+        let empty = read_message(framed(0, 0, b"")).await.unwrap();
+        assert!(
+            empty.is_empty(),
+            "an all-default message is empty, and valid"
+        );
+    }
+
+    #[tokio::test]
+    async fn malformed_requests_are_refused_with_the_reason() {
+        let cases = [
+            (Full::new(Bytes::new()), "no request message"),
+            (
+                Full::new(Bytes::from_static(&[0, 0, 0])),
+                "prefix is cut short",
+            ),
+            (framed(1, 3, b"abc"), "marked compressed"),
+            (framed(0, 10, b"abcd"), "cut short: 4 of 10 bytes"),
+            (framed(0, 3, b"abcdef"), "exactly one request message"),
+        ];
+        for (body, reason) in cases {
+            let status = refusal(body).await;
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+            assert!(status.message().contains(reason), "{status:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_over_the_size_limit_is_refused_without_reading_it_whole() {
+        let status = refusal(Full::new(Bytes::from(vec![
+            0;
+            MAX_MESSAGE_BYTES + PREFIX + 1
+        ])))
+        .await;
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(status.message().contains("limit"), "{status:?}");
+    }
+
+    #[test]
+    fn only_uncompressed_grpc_takes_the_byte_path() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.insert(*name, HeaderValue::from_static(value));
+            }
+            headers
+        };
+        assert!(plain_grpc(&headers(&[(
+            "content-type",
+            "application/grpc"
+        )])));
+        assert!(plain_grpc(&headers(&[
+            ("content-type", "application/grpc+proto"),
+            ("grpc-encoding", "identity"),
+        ])));
+        assert!(!plain_grpc(&headers(&[
+            ("content-type", "application/grpc"),
+            ("grpc-encoding", "gzip"),
+        ])));
+        assert!(!plain_grpc(&headers(&[(
+            "content-type",
+            "application/grpc-web"
+        )])));
+        assert!(!plain_grpc(&headers(&[])));
+    }
+
+    #[tokio::test]
+    async fn an_answer_is_one_framed_message_then_status_ok() {
+        let response = grpc_response(Bytes::from_static(b"answer"));
+        assert_eq!(response.headers()["content-type"], "application/grpc");
+        let collected = response.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().expect("trailers");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(&collected.to_bytes()[..], b"\0\0\0\0\x06answer");
+    }
+}
