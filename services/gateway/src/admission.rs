@@ -4,9 +4,7 @@
 //! Refusals are answered at once with a gRPC status, before any handler runs: nothing queues.
 //! The caller's principal goes into the request's extensions for the handlers.
 
-use std::future::Future;
 use std::num::NonZeroU32;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -16,6 +14,7 @@ use tokio::sync::Semaphore;
 use tonic::Status;
 
 use crate::auth::{ApiKeys, Principal, required_role};
+use crate::layers::{BoxFuture, GrpcService, StateLayer, WithState, take_ready};
 
 /// Shared admission state.
 pub struct Admission {
@@ -110,37 +109,15 @@ impl Admission {
     }
 }
 
-/// The tower layer applying [`Admission`].
-#[derive(Clone)]
-pub struct AdmissionLayer(pub Arc<Admission>);
+/// The tower layer applying [`Admission`] to every call.
+pub type AdmissionLayer = StateLayer<Arc<Admission>>;
 
-impl<S> tower::Layer<S> for AdmissionLayer {
-    type Service = AdmissionService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        AdmissionService {
-            admission: self.0.clone(),
-            inner,
-        }
-    }
-}
-
-/// Service produced by [`AdmissionLayer`].
-#[derive(Clone)]
-pub struct AdmissionService<S> {
-    admission: Arc<Admission>,
-    inner: S,
-}
-
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+/// The service of [`AdmissionLayer`].
+pub type AdmissionService<S> = WithState<Arc<Admission>, S>;
 
 impl<S, B> tower::Service<http::Request<B>> for AdmissionService<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: GrpcService<B>,
     B: Send + 'static,
 {
     type Response = S::Response;
@@ -156,7 +133,7 @@ where
             .headers()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
-        match self.admission.admit(request.uri().path(), authorization) {
+        match self.state.admit(request.uri().path(), authorization) {
             Err(status) => {
                 tracing::debug!(path = request.uri().path(), code = ?status.code(), "call refused");
                 Box::pin(async move { Ok(status.into_http()) })
@@ -166,9 +143,7 @@ where
                     request.extensions_mut().insert(principal);
                     permit
                 });
-                // Take the service that was driven to readiness; leave a clone in its place.
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let mut inner = take_ready(&mut self.inner);
                 Box::pin(async move {
                     let response = inner.call(request).await;
                     drop(permit);

@@ -13,6 +13,7 @@ pub mod canary;
 pub mod config;
 pub mod core;
 pub mod grpc;
+pub mod layers;
 pub mod metrics;
 pub mod payload;
 pub mod pii;
@@ -30,10 +31,11 @@ use proto::ecommerce::gateway::v1::gateway_server::GatewayServer;
 use proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use tokio::net::TcpListener;
 
-use crate::admission::{Admission, AdmissionLayer};
+use crate::admission::Admission;
 use crate::auth::ApiKeys;
 pub use crate::config::GatewayConfig;
 use crate::core::GatewayCore;
+use crate::layers::StateLayer;
 use crate::routing::ReplicaPool;
 
 /// Largest gRPC message the gateway accepts or sends.
@@ -134,9 +136,11 @@ pub async fn serve(
     };
     let local = listener.local_addr().ok();
     let server = tonic::transport::Server::builder()
-        .layer(AdmissionLayer(admission))
+        // Admission first (auth, rate limit, concurrency), then every response in one write,
+        // then ModelInfer's byte path ahead of tonic's router.
+        .layer(StateLayer(admission))
         .layer(shared::small_frames::SmallFramesLayer)
-        .layer(grpc::passthrough::ModelInferLayer(oip))
+        .layer(StateLayer(oip))
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(shared::grpc::incoming(listener), stop.clone().wait());
     let mut server = tokio::spawn(server);

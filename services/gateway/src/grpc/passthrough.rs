@@ -11,8 +11,6 @@
 //! gateway about as much CPU per call as the HTTP/2 work itself; on a machine whose idle
 //! cores sleep, that CPU time is paid at the cold speed of a just-woken core on every call.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -26,42 +24,22 @@ use super::call_context_of;
 use super::oip::{InferHead, MODEL_INFER, OipProxy};
 use crate::MAX_MESSAGE_BYTES;
 use crate::auth::Principal;
+use crate::layers::{BoxFuture, GrpcService, StateLayer, WithState, take_ready};
 
 /// Size of the gRPC message prefix: a compression flag and a 4-byte big-endian length.
 const PREFIX: usize = 5;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
 /// The tower layer that answers `ModelInfer` through [`OipProxy`].
-#[derive(Clone)]
-pub struct ModelInferLayer(pub OipProxy);
+pub type ModelInferLayer = StateLayer<OipProxy>;
 
-impl<S> tower::Layer<S> for ModelInferLayer {
-    type Service = ModelInferService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        ModelInferService {
-            proxy: self.0.clone(),
-            inner,
-        }
-    }
-}
-
-/// Service produced by [`ModelInferLayer`].
-#[derive(Clone)]
-pub struct ModelInferService<S> {
-    proxy: OipProxy,
-    inner: S,
-}
+/// The service of [`ModelInferLayer`].
+pub type ModelInferService<S> = WithState<OipProxy, S>;
 
 impl<S, B> tower::Service<http::Request<B>> for ModelInferService<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: GrpcService<B>,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
@@ -75,12 +53,10 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         if request.uri().path() != MODEL_INFER || !plain_grpc(request.headers()) {
-            // Take the service that was driven to readiness; leave a clone in its place.
-            let clone = self.inner.clone();
-            let mut inner = std::mem::replace(&mut self.inner, clone);
+            let mut inner = take_ready(&mut self.inner);
             return Box::pin(async move { inner.call(request).await });
         }
-        let proxy = self.proxy.clone();
+        let proxy = self.state.clone();
         Box::pin(async move {
             Ok(model_infer(&proxy, request)
                 .await
