@@ -15,6 +15,7 @@ use h2::RecvStream;
 use h2::client::SendRequest;
 use h2::server::SendResponse;
 use http::{HeaderMap, Request, Response};
+use shared::small_frames::FRAME_BYTES;
 
 /// Forwards gRPC calls from `--listen` to `--upstream` over one HTTP/2 connection.
 #[derive(Parser)]
@@ -30,8 +31,6 @@ struct Args {
 
 /// Largest message relayed (the gateway's limit).
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024 + 5;
-/// Longest frame h2 copies into its write buffer (see `shared::small_frames`).
-const FRAME_BYTES: usize = 255;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();

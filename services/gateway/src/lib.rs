@@ -12,6 +12,7 @@ pub mod cache;
 pub mod canary;
 pub mod config;
 pub mod core;
+mod frame;
 pub mod grpc;
 pub mod layers;
 pub mod metrics;

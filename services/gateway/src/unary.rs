@@ -12,13 +12,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use h2::client::SendRequest;
 use http::{HeaderMap, HeaderValue, Method, Request};
 use tonic::Status;
 
-/// Size of the gRPC message prefix: a compression flag and a 4-byte big-endian length.
-const PREFIX: usize = 5;
+use crate::frame::{self, FrameError, PREFIX, frame};
+
 /// Flow-control windows of the connection and of each stream: large enough that a batch's
 /// response never waits for a window update.
 const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
@@ -173,12 +173,7 @@ impl UnaryClient {
                 HeaderValue::from_str(&value).expect("digits and a unit"),
             );
         }
-        let mut framed = BytesMut::with_capacity(PREFIX + message.len());
-        framed.put_u8(0);
-        framed.put_u32(message.len() as u32);
-        framed.extend_from_slice(&message);
-
-        let exchange = self.exchange(&uri, &headers, framed.freeze());
+        let exchange = self.exchange(&uri, &headers, frame(&message));
         match timeout {
             Some(timeout) => tokio::time::timeout(timeout, exchange).await.map_err(|_| {
                 Status::deadline_exceeded(format!(
@@ -296,31 +291,23 @@ impl UnaryClient {
     }
 }
 
-/// The one message of a unary response body.
-fn unframe(mut data: Bytes) -> Result<Bytes, String> {
-    if data.len() < PREFIX {
-        return Err(format!(
-            "the answer is {} bytes, shorter than a gRPC message prefix",
-            data.len()
-        ));
-    }
-    let compressed = data.get_u8();
-    let len = data.get_u32() as usize;
-    if compressed != 0 {
-        return Err("the answer is compressed, which was not asked for".to_owned());
-    }
-    if len != data.len() {
-        return Err(format!(
-            "the answer announces {len} bytes but carries {}",
-            data.len()
-        ));
-    }
-    Ok(data)
+/// The one message of a unary response body, or why the answer is not one.
+fn unframe(data: Bytes) -> Result<Bytes, String> {
+    frame::unframe(data).map_err(|err| match err {
+        FrameError::Short(len) => {
+            format!("the answer is {len} bytes, shorter than a gRPC message prefix")
+        }
+        FrameError::Compressed => "the answer is compressed, which was not asked for".to_owned(),
+        FrameError::Length { announced, carried } => {
+            format!("the answer announces {announced} bytes but carries {carried}")
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BufMut;
 
     #[test]
     fn one_message_comes_out_of_its_frame() {

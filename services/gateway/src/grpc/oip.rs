@@ -108,11 +108,7 @@ impl OipProxy {
         let answer = self
             .infer_encoded(rpc, head, message, call, metadata)
             .await?;
-        pb::ModelInferResponse::decode(answer).map_err(|err| {
-            Status::internal(format!(
-                "cannot decode the replica's ModelInfer answer: {err}"
-            ))
-        })
+        pb::ModelInferResponse::decode(answer).map_err(undecodable_answer)
     }
 
     /// Forwards one encoded `ModelInferRequest` (whose routing fields are `head`) and returns
@@ -128,28 +124,25 @@ impl OipProxy {
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<Bytes, Status> {
         let started = Instant::now();
+        // The version that answered, for the metrics; an answer that does not decode fails.
         let result = self
             .forward_infer(rpc, &head, message, call, metadata)
-            .await;
-        let outcome = match &result {
-            Ok(answer) => InferHead::decode(answer.clone())
-                .map(|answer| answer.model_version.parse().unwrap_or(0))
-                .map_err(|err| {
-                    Status::internal(format!(
-                        "cannot decode the replica's ModelInfer answer: {err}"
-                    ))
-                }),
-            Err(status) => Err(status.clone()),
-        };
+            .await
+            .and_then(|answer| {
+                let served = InferHead::decode(answer.clone()).map_err(undecodable_answer)?;
+                Ok((answer, served.model_version.parse().unwrap_or(0)))
+            });
         crate::metrics::finished_call(
             rpc,
             &head.model_name,
             call,
-            outcome.as_ref().copied().map_err(Status::code),
+            result
+                .as_ref()
+                .map(|(_, version)| *version)
+                .map_err(Status::code),
             started.elapsed(),
         );
-        outcome?;
-        result
+        result.map(|(answer, _)| answer)
     }
 
     async fn forward_infer(
@@ -200,6 +193,13 @@ pub(crate) struct InferHead {
     /// The model's version; empty for the newest.
     #[prost(string, tag = "2")]
     pub model_version: String,
+}
+
+/// The status of a replica's `ModelInfer` answer that does not decode.
+fn undecodable_answer(err: prost::DecodeError) -> Status {
+    Status::internal(format!(
+        "cannot decode the replica's ModelInfer answer: {err}"
+    ))
 }
 
 /// `message` (an encoded `ModelInferRequest`) with its `model_version` set to `version`.

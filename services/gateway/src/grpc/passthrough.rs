@@ -13,7 +13,7 @@
 
 use std::task::{Context, Poll};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use prost::Message;
@@ -24,10 +24,8 @@ use super::call_context_of;
 use super::oip::{InferHead, MODEL_INFER, OipProxy};
 use crate::MAX_MESSAGE_BYTES;
 use crate::auth::Principal;
+use crate::frame::{self, FrameError, PREFIX, frame};
 use crate::layers::{BoxFuture, GrpcService, StateLayer, WithState, take_ready};
-
-/// Size of the gRPC message prefix: a compression flag and a 4-byte big-endian length.
-const PREFIX: usize = 5;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -107,7 +105,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let mut body = Limited::new(body, PREFIX + MAX_MESSAGE_BYTES)
+    let body = Limited::new(body, PREFIX + MAX_MESSAGE_BYTES)
         .collect()
         .await
         .map_err(|err| {
@@ -120,44 +118,31 @@ where
             }
         })?
         .to_bytes();
-    if body.len() < PREFIX {
-        return Err(Status::invalid_argument(if body.is_empty() {
-            "the call carries no request message".to_owned()
-        } else {
-            format!(
-                "the request's gRPC message prefix is cut short ({} bytes)",
-                body.len()
-            )
-        }));
-    }
-    let compressed = body.get_u8();
-    let length = body.get_u32() as usize;
-    if compressed != 0 {
-        return Err(Status::invalid_argument(
-            "the request message is marked compressed, but the call names no grpc-encoding",
-        ));
-    }
-    match body.len().cmp(&length) {
-        std::cmp::Ordering::Equal => Ok(body),
-        std::cmp::Ordering::Less => Err(Status::invalid_argument(format!(
-            "the request message is cut short: {} of {length} bytes",
-            body.len()
-        ))),
-        std::cmp::Ordering::Greater => Err(Status::invalid_argument(
-            "a unary call carries exactly one request message; this one has more",
-        )),
-    }
+    frame::unframe(body).map_err(|err| {
+        Status::invalid_argument(match err {
+            FrameError::Short(0) => "the call carries no request message".to_owned(),
+            FrameError::Short(len) => {
+                format!("the request's gRPC message prefix is cut short ({len} bytes)")
+            }
+            FrameError::Compressed => {
+                "the request message is marked compressed, but the call names no grpc-encoding"
+                    .to_owned()
+            }
+            FrameError::Length { announced, carried } if carried < announced => {
+                format!("the request message is cut short: {carried} of {announced} bytes")
+            }
+            FrameError::Length { .. } => {
+                "a unary call carries exactly one request message; this one has more".to_owned()
+            }
+        })
+    })
 }
 
 /// A gRPC answer of one encoded `message` and status OK.
 fn grpc_response(message: Bytes) -> http::Response<tonic::body::Body> {
-    let mut framed = BytesMut::with_capacity(PREFIX + message.len());
-    framed.put_u8(0);
-    framed.put_u32(message.len() as u32);
-    framed.extend_from_slice(&message);
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", HeaderValue::from_static("0"));
-    let body = Full::new(framed.freeze()).with_trailers(async move { Some(Ok(trailers)) });
+    let body = Full::new(frame(&message)).with_trailers(async move { Some(Ok(trailers)) });
     let mut response = http::Response::new(tonic::body::Body::new(body));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
