@@ -243,24 +243,32 @@ async fn shutdown_drains_in_flight_requests() {
         .unwrap();
     let channel = server.channel().await;
     let (first_done, first) = tokio::sync::mpsc::channel::<()>(32);
+    let (sending, mut sent) = tokio::sync::mpsc::channel::<()>(32);
     let requests: Vec<_> = (0..32)
         .map(|i| {
             let mut client =
                 proto::serving::inference::v1::inference_tasks_client::InferenceTasksClient::new(
                     channel.clone(),
                 );
-            let first_done = first_done.clone();
+            let (first_done, sending) = (first_done.clone(), sending.clone());
             tokio::spawn(async move {
                 let request = EmbedRequest {
                     model: None,
                     texts: vec![format!("4K HDR smart TV {i} inch")],
                 };
+                let _ = sending.try_send(());
                 let result = client.embed(request).await;
                 let _ = first_done.try_send(());
                 result
             })
         })
         .collect();
+    // Every task has started its call (on a busy machine a spawned task may not have run by
+    // the time the first answer comes back, and a call the client has not sent yet is
+    // refused by the server's GOAWAY, not drained).
+    for _ in 0..32 {
+        sent.recv().await.unwrap();
+    }
     // Once one request has finished, the others are in the server's queue: stop it now.
     let mut first = first;
     first.recv().await.unwrap();
