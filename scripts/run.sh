@@ -8,7 +8,12 @@ BIN=${MESH_BIN:-target/release}
 export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$PWD/.deps/onnxruntime/lib/libonnxruntime.so}
 export MODEL_REPOSITORY=${MODEL_REPOSITORY:-$PWD/models}
 
+# A service that stops on an error prints the error alone (a panic keeps its backtrace when
+# RUST_BACKTRACE asks for one).
+export RUST_LIB_BACKTRACE=${RUST_LIB_BACKTRACE:-0}
+
 pids=()
+declare -A pid_of=()
 watcher=
 local_postgres=
 stop() {
@@ -16,8 +21,13 @@ stop() {
     trap - INT TERM
     [ -n "$watcher" ] && kill "$watcher" 2>/dev/null
     echo "[run] stopping ${#pids[@]} process(es)" >&2
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
+    # In the reverse order of their start: the collector (first started) stops last, so the
+    # others' final exports of traces and metrics still reach it.
+    local i
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+        kill -TERM "${pids[i]}" 2>/dev/null
+        wait "${pids[i]}" 2>/dev/null
+    done
     [ -n "$local_postgres" ] && bash scripts/postgres.sh stop
     echo "[run] stopped" >&2
     exit "$code"
@@ -33,6 +43,7 @@ start() {
     local name=$1; shift
     "$BIN/$name" "$@" </dev/null &
     pids+=($!)
+    pid_of[$name]=$!
     echo "[run] started $name (pid $!)" >&2
 }
 
@@ -67,6 +78,11 @@ GRPCURL=.venv/bin/grpcurl
 wait_healthy() {
     local name=$1 address=$2
     for _ in $(seq 1 300); do
+        if ! kill -0 "${pid_of[$name]}" 2>/dev/null; then
+            wait "${pid_of[$name]}"
+            echo "[run] $name exited with status $? before it was serving (its error is above)" >&2
+            stop 1
+        fi
         if "$GRPCURL" -plaintext -max-time 1 "$address" grpc.health.v1.Health/Check 2>/dev/null \
             | grep -q '"SERVING"'; then
             echo "[run] $name is serving on $address" >&2

@@ -1335,3 +1335,91 @@ async fn a_burn_rate_rule_fires_when_both_windows_burn_and_clears() {
     collector.stop().await.unwrap();
     db.drop().await;
 }
+
+/// A proxy in front of PostgreSQL whose first connection is accepted and never answered (a
+/// database too busy to answer); later connections go through. Says when the first one came.
+async fn late_database(
+    target: std::net::SocketAddr,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Receiver<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (silent, _) = listener.accept().await.unwrap();
+        let _ = first_tx.send(());
+        let _held = silent;
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    (addr, first_rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alert_manager_waits_for_a_database_that_answers_late_and_gives_up_on_a_missing_one() {
+    use sqlx::ConnectOptions as _;
+    let db = TestDatabase::create().await;
+    let options: sqlx::postgres::PgConnectOptions = db.url.parse().unwrap();
+    let target = tokio::net::lookup_host((options.get_host(), options.get_port()))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let (proxy, first) = late_database(target).await;
+    let through_proxy = options
+        .clone()
+        .host("127.0.0.1")
+        .port(proxy.port())
+        .to_url_lossy();
+    let collector = RunningCollector::start(&[]).await.unwrap();
+    let rules = tempfile::tempdir().unwrap();
+
+    // Its first connection gets no answer; the manager tries again and serves.
+    let manager =
+        start_alert_manager(&collector.endpoint(), rules.path(), through_proxy.as_str()).await;
+    first
+        .await
+        .expect("the manager's first connection reached the database");
+    let mut client = AlertManagerClient::new(connect(manager.addr).await);
+    assert!(
+        incidents(&mut client).await.is_empty(),
+        "an empty incident store"
+    );
+    let _ = manager.stop.send(());
+    manager.task.await.unwrap().unwrap();
+
+    // Nothing listens at all, and it may not wait: it stops with an error that says so.
+    let nowhere = options
+        .clone()
+        .host("127.0.0.1")
+        .port(free_port())
+        .to_url_lossy();
+    let (listener, _) = shared::testing::ephemeral_listener().await.unwrap();
+    let config = <alert_manager::Config as clap::Parser>::parse_from([
+        "alert-manager",
+        "--rules",
+        rules.path().to_str().unwrap(),
+        "--database-url",
+        nowhere.as_str(),
+        "--database-wait-secs",
+        "0",
+    ]);
+    let err = alert_manager::serve(listener, config, std::future::pending())
+        .await
+        .expect_err("no database");
+    let port = nowhere.port().unwrap();
+    assert!(
+        err.to_string().contains(&format!(
+            "PostgreSQL at 127.0.0.1:{port} could not be reached within 0 s"
+        )),
+        "the error names the database: {err}"
+    );
+    db.drop().await;
+}

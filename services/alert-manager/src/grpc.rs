@@ -56,6 +56,7 @@ impl From<IncidentError> for Status {
             IncidentError::Database(e) => {
                 Status::unavailable(format!("the incident database is unavailable: {e}"))
             }
+            IncidentError::Unreachable { .. } => Status::unavailable(err.to_string()),
             IncidentError::Migrate(e) => Status::internal(e.to_string()),
         }
     }

@@ -19,6 +19,16 @@ pub enum IncidentError {
     /// The database refused or could not be reached.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// The database could not be reached within the time allowed at start.
+    #[error("PostgreSQL at {address} could not be reached within {waited_secs} s: {source}")]
+    Unreachable {
+        /// Host and port (never the password).
+        address: String,
+        /// How long it was tried.
+        waited_secs: u64,
+        /// The last attempt's error.
+        source: sqlx::Error,
+    },
     /// Migrations could not be applied.
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -310,6 +320,24 @@ fn describe(alert: &Alert) -> String {
     )
 }
 
+/// The host and port of a database URL, for messages (the URL itself may hold a password).
+fn address_of(url: &str) -> String {
+    match url.parse::<sqlx::postgres::PgConnectOptions>() {
+        Ok(options) => format!("{}:{}", options.get_host(), options.get_port()),
+        Err(_) => "the configured URL".to_owned(),
+    }
+}
+
+/// Whether `err` says the database could not be reached yet (as opposed to refusing the request).
+fn unreachable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        // 57P03: "the database system is starting up".
+        sqlx::Error::Database(db) => db.code().as_deref() == Some("57P03"),
+        _ => false,
+    }
+}
+
 impl IncidentStore {
     /// Connects to `url` and applies the migrations.
     pub async fn connect(url: &str) -> Result<IncidentStore, IncidentError> {
@@ -320,6 +348,34 @@ impl IncidentStore {
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(IncidentStore { pool })
+    }
+
+    /// As [`IncidentStore::connect`], trying again while the database cannot be reached (it is
+    /// down, still starting, or too slow to answer) until `wait` has passed. Any other error
+    /// (a malformed URL, a refused login, a failed migration) is returned at once.
+    pub async fn connect_within(
+        url: &str,
+        wait: std::time::Duration,
+    ) -> Result<IncidentStore, IncidentError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut pause = std::time::Duration::from_millis(100);
+        loop {
+            match IncidentStore::connect(url).await {
+                Err(IncidentError::Database(err)) if unreachable(&err) => {
+                    if tokio::time::Instant::now() + pause >= deadline {
+                        return Err(IncidentError::Unreachable {
+                            address: address_of(url),
+                            waited_secs: wait.as_secs(),
+                            source: err,
+                        });
+                    }
+                    tracing::warn!(error = %err, retry_in = ?pause, "incident database not reachable yet");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(2));
+                }
+                outcome => return outcome,
+            }
+        }
     }
 
     /// Records that `alert` fired: opens its group's incident (linked to the group's previous

@@ -64,6 +64,11 @@ pub struct Config {
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,
 
+    /// How long to keep trying at start while the database cannot be reached (down, starting,
+    /// or slow to answer), in seconds; after that the service exits with the error.
+    #[arg(long, env = "ALERT_MANAGER_DATABASE_WAIT_SECS", default_value_t = 30)]
+    pub database_wait_secs: u64,
+
     /// Interval between evaluations of every rule, in milliseconds.
     #[arg(
         long,
@@ -168,7 +173,11 @@ pub async fn serve(
         config.api_keys_file.as_deref(),
         &config.api_keys,
     )?);
-    let incidents = IncidentStore::connect(&config.database_url).await?;
+    let incidents = IncidentStore::connect_within(
+        &config.database_url,
+        Duration::from_secs(config.database_wait_secs),
+    )
+    .await?;
     let engine = Arc::new(Engine {
         paths: config.rules.clone(),
         rules: Mutex::new(LoadedRules::default()),
