@@ -1,7 +1,7 @@
 //! One trace spans the caller, the gateway and the inference service: the gateway continues the
 //! caller's `traceparent` and passes its own span on, and the inference service (a separate
 //! process, exporting on its own) continues that. Sampled payloads reach span attributes masked,
-//! and the gateway's metrics carry their attributes.
+//! and the gateway's metrics carry their attributes, refusals at admission counted apart.
 
 use integration_tests::otlp::OtlpReceiver;
 use integration_tests::*;
@@ -76,6 +76,30 @@ async fn one_trace_holds_the_gateway_and_the_inference_spans() {
         .unwrap()
         .into_inner();
     assert_eq!(f32s(&answer.raw_output_contents[0]).len(), 384);
+    // Two refusals at admission: a wrong key, and a client key on an admin method.
+    let wrong_key = gateway_client(gateway.addr)
+        .await
+        .embed(with_key(
+            pb::EmbedRequest {
+                texts: vec!["usb-c charger".into()],
+            },
+            "no-such-key",
+            None,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong_key.code(), tonic::Code::Unauthenticated);
+    let not_admin = pb::gateway_admin_client::GatewayAdminClient::new(connect(gateway.addr).await)
+        .get_canary(with_key(
+            pb::GetCanaryRequest {
+                model: "minilm-l6".into(),
+            },
+            "client-key",
+            None,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(not_admin.code(), tonic::Code::PermissionDenied);
 
     gateway.stop().await.unwrap();
     inference.terminate().await; // flushes its spans on shutdown
@@ -177,6 +201,40 @@ async fn one_trace_holds_the_gateway_and_the_inference_spans() {
                 && attribute(p, "tenant") == "shop"
                 && attribute(p, "status") == "OK"),
         "no ModelInfer series in gateway.requests: {metrics:?}"
+    );
+    // Refusals are counted apart from finished calls, by rpc, tenant and reason.
+    let refusals: Vec<_> = metrics
+        .iter()
+        .filter(|m| m.name == "gateway.refusals")
+        .flat_map(|m| &m.points)
+        .map(|p| {
+            (
+                attribute(p, "rpc"),
+                attribute(p, "tenant"),
+                attribute(p, "reason"),
+            )
+        })
+        .collect();
+    for expected in [
+        ("Embed", "", "unauthenticated"),
+        ("GetCanary", "shop", "permission_denied"),
+    ] {
+        assert!(
+            refusals.iter().any(|(rpc, tenant, reason)| (
+                rpc.as_str(),
+                tenant.as_str(),
+                reason.as_str()
+            ) == expected),
+            "no gateway.refusals point {expected:?}: {refusals:?}"
+        );
+    }
+    assert!(
+        !metrics
+            .iter()
+            .filter(|m| m.name == "gateway.requests")
+            .flat_map(|m| &m.points)
+            .any(|p| attribute(p, "status") == "Unauthenticated"),
+        "a refused call is not a finished call"
     );
     for name in ["gateway.request.duration", "gateway.cache.lookups"] {
         assert!(

@@ -1043,7 +1043,7 @@ rules:
     fn the_example_rules_of_deploy_load() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/rules");
         let set = load(&[root]).unwrap();
-        assert_eq!(set.rules.len(), 8);
+        assert_eq!(set.rules.len(), 9);
         assert_eq!(set.inhibit_rules.len(), 2);
         assert_eq!(set.rules[1].actions.len(), 1);
         assert_eq!(set.group_by, ["alertname", "model"]);

@@ -2,6 +2,7 @@
 //! as one tower layer in front of every gRPC service of the gateway.
 //!
 //! Refusals are answered at once with a gRPC status, before any handler runs: nothing queues.
+//! Each is counted in `gateway.refusals` by rpc, tenant and reason.
 //! The caller's principal goes into the request's extensions for the handlers.
 
 use std::num::NonZeroU32;
@@ -15,6 +16,7 @@ use tonic::Status;
 
 use crate::auth::{ApiKeys, Principal, required_role};
 use crate::layers::{BoxFuture, GrpcService, StateLayer, WithState, take_ready};
+use crate::metrics;
 
 /// Shared admission state.
 pub struct Admission {
@@ -68,30 +70,35 @@ impl Admission {
         let Some(role) = required_role(path) else {
             return Ok(None);
         };
+        let rpc = metrics::rpc_of(path);
         let principal = match (&self.anonymous, authorization) {
             (Some(anonymous), None) => anonymous,
-            _ => self
-                .keys
-                .authenticate(authorization)
-                .map_err(Status::unauthenticated)?,
+            _ => self.keys.authenticate(authorization).map_err(|reason| {
+                metrics::refused_call(rpc, "", "unauthenticated");
+                Status::unauthenticated(reason)
+            })?,
         };
         if principal.role < role {
+            metrics::refused_call(rpc, &principal.tenant, "permission_denied");
             return Err(Status::permission_denied(format!(
                 "the key of tenant '{}' has role {:?}; {path} needs {role:?}",
                 principal.tenant, principal.role
             )));
         }
-        let permit = self.admit_call(principal)?;
+        let permit = self.admit_call(rpc, principal)?;
         Ok(Some((principal.clone(), permit)))
     }
 
-    /// The per-call part of admission: the key's rate limit and a concurrency slot. Also used
-    /// for each message of a stream, which the layer sees only once.
+    /// The per-call part of admission for a call of `rpc` (a method name): the key's rate
+    /// limit and a concurrency slot. Also used for each message of a stream, which the layer
+    /// sees only once. A refusal is counted in `gateway.refusals`.
     pub fn admit_call(
         &self,
+        rpc: &str,
         principal: &Principal,
     ) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
         if let Err(not_until) = self.limiter.check_key(&principal.key_id) {
+            metrics::refused_call(rpc, &principal.tenant, "rate_limited");
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             return Err(Status::resource_exhausted(format!(
                 "rate limit of key {} (tenant '{}') exceeded; retry in {} ms",
@@ -101,6 +108,7 @@ impl Admission {
             )));
         }
         self.concurrency.clone().try_acquire_owned().map_err(|_| {
+            metrics::refused_call(rpc, &principal.tenant, "overloaded");
             Status::resource_exhausted(format!(
                 "the gateway is handling its maximum of {} calls; retry later",
                 self.max_concurrency

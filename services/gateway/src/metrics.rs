@@ -1,14 +1,19 @@
 //! OpenTelemetry instruments of the gateway.
 
+use std::collections::HashSet;
 use std::sync::OnceLock;
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram};
+use prost::Message;
 
 /// The gateway's instruments.
 pub struct Instruments {
     /// Finished calls by rpc, model, version, tenant and status.
     pub requests: Counter<u64>,
+    /// Calls refused at admission by rpc, tenant and reason (never reached a handler, so not
+    /// in `requests`).
+    pub refusals: Counter<u64>,
     /// Call duration in seconds by rpc, model and version.
     pub duration: Histogram<f64>,
     /// Embedding cache lookups by result (`hit`, `miss`).
@@ -34,6 +39,13 @@ pub fn instruments() -> &'static Instruments {
             requests: meter
                 .u64_counter("gateway.requests")
                 .with_description("Finished gateway calls")
+                .build(),
+            refusals: meter
+                .u64_counter("gateway.refusals")
+                .with_description(
+                    "Calls refused at admission: unauthenticated, permission_denied, \
+                     rate_limited (the key's limit) or overloaded (the gateway's concurrency limit)",
+                )
                 .build(),
             duration: meter
                 .f64_histogram("gateway.request.duration")
@@ -96,6 +108,45 @@ pub fn finished_call(
         .record(elapsed.as_secs_f64(), &attributes[..3]);
 }
 
+/// Records one call refused at admission: `gateway.refusals` by rpc, tenant (empty when the
+/// caller is not authenticated) and `reason`.
+pub fn refused_call(rpc: &str, tenant: &str, reason: &'static str) {
+    instruments().refusals.add(
+        1,
+        &[
+            KeyValue::new("rpc", rpc.to_owned()),
+            KeyValue::new("tenant", tenant.to_owned()),
+            KeyValue::new("reason", reason),
+        ],
+    );
+}
+
+/// The method name of a gRPC `path` (`/package.Service/Method`) when it names a method of the
+/// mesh's own services, else `"unknown"`: callers choose the paths they send, and a label's
+/// values must stay bounded.
+pub fn rpc_of(path: &str) -> &str {
+    static METHODS: OnceLock<HashSet<String>> = OnceLock::new();
+    let methods = METHODS.get_or_init(|| {
+        let files = prost_types::FileDescriptorSet::decode(proto::FILE_DESCRIPTOR_SET)
+            .map(|set| set.file)
+            .unwrap_or_default();
+        files
+            .iter()
+            .flat_map(|file| {
+                file.service.iter().flat_map(move |service| {
+                    service.method.iter().map(move |method| {
+                        format!("/{}.{}/{}", file.package(), service.name(), method.name())
+                    })
+                })
+            })
+            .collect()
+    });
+    match path.rsplit_once('/') {
+        Some((_, method)) if methods.contains(path) => method,
+        _ => "unknown",
+    }
+}
+
 /// Records `hits` cache hits out of `lookups`.
 pub fn cache_lookups(hits: usize, lookups: usize) {
     let cache = &instruments().cache;
@@ -125,5 +176,31 @@ pub fn scores(rpc: &'static str, model: &str, version: i64, scores: &[f32]) {
     let histogram = &instruments().score;
     for score in scores {
         histogram.record(f64::from(*score), &attributes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_mesh_s_own_methods_name_an_rpc() {
+        assert_eq!(rpc_of("/ecommerce.gateway.v1.Gateway/Embed"), "Embed");
+        assert_eq!(
+            rpc_of("/inference.GRPCInferenceService/ModelInfer"),
+            "ModelInfer"
+        );
+        assert_eq!(
+            rpc_of("/ecommerce.gateway.v1.GatewayAdmin/SetCanary"),
+            "SetCanary"
+        );
+        for path in [
+            "/ecommerce.gateway.v1.Gateway/Embed2",
+            "/made.up.Service/Embed",
+            "Embed",
+            "",
+        ] {
+            assert_eq!(rpc_of(path), "unknown", "{path}");
+        }
     }
 }

@@ -299,7 +299,10 @@ impl GrpcInferenceService for OipProxy {
                 async move {
                     let id = message.id.clone();
                     let admitted = match &principal {
-                        Some(principal) => proxy.admission.admit_call(principal).map(Some),
+                        Some(principal) => proxy
+                            .admission
+                            .admit_call("ModelStreamInfer", principal)
+                            .map(Some),
                         None => Ok(None),
                     };
                     let result = match admitted {
