@@ -233,7 +233,7 @@ async fn one_trace_holds_the_gateway_and_the_inference_spans() {
             .iter()
             .filter(|m| m.name == "gateway.requests")
             .flat_map(|m| &m.points)
-            .any(|p| attribute(p, "status") == "Unauthenticated"),
+            .any(|p| attribute(p, "status") == "UNAUTHENTICATED"),
         "a refused call is not a finished call"
     );
     for name in ["gateway.request.duration", "gateway.cache.lookups"] {

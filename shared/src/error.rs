@@ -30,16 +30,7 @@ pub enum ErrorKind {
 impl ErrorKind {
     /// The status code's canonical name (`INVALID_ARGUMENT`, …), for metric labels and logs.
     pub fn code_name(self) -> &'static str {
-        match self {
-            ErrorKind::InvalidArgument => "INVALID_ARGUMENT",
-            ErrorKind::NotFound => "NOT_FOUND",
-            ErrorKind::Unavailable => "UNAVAILABLE",
-            ErrorKind::ResourceExhausted => "RESOURCE_EXHAUSTED",
-            ErrorKind::DeadlineExceeded => "DEADLINE_EXCEEDED",
-            ErrorKind::Cancelled => "CANCELLED",
-            ErrorKind::FailedPrecondition => "FAILED_PRECONDITION",
-            ErrorKind::Internal => "INTERNAL",
-        }
+        code_name(self.code())
     }
 
     /// The gRPC status code of this kind.
@@ -57,6 +48,30 @@ impl ErrorKind {
     }
 }
 
+/// The canonical name of a gRPC status code (`OK`, `INVALID_ARGUMENT`, …): every service of
+/// the mesh labels its metrics' `status` this way.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
 /// An error that knows its [`ErrorKind`]; its `Display` text becomes the status message.
 pub trait ServiceError: std::error::Error {
     /// The kind of this error.
@@ -65,5 +80,38 @@ pub trait ServiceError: std::error::Error {
     /// Converts the error into the gRPC status that a client receives.
     fn to_status(&self) -> Status {
         Status::new(self.kind().code(), self.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_carry_the_names_of_the_grpc_specification() {
+        // doc/statuscodes.md of grpc/grpc, in the order of their numbers.
+        let spec = [
+            "OK",
+            "CANCELLED",
+            "UNKNOWN",
+            "INVALID_ARGUMENT",
+            "DEADLINE_EXCEEDED",
+            "NOT_FOUND",
+            "ALREADY_EXISTS",
+            "PERMISSION_DENIED",
+            "RESOURCE_EXHAUSTED",
+            "FAILED_PRECONDITION",
+            "ABORTED",
+            "OUT_OF_RANGE",
+            "UNIMPLEMENTED",
+            "INTERNAL",
+            "UNAVAILABLE",
+            "DATA_LOSS",
+            "UNAUTHENTICATED",
+        ];
+        for (number, name) in spec.into_iter().enumerate() {
+            assert_eq!(code_name(Code::from_i32(number as i32)), name);
+        }
+        assert_eq!(ErrorKind::Unavailable.code_name(), "UNAVAILABLE");
     }
 }

@@ -76,9 +76,9 @@ pub fn instruments() -> &'static Instruments {
 }
 
 /// Records one finished call: `gateway.requests` by rpc, model, version, tenant and status
-/// (the gRPC code's name), and its duration by rpc, model and version. `outcome` is the
-/// version that answered, or the failure's code: a failed call counts against the version it
-/// was routed to.
+/// (the gRPC code's canonical name, `OK`, `UNAVAILABLE`, … as in `inference.requests`), and
+/// its duration by rpc, model and version. `outcome` is the version that answered, or the
+/// failure's code: a failed call counts against the version it was routed to.
 pub fn finished_call(
     rpc: &'static str,
     model: &str,
@@ -86,12 +86,12 @@ pub fn finished_call(
     outcome: Result<i64, tonic::Code>,
     elapsed: std::time::Duration,
 ) {
-    let (version, status): (i64, opentelemetry::Value) = match outcome {
-        Ok(version) => (version, "OK".into()),
+    let (version, status) = match outcome {
+        Ok(version) => (version, "OK"),
         Err(code) => (
             call.routed_version
                 .load(std::sync::atomic::Ordering::Relaxed),
-            format!("{code:?}").into(),
+            shared::error::code_name(code),
         ),
     };
     let attributes = [
