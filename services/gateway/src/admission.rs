@@ -70,35 +70,34 @@ impl Admission {
         let Some(role) = required_role(path) else {
             return Ok(None);
         };
-        let rpc = metrics::rpc_of(path);
         let principal = match (&self.anonymous, authorization) {
             (Some(anonymous), None) => anonymous,
             _ => self.keys.authenticate(authorization).map_err(|reason| {
-                metrics::refused_call(rpc, "", "unauthenticated");
+                metrics::refused_call(path, "", "unauthenticated");
                 Status::unauthenticated(reason)
             })?,
         };
         if principal.role < role {
-            metrics::refused_call(rpc, &principal.tenant, "permission_denied");
+            metrics::refused_call(path, &principal.tenant, "permission_denied");
             return Err(Status::permission_denied(format!(
                 "the key of tenant '{}' has role {:?}; {path} needs {role:?}",
                 principal.tenant, principal.role
             )));
         }
-        let permit = self.admit_call(rpc, principal)?;
+        let permit = self.admit_call(path, principal)?;
         Ok(Some((principal.clone(), permit)))
     }
 
-    /// The per-call part of admission for a call of `rpc` (a method name): the key's rate
-    /// limit and a concurrency slot. Also used for each message of a stream, which the layer
-    /// sees only once. A refusal is counted in `gateway.refusals`.
+    /// The per-call part of admission for a call to `path`: the key's rate limit and a
+    /// concurrency slot. Also used for each message of a stream, which the layer sees only
+    /// once. A refusal is counted in `gateway.refusals`.
     pub fn admit_call(
         &self,
-        rpc: &str,
+        path: &str,
         principal: &Principal,
     ) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
         if let Err(not_until) = self.limiter.check_key(&principal.key_id) {
-            metrics::refused_call(rpc, &principal.tenant, "rate_limited");
+            metrics::refused_call(path, &principal.tenant, "rate_limited");
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             return Err(Status::resource_exhausted(format!(
                 "rate limit of key {} (tenant '{}') exceeded; retry in {} ms",
@@ -108,7 +107,7 @@ impl Admission {
             )));
         }
         self.concurrency.clone().try_acquire_owned().map_err(|_| {
-            metrics::refused_call(rpc, &principal.tenant, "overloaded");
+            metrics::refused_call(path, &principal.tenant, "overloaded");
             Status::resource_exhausted(format!(
                 "the gateway is handling its maximum of {} calls; retry later",
                 self.max_concurrency

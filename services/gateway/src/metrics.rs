@@ -108,13 +108,14 @@ pub fn finished_call(
         .record(elapsed.as_secs_f64(), &attributes[..3]);
 }
 
-/// Records one call refused at admission: `gateway.refusals` by rpc, tenant (empty when the
-/// caller is not authenticated) and `reason`.
-pub fn refused_call(rpc: &str, tenant: &str, reason: &'static str) {
+/// Records one call to `path` refused at admission: `gateway.refusals` by rpc ([`rpc_of`]),
+/// tenant (empty when the caller is not authenticated) and `reason`. The rpc is looked up
+/// here, so admitted calls never pay for it.
+pub fn refused_call(path: &str, tenant: &str, reason: &'static str) {
     instruments().refusals.add(
         1,
         &[
-            KeyValue::new("rpc", rpc.to_owned()),
+            KeyValue::new("rpc", rpc_of(path).to_owned()),
             KeyValue::new("tenant", tenant.to_owned()),
             KeyValue::new("reason", reason),
         ],
@@ -193,6 +194,10 @@ mod tests {
         assert_eq!(
             rpc_of("/ecommerce.gateway.v1.GatewayAdmin/SetCanary"),
             "SetCanary"
+        );
+        assert_eq!(
+            rpc_of("/inference.GRPCInferenceService/ModelStreamInfer"),
+            "ModelStreamInfer"
         );
         for path in [
             "/ecommerce.gateway.v1.Gateway/Embed2",

@@ -26,6 +26,8 @@ use crate::core::{CallContext, GatewayCore, outgoing};
 const STREAM_IN_FLIGHT: usize = 64;
 /// The method `infer` calls on the replicas.
 pub(crate) const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+/// The streaming method, whose messages are admitted one by one.
+const MODEL_STREAM_INFER: &str = "/inference.GRPCInferenceService/ModelStreamInfer";
 
 /// The protocol, proxied to the inference replicas.
 #[derive(Clone)]
@@ -301,7 +303,7 @@ impl GrpcInferenceService for OipProxy {
                     let admitted = match &principal {
                         Some(principal) => proxy
                             .admission
-                            .admit_call("ModelStreamInfer", principal)
+                            .admit_call(MODEL_STREAM_INFER, principal)
                             .map(Some),
                         None => Ok(None),
                     };
