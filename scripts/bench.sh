@@ -33,7 +33,7 @@ export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$PWD/.deps/onnxruntime/lib/libonnxruntim
 BENCH_TAG=bench
 . scripts/bench_lib.sh
 
-for bin in inference gateway h2relay inprocess loadgen; do
+for bin in inference gateway h2relay metrics-collector inprocess loadgen; do
     [ -x "$BIN/$bin" ] || die "$BIN/$bin is missing: run \`cargo build --release --workspace --bins\`"
 done
 [ -f "models/$MODEL/1/model.onnx" ] || die "models/$MODEL is missing: run \`make model\`"
@@ -145,15 +145,34 @@ done
 # them runs the yardstick: a bare HTTP/2 relay (h2relay) in the gateway's place, what one hop
 # costs on this machine before the gateway does anything. (It relays unary calls only, so
 # readiness is its listening port: it connects upstream before it listens.)
+# Interleaved too: a second gateway that exports its spans and metrics over OTLP to a metrics
+# collector, as `make run` deploys it (the first exports nothing, the default without an
+# endpoint).
 relay_port=$(free_port)
 relay_addr=127.0.0.1:$relay_port
 "$BIN/h2relay" --listen "$relay_addr" --upstream "$addr" </dev/null >"$OUT/h2relay.log" 2>&1 &
 relay_pid=$!
 wait_until "the HTTP/2 relay" "$relay_pid" "$OUT/h2relay.log" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$relay_port"
+collector_addr=127.0.0.1:$(free_port)
+OTEL_EXPORTER_OTLP_ENDPOINT= "$BIN/metrics-collector" --listen "$collector_addr" \
+    --http-listen "127.0.0.1:$(free_port)" </dev/null >"$OUT/bench-collector.log" 2>&1 &
+collector_pid=$!
+wait_serving "metrics collector" "$collector_addr" "$collector_pid" "$OUT/bench-collector.log"
+exporting_addr=127.0.0.1:$(free_port)
+OTEL_EXPORTER_OTLP_ENDPOINT=http://$collector_addr "$BIN/gateway" --listen "$exporting_addr" \
+    --inference "$addr" --api-keys bench-key:bench:client --rate-limit 1000000 --rate-burst 1000000 \
+    </dev/null >"$OUT/gateway-exporting.log" 2>&1 &
+exporting_pid=$!
+wait_serving "exporting gateway" "$exporting_addr" "$exporting_pid" "$OUT/gateway-exporting.log"
 for i in 1 2 3; do
     loadgen "versus-$i" --api oip --concurrency 1 --versus "$gateway_addr" --api-key bench-key
+    loadgen "exporting-$i" --api oip --concurrency 1 --versus "$exporting_addr" --api-key bench-key
     loadgen "relay-$i" --api oip --concurrency 1 --versus "$relay_addr"
 done
+kill -TERM "$exporting_pid" 2>/dev/null || true
+wait "$exporting_pid" 2>/dev/null || true
+kill -TERM "$collector_pid" 2>/dev/null || true
+wait "$collector_pid" 2>/dev/null || true
 SECS=5 loadgen versus-metadata --api metadata --concurrency 1 --versus "$gateway_addr" --api-key bench-key
 SECS=5 loadgen relay-metadata --api metadata --concurrency 1 --versus "$relay_addr"
 kill -TERM "$relay_pid" 2>/dev/null || true
@@ -295,6 +314,8 @@ added = sorted(v["added_ms"]["p50"] for v in versus)
 added_gw = added[1]
 hop = load("loadgen-versus-metadata.json")
 relay = [load(f"loadgen-relay-{i}.json") for i in (1, 2, 3)]
+exporting = [load(f"loadgen-exporting-{i}.json") for i in (1, 2, 3)]
+added_exporting = sorted(v["added_ms"]["p50"] for v in exporting)[1]
 added_relay = sorted(v["added_ms"]["p50"] for v in relay)[1]
 relay_hop = load("loadgen-relay-metadata.json")
 gw_ratio = through[64]["requests_per_sec"] / direct[64]["requests_per_sec"]
@@ -308,6 +329,9 @@ for v in versus:
 print("    without a model run (ModelMetadata): direct p50 %.3f ms, through the gateway %.3f ms: added %+.3f ms"
       % (hop["latency"]["p50_ms"], hop["versus"]["latency"]["p50_ms"], hop["added_ms"]["p50"]))
 print("    single 10 s windows: %.3f vs %.3f ms" % (through[1]["latency"]["p50_ms"], direct[1]["latency"]["p50_ms"]))
+print("  the gateway exporting its spans and metrics over OTLP (to a metrics collector), interleaved:")
+print("    added p50 at c=1, median of 3 runs: %+.3f ms (runs %s)"
+      % (added_exporting, ", ".join("%+.3f" % v["added_ms"]["p50"] for v in exporting)))
 print("  yardstick, a bare HTTP/2 relay in the gateway's place (h2relay), runs interleaved with the above:")
 print("    added p50 at c=1, median of 3 runs: %+.3f ms (runs %s); without a model run %+.3f ms"
       % (added_relay, ", ".join("%+.3f" % v["added_ms"]["p50"] for v in relay), relay_hop["added_ms"]["p50"]))
@@ -318,7 +342,7 @@ print("  throughput at c=64: %.1f / %.1f = %.1f%% of direct  (target >= 90%%: %s
 print("  Rank of 100 candidates, warm cache, c=1: p50 %.3f ms, p99 %.3f ms, %.1f req/s"
       % (rank["latency"]["p50_ms"], rank["latency"]["p99_ms"], rank["requests_per_sec"]))
 failed = [name for name, r in rows if r["errors"]]
-failed += ["versus run %d" % i for i, v in enumerate(versus + [hop] + relay + [relay_hop], 1)
+failed += ["versus run %d" % i for i, v in enumerate(versus + [hop] + exporting + relay + [relay_hop], 1)
            if v["errors"] or v["versus"]["errors"]]
 if failed:
     print("FAILED: requests failed in %s (see loadgen.log)" % ", ".join(failed))

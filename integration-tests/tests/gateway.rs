@@ -823,3 +823,48 @@ async fn an_anonymous_tenant_admits_keyless_inference_only_when_configured() {
     assert_eq!(status.code(), Code::Unauthenticated);
     gateway.stop().await.unwrap();
 }
+
+/// A gateway that exports no spans keeps none on its `ModelInfer` path; the caller's trace
+/// context then reaches the replica as it came, so the replica's span (exported on its own)
+/// is still a child of the caller's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_span_export_the_caller_s_trace_context_reaches_the_replica() {
+    let (receiver, endpoint) = integration_tests::otlp::OtlpReceiver::start().await;
+    let inference = InferenceProcess::start(
+        &models_dir(),
+        &["minilm-l6"],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
+    )
+    .await
+    .unwrap();
+    let mut gateway = RunningGateway::start(gateway_config(&[inference.addr], &[]))
+        .await
+        .unwrap();
+    let (trace_id, caller_span) = ("5c3e2a1f0b9d8c7e6f5a4b3c2d1e0f9a", "00f067aa0ba902b7");
+    let mut request = with_key(
+        text_request("minilm-l6", &["usb-c charger"]),
+        "client-key",
+        None,
+    );
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{caller_span}-01").parse().unwrap(),
+    );
+    oip_client(gateway.addr)
+        .await
+        .model_infer(request)
+        .await
+        .unwrap();
+    gateway.stop().await.unwrap();
+    inference.terminate().await; // flushes its spans on shutdown
+
+    let spans = receiver.spans();
+    let replica_span = spans
+        .iter()
+        .find(|s| s.trace_id == trace_id && s.service == "inference" && s.name == "ModelInfer")
+        .unwrap_or_else(|| panic!("no replica span in the caller's trace: {spans:#?}"));
+    assert_eq!(
+        replica_span.parent, caller_span,
+        "the replica continues the caller's span"
+    );
+}

@@ -5,6 +5,7 @@
 //! too; without one, the OpenTelemetry API stays a no-op and costs next to nothing.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use opentelemetry::global;
@@ -77,6 +78,16 @@ impl Drop for TelemetryGuard {
             eprintln!("metric export shutdown failed: {err}");
         }
     }
+}
+
+/// Set once [`init`] has installed the OTLP span exporter.
+static EXPORTING_SPANS: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans leave the process (an OTLP endpoint is configured). Without an exporter a
+/// span's only use is the context of the log lines written inside it, so a hot path may skip
+/// it (see `trace_context::onward`).
+pub fn exporting_spans() -> bool {
+    EXPORTING_SPANS.load(Ordering::Relaxed)
 }
 
 /// Installs the global `tracing` subscriber and, when an endpoint is set, the OTLP exporters.
@@ -157,7 +168,17 @@ pub fn init(
             global::set_tracer_provider(tracer_provider.clone());
             guard.tracer = Some(tracer_provider);
             guard.meter = Some(meter_provider);
-            Some(tracing_opentelemetry::layer().with_tracer(tracer).boxed())
+            EXPORTING_SPANS.store(true, Ordering::Relaxed);
+            // No thread attributes (a task moves between threads; the name costs an allocation
+            // per span) and no busy/idle timing of each poll: both cost every span on the hot
+            // path for figures nobody reads.
+            Some(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_threads(false)
+                    .with_tracked_inactivity(false)
+                    .boxed(),
+            )
         }
         None => None,
     };
