@@ -312,6 +312,13 @@ impl InferenceProcess {
         Self::start_on(addr, repository, models, envs).await
     }
 
+    /// Starts `target/debug/inference` serving the reference model (`minilm-l6`), exporting its
+    /// spans and metrics over OTLP to `endpoint`.
+    pub async fn exporting_to(endpoint: &str) -> anyhow::Result<InferenceProcess> {
+        let envs = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)];
+        Self::start(&models_dir(), &["minilm-l6"], &envs).await
+    }
+
     /// Starts `target/debug/inference` on `addr` (e.g. where a killed one listened) and waits
     /// until SERVING.
     pub async fn start_on(
@@ -433,6 +440,20 @@ pub fn with_key<T>(message: T, key: &str, routing_key: Option<&str>) -> tonic::R
             .metadata_mut()
             .insert("x-routing-key", routing_key.parse().unwrap());
     }
+    request
+}
+
+/// `request` as a call made inside the caller's span `parent_span` of trace `trace_id` (both
+/// lower-case hex): a sampled W3C `traceparent`.
+pub fn in_trace<T>(
+    mut request: tonic::Request<T>,
+    trace_id: &str,
+    parent_span: &str,
+) -> tonic::Request<T> {
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{parent_span}-01").parse().unwrap(),
+    );
     request
 }
 

@@ -830,25 +830,19 @@ async fn an_anonymous_tenant_admits_keyless_inference_only_when_configured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_span_export_the_caller_s_trace_context_reaches_the_replica() {
     let (receiver, endpoint) = integration_tests::otlp::OtlpReceiver::start().await;
-    let inference = InferenceProcess::start(
-        &models_dir(),
-        &["minilm-l6"],
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
-    )
-    .await
-    .unwrap();
+    let inference = InferenceProcess::exporting_to(&endpoint).await.unwrap();
     let mut gateway = RunningGateway::start(gateway_config(&[inference.addr], &[]))
         .await
         .unwrap();
     let (trace_id, caller_span) = ("5c3e2a1f0b9d8c7e6f5a4b3c2d1e0f9a", "00f067aa0ba902b7");
-    let mut request = with_key(
-        text_request("minilm-l6", &["usb-c charger"]),
-        "client-key",
-        None,
-    );
-    request.metadata_mut().insert(
-        "traceparent",
-        format!("00-{trace_id}-{caller_span}-01").parse().unwrap(),
+    let request = in_trace(
+        with_key(
+            text_request("minilm-l6", &["usb-c charger"]),
+            "client-key",
+            None,
+        ),
+        trace_id,
+        caller_span,
     );
     oip_client(gateway.addr)
         .await

@@ -24,13 +24,7 @@ async fn one_trace_holds_the_gateway_and_the_inference_spans() {
         },
     )
     .unwrap();
-    let inference = InferenceProcess::start(
-        &models_dir(),
-        &["minilm-l6"],
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
-    )
-    .await
-    .unwrap();
+    let inference = InferenceProcess::exporting_to(&endpoint).await.unwrap();
     let mut gateway = RunningGateway::start(gateway_config(
         &[inference.addr],
         &["--payload-log-sample", "1"],
@@ -40,16 +34,16 @@ async fn one_trace_holds_the_gateway_and_the_inference_spans() {
 
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
     let caller_span = "b7ad6b7169203331";
-    let mut request = with_key(
-        pb::EmbedRequest {
-            texts: vec![PERSONAL.into()],
-        },
-        "client-key",
-        None,
-    );
-    request.metadata_mut().insert(
-        "traceparent",
-        format!("00-{trace_id}-{caller_span}-01").parse().unwrap(),
+    let request = in_trace(
+        with_key(
+            pb::EmbedRequest {
+                texts: vec![PERSONAL.into()],
+            },
+            "client-key",
+            None,
+        ),
+        trace_id,
+        caller_span,
     );
     gateway_client(gateway.addr)
         .await
@@ -58,16 +52,14 @@ async fn one_trace_holds_the_gateway_and_the_inference_spans() {
         .unwrap();
     // The Open Inference Protocol's ModelInfer, in a trace of its own.
     let oip_trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let mut request = with_key(
-        text_request("minilm-l6", &["usb-c charger"]),
-        "client-key",
-        None,
-    );
-    request.metadata_mut().insert(
-        "traceparent",
-        format!("00-{oip_trace_id}-{caller_span}-01")
-            .parse()
-            .unwrap(),
+    let request = in_trace(
+        with_key(
+            text_request("minilm-l6", &["usb-c charger"]),
+            "client-key",
+            None,
+        ),
+        oip_trace_id,
+        caller_span,
     );
     let answer = oip_client(gateway.addr)
         .await

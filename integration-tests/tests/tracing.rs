@@ -27,13 +27,13 @@ async fn a_request_is_one_trace_and_feeds_the_metrics() {
         .unwrap();
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let parent_id = "00f067aa0ba902b7";
-    let mut request = tonic::Request::new(EmbedRequest {
-        model: None,
-        texts: vec!["organic green tea".into()],
-    });
-    request.metadata_mut().insert(
-        "traceparent",
-        format!("00-{trace_id}-{parent_id}-01").parse().unwrap(),
+    let request = in_trace(
+        tonic::Request::new(EmbedRequest {
+            model: None,
+            texts: vec!["organic green tea".into()],
+        }),
+        trace_id,
+        parent_id,
     );
     task_client(server.addr).await.embed(request).await.unwrap();
     server.stop().await.unwrap();
