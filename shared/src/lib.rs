@@ -1,10 +1,12 @@
 //! Pieces that every service of the mesh shares: telemetry set-up, shutdown signalling, API keys,
-//! the vocabulary of error kinds and their gRPC codes, W3C trace-context propagation over
-//! tonic metadata, health and reflection services, and helpers for tests.
+//! the vocabulary of error kinds and their gRPC codes, the report of a fatal error, W3C
+//! trace-context propagation over tonic metadata, health and reflection services, and helpers
+//! for tests.
 
 pub mod auth;
 pub mod error;
 pub mod grpc;
+pub mod report;
 pub mod shutdown;
 pub mod small_frames;
 pub mod telemetry;

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> Result<(), shared::report::Report> {
     let config = alert_manager::Config::parse();
     let _telemetry = shared::telemetry::init("alert-manager", &config.telemetry)?;
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use gateway::GatewayConfig;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> Result<(), shared::report::Report> {
     let config = GatewayConfig::parse();
     let threads = match config.worker_threads {
         0 => (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).max(1),
@@ -18,7 +18,7 @@ fn main() -> anyhow::Result<()> {
         .block_on(run(config))
 }
 
-async fn run(config: GatewayConfig) -> anyhow::Result<()> {
+async fn run(config: GatewayConfig) -> Result<(), shared::report::Report> {
     let _telemetry = shared::telemetry::init("gateway", &config.telemetry)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -5,7 +5,7 @@ use clap::Parser;
 use inference::InferenceConfig;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> Result<(), shared::report::Report> {
     let config = InferenceConfig::parse();
     let _telemetry = shared::telemetry::init("inference", &config.telemetry)?;
     let listener = tokio::net::TcpListener::bind(config.listen)

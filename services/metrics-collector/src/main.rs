@@ -9,7 +9,7 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> Result<(), shared::report::Report> {
     let config = metrics_collector::Config::parse();
     let _telemetry = shared::telemetry::init("metrics-collector", &config.telemetry)?;
     let grpc = tokio::net::TcpListener::bind(config.listen)
