@@ -85,7 +85,7 @@ static EXPORTING_SPANS: AtomicBool = AtomicBool::new(false);
 
 /// Whether spans leave the process (an OTLP endpoint is configured). Without an exporter a
 /// span's only use is the context of the log lines written inside it, so a hot path may skip
-/// it (see `trace_context::onward`).
+/// it (see [`crate::trace_context::CallSpan`]).
 pub fn exporting_spans() -> bool {
     EXPORTING_SPANS.load(Ordering::Relaxed)
 }

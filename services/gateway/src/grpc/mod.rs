@@ -41,3 +41,13 @@ pub fn call_context_of(metadata: &MetadataMap, principal: Option<&Principal>) ->
         routed_version: Default::default(),
     }
 }
+
+/// Whether a status is the server's failure (OpenTelemetry's gRPC server convention): the span is
+/// marked as an error, so that the collector keeps it as an exemplar. A caller's mistake is not.
+pub(crate) fn server_failure(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable | DataLoss
+    )
+}

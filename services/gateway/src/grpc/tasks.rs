@@ -42,16 +42,6 @@ fn call_span(rpc: &'static str, call: &CallContext) -> tracing::Span {
     )
 }
 
-/// Whether a status is the server's failure (OpenTelemetry's gRPC server convention): the span is
-/// marked as an error, so that the collector keeps it as an exemplar. A caller's mistake is not.
-fn server_failure(code: tonic::Code) -> bool {
-    use tonic::Code::*;
-    matches!(
-        code,
-        Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable | DataLoss
-    )
-}
-
 fn timings(call: &CallContext, inference: std::time::Duration) -> pb::Timings {
     let total = call.arrived.elapsed();
     pb::Timings {
@@ -103,7 +93,7 @@ async fn observed<T>(
         Ok((_, version)) => {
             span.record("model_version", version);
         }
-        Err(status) if server_failure(status.code()) => {
+        Err(status) if super::server_failure(status.code()) => {
             span.record("otel.status_code", "ERROR");
             span.record("otel.status_message", status.message());
         }
