@@ -94,7 +94,23 @@ stop_server() {
     wait "$server_pid" 2>/dev/null || true
     server_pid=
 }
-trap stop_server EXIT
+# The other processes it starts (gateways, relay, collector, plain server), by the names of
+# the variables holding their pids: stopped and forgotten as each part ends, and on any exit,
+# so that a failure half-way leaves nothing running.
+helpers=(gateway_pid relay_pid collector_pid exporting_pid plain_pid)
+stop_helper() {
+    local pid=${!1:-}
+    [ -n "$pid" ] || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    printf -v "$1" '%s' ''
+}
+stop_all() {
+    local name
+    for name in "${helpers[@]}"; do stop_helper "$name"; done
+    stop_server
+}
+trap stop_all EXIT
 trap 'exit 130' INT TERM
 
 say "starting the inference service on $addr"
@@ -169,14 +185,11 @@ for i in 1 2 3; do
     loadgen "exporting-$i" --api oip --concurrency 1 --versus "$exporting_addr" --api-key bench-key
     loadgen "relay-$i" --api oip --concurrency 1 --versus "$relay_addr"
 done
-kill -TERM "$exporting_pid" 2>/dev/null || true
-wait "$exporting_pid" 2>/dev/null || true
-kill -TERM "$collector_pid" 2>/dev/null || true
-wait "$collector_pid" 2>/dev/null || true
+stop_helper exporting_pid
+stop_helper collector_pid
 SECS=5 loadgen versus-metadata --api metadata --concurrency 1 --versus "$gateway_addr" --api-key bench-key
 SECS=5 loadgen relay-metadata --api metadata --concurrency 1 --versus "$relay_addr"
-kill -TERM "$relay_pid" 2>/dev/null || true
-wait "$relay_pid" 2>/dev/null || true
+stop_helper relay_pid
 LOAD_ADDR=$gateway_addr loadgen gateway-rank-c1 --api gateway-rank --concurrency 1 --api-key bench-key
 # perf_analyzer 2.51 drops -H on gRPC, so it reaches the gateway as the anonymous tenant.
 for c in 1 64; do
@@ -187,8 +200,7 @@ for c in 1 64; do
         --max-trials 8 -f "$OUT/perf_analyzer-gateway-c$c.csv" >"$OUT/perf_analyzer-gateway-c$c.log" 2>&1 \
         || die "perf_analyzer through the gateway at concurrency $c: see $OUT/perf_analyzer-gateway-c$c.log"
 done
-kill -TERM "$gateway_pid" 2>/dev/null || true
-wait "$gateway_pid" 2>/dev/null || true
+stop_helper gateway_pid
 
 # 5. The baseline: a plain one-at-a-time Python server (grpcio, onnxruntime, tokenizers), same
 #    model file, same ONNX Runtime settings (2 intra-op threads, no spinning), same load
@@ -207,8 +219,7 @@ for i in 1 2 3 4 5; do
     SECS=3 WARMUP=1 loadgen "pair-ours-$i" --api oip --concurrency 1
     SECS=3 WARMUP=1 LOAD_ADDR=$plain_addr loadgen "pair-plain-$i" --api oip --concurrency 1
 done
-kill -TERM "$plain_pid" 2>/dev/null || true
-wait "$plain_pid" 2>/dev/null || true
+stop_helper plain_pid
 
 say "stopping the inference service"
 stop_server

@@ -17,7 +17,7 @@ pub const SELF_ACTOR: &str = "alert-manager";
 #[derive(Debug, thiserror::Error)]
 pub enum IncidentError {
     /// The database refused or could not be reached.
-    #[error("database: {0}")]
+    #[error("PostgreSQL: {0}")]
     Database(#[from] sqlx::Error),
     /// The database could not be reached within the time allowed at start.
     #[error("PostgreSQL at {address} could not be reached within {waited_secs} s: {source}")]
