@@ -5,7 +5,7 @@
 //! too; without one, the OpenTelemetry API stays a no-op and costs next to nothing.
 
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use opentelemetry::global;
@@ -14,7 +14,7 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -80,14 +80,15 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Set once [`init`] has installed the OTLP span exporter.
-static EXPORTING_SPANS: AtomicBool = AtomicBool::new(false);
+/// The tracer of the service's exported spans, set once [`init`] has installed the OTLP span
+/// exporter.
+static EXPORTING_TRACER: OnceLock<SdkTracer> = OnceLock::new();
 
-/// Whether spans leave the process (an OTLP endpoint is configured). Without an exporter a
-/// span's only use is the context of the log lines written inside it, so a hot path may skip
+/// The tracer whose spans leave the process, when an OTLP endpoint is configured. Without one
+/// a span's only use is the context of the log lines written inside it, so a hot path may skip
 /// it (see [`crate::trace_context::CallSpan`]).
-pub fn exporting_spans() -> bool {
-    EXPORTING_SPANS.load(Ordering::Relaxed)
+pub fn exporting_tracer() -> Option<&'static SdkTracer> {
+    EXPORTING_TRACER.get()
 }
 
 /// Installs the global `tracing` subscriber and, when an endpoint is set, the OTLP exporters.
@@ -168,7 +169,8 @@ pub fn init(
             global::set_tracer_provider(tracer_provider.clone());
             guard.tracer = Some(tracer_provider);
             guard.meter = Some(meter_provider);
-            EXPORTING_SPANS.store(true, Ordering::Relaxed);
+            // The subscriber below can be installed once per process, and so can this.
+            let _ = EXPORTING_TRACER.set(tracer.clone());
             // No thread attributes (a task moves between threads; the name costs an allocation
             // per span) and no busy/idle timing of each poll: both cost every span on the hot
             // path for figures nobody reads.

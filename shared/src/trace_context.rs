@@ -40,9 +40,13 @@ impl Injector for MetadataInjector<'_> {
 
 /// Makes `span` a child of the remote span named in the request's `traceparent`, if any.
 pub fn set_remote_parent(span: &tracing::Span, metadata: &MetadataMap) {
-    let parent = TraceContextPropagator::new().extract(&MetadataExtractor(metadata));
     // A span that already has a parent, or no OpenTelemetry layer installed, is fine as is.
-    let _ = span.set_parent(parent);
+    let _ = span.set_parent(remote_parent(metadata));
+}
+
+/// The context of the remote span named in the request's `traceparent` (empty without one).
+fn remote_parent(metadata: &MetadataMap) -> opentelemetry::Context {
+    TraceContextPropagator::new().extract(&MetadataExtractor(metadata))
 }
 
 /// The span of one call on a hot path, made with the OpenTelemetry API directly rather than
@@ -55,24 +59,22 @@ pub fn set_remote_parent(span: &tracing::Span, metadata: &MetadataMap) {
 pub struct CallSpan(Option<opentelemetry::Context>);
 
 impl CallSpan {
-    /// Starts span `name` of tracer `scope` with `attributes`, continuing the caller's
-    /// `traceparent` in `incoming`, when spans are exported ([`crate::telemetry::exporting_spans`]).
+    /// Starts span `name` with `attributes`, continuing the caller's `traceparent` in
+    /// `incoming`, when spans are exported ([`crate::telemetry::exporting_tracer`]).
     pub fn start(
-        scope: &'static str,
         name: &'static str,
         attributes: impl FnOnce() -> Vec<opentelemetry::KeyValue>,
         incoming: &MetadataMap,
     ) -> CallSpan {
-        if !crate::telemetry::exporting_spans() {
+        let Some(tracer) = crate::telemetry::exporting_tracer() else {
             return CallSpan(None);
-        }
-        let parent = TraceContextPropagator::new().extract(&MetadataExtractor(incoming));
-        let tracer = opentelemetry::global::tracer(scope);
+        };
+        let parent = remote_parent(incoming);
         let span = tracer
             .span_builder(name)
             .with_kind(SpanKind::Server)
             .with_attributes(attributes())
-            .start_with_context(&tracer, &parent);
+            .start_with_context(tracer, &parent);
         CallSpan(Some(parent.with_span(span)))
     }
 

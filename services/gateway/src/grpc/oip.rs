@@ -131,7 +131,6 @@ impl OipProxy {
         // `tracing` one, which cost the hop about 0.04 ms more per call (BENCHMARKS.md).
         let span = CallSpan::start(
             "gateway",
-            "gateway",
             || {
                 vec![
                     KeyValue::new("rpc", rpc),
