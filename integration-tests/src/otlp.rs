@@ -18,6 +18,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 
 /// A received span.
 #[derive(Debug, Clone)]
@@ -32,8 +33,21 @@ pub struct SpanRecord {
     pub span_id: String,
     /// Parent span id, lower-case hex (empty for a root).
     pub parent: String,
-    /// Attributes, values rendered as text.
+    /// Attributes, values rendered as text (numbers and booleans as the collector renders
+    /// them).
     pub attributes: Vec<(String, String)>,
+    /// The status message of a span marked failed; `None` for one that is not.
+    pub failure: Option<String>,
+}
+
+impl SpanRecord {
+    /// The value of attribute `key`, if the span has it.
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// A received metric: its name and the attribute keys of its data points.
@@ -57,6 +71,9 @@ pub struct OtlpReceiver {
 fn text(value: Option<&AnyValue>) -> String {
     match value.and_then(|v| v.value.as_ref()) {
         Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
         Some(other) => format!("{other:?}"),
         None => String::new(),
     }
@@ -130,6 +147,10 @@ impl TraceService for OtlpReceiver {
                         .iter()
                         .map(|a| (a.key.clone(), text(a.value.as_ref())))
                         .collect(),
+                    failure: span
+                        .status
+                        .filter(|s| s.code == StatusCode::Error as i32)
+                        .map(|s| s.message),
                 });
             }
         }

@@ -824,6 +824,62 @@ async fn an_anonymous_tenant_admits_keyless_inference_only_when_configured() {
     gateway.stop().await.unwrap();
 }
 
+/// A caller's deadline (`grpc-timeout`) too short for the work is honoured on both paths: the
+/// call ends with DEADLINE_EXCEEDED instead of waiting for the replica, and the gateway goes
+/// on serving. The calls go through a plain HTTP/2 client that sends the deadline but leaves
+/// it to the server (a gRPC client would also end the call itself, at the same moment).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_too_short_for_the_work_ends_the_call() {
+    use prost::Message as _;
+    let mut gateway = RunningGateway::start(gateway_config(&[shared_inference()], &[]))
+        .await
+        .unwrap();
+    // 64 long texts, none of them in the cache: far more than 20 ms of work.
+    let texts: Vec<String> = (0..64)
+        .map(|i| {
+            format!(
+                "deadline test {i}: {}",
+                "wireless noise cancelling headphones ".repeat(12)
+            )
+        })
+        .collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let client = gateway::unary::UnaryClient::new(gateway.addr, 64 << 20);
+    let mut headers = http::HeaderMap::new();
+    headers.insert("authorization", "Bearer client-key".parse().unwrap());
+    headers.insert("grpc-timeout", "20m".parse().unwrap());
+    let calls = [
+        (
+            "/ecommerce.gateway.v1.Gateway/Embed",
+            pb::EmbedRequest {
+                texts: texts.clone(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "/inference.GRPCInferenceService/ModelInfer",
+            text_request("minilm-l6", &refs).encode_to_vec(),
+        ),
+    ];
+    for (path, message) in calls {
+        let status = client
+            .call(path, message.into(), headers.clone(), None)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{path}: {status:?}");
+        assert!(status.message().contains("deadline"), "{path}: {status:?}");
+    }
+    // The same call with time enough succeeds.
+    let answer = gateway_client(gateway.addr)
+        .await
+        .embed(with_key(pb::EmbedRequest { texts }, "client-key", None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.embeddings.len(), 64);
+    gateway.stop().await.unwrap();
+}
+
 /// A gateway that exports no spans keeps none on its `ModelInfer` path; the caller's trace
 /// context then reaches the replica as it came, so the replica's span (exported on its own)
 /// is still a child of the caller's.

@@ -92,6 +92,46 @@ async fn one_trace_holds_the_gateway_and_the_inference_spans() {
         .await
         .unwrap_err();
     assert_eq!(not_admin.code(), tonic::Code::PermissionDenied);
+    // Version 1 stops being served (a botched deploy): both kinds of call fail, each in a
+    // trace of its own.
+    oip_client(inference.addr)
+        .await
+        .repository_model_unload(proto::inference::RepositoryModelUnloadRequest {
+            model_name: "minilm-l6".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let failed_infer_trace = "5a1e2d3c4b5a69788796a5b4c3d2e1f0";
+    let mut request = text_request("minilm-l6", &["usb-c cable"]);
+    request.model_version = "1".into();
+    let failed = oip_client(gateway.addr)
+        .await
+        .model_infer(in_trace(
+            with_key(request, "client-key", None),
+            failed_infer_trace,
+            caller_span,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(failed.code(), tonic::Code::Unavailable, "{failed:?}");
+    let failed_embed_trace = "6b2f3e4d5c6b7a8998a7b6c5d4e3f201";
+    let failed = gateway_client(gateway.addr)
+        .await
+        .embed(in_trace(
+            with_key(
+                pb::EmbedRequest {
+                    texts: vec!["a text not in the cache".into()],
+                },
+                "client-key",
+                None,
+            ),
+            failed_embed_trace,
+            caller_span,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(failed.code(), tonic::Code::Unavailable, "{failed:?}");
 
     gateway.stop().await.unwrap();
     inference.terminate().await; // flushes its spans on shutdown
@@ -161,6 +201,28 @@ async fn one_trace_holds_the_gateway_and_the_inference_spans() {
         !format!("{spans:?}").contains("client-key"),
         "the API key in spans"
     );
+    // The failed calls' spans are marked failed and carry the version the call was routed to,
+    // which is what the collector's exemplars are found by (an incident's version).
+    let failed_span = |trace: &str, service: &str, name: &str| {
+        spans
+            .iter()
+            .find(|s| s.trace_id == trace && s.service == service && s.name == name)
+            .unwrap_or_else(|| panic!("no {service} span {name} in trace {trace}: {spans:#?}"))
+    };
+    for span in [
+        failed_span(failed_infer_trace, "gateway", "gateway"),
+        failed_span(failed_infer_trace, "inference", "ModelInfer"),
+        failed_span(failed_embed_trace, "gateway", "gateway"),
+    ] {
+        assert_eq!(span.attribute("model_version"), Some("1"), "{span:#?}");
+        let failure = span.failure.as_deref().unwrap_or_default();
+        assert!(failure.contains("not loaded"), "{span:#?}");
+    }
+    // So do successful ones, in both services.
+    assert_eq!(oip_gateway.attribute("model_version"), Some("1"));
+    assert_eq!(oip_inference.attribute("model_version"), Some("1"));
+    assert_eq!(inference_span.attribute("model_version"), Some("1"));
+    assert!(oip_gateway.failure.is_none() && inference_span.failure.is_none());
     // The gateway's metrics carry rpc, model, version, tenant and status.
     let metrics = receiver.metrics();
     let requests = metrics

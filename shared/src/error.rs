@@ -72,6 +72,21 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
+/// Whether a status is the server's failure rather than the caller's mistake (OpenTelemetry's
+/// convention for gRPC servers). Spans of such calls are marked failed, so that the collector
+/// keeps them as exemplars; a malformed request or an unknown model is not.
+pub fn is_server_failure(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
+}
+
 /// An error that knows its [`ErrorKind`]; its `Display` text becomes the status message.
 pub trait ServiceError: std::error::Error {
     /// The kind of this error.
@@ -113,5 +128,27 @@ mod tests {
             assert_eq!(code_name(Code::from_i32(number as i32)), name);
         }
         assert_eq!(ErrorKind::Unavailable.code_name(), "UNAVAILABLE");
+    }
+
+    #[test]
+    fn only_the_server_s_own_failures_mark_a_span_failed() {
+        for kind in [
+            ErrorKind::Unavailable,
+            ErrorKind::Internal,
+            ErrorKind::DeadlineExceeded,
+        ] {
+            assert!(is_server_failure(kind.code()), "{kind:?}");
+        }
+        for kind in [
+            ErrorKind::InvalidArgument,
+            ErrorKind::NotFound,
+            ErrorKind::ResourceExhausted,
+            ErrorKind::Cancelled,
+            ErrorKind::FailedPrecondition,
+        ] {
+            assert!(!is_server_failure(kind.code()), "{kind:?}");
+        }
+        assert!(!is_server_failure(Code::Ok));
+        assert!(!is_server_failure(Code::Unauthenticated));
     }
 }

@@ -97,15 +97,31 @@ impl CallSpan {
         outgoing.into_headers()
     }
 
-    /// Ends the span; `failure` marks it failed, with that description.
-    pub fn end(self, failure: Option<&str>) {
+    /// Ends the span with the `attributes` learnt during the call; `failure` marks it failed,
+    /// with that description.
+    pub fn end(
+        self,
+        attributes: impl FnOnce() -> Vec<opentelemetry::KeyValue>,
+        failure: Option<&str>,
+    ) {
         if let Some(context) = self.0 {
             let span = context.span();
+            span.set_attributes(attributes());
             if let Some(description) = failure {
                 span.set_status(opentelemetry::trace::Status::error(description.to_owned()));
             }
             span.end();
         }
+    }
+}
+
+/// Marks `span` failed, with the status message, when `status` is the server's failure
+/// ([`crate::error::is_server_failure`]). The span declares the fields `otel.status_code` and
+/// `otel.status_description`.
+pub fn record_failure(span: &tracing::Span, status: &tonic::Status) {
+    if crate::error::is_server_failure(status.code()) {
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_description", status.message());
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Refusals are answered at once with a gRPC status, before any handler runs: nothing queues.
 //! Each is counted in `gateway.refusals` by rpc, tenant and reason.
-//! The caller's principal goes into the request's extensions for the handlers.
+//! The caller's principal and its [`Arrival`] go into the request's extensions for the handlers.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -116,6 +116,13 @@ impl Admission {
     }
 }
 
+/// When admission saw the call: the moment the server's own timeout on the caller's
+/// `grpc-timeout` started, a few instructions earlier. The gateway counts the caller's deadline
+/// and its timings from it, not from when a handler starts (after the request's message has
+/// been read).
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival(pub std::time::Instant);
+
 /// The tower layer applying [`Admission`] to every call.
 pub type AdmissionLayer = StateLayer<Arc<Admission>>;
 
@@ -146,6 +153,9 @@ where
                 Box::pin(async move { Ok(status.into_http()) })
             }
             Ok(admitted) => {
+                request
+                    .extensions_mut()
+                    .insert(Arrival(std::time::Instant::now()));
                 let permit = admitted.map(|(principal, permit)| {
                     request.extensions_mut().insert(principal);
                     permit

@@ -108,6 +108,66 @@ pub fn finished_call(
         .record(elapsed.as_secs_f64(), &attributes[..3]);
 }
 
+/// A call's record in `gateway.requests`, made exactly once: by [`CallRecord::finish`] or, for a
+/// call dropped before it finished (its caller cancelled it), when dropped, as
+/// `DEADLINE_EXCEEDED` once its deadline has passed and `CANCELLED` before.
+pub struct CallRecord<'a> {
+    rpc: &'static str,
+    model: &'a str,
+    call: &'a crate::core::CallContext,
+    started: std::time::Instant,
+    open: bool,
+}
+
+impl<'a> CallRecord<'a> {
+    /// The record of call `rpc` to `model`, timed from `started`.
+    pub fn start(
+        rpc: &'static str,
+        model: &'a str,
+        call: &'a crate::core::CallContext,
+        started: std::time::Instant,
+    ) -> CallRecord<'a> {
+        CallRecord {
+            rpc,
+            model,
+            call,
+            started,
+            open: true,
+        }
+    }
+
+    /// Records the call's `outcome` ([`finished_call`]).
+    pub fn finish(mut self, outcome: Result<i64, tonic::Code>) {
+        self.open = false;
+        finished_call(
+            self.rpc,
+            self.model,
+            self.call,
+            outcome,
+            self.started.elapsed(),
+        );
+    }
+}
+
+impl Drop for CallRecord<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let now = std::time::Instant::now();
+            let code = match self.call.deadline {
+                Some(deadline) if now >= deadline => tonic::Code::DeadlineExceeded,
+                _ => tonic::Code::Cancelled,
+            };
+            finished_call(
+                self.rpc,
+                self.model,
+                self.call,
+                Err(code),
+                now - self.started,
+            );
+        }
+    }
+}
+
 /// Records one call to `path` refused at admission: `gateway.refusals` by rpc ([`rpc_of`]),
 /// tenant (empty when the caller is not authenticated) and `reason`. The rpc is looked up
 /// here, so admitted calls never pay for it.

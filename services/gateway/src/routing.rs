@@ -163,6 +163,22 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// The caller's deadline passing while tonic's client waits for a replica reads as CANCELLED
+/// ("Timeout expired"); gRPC calls it DEADLINE_EXCEEDED, as the hot path's client does. Any
+/// other status is kept as it is.
+fn past_deadline(addr: SocketAddr, status: Status) -> Status {
+    let mut source = std::error::Error::source(&status);
+    while let Some(error) = source {
+        if error.is::<tonic::TimeoutExpired>() {
+            return Status::deadline_exceeded(format!(
+                "no answer from inference replica {addr} within the caller's deadline"
+            ));
+        }
+        source = error.source();
+    }
+    status
+}
+
 /// Whether the failure came from the connection itself (refused, reset, broken), as opposed
 /// to an answer the replica gave.
 fn transport_failure(status: &Status) -> bool {
@@ -350,7 +366,9 @@ impl ReplicaPool {
     {
         replica.in_flight.fetch_add(1, Ordering::Relaxed);
         let _slot = InFlight(replica);
-        call(replica.clone()).await
+        call(replica.clone())
+            .await
+            .map_err(|status| past_deadline(replica.addr, status))
     }
 
     /// Runs `call` on every replica (model loads and unloads); fails if any fails.

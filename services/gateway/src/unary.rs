@@ -449,6 +449,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_caller_s_deadline_goes_to_the_replica_and_is_kept() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (seen, saw) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let mut connection = h2::server::handshake(socket).await.unwrap();
+            // Takes the call and never answers it (a replica busy beyond the deadline), while
+            // the connection itself stays alive.
+            let (request, respond) = connection.accept().await.unwrap().unwrap();
+            let _ = seen.send(request.headers().get("grpc-timeout").cloned());
+            while connection.accept().await.is_some() {}
+            drop(respond);
+        });
+        let client = UnaryClient::new(addr, 1024);
+        let status = client
+            .call(
+                "/a.B/C",
+                Bytes::new(),
+                HeaderMap::new(),
+                Some(Duration::from_millis(300)),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status}");
+        assert!(status.message().contains("deadline"), "{status}");
+        let timeout = saw.await.unwrap().expect("a grpc-timeout header");
+        let micros: u64 = timeout
+            .to_str()
+            .unwrap()
+            .strip_suffix('u')
+            .and_then(|digits| digits.parse().ok())
+            .unwrap_or_else(|| panic!("grpc-timeout {timeout:?}"));
+        assert_eq!(
+            micros, 300_000,
+            "the replica is given the caller's deadline"
+        );
+        server.abort();
+    }
+
+    #[tokio::test]
     async fn a_replica_that_is_not_there_is_unavailable() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();

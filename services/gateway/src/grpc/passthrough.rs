@@ -23,7 +23,6 @@ use tonic::metadata::MetadataMap;
 use super::call_context_of;
 use super::oip::{InferHead, MODEL_INFER, OipProxy};
 use crate::MAX_MESSAGE_BYTES;
-use crate::auth::Principal;
 use crate::frame::{self, FrameError, PREFIX, frame};
 use crate::layers::{BoxFuture, GrpcService, StateLayer, WithState, take_ready};
 
@@ -88,7 +87,7 @@ where
 {
     let (parts, body) = request.into_parts();
     let metadata = MetadataMap::from_headers(parts.headers);
-    let call = call_context_of(&metadata, parts.extensions.get::<Principal>());
+    let call = call_context_of(&metadata, &parts.extensions);
     let message = read_message(body).await?;
     let head = InferHead::decode(message.clone()).map_err(|err| {
         Status::invalid_argument(format!("the ModelInferRequest cannot be decoded: {err}"))

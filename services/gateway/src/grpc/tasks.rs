@@ -1,6 +1,7 @@
 //! `ecommerce.gateway.v1.Gateway`: Embed, Classify, Rank and Feedback.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use proto::ecommerce::gateway::v1 as pb;
 use proto::ecommerce::gateway::v1::gateway_server::Gateway;
@@ -38,7 +39,7 @@ fn call_span(rpc: &'static str, call: &CallContext) -> tracing::Span {
         payload.request = tracing::field::Empty,
         payload.response = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
-        otel.status_message = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
     )
 }
 
@@ -88,26 +89,27 @@ async fn observed<T>(
     body: impl Future<Output = Result<(T, i64), Status>>,
 ) -> Result<Response<T>, Status> {
     span.record("model", model);
+    let record = metrics::CallRecord::start(rpc, model, call, call.arrived);
     let result = body.instrument(span.clone()).await;
     match &result {
         Ok((_, version)) => {
             span.record("model_version", version);
         }
-        Err(status) if super::server_failure(status.code()) => {
-            span.record("otel.status_code", "ERROR");
-            span.record("otel.status_message", status.message());
+        Err(status) => {
+            // The version the call was routed to, as its metrics count it: the exemplars of a
+            // failing canary are found by its version.
+            let routed = call.routed_version.load(Ordering::Relaxed);
+            if routed > 0 {
+                span.record("model_version", routed);
+            }
+            shared::trace_context::record_failure(&span, status);
         }
-        Err(_) => {}
     }
-    metrics::finished_call(
-        rpc,
-        model,
-        call,
+    record.finish(
         result
             .as_ref()
             .map(|(_, version)| *version)
             .map_err(Status::code),
-        call.arrived.elapsed(),
     );
     result.map(|(response, _)| Response::new(response))
 }

@@ -4,6 +4,8 @@
 pub mod oip;
 pub mod tasks;
 
+use shared::ServiceError;
+
 use crate::error::InferError;
 
 pub use shared::grpc::deadline;
@@ -18,6 +20,28 @@ pub fn parse_version(model: &str, version: &str) -> Result<Option<i64>, InferErr
         _ => Err(InferError::Invalid(format!(
             "model '{model}': version '{version}' is not a positive integer"
         ))),
+    }
+}
+
+/// Records how a call ended on its `span`, which declares the fields `model_version`,
+/// `otel.status_code` and `otel.status_description`: the version that answered, else the one that
+/// failed or was `requested`; a failure of the server marks the span failed, so that the
+/// collector keeps it as an exemplar of that version.
+pub(crate) fn record_outcome(
+    span: &tracing::Span,
+    outcome: Result<i64, &InferError>,
+    requested: Option<i64>,
+) {
+    let version = match outcome {
+        Ok(version) => Some(version),
+        Err(InferError::Runtime { version, .. }) => Some(*version),
+        Err(_) => requested,
+    };
+    if let Some(version) = version.filter(|v| *v > 0) {
+        span.record("model_version", version);
+    }
+    if let Err(err) = outcome {
+        shared::trace_context::record_failure(span, &err.to_status());
     }
 }
 

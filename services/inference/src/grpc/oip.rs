@@ -182,6 +182,11 @@ fn encode_response(id: String, response: TextResponse) -> pb::ModelInferResponse
     }
 }
 
+/// The version that answered, from its response.
+fn served_version(response: &pb::ModelInferResponse) -> i64 {
+    response.model_version.parse().unwrap_or(0)
+}
+
 impl OpenInferenceService {
     async fn infer_one(
         &self,
@@ -303,13 +308,21 @@ impl GrpcInferenceService for OpenInferenceService {
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let arrived = Instant::now();
         let deadline = deadline(request.metadata(), arrived);
-        let span = tracing::info_span!("ModelInfer", model = %request.get_ref().model_name);
+        let span = tracing::info_span!(
+            "ModelInfer",
+            model = %request.get_ref().model_name,
+            model_version = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
         shared::trace_context::set_remote_parent(&span, request.metadata());
-        let response = self
+        let requested = request.get_ref().model_version.parse().ok();
+        let result = self
             .infer_one(request.into_inner(), deadline, arrived)
-            .instrument(span)
-            .await?;
-        Ok(Response::new(response))
+            .instrument(span.clone())
+            .await;
+        super::record_outcome(&span, result.as_ref().map(served_version), requested);
+        Ok(Response::new(result?))
     }
 
     type ModelStreamInferStream = StreamResult;
@@ -326,12 +339,20 @@ impl GrpcInferenceService for OpenInferenceService {
                 let service = service.clone();
                 async move {
                     let id = request.id.clone();
-                    let span = tracing::info_span!("ModelStreamInfer", model = %request.model_name);
-                    match service
+                    let span = tracing::info_span!(
+                        "ModelStreamInfer",
+                        model = %request.model_name,
+                        model_version = tracing::field::Empty,
+                        otel.status_code = tracing::field::Empty,
+                        otel.status_description = tracing::field::Empty,
+                    );
+                    let requested = request.model_version.parse().ok();
+                    let result = service
                         .infer_one(request, None, Instant::now())
-                        .instrument(span)
-                        .await
-                    {
+                        .instrument(span.clone())
+                        .await;
+                    super::record_outcome(&span, result.as_ref().map(served_version), requested);
+                    match result {
                         Ok(response) => pb::ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(response),

@@ -39,7 +39,14 @@ impl TaskService {
     ) -> Result<TextResponse, InferError> {
         let arrived = Instant::now();
         let deadline = deadline(request.metadata(), arrived);
-        let span = tracing::info_span!("task", rpc, model = tracing::field::Empty);
+        let span = tracing::info_span!(
+            "task",
+            rpc,
+            model = tracing::field::Empty,
+            model_version = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
         shared::trace_context::set_remote_parent(&span, request.metadata());
         let (model, texts) = parts(request.into_inner());
         let model = model.unwrap_or_default();
@@ -58,7 +65,8 @@ impl TaskService {
                 )));
             }
         };
-        self.core
+        let result = self
+            .core
             .infer(TextRequest {
                 model: name,
                 version,
@@ -68,8 +76,10 @@ impl TaskService {
                 deadline,
                 arrived,
             })
-            .instrument(span)
-            .await
+            .instrument(span.clone())
+            .await;
+        super::record_outcome(&span, result.as_ref().map(|r| r.version), version);
+        result
     }
 }
 
