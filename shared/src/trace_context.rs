@@ -97,18 +97,21 @@ impl CallSpan {
         outgoing.into_headers()
     }
 
-    /// Ends the span with the `attributes` learnt during the call; `failure` marks it failed,
-    /// with that description.
+    /// Ends the span with the `attributes` learnt during the call. A `failure` that is the
+    /// server's ([`crate::error::is_server_failure`]) marks it failed, with the status message,
+    /// as [`record_failure`] does for a `tracing` span.
     pub fn end(
         self,
         attributes: impl FnOnce() -> Vec<opentelemetry::KeyValue>,
-        failure: Option<&str>,
+        failure: Option<&tonic::Status>,
     ) {
         if let Some(context) = self.0 {
             let span = context.span();
             span.set_attributes(attributes());
-            if let Some(description) = failure {
-                span.set_status(opentelemetry::trace::Status::error(description.to_owned()));
+            if let Some(status) = failure.filter(|s| crate::error::is_server_failure(s.code())) {
+                span.set_status(opentelemetry::trace::Status::error(
+                    status.message().to_owned(),
+                ));
             }
             span.end();
         }

@@ -38,6 +38,17 @@ pub struct CallContext {
     pub routed_version: std::sync::atomic::AtomicI64,
 }
 
+impl CallContext {
+    /// The version a call with `outcome` counts against, in its metrics and its span: the
+    /// version that answered, or, for a failed call, the one it was routed to (0: unknown).
+    pub fn version_of<E>(&self, outcome: &Result<i64, E>) -> i64 {
+        match outcome {
+            Ok(version) => *version,
+            Err(_) => self.routed_version.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// Embeddings of a list of texts, and where they came from.
 pub struct Embedded {
     /// The model version that produced them.

@@ -86,14 +86,8 @@ pub fn finished_call(
     outcome: Result<i64, tonic::Code>,
     elapsed: std::time::Duration,
 ) {
-    let (version, status) = match outcome {
-        Ok(version) => (version, "OK"),
-        Err(code) => (
-            call.routed_version
-                .load(std::sync::atomic::Ordering::Relaxed),
-            shared::error::code_name(code),
-        ),
-    };
+    let version = call.version_of(&outcome);
+    let status = outcome.map_or_else(shared::error::code_name, |_| "OK");
     let attributes = [
         KeyValue::new("rpc", rpc),
         KeyValue::new("model", model.to_owned()),

@@ -153,9 +153,9 @@ impl OipProxy {
             .as_ref()
             .map(|(_, version)| *version)
             .map_err(Status::code);
-        // A failed call's span carries the version it was routed to, as its metrics do: the
-        // exemplars of a failing canary are found by its version.
-        let version = outcome.unwrap_or_else(|_| call.routed_version.load(Ordering::Relaxed));
+        // The span names the version its metrics count the call against: the exemplars of a
+        // failing canary are found by its version.
+        let version = call.version_of(&outcome);
         span.end(
             || {
                 (version > 0)
@@ -163,12 +163,7 @@ impl OipProxy {
                     .into_iter()
                     .collect()
             },
-            match &result {
-                Err(status) if shared::error::is_server_failure(status.code()) => {
-                    Some(status.message())
-                }
-                _ => None,
-            },
+            result.as_ref().err(),
         );
         record.finish(outcome);
         result.map(|(answer, _)| answer)

@@ -1,7 +1,6 @@
 //! `ecommerce.gateway.v1.Gateway`: Embed, Classify, Rank and Feedback.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use proto::ecommerce::gateway::v1 as pb;
 use proto::ecommerce::gateway::v1::gateway_server::Gateway;
@@ -91,26 +90,20 @@ async fn observed<T>(
     span.record("model", model);
     let record = metrics::CallRecord::start(rpc, model, call, call.arrived);
     let result = body.instrument(span.clone()).await;
-    match &result {
-        Ok((_, version)) => {
-            span.record("model_version", version);
-        }
-        Err(status) => {
-            // The version the call was routed to, as its metrics count it: the exemplars of a
-            // failing canary are found by its version.
-            let routed = call.routed_version.load(Ordering::Relaxed);
-            if routed > 0 {
-                span.record("model_version", routed);
-            }
-            shared::trace_context::record_failure(&span, status);
-        }
+    let outcome = result
+        .as_ref()
+        .map(|(_, version)| *version)
+        .map_err(Status::code);
+    // The span names the version its metrics count the call against: the exemplars of a
+    // failing canary are found by its version.
+    let version = call.version_of(&outcome);
+    if version > 0 {
+        span.record("model_version", version);
     }
-    record.finish(
-        result
-            .as_ref()
-            .map(|(_, version)| *version)
-            .map_err(Status::code),
-    );
+    if let Err(status) = &result {
+        shared::trace_context::record_failure(&span, status);
+    }
+    record.finish(outcome);
     result.map(|(response, _)| Response::new(response))
 }
 
