@@ -23,6 +23,20 @@ pub enum ErrorKind {
     Cancelled,
     /// The request conflicts with the current state (e.g. loading an already loading model).
     FailedPrecondition,
+    /// A value is outside the range the server accepts (a window longer than kept, a page past
+    /// the end): unlike `InvalidArgument`, the same request may succeed later or elsewhere.
+    OutOfRange,
+    /// The thing to create already exists (a silence or rule with the same identity).
+    AlreadyExists,
+    /// The caller sent no credential, or one that is not valid.
+    Unauthenticated,
+    /// The caller is known but its role does not allow this call.
+    PermissionDenied,
+    /// The operation lost a race with another writer (leadership, a concurrent change): retry
+    /// at a higher level.
+    Aborted,
+    /// The method or feature is not served here.
+    Unimplemented,
     /// A bug or a runtime failure on our side.
     Internal,
 }
@@ -43,6 +57,12 @@ impl ErrorKind {
             ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
             ErrorKind::Cancelled => Code::Cancelled,
             ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+            ErrorKind::OutOfRange => Code::OutOfRange,
+            ErrorKind::AlreadyExists => Code::AlreadyExists,
+            ErrorKind::Unauthenticated => Code::Unauthenticated,
+            ErrorKind::PermissionDenied => Code::PermissionDenied,
+            ErrorKind::Aborted => Code::Aborted,
+            ErrorKind::Unimplemented => Code::Unimplemented,
             ErrorKind::Internal => Code::Internal,
         }
     }
