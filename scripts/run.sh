@@ -59,7 +59,7 @@ start inference
 start gateway --inference 127.0.0.1:50052 --records-endpoint http://127.0.0.1:4317
 
 # The alert manager keeps incidents in PostgreSQL: DATABASE_URL, or else a project-local cluster
-# (data/postgres, port 55432), started now and stopped with the rest.
+# (scripts/postgres.sh, port 55432), started now and stopped with the rest.
 if [ -z "${DATABASE_URL:-}" ]; then
     if ! DATABASE_URL=$(bash scripts/postgres.sh start); then
         echo "[run] no PostgreSQL: set DATABASE_URL, or see the errors above" >&2
