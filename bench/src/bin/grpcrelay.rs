@@ -2,7 +2,8 @@
 //! HTTP/2 client ([`gateway::unary::UnaryClient`]) behind, and nothing else (no auth, routing,
 //! canary, metrics or traces). Between the bare relay (`h2relay`, HTTP/2 alone) and the
 //! gateway, it splits what the gateway adds to a call into what its server libraries cost and
-//! what its own work costs (BENCHMARKS.md, "Where the gateway's added latency goes").
+//! what its own work costs (`bench/history/2026-11-29-served-model.md`, "Where the gateway's
+//! added latency goes").
 //!
 //! It relays the Open Inference Protocol's unary `ModelInfer` only; health and reflection are
 //! served, every other method is UNIMPLEMENTED.

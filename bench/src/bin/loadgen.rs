@@ -66,7 +66,7 @@ struct Args {
 
     /// HTTP/2 connections the workers share, round-robin; 0 opens one per worker.
     /// One connection multiplexes every worker's requests and measured as fast as one per
-    /// worker on a 2-core machine (see BENCHMARKS.md).
+    /// worker on a 2-core machine (see bench/history/2026-11-29-served-model.md).
     #[arg(long, default_value_t = 1)]
     connections: u32,
 
