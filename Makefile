@@ -37,8 +37,9 @@ run: preflight deps model build ## Check the machine, build what is missing, the
 demo-incident: ## With `make run` going: a bad canary, followed from incident to resolution
 	@$(PY) scripts/demo_incident.py
 
-lint: ## Formatting and clippy, warnings as errors
+lint: ## Formatting, clippy (warnings as errors), and no import cycle among a crate's modules
 	cargo fmt --all -- --check
+	python3 scripts/check_module_cycles.py
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p inference --features cuda --all-targets -- -D warnings
 

@@ -39,6 +39,8 @@ pub enum ErrorKind {
     Unimplemented,
     /// A bug or a runtime failure on our side.
     Internal,
+    /// A peer answered something that is not a gRPC status at all (an HTTP error page).
+    Unknown,
 }
 
 impl ErrorKind {
@@ -64,6 +66,7 @@ impl ErrorKind {
             ErrorKind::Aborted => Code::Aborted,
             ErrorKind::Unimplemented => Code::Unimplemented,
             ErrorKind::Internal => Code::Internal,
+            ErrorKind::Unknown => Code::Unknown,
         }
     }
 }

@@ -15,8 +15,7 @@ use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use serde::Deserialize;
 use tonic::transport::Endpoint;
 
-use crate::evaluator::LabelSet;
-use crate::rules;
+use crate::labels::LabelSet;
 
 /// One action of a rule (its fields are templated with the alert's labels).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -59,7 +58,7 @@ pub enum ActionSpec {
 impl ActionSpec {
     /// A short description with the labels filled in.
     pub fn describe(&self, labels: &LabelSet) -> String {
-        let r = |t: &str| rules::render(t, labels, 0.0);
+        let r = |t: &str| crate::labels::render(t, labels, 0.0);
         match self {
             ActionSpec::SetCanaryWeight {
                 model,
@@ -171,7 +170,7 @@ impl ActionRunner {
     }
 
     async fn execute(&self, action: &ActionSpec, labels: &LabelSet) -> Result<String, String> {
-        let r = |t: &str| rules::render(t, labels, 0.0);
+        let r = |t: &str| crate::labels::render(t, labels, 0.0);
         match action {
             ActionSpec::SetCanaryWeight { .. } | ActionSpec::PromoteCanary { .. } => {
                 let (model, version, weight) = match action {

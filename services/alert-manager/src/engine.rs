@@ -61,13 +61,13 @@ fn record_drift(rule: &str, observations: &[evaluator::Observation]) {
 /// The deployment-timeline step of a canary action that ran, if it is one.
 fn deployment_step(
     action: &crate::actions::ActionSpec,
-    labels: &evaluator::LabelSet,
+    labels: &crate::labels::LabelSet,
     done: &str,
     rule: &str,
     incident: i64,
 ) -> Option<crate::incidents::DeploymentEvent> {
     use crate::actions::ActionSpec;
-    let r = |t: &str| rules::render(t, labels, 0.0);
+    let r = |t: &str| crate::labels::render(t, labels, 0.0);
     let (model, version, kind) = match action {
         ActionSpec::SetCanaryWeight {
             model,
@@ -220,7 +220,7 @@ pub enum Write {
         /// Its group.
         key: String,
         /// The group's labels.
-        labels: evaluator::LabelSet,
+        labels: crate::labels::LabelSet,
         /// The alert.
         alert: evaluator::Alert,
         /// When.

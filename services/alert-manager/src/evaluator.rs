@@ -12,10 +12,8 @@ use proto::monitoring::metrics::v1::metrics_query_client::MetricsQueryClient;
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
+use crate::labels::LabelSet;
 use crate::rules::{self, BaselineSpec, Function, QuerySpec, Rule, RuleKind};
-
-/// Labels of an alert or a group, sorted.
-pub type LabelSet = BTreeMap<String, String>;
 
 /// One group of a rule's answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -460,7 +458,7 @@ impl Alerts {
         for obs in observations {
             let mut labels = obs.labels.clone();
             for (k, v) in &rule.labels {
-                labels.insert(k.clone(), rules::render(v, &obs.labels, obs.value));
+                labels.insert(k.clone(), crate::labels::render(v, &obs.labels, obs.value));
             }
             labels.insert("alertname".into(), rule.name.clone());
             let fp = fingerprint(&labels);
@@ -471,7 +469,7 @@ impl Alerts {
             let annotations = rule
                 .annotations
                 .iter()
-                .map(|(k, v)| (k.clone(), rules::render(v, &labels, obs.value)))
+                .map(|(k, v)| (k.clone(), crate::labels::render(v, &labels, obs.value)))
                 .collect();
             let alert = self.alerts.entry(fp.clone()).or_insert_with(|| Alert {
                 rule: rule.name.clone(),

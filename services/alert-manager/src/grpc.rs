@@ -1,5 +1,6 @@
-//! gRPC handlers of `monitoring.alerts.v1.AlertManager`: type conversions, the admin-key check
-//! on writes, and error mapping. The work is in [`crate::engine`] and [`crate::incidents`].
+//! gRPC handlers of `monitoring.alerts.v1.AlertManager`: type conversions and the admin-key
+//! check on writes. The work is in [`crate::engine`] and [`crate::incidents`]; refusals are
+//! [`ApiError`]s.
 
 use std::sync::Arc;
 
@@ -7,9 +8,10 @@ use proto::monitoring::alerts::v1 as pb;
 use shared::auth::{ApiKeys, Role};
 use tonic::{Request, Response, Status};
 
+use crate::api_error::ApiError;
 use crate::engine::{Engine, now_ms};
 use crate::evaluator::{Alert, State};
-use crate::incidents::{Action, Filter, Incident, IncidentError, IncidentState};
+use crate::incidents::{Action, Filter, Incident, IncidentState};
 use crate::notify::Silence;
 
 /// Longest note kept on a timeline.
@@ -28,37 +30,19 @@ impl AlertService {
     }
 
     /// The tenant of the admin key the request carries.
-    fn admin<T>(&self, request: &Request<T>) -> Result<String, Status> {
+    fn admin<T>(&self, request: &Request<T>) -> Result<String, ApiError> {
         let header = request
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
-        let principal = self.keys.authenticate(header).map_err(|why| {
-            Status::unauthenticated(format!(
-                "{why}: writes need an admin API key (authorization: Bearer …)"
-            ))
-        })?;
+        let principal = self.keys.authenticate(header).map_err(ApiError::NoKey)?;
         if principal.role != Role::Admin {
-            return Err(Status::permission_denied(format!(
-                "key {} of tenant {} is not an admin key",
-                principal.key_id, principal.tenant
-            )));
+            return Err(ApiError::NotAdmin {
+                key_id: principal.key_id.clone(),
+                tenant: principal.tenant.clone(),
+            });
         }
         Ok(principal.tenant.to_string())
-    }
-}
-
-impl From<IncidentError> for Status {
-    fn from(err: IncidentError) -> Status {
-        match err {
-            IncidentError::NotFound(_) => Status::not_found(err.to_string()),
-            IncidentError::State(m) => Status::failed_precondition(m),
-            IncidentError::Database(e) => {
-                Status::unavailable(format!("the incident database is unavailable: {e}"))
-            }
-            IncidentError::Unreachable { .. } => Status::unavailable(err.to_string()),
-            IncidentError::Migrate(e) => Status::internal(e.to_string()),
-        }
     }
 }
 
@@ -116,14 +100,14 @@ fn alert(a: Alert) -> pb::Alert {
     }
 }
 
-fn note(text: &str, required: bool) -> Result<String, Status> {
+fn note(text: &str, required: bool) -> Result<String, ApiError> {
     if required && text.trim().is_empty() {
-        return Err(Status::invalid_argument(
-            "note is empty: say what to add to the timeline",
+        return Err(ApiError::Invalid(
+            "note is empty: say what to add to the timeline".to_owned(),
         ));
     }
     if text.len() > MAX_NOTE_BYTES {
-        return Err(Status::invalid_argument(format!(
+        return Err(ApiError::Invalid(format!(
             "note is {} bytes; at most {MAX_NOTE_BYTES}",
             text.len()
         )));
@@ -172,9 +156,10 @@ impl pb::alert_manager_server::AlertManager for AlertService {
         let author = self.admin(&request)?;
         let r = request.into_inner();
         if r.matchers.is_empty() || r.matchers.len() > MAX_MATCHERS {
-            return Err(Status::invalid_argument(format!(
+            return Err(ApiError::Invalid(format!(
                 "give 1 to {MAX_MATCHERS} matchers (a silence of everything is not allowed)"
-            )));
+            ))
+            .into());
         }
         for (name, value) in &r.matchers {
             if let Some(re) = value
@@ -182,14 +167,12 @@ impl pb::alert_manager_server::AlertManager for AlertService {
                 .or_else(|| value.strip_prefix("!~"))
             {
                 regex::Regex::new(re).map_err(|e| {
-                    Status::invalid_argument(format!(
-                        "matcher '{name}': bad regular expression: {e}"
-                    ))
+                    ApiError::Invalid(format!("matcher '{name}': bad regular expression: {e}"))
                 })?;
             }
         }
         let comment = note(&r.comment, true).map_err(|_| {
-            Status::invalid_argument("comment is empty: say why alerts are silenced")
+            ApiError::Invalid("comment is empty: say why alerts are silenced".to_owned())
         })?;
         let now = now_ms();
         let starts = if r.starts_at_unix_ms > 0 {
@@ -203,9 +186,10 @@ impl pb::alert_manager_server::AlertManager for AlertService {
             starts + i64::from(r.duration_seconds) * 1000
         };
         if ends <= starts || ends <= now {
-            return Err(Status::invalid_argument(
-                "the silence ends before it starts or in the past: give ends_at_unix_ms or duration_seconds",
-            ));
+            return Err(ApiError::Invalid(
+                "the silence ends before it starts or in the past: give ends_at_unix_ms or duration_seconds".to_owned(),
+            )
+            .into());
         }
         let mut created = Silence {
             id: 0,
@@ -252,7 +236,7 @@ impl pb::alert_manager_server::AlertManager for AlertService {
         let limit = match request.limit {
             0 => 50,
             n if n > 500 => {
-                return Err(Status::invalid_argument(format!("limit {n}; at most 500")));
+                return Err(ApiError::Invalid(format!("limit {n}; at most 500")).into());
             }
             n => i64::from(n),
         };
@@ -303,7 +287,7 @@ impl pb::alert_manager_server::AlertManager for AlertService {
             .await?
             .into_iter()
             .find(|s| s.id == id)
-            .ok_or_else(|| Status::not_found(format!("no silence {id}")))?;
+            .ok_or(ApiError::NoSilence(id))?;
         Ok(Response::new(silence(found)))
     }
 
@@ -323,7 +307,7 @@ impl pb::alert_manager_server::AlertManager for AlertService {
             self.engine
                 .saved_alerts()
                 .await
-                .map_err(|e| Status::unavailable(format!("the leader's saved alerts: {e}")))?
+                .map_err(ApiError::LeaderState)?
                 .list(include_resolved)
         };
         Ok(Response::new(pb::ListAlertsResponse {
@@ -339,9 +323,7 @@ impl pb::alert_manager_server::AlertManager for AlertService {
         let limit = match request.page_size {
             0 => 50,
             n if n > 500 => {
-                return Err(Status::invalid_argument(format!(
-                    "page_size {n}; at most 500"
-                )));
+                return Err(ApiError::Invalid(format!("page_size {n}; at most 500")).into());
             }
             n => i64::from(n),
         };
@@ -349,7 +331,7 @@ impl pb::alert_manager_server::AlertManager for AlertService {
             None
         } else {
             Some(request.page_token.parse::<i64>().map_err(|_| {
-                Status::invalid_argument("page_token is not one this service returned")
+                ApiError::Invalid("page_token is not one this service returned".to_owned())
             })?)
         };
         let state = match pb::IncidentState::try_from(request.state) {
@@ -358,10 +340,7 @@ impl pb::alert_manager_server::AlertManager for AlertService {
             Ok(pb::IncidentState::Acknowledged) => Some(IncidentState::Acknowledged),
             Ok(pb::IncidentState::Resolved) => Some(IncidentState::Resolved),
             Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown state {}",
-                    request.state
-                )));
+                return Err(ApiError::Invalid(format!("unknown state {}", request.state)).into());
             }
         };
         let found = self
@@ -425,11 +404,7 @@ impl pb::alert_manager_server::AlertManager for AlertService {
         request: Request<pb::ReloadRulesRequest>,
     ) -> Result<Response<pb::ReloadRulesResponse>, Status> {
         self.admin(&request)?;
-        let rules = self.engine.reload().map_err(|e| {
-            Status::failed_precondition(format!(
-                "rules refused, the previous rules stay in force: {e}"
-            ))
-        })?;
+        let rules = self.engine.reload().map_err(ApiError::RulesRefused)?;
         Ok(Response::new(pb::ReloadRulesResponse {
             rules: rules as u32,
         }))

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
-use crate::evaluator::{Alert, LabelSet};
+use crate::evaluator::Alert;
+use crate::labels::LabelSet;
 use crate::notify::Silence;
 
 /// The actor of the events the service itself records.

@@ -7,11 +7,13 @@
 //! PostgreSQL store; [`grpc`] the API.
 
 pub mod actions;
+pub mod api_error;
 pub mod diagnosis;
 pub mod engine;
 pub mod evaluator;
 pub mod grpc;
 pub mod incidents;
+pub mod labels;
 pub mod leader;
 pub mod notify;
 pub mod rules;

@@ -11,8 +11,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use crate::evaluator::{self, Alert, LabelSet, State};
-use crate::rules::{self, Format, Receiver, RuleSet};
+use crate::evaluator::{self, Alert, State};
+use crate::labels::LabelSet;
+use crate::rules::{Format, Receiver, RuleSet};
 
 /// A silence: matching alerts are not notified between its start and end.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,17 +37,17 @@ impl Silence {
     pub fn mutes(&self, labels: &LabelSet, now_ms: i64) -> bool {
         self.starts_at_ms <= now_ms
             && now_ms < self.ends_at_ms
-            && rules::matches(&self.matchers, labels)
+            && crate::labels::matches(&self.matchers, labels)
     }
 }
 
 /// Whether `alert` is muted by a firing alert through an inhibit rule.
 fn inhibited(set: &RuleSet, alert: &Alert, firing: &[&Alert]) -> bool {
     set.inhibit_rules.iter().any(|rule| {
-        rules::matches(&rule.target_matchers, &alert.labels)
+        crate::labels::matches(&rule.target_matchers, &alert.labels)
             && firing.iter().any(|source| {
                 source.fingerprint != alert.fingerprint
-                    && rules::matches(&rule.source_matchers, &source.labels)
+                    && crate::labels::matches(&rule.source_matchers, &source.labels)
                     && rule
                         .equal
                         .iter()
@@ -313,7 +314,7 @@ mod tests {
     #[test]
     fn one_notification_per_group_then_repeat_then_resolved() {
         let mut set = set();
-        set.route.group_wait = rules::Span(Duration::from_secs(1));
+        set.route.group_wait = crate::rules::Span(Duration::from_secs(1));
         let mut notifier = Notifier::default();
         let a = alert("Errors", "m1", "critical", State::Firing);
         assert!(

@@ -5,6 +5,8 @@
 //! Each is counted in `gateway.refusals` by rpc, tenant and reason.
 //! The caller's principal and its [`Arrival`] go into the request's extensions for the handlers.
 
+use crate::error::GatewayError;
+use shared::error::ServiceError;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -74,15 +76,18 @@ impl Admission {
             (Some(anonymous), None) => anonymous,
             _ => self.keys.authenticate(authorization).map_err(|reason| {
                 metrics::refused_call(path, "", "unauthenticated");
-                Status::unauthenticated(reason)
+                GatewayError::NoKey(reason).to_status()
             })?,
         };
         if principal.role < role {
             metrics::refused_call(path, &principal.tenant, "permission_denied");
-            return Err(Status::permission_denied(format!(
-                "the key of tenant '{}' has role {:?}; {path} needs {role:?}",
-                principal.tenant, principal.role
-            )));
+            return Err(GatewayError::RoleTooLow {
+                tenant: principal.tenant.clone(),
+                role: principal.role,
+                path: path.to_owned(),
+                needs: role,
+            }
+            .into());
         }
         let permit = self.admit_call(path, principal)?;
         Ok(Some((principal.clone(), permit)))
@@ -99,19 +104,16 @@ impl Admission {
         if let Err(not_until) = self.limiter.check_key(&principal.key_id) {
             metrics::refused_call(path, &principal.tenant, "rate_limited");
             let wait = not_until.wait_time_from(DefaultClock::default().now());
-            return Err(Status::resource_exhausted(format!(
-                "rate limit of key {} (tenant '{}') exceeded; retry in {} ms",
-                principal.key_id,
-                principal.tenant,
-                wait.as_millis().max(1)
-            )));
+            return Err(GatewayError::RateLimited {
+                key_id: principal.key_id.clone(),
+                tenant: principal.tenant.clone(),
+                retry_ms: wait.as_millis().max(1),
+            }
+            .into());
         }
         self.concurrency.clone().try_acquire_owned().map_err(|_| {
             metrics::refused_call(path, &principal.tenant, "overloaded");
-            Status::resource_exhausted(format!(
-                "the gateway is handling its maximum of {} calls; retry later",
-                self.max_concurrency
-            ))
+            GatewayError::Overloaded(self.max_concurrency).into()
         })
     }
 }

@@ -1,6 +1,7 @@
 //! The gateway's core: resolves the model version (canary), serves embeddings from the cache or
 //! the replicas, ranks, classifies, and records predictions and feedback.
 
+use crate::error::GatewayError;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,7 @@ use proto::serving::inference::v1::inference_tasks_client::InferenceTasksClient;
 use tonic::Status;
 
 use crate::cache::EmbeddingCache;
+use crate::call::CallContext;
 use crate::canary::CanaryTable;
 use crate::payload::PayloadLogger;
 use crate::records::{Record, RecordBuffer, RecordKind, Task};
@@ -20,34 +22,6 @@ use crate::routing::ReplicaPool;
 pub const MAX_TEXTS_PER_CALL: usize = 64;
 /// Candidates one Rank call may carry.
 pub const MAX_CANDIDATES: usize = 1000;
-
-/// Everything a call needs to know about its caller and its limits.
-pub struct CallContext {
-    /// Id given to the call, returned to the caller.
-    pub request_id: String,
-    /// The caller's tenant.
-    pub tenant: String,
-    /// Sticky routing key (shopper or session), or the request id.
-    pub routing_key: String,
-    /// The caller's deadline.
-    pub deadline: Option<Instant>,
-    /// When the call arrived.
-    pub arrived: Instant,
-    /// The model version the call was routed to (the canary's choice, else the newest known;
-    /// 0 before routing): failed calls are counted against it.
-    pub routed_version: std::sync::atomic::AtomicI64,
-}
-
-impl CallContext {
-    /// The version a call with `outcome` counts against, in its metrics and its span: the
-    /// version that answered, or, for a failed call, the one it was routed to (0: unknown).
-    pub fn version_of<E>(&self, outcome: &Result<i64, E>) -> i64 {
-        match outcome {
-            Ok(version) => *version,
-            Err(_) => self.routed_version.load(Ordering::Relaxed),
-        }
-    }
-}
 
 /// Embeddings of a list of texts, and where they came from.
 pub struct Embedded {
@@ -238,11 +212,12 @@ impl GatewayCore {
             .await?
             .into_inner();
         if response.embeddings.len() != indexes.len() {
-            return Err(Status::internal(format!(
+            return Err(GatewayError::BadAnswer(format!(
                 "inference answered {} embeddings for {} texts",
                 response.embeddings.len(),
                 indexes.len()
-            )));
+            ))
+            .into());
         }
         let vectors = indexes
             .iter()

@@ -9,9 +9,11 @@
 pub mod admission;
 pub mod auth;
 pub mod cache;
+pub mod call;
 pub mod canary;
 pub mod config;
 pub mod core;
+pub mod error;
 mod frame;
 pub mod grpc;
 pub mod layers;

@@ -82,7 +82,7 @@ pub fn instruments() -> &'static Instruments {
 pub fn finished_call(
     rpc: &'static str,
     model: &str,
-    call: &crate::core::CallContext,
+    call: &crate::call::CallContext,
     outcome: Result<i64, tonic::Code>,
     elapsed: std::time::Duration,
 ) {
@@ -108,7 +108,7 @@ pub fn finished_call(
 pub struct CallRecord<'a> {
     rpc: &'static str,
     model: &'a str,
-    call: &'a crate::core::CallContext,
+    call: &'a crate::call::CallContext,
     started: std::time::Instant,
     open: bool,
 }
@@ -118,7 +118,7 @@ impl<'a> CallRecord<'a> {
     pub fn start(
         rpc: &'static str,
         model: &'a str,
-        call: &'a crate::core::CallContext,
+        call: &'a crate::call::CallContext,
         started: std::time::Instant,
     ) -> CallRecord<'a> {
         CallRecord {

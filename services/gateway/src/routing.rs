@@ -1,6 +1,7 @@
 //! Routing over inference replicas: power-of-two-choices by in-flight calls, health checks
 //! that eject and re-admit replicas, and one retry on another replica within a retry budget.
 
+use crate::error::GatewayError;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -170,9 +171,7 @@ fn past_deadline(addr: SocketAddr, status: Status) -> Status {
     let mut source = std::error::Error::source(&status);
     while let Some(error) = source {
         if error.is::<tonic::TimeoutExpired>() {
-            return Status::deadline_exceeded(format!(
-                "no answer from inference replica {addr} within the caller's deadline"
-            ));
+            return GatewayError::ReplicaTimedOut(addr).into();
         }
         source = error.source();
     }
@@ -333,9 +332,7 @@ impl ReplicaPool {
         Fut: Future<Output = Result<T, Status>>,
     {
         self.budget.earn();
-        let first = self
-            .pick(None)
-            .ok_or_else(|| Status::unavailable("no inference replica configured"))?;
+        let first = self.pick(None).ok_or(GatewayError::NoReplica)?;
         let status = match self.call_on(&first, &call).await {
             Ok(value) => return Ok(value),
             Err(status) => status,

@@ -8,6 +8,8 @@
 //! the two writes. Here the message is queued together with the headers, so both leave in one
 //! write and the replica wakes once.
 
+use crate::error::GatewayError;
+use shared::error::ServiceError;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,9 +40,12 @@ pub struct ConnectionError(String);
 
 /// The error of a call that could not reach the replica.
 fn unavailable(addr: SocketAddr, what: impl std::fmt::Display) -> Status {
-    let message = format!("inference replica {addr}: {what}");
-    let mut status = Status::unavailable(message.clone());
-    status.set_source(Arc::new(ConnectionError(message)));
+    let error = GatewayError::ReplicaUnreachable {
+        addr,
+        what: what.to_string(),
+    };
+    let mut status = error.to_status();
+    status.set_source(Arc::new(ConnectionError(error.to_string())));
     status
 }
 
@@ -156,7 +161,7 @@ impl UnaryClient {
             .authority(self.authority.clone())
             .path_and_query(path)
             .build()
-            .map_err(|err| Status::internal(format!("bad path {path}: {err}")))?;
+            .map_err(|err| GatewayError::BadAnswer(format!("bad path {path}: {err}")))?;
         let mut headers = metadata;
         headers.insert("content-type", HeaderValue::from_static("application/grpc"));
         headers.insert("te", HeaderValue::from_static("trailers"));
@@ -175,12 +180,9 @@ impl UnaryClient {
         }
         let exchange = self.exchange(&uri, &headers, frame(&message));
         match timeout {
-            Some(timeout) => tokio::time::timeout(timeout, exchange).await.map_err(|_| {
-                Status::deadline_exceeded(format!(
-                    "no answer from inference replica {} within the caller's deadline",
-                    self.addr
-                ))
-            })?,
+            Some(timeout) => tokio::time::timeout(timeout, exchange)
+                .await
+                .map_err(|_| GatewayError::ReplicaTimedOut(self.addr).to_status())?,
             None => exchange.await,
         }
     }
@@ -237,20 +239,22 @@ impl UnaryClient {
             return Err(status);
         }
         if parts.status != http::StatusCode::OK {
-            return Err(Status::unknown(format!(
-                "inference replica {} answered HTTP {}",
-                self.addr, parts.status
-            )));
+            return Err(GatewayError::ReplicaHttp {
+                addr: self.addr,
+                status: parts.status,
+            }
+            .into());
         }
         let mut data = BytesMut::new();
         while let Some(chunk) = body.data().await {
             let chunk = chunk.map_err(|err| self.stream_error(err))?;
             let _ = body.flow_control().release_capacity(chunk.len());
             if data.len() + chunk.len() > self.max_message_bytes + PREFIX {
-                return Err(Status::resource_exhausted(format!(
-                    "the answer of inference replica {} is over {} bytes",
-                    self.addr, self.max_message_bytes
-                )));
+                return Err(GatewayError::AnswerTooLarge {
+                    addr: self.addr,
+                    max: self.max_message_bytes,
+                }
+                .into());
             }
             data.extend_from_slice(&chunk);
         }
@@ -263,14 +267,16 @@ impl UnaryClient {
             Some(status) if status.code() == tonic::Code::Ok => {}
             Some(status) => return Err(status),
             None => {
-                return Err(Status::internal(format!(
+                return Err(GatewayError::BadAnswer(format!(
                     "inference replica {} ended the call without a grpc-status",
                     self.addr
-                )));
+                ))
+                .into());
             }
         }
-        unframe(data.freeze())
-            .map_err(|why| Status::internal(format!("inference replica {}: {why}", self.addr)))
+        unframe(data.freeze()).map_err(|why| {
+            GatewayError::BadAnswer(format!("inference replica {}: {why}", self.addr)).into()
+        })
     }
 
     /// The status of a failed stream: a reset by the replica is its answer; anything else
@@ -278,14 +284,12 @@ impl UnaryClient {
     fn stream_error(&self, err: h2::Error) -> Status {
         match err.reason() {
             Some(h2::Reason::REFUSED_STREAM) => unavailable(self.addr, "stream refused"),
-            Some(h2::Reason::CANCEL) => Status::cancelled(format!(
-                "inference replica {} cancelled the call",
-                self.addr
-            )),
-            _ if err.is_remote() && err.is_reset() => Status::internal(format!(
+            Some(h2::Reason::CANCEL) => GatewayError::ReplicaCancelled(self.addr).into(),
+            _ if err.is_remote() && err.is_reset() => GatewayError::BadAnswer(format!(
                 "inference replica {} reset the call: {err}",
                 self.addr
-            )),
+            ))
+            .into(),
             _ => unavailable(self.addr, err),
         }
     }

@@ -1,5 +1,6 @@
 //! gRPC handlers of `monitoring.metrics.v1`: they convert protocol types, call the [`query`],
-//! [`join`] and [`exemplars`] layers, and map their errors to status codes. No logic lives here.
+//! [`join`] and [`exemplars`] layers, and turn their errors into statuses through
+//! [`ServiceError`]. No logic lives here.
 //!
 //! [`query`]: crate::query
 //! [`join`]: crate::join
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use proto::monitoring::metrics::v1 as pb;
+use shared::error::ServiceError;
 use tonic::{Request, Response, Status};
 
 use crate::exemplars::{self, ExemplarRings};
@@ -23,12 +25,13 @@ const MAX_MATCHERS: usize = 32;
 
 impl From<QueryError> for Status {
     fn from(err: QueryError) -> Status {
-        match err {
-            QueryError::Invalid(m) => Status::invalid_argument(m),
-            QueryError::OutOfRange(m) => Status::out_of_range(m),
-            QueryError::NotFound(m) => Status::not_found(m),
-        }
+        err.to_status()
     }
+}
+
+/// A refused request: what to change, as the client reads it.
+fn invalid(message: impl Into<String>) -> QueryError {
+    QueryError::Invalid(message.into())
 }
 
 /// Serves `MetricsQuery` and `RecordIngest`.
@@ -66,9 +69,9 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn check_name(what: &str, name: &str) -> Result<(), Status> {
+fn check_name(what: &str, name: &str) -> Result<(), QueryError> {
     if name.is_empty() || name.len() > MAX_NAME_BYTES {
-        return Err(Status::invalid_argument(format!(
+        return Err(invalid(format!(
             "{what} must be 1 to {MAX_NAME_BYTES} bytes, got {}",
             name.len()
         )));
@@ -76,12 +79,11 @@ fn check_name(what: &str, name: &str) -> Result<(), Status> {
     Ok(())
 }
 
-fn selector(selector: Option<pb::Selector>) -> Result<query::Selector, Status> {
-    let selector =
-        selector.ok_or_else(|| Status::invalid_argument("selector is missing: name a metric"))?;
+fn selector(selector: Option<pb::Selector>) -> Result<query::Selector, QueryError> {
+    let selector = selector.ok_or_else(|| invalid("selector is missing: name a metric"))?;
     check_name("selector.metric", &selector.metric)?;
     if selector.matchers.len() > MAX_MATCHERS {
-        return Err(Status::invalid_argument(format!(
+        return Err(invalid(format!(
             "{} matchers; at most {MAX_MATCHERS}",
             selector.matchers.len()
         )));
@@ -97,24 +99,24 @@ fn selector(selector: Option<pb::Selector>) -> Result<query::Selector, Status> {
                 Ok(pb::MatchOp::Regex) => (true, false),
                 Ok(pb::MatchOp::NotRegex) => (true, true),
                 Err(_) => {
-                    return Err(Status::invalid_argument(format!(
+                    return Err(invalid(format!(
                         "matcher on '{}': unknown op {}",
                         m.name, m.op
                     )));
                 }
             };
-            Ok(query::Matcher::new(&m.name, &m.value, regex, negate)?)
+            query::Matcher::new(&m.name, &m.value, regex, negate)
         })
-        .collect::<Result<_, Status>>()?;
+        .collect::<Result<_, QueryError>>()?;
     Ok(query::Selector {
         metric: selector.metric,
         matchers,
     })
 }
 
-fn group_by(labels: Vec<String>) -> Result<Vec<String>, Status> {
+fn group_by(labels: Vec<String>) -> Result<Vec<String>, QueryError> {
     if labels.len() > MAX_MATCHERS {
-        return Err(Status::invalid_argument(format!(
+        return Err(invalid(format!(
             "group_by has {} labels; at most {MAX_MATCHERS}",
             labels.len()
         )));
@@ -125,7 +127,7 @@ fn group_by(labels: Vec<String>) -> Result<Vec<String>, Status> {
     Ok(labels)
 }
 
-fn query_of(request: pb::QueryRequest) -> Result<query::Query, Status> {
+fn query_of(request: pb::QueryRequest) -> Result<query::Query, QueryError> {
     let function = match pb::Function::try_from(request.function) {
         Ok(pb::Function::Rate) => query::Function::Rate,
         Ok(pb::Function::Increase) => query::Function::Increase,
@@ -135,7 +137,7 @@ fn query_of(request: pb::QueryRequest) -> Result<query::Query, Status> {
         Ok(pb::Function::Min) => query::Function::Min,
         Ok(pb::Function::Last) => query::Function::Last,
         Ok(pb::Function::Unspecified) | Err(_) => {
-            return Err(Status::invalid_argument(
+            return Err(invalid(
                 "function is not set: choose FUNCTION_RATE, FUNCTION_INCREASE, FUNCTION_QUANTILE, FUNCTION_AVG, FUNCTION_MAX, FUNCTION_MIN or FUNCTION_LAST",
             ));
         }
@@ -169,23 +171,23 @@ fn answer(answer: query::Answer) -> pb::QueryResponse {
 const MAX_BATCH_ITEMS: usize = 10_000;
 
 impl QueryService {
-    fn run_query(&self, request: pb::QueryRequest) -> Result<pb::QueryResponse, Status> {
+    fn run_query(&self, request: pb::QueryRequest) -> Result<pb::QueryResponse, QueryError> {
         let query = query_of(request)?;
         Ok(answer(query::evaluate(&self.store, &query, unix_now())?))
     }
 
-    fn run_ratio(&self, request: pb::RatioRequest) -> Result<pb::QueryResponse, Status> {
-        let missing = |what| Status::invalid_argument(format!("{what} is missing"));
+    fn run_ratio(&self, request: pb::RatioRequest) -> Result<pb::QueryResponse, QueryError> {
+        let missing = |what| invalid(format!("{what} is missing"));
         let num = query_of(request.numerator.ok_or_else(|| missing("numerator"))?)?;
         let den = query_of(request.denominator.ok_or_else(|| missing("denominator"))?)?;
         Ok(answer(query::ratio(&self.store, &num, &den, unix_now())?))
     }
 
-    fn run_drift(&self, request: pb::DriftRequest) -> Result<pb::DriftResponse, Status> {
+    fn run_drift(&self, request: pb::DriftRequest) -> Result<pb::DriftResponse, QueryError> {
         let baseline = match request.baseline {
             Some(pb::drift_request::Baseline::PastWindow(p)) => {
                 if p.offset_seconds == 0 {
-                    return Err(Status::invalid_argument(
+                    return Err(invalid(
                         "past_window.offset_seconds is 0: the baseline must end before the compared window",
                     ));
                 }
@@ -198,9 +200,7 @@ impl QueryService {
                 query::BaselineSource::Snapshot(self.baselines.get(&name)?)
             }
             None => {
-                return Err(Status::invalid_argument(
-                    "baseline is missing: give past_window or snapshot",
-                ));
+                return Err(invalid("baseline is missing: give past_window or snapshot"));
             }
         };
         let (at, results) = query::drift(
@@ -232,11 +232,11 @@ impl QueryService {
     fn run_quality(
         &self,
         request: pb::ModelQualityRequest,
-    ) -> Result<pb::ModelQualityResponse, Status> {
+    ) -> Result<pb::ModelQualityResponse, QueryError> {
         let k = match request.k {
             0 => 10,
             k if k as usize > join::MAX_ITEMS => {
-                return Err(Status::invalid_argument(format!(
+                return Err(invalid(format!(
                     "k = {k}; at most {} (the items kept per ranking)",
                     join::MAX_ITEMS
                 )));
@@ -286,10 +286,10 @@ impl QueryService {
                     Some(Item::Ratio(r)) => self.run_ratio(r).map(Answer::Samples),
                     Some(Item::Drift(d)) => self.run_drift(d).map(Answer::Drift),
                     Some(Item::Quality(q)) => self.run_quality(q).map(Answer::Quality),
-                    None => Err(Status::invalid_argument("an empty batch item")),
+                    None => Err(invalid("an empty batch item")),
                 };
                 pb::BatchResult {
-                    result: Some(result.unwrap_or_else(|s| Answer::Error(s.message().to_owned()))),
+                    result: Some(result.unwrap_or_else(|s| Answer::Error(s.to_string()))),
                 }
             })
             .collect()
@@ -351,16 +351,17 @@ impl pb::metrics_query_server::MetricsQuery for QueryService {
     ) -> Result<Response<pb::BatchResponse>, Status> {
         let items = request.into_inner().items;
         if items.len() > MAX_BATCH_ITEMS {
-            return Err(Status::invalid_argument(format!(
+            return Err(invalid(format!(
                 "{} items; at most {MAX_BATCH_ITEMS} per batch",
                 items.len()
-            )));
+            ))
+            .into());
         }
         // A large batch is CPU work: keep it off the threads that serve other calls.
         let service = self.clone();
         let results = tokio::task::spawn_blocking(move || service.run_batch(items))
             .await
-            .map_err(|e| Status::internal(format!("batch evaluation failed: {e}")))?;
+            .map_err(|e| QueryError::Internal(format!("batch evaluation failed: {e}")))?;
         Ok(Response::new(pb::BatchResponse { results }))
     }
 
@@ -425,14 +426,12 @@ impl pb::metrics_query_server::MetricsQuery for QueryService {
     ) -> Result<Response<pb::LabelledExamplesResponse>, Status> {
         let request = request.into_inner();
         if request.model.is_empty() {
-            return Err(Status::invalid_argument("model is empty"));
+            return Err(invalid("model is empty").into());
         }
         let limit = match request.limit {
             0 => 10_000,
             n if n > 100_000 => {
-                return Err(Status::invalid_argument(format!(
-                    "limit {n}; at most 100,000"
-                )));
+                return Err(invalid(format!("limit {n}; at most 100,000")).into());
             }
             n => n as usize,
         };
@@ -454,7 +453,7 @@ impl pb::metrics_query_server::MetricsQuery for QueryService {
         &self,
         request: Request<pb::ModelQualityRequest>,
     ) -> Result<Response<pb::ModelQualityResponse>, Status> {
-        self.run_quality(request.into_inner()).map(Response::new)
+        Ok(Response::new(self.run_quality(request.into_inner())?))
     }
 
     async fn exemplars(
@@ -467,10 +466,7 @@ impl pb::metrics_query_server::MetricsQuery for QueryService {
             Ok(pb::ExemplarStatus::Error) => Some(true),
             Ok(pb::ExemplarStatus::Slow) => Some(false),
             Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown status {}",
-                    request.status
-                )));
+                return Err(invalid(format!("unknown status {}", request.status)).into());
             }
         };
         let filter = exemplars::Filter {

@@ -34,6 +34,21 @@ pub enum QueryError {
     /// A named baseline does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The evaluation itself failed (a worker thread panicked).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl shared::error::ServiceError for QueryError {
+    fn kind(&self) -> shared::error::ErrorKind {
+        use shared::error::ErrorKind;
+        match self {
+            QueryError::Invalid(_) => ErrorKind::InvalidArgument,
+            QueryError::OutOfRange(_) => ErrorKind::OutOfRange,
+            QueryError::NotFound(_) => ErrorKind::NotFound,
+            QueryError::Internal(_) => ErrorKind::Internal,
+        }
+    }
 }
 
 /// How a matcher compares.

@@ -1,5 +1,6 @@
 //! `ecommerce.gateway.v1.GatewayAdmin`: canary splits, changed at run time.
 
+use crate::error::GatewayError;
 use std::sync::Arc;
 
 use proto::ecommerce::gateway::v1 as pb;
@@ -73,10 +74,11 @@ impl GatewayAdmin for AdminService {
                 .map(|answers| answers.iter().all(|r| r.get_ref().ready))
                 .unwrap_or(false);
             if !ready {
-                return Err(Status::failed_precondition(format!(
-                    "version {} of model '{}' is not ready on the inference replicas; load it first",
-                    w.version, request.model
-                )));
+                return Err(GatewayError::VersionNotReady {
+                    model: request.model.clone(),
+                    version: w.version,
+                }
+                .into());
             }
         }
         let weights = request
@@ -91,7 +93,7 @@ impl GatewayAdmin for AdminService {
             .canary
             .set(&request.model, weights)
             .map_err(|err| {
-                Status::invalid_argument(format!("canary of model '{}': {err}", request.model))
+                GatewayError::Invalid(format!("canary of model '{}': {err}", request.model))
             })?;
         tracing::info!(model = %request.model, weights = ?request.weights, "canary split changed");
         Ok(Response::new(self.state(&request.model)))

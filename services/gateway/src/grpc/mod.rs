@@ -12,7 +12,7 @@ use tonic::metadata::MetadataMap;
 
 use crate::admission::Arrival;
 use crate::auth::Principal;
-use crate::core::CallContext;
+use crate::call::CallContext;
 
 /// Metadata key of the sticky routing key (a shopper or session id).
 pub const ROUTING_KEY: &str = "x-routing-key";

@@ -2,6 +2,7 @@
 //! (admission), routing, retries and canary splits applied, so that tritonclient and
 //! perf_analyzer work through the front door unchanged.
 
+use crate::error::GatewayError;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -22,7 +23,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::call_context;
 use crate::admission::Admission;
 use crate::auth::Principal;
-use crate::core::{CallContext, GatewayCore, outgoing};
+use crate::call::CallContext;
+use crate::core::{GatewayCore, outgoing};
 
 /// Most requests one stream may have in flight at once.
 const STREAM_IN_FLIGHT: usize = 64;
@@ -217,9 +219,10 @@ pub(crate) struct InferHead {
 
 /// The status of a replica's `ModelInfer` answer that does not decode.
 fn undecodable_answer(err: prost::DecodeError) -> Status {
-    Status::internal(format!(
+    GatewayError::BadAnswer(format!(
         "cannot decode the replica's ModelInfer answer: {err}"
     ))
+    .into()
 }
 
 /// `message` (an encoded `ModelInferRequest`) with its `model_version` set to `version`.

@@ -11,6 +11,7 @@
 //! gateway about as much CPU per call as the HTTP/2 work itself; on a machine whose idle
 //! cores sleep, that CPU time is paid at the cold speed of a just-woken core on every call.
 
+use crate::error::GatewayError;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -90,7 +91,7 @@ where
     let call = call_context_of(&metadata, &parts.extensions);
     let message = read_message(body).await?;
     let head = InferHead::decode(message.clone()).map_err(|err| {
-        Status::invalid_argument(format!("the ModelInferRequest cannot be decoded: {err}"))
+        GatewayError::Invalid(format!("the ModelInferRequest cannot be decoded: {err}"))
     })?;
     let answer = proxy
         .infer_encoded("ModelInfer", head, message, &call, &metadata)
@@ -109,16 +110,14 @@ where
         .await
         .map_err(|err| {
             if err.is::<LengthLimitError>() {
-                Status::resource_exhausted(format!(
-                    "the request message is larger than the gateway's limit of {MAX_MESSAGE_BYTES} bytes"
-                ))
+                GatewayError::RequestTooLarge(MAX_MESSAGE_BYTES)
             } else {
-                Status::cancelled(format!("the request could not be read: {err}"))
+                GatewayError::RequestUnread(err.to_string())
             }
         })?
         .to_bytes();
     frame::unframe(body).map_err(|err| {
-        Status::invalid_argument(match err {
+        GatewayError::Invalid(match err {
             FrameError::Short(0) => "the call carries no request message".to_owned(),
             FrameError::Short(len) => {
                 format!("the request's gRPC message prefix is cut short ({len} bytes)")
@@ -134,6 +133,7 @@ where
                 "a unary call carries exactly one request message; this one has more".to_owned()
             }
         })
+        .into()
     })
 }
 

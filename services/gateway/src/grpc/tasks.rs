@@ -1,5 +1,6 @@
 //! `ecommerce.gateway.v1.Gateway`: Embed, Classify, Rank and Feedback.
 
+use crate::error::GatewayError;
 use std::sync::Arc;
 
 use proto::ecommerce::gateway::v1 as pb;
@@ -8,7 +9,8 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::call_context;
-use crate::core::{CallContext, GatewayCore, MAX_CANDIDATES, MAX_TEXTS_PER_CALL, cosine};
+use crate::call::CallContext;
+use crate::core::{GatewayCore, MAX_CANDIDATES, MAX_TEXTS_PER_CALL, cosine};
 use crate::metrics;
 use crate::payload::PayloadLogger;
 use crate::records::{RecordKind, Task};
@@ -51,12 +53,17 @@ fn timings(call: &CallContext, inference: std::time::Duration) -> pb::Timings {
     }
 }
 
+/// The status of a malformed request: the message says what to change.
+fn invalid(message: impl Into<String>) -> Status {
+    GatewayError::Invalid(message.into()).into()
+}
+
 /// Longest accepted id (request ids, item ids, candidate ids): ids are kept in records.
 const MAX_ID_BYTES: usize = 256;
 
 fn check_id(what: &str, id: &str) -> Result<(), Status> {
     if id.len() > MAX_ID_BYTES {
-        return Err(Status::invalid_argument(format!(
+        return Err(invalid(format!(
             "{what} is {} bytes; at most {MAX_ID_BYTES}",
             id.len()
         )));
@@ -66,12 +73,10 @@ fn check_id(what: &str, id: &str) -> Result<(), Status> {
 
 fn check_texts(texts: &[String]) -> Result<(), Status> {
     if texts.is_empty() {
-        return Err(Status::invalid_argument(
-            "texts is empty: send at least one text",
-        ));
+        return Err(invalid("texts is empty: send at least one text"));
     }
     if texts.len() > MAX_TEXTS_PER_CALL {
-        return Err(Status::invalid_argument(format!(
+        return Err(invalid(format!(
             "texts has {} entries; at most {MAX_TEXTS_PER_CALL} per call",
             texts.len()
         )));
@@ -218,10 +223,10 @@ impl Gateway for GatewayService {
         let core = &self.core;
         observed("Rank", &call, &core.embed_model, span.clone(), async {
             if rank.query.is_empty() {
-                return Err(Status::invalid_argument("query is empty"));
+                return Err(invalid("query is empty"));
             }
             if rank.candidates.is_empty() || rank.candidates.len() > MAX_CANDIDATES {
-                return Err(Status::invalid_argument(format!(
+                return Err(invalid(format!(
                     "candidates has {} entries; send 1 to {MAX_CANDIDATES}",
                     rank.candidates.len()
                 )));
@@ -230,9 +235,7 @@ impl Gateway for GatewayService {
                 check_id(&format!("candidate {i}'s id"), &candidate.id)?;
             }
             if let Some(i) = rank.candidates.iter().position(|c| c.id.is_empty()) {
-                return Err(Status::invalid_argument(format!(
-                    "candidate {i} has an empty id"
-                )));
+                return Err(invalid(format!("candidate {i} has an empty id")));
             }
             let mut texts = Vec::with_capacity(rank.candidates.len() + 1);
             texts.push(rank.query.clone());
@@ -300,7 +303,7 @@ impl Gateway for GatewayService {
         let call = call_context(&request);
         let feedback = request.into_inner();
         if feedback.request_id.is_empty() {
-            return Err(Status::invalid_argument(
+            return Err(invalid(
                 "request_id is empty: quote the request_id of the served call",
             ));
         }
@@ -313,7 +316,7 @@ impl Gateway for GatewayService {
             Ok(pb::FeedbackEvent::Purchase) => "purchase",
             Ok(pb::FeedbackEvent::Label) => "label",
             Ok(pb::FeedbackEvent::Unspecified) | Err(_) => {
-                return Err(Status::invalid_argument(format!(
+                return Err(invalid(format!(
                     "event {} is not one of IMPRESSION, CLICK, ADD_TO_CART, PURCHASE, LABEL",
                     feedback.event
                 )));

@@ -1,0 +1,129 @@
+//! Why the gateway refuses or fails a call, each reason with its gRPC code through
+//! [`ServiceError`]. Admission, the task API, the canary admin API and the replica clients
+//! return these; `shared::error` alone turns them into a status. A replica's own answer (a
+//! status it sent) is relayed as it came and is not one of these.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use shared::auth::Role;
+use shared::error::{ErrorKind, ServiceError};
+
+/// A call the gateway refuses or cannot complete; its `Display` text is what the client reads.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// No valid API key.
+    #[error("{0}")]
+    NoKey(&'static str),
+    /// The key is valid but its role is below the method's.
+    #[error("the key of tenant '{tenant}' has role {role:?}; {path} needs {needs:?}")]
+    RoleTooLow {
+        /// The key's tenant.
+        tenant: Arc<str>,
+        /// The key's role.
+        role: Role,
+        /// The method called.
+        path: String,
+        /// The role the method needs.
+        needs: Role,
+    },
+    /// The key's rate limit is spent for now.
+    #[error("rate limit of key {key_id} (tenant '{tenant}') exceeded; retry in {retry_ms} ms")]
+    RateLimited {
+        /// The key's short id.
+        key_id: Arc<str>,
+        /// The key's tenant.
+        tenant: Arc<str>,
+        /// When a call would be admitted again.
+        retry_ms: u128,
+    },
+    /// Every concurrency slot of the gateway is taken.
+    #[error("the gateway is handling its maximum of {0} calls; retry later")]
+    Overloaded(usize),
+    /// The request is malformed: the message says what to change.
+    #[error("{0}")]
+    Invalid(String),
+    /// The request message is over the gateway's size limit.
+    #[error("the request message is larger than the gateway's limit of {0} bytes")]
+    RequestTooLarge(usize),
+    /// The request body could not be read to its end (the caller went away).
+    #[error("the request could not be read: {0}")]
+    RequestUnread(String),
+    /// A canary names a version that the replicas do not serve.
+    #[error(
+        "version {version} of model '{model}' is not ready on the inference replicas; load it first"
+    )]
+    VersionNotReady {
+        /// The model.
+        model: String,
+        /// The version not ready.
+        version: i64,
+    },
+    /// The gateway has no replica to send the call to.
+    #[error("no inference replica configured")]
+    NoReplica,
+    /// The replica could not be reached, or the connection broke.
+    #[error("inference replica {addr}: {what}")]
+    ReplicaUnreachable {
+        /// The replica.
+        addr: SocketAddr,
+        /// What failed.
+        what: String,
+    },
+    /// The caller's deadline passed while the replica worked.
+    #[error("no answer from inference replica {0} within the caller's deadline")]
+    ReplicaTimedOut(SocketAddr),
+    /// The replica cancelled the call.
+    #[error("inference replica {0} cancelled the call")]
+    ReplicaCancelled(SocketAddr),
+    /// The replica answered with an HTTP error instead of a gRPC status.
+    #[error("inference replica {addr} answered HTTP {status}")]
+    ReplicaHttp {
+        /// The replica.
+        addr: SocketAddr,
+        /// Its HTTP status.
+        status: http::StatusCode,
+    },
+    /// The replica's answer is over the size the gateway accepts.
+    #[error("the answer of inference replica {addr} is over {max} bytes")]
+    AnswerTooLarge {
+        /// The replica.
+        addr: SocketAddr,
+        /// The limit.
+        max: usize,
+    },
+    /// The replica's answer breaks the protocol (no status, a bad frame, a reset, an answer
+    /// that does not match the request).
+    #[error("{0}")]
+    BadAnswer(String),
+}
+
+impl ServiceError for GatewayError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            GatewayError::NoKey(_) => ErrorKind::Unauthenticated,
+            GatewayError::RoleTooLow { .. } => ErrorKind::PermissionDenied,
+            GatewayError::RateLimited { .. }
+            | GatewayError::Overloaded(_)
+            | GatewayError::RequestTooLarge(_)
+            | GatewayError::AnswerTooLarge { .. } => ErrorKind::ResourceExhausted,
+            GatewayError::Invalid(_) => ErrorKind::InvalidArgument,
+            GatewayError::RequestUnread(_) | GatewayError::ReplicaCancelled(_) => {
+                ErrorKind::Cancelled
+            }
+            GatewayError::VersionNotReady { .. } => ErrorKind::FailedPrecondition,
+            GatewayError::NoReplica | GatewayError::ReplicaUnreachable { .. } => {
+                ErrorKind::Unavailable
+            }
+            GatewayError::ReplicaTimedOut(_) => ErrorKind::DeadlineExceeded,
+            GatewayError::ReplicaHttp { .. } => ErrorKind::Unknown,
+            GatewayError::BadAnswer(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+impl From<GatewayError> for tonic::Status {
+    fn from(err: GatewayError) -> tonic::Status {
+        err.to_status()
+    }
+}
