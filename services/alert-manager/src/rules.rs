@@ -72,34 +72,15 @@ impl<'de> Deserialize<'de> for Span {
     }
 }
 
-/// Parses `500ms`, `10s`, `5m`, `1h`, `3d` (one number, one unit).
+/// Parses a duration as `humantime` writes them: `500ms`, `10s`, `5m`, `1h`, `3d`, or a sum
+/// such as `1h 30m`. Whole numbers only (`90m`, not `1.5h`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .ok_or_else(|| format!("duration '{text}' has no unit (ms, s, m, h or d)"))?;
-    let (number, unit) = text.split_at(split);
-    let n: f64 = number
-        .parse()
-        .map_err(|_| format!("duration '{text}' does not start with a number"))?;
-    let seconds = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86_400.0,
-        _ => {
-            return Err(format!(
-                "duration '{text}': unit '{unit}' is not ms, s, m, h or d"
-            ));
-        }
-    };
-    if !seconds.is_finite() || seconds < 0.0 {
-        return Err(format!(
-            "duration '{text}' is not a finite, non-negative time"
-        ));
-    }
-    Ok(Duration::from_secs_f64(seconds))
+    humantime::parse_duration(text.trim()).map_err(|err| {
+        format!(
+            "duration '{}': {err} (write e.g. 500ms, 10s, 5m, 1h or 3d)",
+            text.trim()
+        )
+    })
 }
 
 /// What a query computes.
@@ -943,7 +924,7 @@ rules:
                 "does not belong",
             ),
             (
-                "rules: [{name: x, kind: threshold, op: '>', threshold: 1, query: {metric: m, window: 5 minutes}}]",
+                "rules: [{name: x, kind: threshold, op: '>', threshold: 1, query: {metric: m, window: 5 parsecs}}]",
                 "unit",
             ),
             (
@@ -990,5 +971,11 @@ rules:
         assert_eq!(parse_duration("3d").unwrap(), Duration::from_secs(259_200));
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        let err = parse_duration("5 parsecs").unwrap_err();
+        assert!(
+            err.contains("'5 parsecs'") && err.contains("e.g. 500ms"),
+            "{err}"
+        );
     }
 }
