@@ -284,14 +284,57 @@ pub fn service_binary(name: &str) -> PathBuf {
     path
 }
 
-/// A free loopback port, for a service started as a separate process (in-process services
-/// get a pre-bound listener instead).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The address a child process listens on once it has bound its listening socket: the
+/// readiness signal of a process started with `--listen 127.0.0.1:0` (or any program told to
+/// bind port 0), read from `/proc` (its socket descriptors matched with the kernel's table of
+/// listening TCP sockets). So no test picks a port for a child: the child binds one the kernel
+/// chose, and the test learns it. Fails when the process exits first or `within` passes.
+pub async fn listening_addr(pid: u32, within: Duration) -> anyhow::Result<SocketAddr> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(addr) = listening_now(pid) {
+            return Ok(addr);
+        }
+        anyhow::ensure!(
+            Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} exited before it listened"
+        );
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "process {pid} did not listen within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The first IPv4 TCP socket of process `pid` that is listening, if any.
+fn listening_now(pid: u32) -> Option<SocketAddr> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy();
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).ok()?;
+    table.lines().skip(1).find_map(|line| {
+        // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+        if *state != "0A" || !inodes.contains(*inode) {
+            return None;
+        }
+        let (ip, port) = local.split_once(':')?;
+        let ip = u32::from_str_radix(ip, 16).ok()?;
+        let port = u16::from_str_radix(port, 16).ok()?;
+        Some(SocketAddr::from((ip.to_le_bytes(), port)))
+    })
 }
 
 /// An inference service running as a separate process, so that a test can kill it.
@@ -308,8 +351,8 @@ impl InferenceProcess {
         models: &[&str],
         envs: &[(&str, &str)],
     ) -> anyhow::Result<InferenceProcess> {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-        Self::start_on(addr, repository, models, envs).await
+        let any: SocketAddr = "127.0.0.1:0".parse()?;
+        Self::start_on(any, repository, models, envs).await
     }
 
     /// Starts `target/debug/inference` serving the reference model (`minilm-l6`), exporting its
@@ -319,8 +362,8 @@ impl InferenceProcess {
         Self::start(&models_dir(), &["minilm-l6"], &envs).await
     }
 
-    /// Starts `target/debug/inference` on `addr` (e.g. where a killed one listened) and waits
-    /// until SERVING.
+    /// Starts `target/debug/inference` on `addr` (e.g. where a killed one listened; port 0 for
+    /// one the kernel picks) and waits until SERVING.
     pub async fn start_on(
         addr: SocketAddr,
         repository: &Path,
@@ -338,23 +381,11 @@ impl InferenceProcess {
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
         let child = command.spawn()?;
+        let pid = child.id().context("the inference process has no pid")?;
+        let addr = listening_addr(pid, Duration::from_secs(60))
+            .await
+            .context("inference process")?;
         let process = InferenceProcess { addr, child };
-        // The process may not listen yet: retry the connection until the health stream answers.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            if Channel::from_shared(format!("http://{addr}"))?
-                .connect()
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "inference process did not listen in 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
         wait_until_serving(addr).await?;
         Ok(process)
     }

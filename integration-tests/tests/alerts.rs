@@ -473,11 +473,11 @@ async fn a_breach_opens_an_incident_that_resolves_with_its_alert() {
     db.drop().await;
 }
 
-/// A PostgreSQL cluster of the test's own (initdb in a temporary folder, its own port), which the
-/// test can stop and start.
+/// A PostgreSQL cluster of the test's own (initdb in a temporary folder), which the test can
+/// stop and start. It listens on a Unix socket in that folder only, so it needs no TCP port
+/// (none to pick, none to race another test for).
 struct ThrowawayPostgres {
     dir: tempfile::TempDir,
-    port: u16,
 }
 
 fn pg_bin(name: &str) -> std::path::PathBuf {
@@ -540,23 +540,22 @@ impl ThrowawayPostgres {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let pg = ThrowawayPostgres {
-            port: free_port(),
-            dir,
-        };
+        let pg = ThrowawayPostgres { dir };
         pg.up();
         pg
     }
 
     fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        format!(
+            "postgres://postgres@localhost/postgres?host={}",
+            self.dir.path().display()
+        )
     }
 
     fn up(&self) {
         let data = self.dir.path().join("data");
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            self.port,
+            "-k {} -c listen_addresses= -c fsync=off",
             self.dir.path().display()
         );
         let out = as_postgres(
@@ -1395,11 +1394,15 @@ async fn the_alert_manager_waits_for_a_database_that_answers_late_and_gives_up_o
     let _ = manager.stop.send(());
     manager.task.await.unwrap().unwrap();
 
-    // Nothing listens at all, and it may not wait: it stops with an error that says so.
+    // Nothing listens at all, and it may not wait: it stops with an error that says so. The
+    // port is held by a socket that is bound but does not listen, so no other test can take it
+    // and every connection to it is refused.
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let nowhere = options
         .clone()
         .host("127.0.0.1")
-        .port(free_port())
+        .port(held.local_addr().unwrap().port())
         .to_url_lossy();
     let (listener, _) = shared::testing::ephemeral_listener().await.unwrap();
     let config = <alert_manager::Config as clap::Parser>::parse_from([

@@ -236,7 +236,6 @@ async fn a_real_prometheus_scrapes_the_values_that_the_query_api_returns() {
         .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
         &config,
@@ -252,13 +251,15 @@ async fn a_real_prometheus_scrapes_the_values_that_the_query_api_returns() {
             "--storage.tsdb.path={}",
             dir.path().join("data").display()
         ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--web.listen-address=127.0.0.1:0")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .expect("prometheus (Debian package prometheus; `make deps` installs it)");
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = listening_addr(prometheus.id().unwrap(), Duration::from_secs(30))
+        .await
+        .unwrap();
 
     let scraped = eventually(
         "Prometheus' value of shop_visits_total",
