@@ -348,3 +348,97 @@ async fn a_request_that_cannot_finish_by_its_deadline_gets_deadline_exceeded() {
     assert_eq!(embed_version(server.addr, 0).await.unwrap(), 1);
     server.stop().await.unwrap();
 }
+
+/// What a health Watch of the overall status (`""`) on `addr` says first, and the stream to
+/// read what it says next.
+async fn watch_health(
+    addr: std::net::SocketAddr,
+) -> (i32, tonic::Streaming<tonic_health::pb::HealthCheckResponse>) {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(connect(addr).await)
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = health.message().await.unwrap().expect("a first status");
+    (first.status, health)
+}
+
+/// The next status a health Watch reports, within 10 s (None: the stream ended without one).
+async fn next_status(
+    health: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
+) -> Option<i32> {
+    tokio::time::timeout(std::time::Duration::from_secs(10), health.message())
+        .await
+        .expect("a health update within 10 s")
+        .ok()
+        .flatten()
+        .map(|m| m.status)
+}
+
+const SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+const NOT_SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_collector_says_not_serving_and_ends_open_watches_when_it_stops() {
+    use proto::monitoring::metrics::v1::WatchRequest;
+    use proto::monitoring::metrics::v1::metrics_query_client::MetricsQueryClient;
+    let mut collector = RunningCollector::start(&[]).await.unwrap();
+    let (first, mut health) = watch_health(collector.grpc).await;
+    assert_eq!(first, SERVING);
+    // A client that watches for new metrics (as the alert manager does) and never hangs up.
+    let mut watch = MetricsQueryClient::new(connect(collector.grpc).await)
+        .watch(WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+
+    let began = std::time::Instant::now();
+    let stopping = tokio::spawn(async move { collector.stop().await });
+    assert_eq!(
+        next_status(&mut health).await,
+        Some(NOT_SERVING),
+        "health turns NOT_SERVING before the collector goes"
+    );
+    drop(health);
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Ok(Some(_)) = watch.message().await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the open Watch ended when the collector stopped"
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(10), stopping)
+        .await
+        .expect("the collector stopped within 10 s (its grace period is 30 s)")
+        .unwrap()
+        .unwrap();
+    assert!(began.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alert_manager_says_not_serving_when_it_stops() {
+    let mut collector = RunningCollector::start(&[]).await.unwrap();
+    let db = TestDatabase::create().await;
+    let rules = tempfile::tempdir().unwrap();
+    let manager = start_alert_manager(&collector.endpoint(), rules.path(), &db.url).await;
+    let (first, mut health) = watch_health(manager.addr).await;
+    assert_eq!(first, SERVING);
+
+    let _ = manager.stop.send(());
+    assert_eq!(
+        next_status(&mut health).await,
+        Some(NOT_SERVING),
+        "health turns NOT_SERVING before the alert manager goes"
+    );
+    drop(health);
+    tokio::time::timeout(std::time::Duration::from_secs(10), manager.task)
+        .await
+        .expect("the alert manager stopped within 10 s")
+        .unwrap()
+        .unwrap();
+    collector.stop().await.unwrap();
+    db.drop().await;
+}

@@ -67,10 +67,13 @@ pub fn deadline(
 
 /// Answers a client stream of requests with `handle`: each request on its own task, at most
 /// `in_flight` at once (the reader waits for a free slot, so a fast client cannot queue without
-/// bound), replies in completion order. The stream ends when the client closes its side.
+/// bound), replies in completion order. The stream ends when the client closes its side, or
+/// when `stop` fires (the server is stopping): no request is read after that, and the stream
+/// ends once the replies already under way are sent.
 pub fn answer_stream<Req, Resp, F, Fut>(
     mut incoming: tonic::Streaming<Req>,
     in_flight: usize,
+    stop: crate::shutdown::Shutdown,
     handle: F,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<Resp, tonic::Status>>
 where
@@ -83,7 +86,19 @@ where
     let (sender, receiver) = tokio::sync::mpsc::channel(in_flight.max(1));
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
     tokio::spawn(async move {
-        while let Some(message) = incoming.next().await {
+        let stopping = stop.wait();
+        tokio::pin!(stopping);
+        loop {
+            let message = tokio::select! {
+                message = incoming.next() => message,
+                () = &mut stopping => {
+                    tracing::debug!("the server is stopping: the request stream is read no further");
+                    break;
+                }
+            };
+            let Some(message) = message else {
+                break;
+            };
             let request = match message {
                 Ok(request) => request,
                 Err(status) => {
@@ -103,19 +118,6 @@ where
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(receiver)
-}
-
-/// What a spawned tonic server task returned: its own error, or a panic (logged).
-pub fn server_outcome(
-    result: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
-) -> Result<(), tonic::transport::Error> {
-    match result {
-        Ok(inner) => inner,
-        Err(err) => {
-            tracing::error!(%err, "server task failed");
-            Ok(())
-        }
-    }
 }
 
 #[cfg(test)]

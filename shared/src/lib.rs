@@ -7,6 +7,7 @@ pub mod auth;
 pub mod error;
 pub mod grpc;
 pub mod report;
+pub mod serving;
 pub mod shutdown;
 pub mod small_frames;
 pub mod telemetry;

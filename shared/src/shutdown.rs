@@ -55,6 +55,12 @@ impl ShutdownTrigger {
 }
 
 impl Shutdown {
+    /// Whether shutdown was triggered (or the trigger dropped): for answers that must change
+    /// as soon as a service starts to stop, such as a readiness check.
+    pub fn is_stopping(&self) -> bool {
+        *self.0.borrow() || self.0.has_changed().is_err()
+    }
+
     /// Resolves when shutdown was triggered (or the trigger was dropped).
     pub async fn wait(mut self) {
         // An error means the trigger is gone, which is also a reason to stop.

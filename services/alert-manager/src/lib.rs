@@ -27,6 +27,7 @@ use std::time::Duration;
 use proto::monitoring::alerts::v1::alert_manager_server::AlertManagerServer;
 use proto::monitoring::metrics::v1::metrics_query_client::MetricsQueryClient;
 use shared::auth::ApiKeys;
+use shared::serving::Serving;
 use shared::telemetry::TelemetryArgs;
 use tokio::net::TcpListener;
 
@@ -43,6 +44,11 @@ pub struct Config {
     /// Address to serve gRPC on.
     #[arg(long, env = "ALERT_MANAGER_LISTEN", default_value = "127.0.0.1:50054")]
     pub listen: SocketAddr,
+
+    /// How long shutdown waits for in-flight calls to finish, in seconds (health turns
+    /// NOT_SERVING first; calls still running then are abandoned).
+    #[arg(long, env = "ALERT_MANAGER_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
 
     /// The metrics collector's query API.
     #[arg(
@@ -217,7 +223,13 @@ pub async fn serve(
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5))
         .connect_lazy();
-    let (trigger, stop) = shared::shutdown::channel();
+    let (mut routes, health) = shared::grpc::base_routes().await?;
+    let mut serving = Serving::new(
+        "alert-manager",
+        health,
+        Duration::from_secs(config.shutdown_grace_secs),
+    );
+    let stop = serving.stop_signal();
     let delivery = tokio::spawn(engine.clone().deliver(stop.clone()));
     let writer = tokio::spawn(engine.clone().write(stop.clone()));
     // The lead is held until the last writes and the last save of the state are in.
@@ -229,27 +241,24 @@ pub async fn serve(
         stop.clone(),
     ));
 
-    let (mut routes, health) = shared::grpc::base_routes().await?;
     routes.add_service(AlertManagerServer::new(grpc::AlertService::new(
         engine, keys,
     )));
-    health
-        .set_service_status("", shared::grpc::ServingStatus::Serving)
-        .await;
     tracing::info!(addr = ?listener.local_addr().ok(), collector = %config.collector, "alert-manager listening");
-    let server = tokio::spawn(
+    serving.spawn(
         tonic::transport::Server::builder()
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(shared::grpc::incoming(listener), stop.wait()),
     );
-    shutdown.await;
-    trigger.trigger();
+    serving.ready(&[]).await;
+    let served = serving.run_until(shutdown).await;
+    // Evaluation stops, then the last writes and notifications go out, then the lead goes.
     let _ = evaluation.await;
     let _ = writer.await;
     let _ = delivery.await;
     release.trigger();
     let _ = election.await;
-    shared::grpc::server_outcome(server.await)?;
+    served?;
     tracing::info!("alert-manager stopped");
     Ok(())
 }

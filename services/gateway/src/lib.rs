@@ -32,6 +32,7 @@ use std::time::Duration;
 use proto::ecommerce::gateway::v1::gateway_admin_server::GatewayAdminServer;
 use proto::ecommerce::gateway::v1::gateway_server::GatewayServer;
 use proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
+use shared::serving::Serving;
 use tokio::net::TcpListener;
 
 use crate::admission::Admission;
@@ -97,8 +98,14 @@ pub async fn serve(
         config.max_concurrency,
     ));
 
-    let oip = grpc::oip::OipProxy::new(core.clone(), admission.clone());
     let (mut routes, health) = shared::grpc::base_routes().await?;
+    let mut serving = Serving::new(
+        "gateway",
+        health,
+        Duration::from_secs(config.shutdown_grace_secs),
+    );
+    let stop = serving.stop_signal();
+    let oip = grpc::oip::OipProxy::new(core.clone(), admission.clone(), stop.clone());
     routes
         .add_service(
             GatewayServer::new(grpc::tasks::GatewayService::new(core.clone()))
@@ -114,7 +121,6 @@ pub async fn serve(
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         );
 
-    let (trigger, stop) = shared::shutdown::channel();
     let checked = Arc::new(tokio::sync::Notify::new());
     tokio::spawn(pool.clone().run_health_checks(
         Duration::from_millis(config.health_interval_ms.max(50)),
@@ -138,40 +144,22 @@ pub async fn serve(
         None => None,
     };
     let local = listener.local_addr().ok();
-    let server = tonic::transport::Server::builder()
-        // Admission first (auth, rate limit, concurrency), then every response in one write,
-        // then ModelInfer's byte path ahead of tonic's router.
-        .layer(StateLayer(admission))
-        .layer(shared::small_frames::SmallFramesLayer)
-        .layer(StateLayer(oip))
-        .add_routes(routes.routes())
-        .serve_with_incoming_shutdown(shared::grpc::incoming(listener), stop.clone().wait());
-    let mut server = tokio::spawn(server);
+    serving.spawn(
+        tonic::transport::Server::builder()
+            // Admission first (auth, rate limit, concurrency), then every response in one
+            // write, then ModelInfer's byte path ahead of tonic's router.
+            .layer(StateLayer(admission))
+            .layer(shared::small_frames::SmallFramesLayer)
+            .layer(StateLayer(oip))
+            .add_routes(routes.routes())
+            .serve_with_incoming_shutdown(shared::grpc::incoming(listener), stop.wait()),
+    );
     // Serving once the replicas' health is known (calls before would find none admitted).
     let _ = tokio::time::timeout(Duration::from_secs(5), checked.notified()).await;
-    health
-        .set_service_status("", shared::grpc::ServingStatus::Serving)
-        .await;
+    serving.ready(&[]).await;
     let replicas: Vec<String> = pool.replicas().iter().map(|r| r.addr.to_string()).collect();
     tracing::info!(addr = ?local, ?replicas, "gateway ready");
-
-    let mut shutdown = Box::pin(shutdown);
-    tokio::select! {
-        result = &mut server => return Ok(shared::grpc::server_outcome(result)?),
-        () = &mut shutdown => {}
-    }
-    tracing::info!("draining in-flight calls");
-    health
-        .set_service_status("", shared::grpc::ServingStatus::NotServing)
-        .await;
-    trigger.trigger();
-    match tokio::time::timeout(Duration::from_secs(config.shutdown_grace_secs), &mut server).await {
-        Ok(result) => shared::grpc::server_outcome(result)?,
-        Err(_) => tracing::warn!(
-            grace_secs = config.shutdown_grace_secs,
-            "calls still running at the end of the grace period; stopping anyway"
-        ),
-    }
+    serving.run_until(shutdown).await?;
     if let Some(shipper) = shipper {
         // The last push empties the buffer into the collector.
         let _ = tokio::time::timeout(Duration::from_secs(10), shipper).await;

@@ -24,8 +24,10 @@ use std::time::Duration;
 
 use proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use proto::serving::inference::v1::inference_tasks_server::InferenceTasksServer;
+use shared::serving::Serving;
 use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
+use tonic::server::NamedService;
 
 pub use crate::config::InferenceConfig;
 use crate::core::InferenceCore;
@@ -84,13 +86,22 @@ pub async fn serve(
     let ready = Arc::new(AtomicBool::new(false));
 
     let (mut routes, health) = shared::grpc::base_routes().await?;
+    let mut serving = Serving::new(
+        "inference",
+        health,
+        Duration::from_secs(config.shutdown_grace_secs),
+    );
     let limit = config.max_message_bytes;
     routes
         .add_service(
-            GrpcInferenceServiceServer::new(OpenInferenceService::new(core.clone(), ready.clone()))
-                .max_decoding_message_size(limit)
-                .max_encoding_message_size(limit)
-                .accept_compressed(CompressionEncoding::Gzip),
+            GrpcInferenceServiceServer::new(OpenInferenceService::new(
+                core.clone(),
+                ready.clone(),
+                serving.stop_signal(),
+            ))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit)
+            .accept_compressed(CompressionEncoding::Gzip),
         )
         .add_service(
             InferenceTasksServer::new(TaskService::new(core.clone()))
@@ -99,13 +110,14 @@ pub async fn serve(
                 .accept_compressed(CompressionEncoding::Gzip),
         );
 
-    let (trigger, stop) = shared::shutdown::channel();
     let local = listener.local_addr().ok();
-    let server = tonic::transport::Server::builder()
-        .layer(shared::small_frames::SmallFramesLayer)
-        .add_routes(routes.routes())
-        .serve_with_incoming_shutdown(shared::grpc::incoming(listener), stop.clone().wait());
-    let mut server = tokio::spawn(server);
+    let stop = serving.stop_signal();
+    serving.spawn(
+        tonic::transport::Server::builder()
+            .layer(shared::small_frames::SmallFramesLayer)
+            .add_routes(routes.routes())
+            .serve_with_incoming_shutdown(shared::grpc::incoming(listener), stop.wait()),
+    );
     let mut shutdown = Box::pin(shutdown);
     tracing::info!(addr = ?local, repository = %config.model_repository.display(), ?models, "inference service listening; loading models");
 
@@ -134,46 +146,24 @@ pub async fn serve(
     tokio::select! {
         result = loading => {
             if let Err(err) = result {
-                trigger.trigger();
-                let _ = server.await;
+                let _ = serving.stop().await;
                 return Err(err);
             }
         }
         () = &mut shutdown => {
-            trigger.trigger();
-            let _ = server.await;
+            serving.stop().await?;
             return Ok(());
         }
     }
     ready.store(true, Ordering::Release);
-    health
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
-    health
-        .set_serving::<GrpcInferenceServiceServer<OpenInferenceService>>()
-        .await;
-    health
-        .set_serving::<InferenceTasksServer<TaskService>>()
+    serving
+        .ready(&[
+            <GrpcInferenceServiceServer<OpenInferenceService> as NamedService>::NAME,
+            <InferenceTasksServer<TaskService> as NamedService>::NAME,
+        ])
         .await;
     tracing::info!(addr = ?local, "inference service ready");
-
-    tokio::select! {
-        result = &mut server => return Ok(shared::grpc::server_outcome(result)?),
-        () = &mut shutdown => {}
-    }
-    tracing::info!("draining in-flight requests");
-    ready.store(false, Ordering::Release);
-    health
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
-    trigger.trigger();
-    match tokio::time::timeout(Duration::from_secs(config.shutdown_grace_secs), &mut server).await {
-        Ok(result) => shared::grpc::server_outcome(result)?,
-        Err(_) => tracing::warn!(
-            grace_secs = config.shutdown_grace_secs,
-            "in-flight requests still running at the end of the grace period; stopping anyway"
-        ),
-    }
+    serving.run_until(shutdown).await?;
     tracing::info!("inference service stopped");
     Ok(())
 }

@@ -42,16 +42,18 @@ pub struct QueryService {
     join: Arc<FeedbackJoin>,
     exemplars: Arc<ExemplarRings>,
     receiver: crate::otlp::OtlpReceiver,
+    stop: shared::shutdown::Shutdown,
 }
 
 impl QueryService {
     /// Serves queries over `store`, the `join` and the `exemplars`, and watches of what
-    /// `receiver` stores.
+    /// `receiver` stores; open watches end when `stop` fires.
     pub fn new(
         store: Arc<MetricStore>,
         join: Arc<FeedbackJoin>,
         exemplars: Arc<ExemplarRings>,
         receiver: crate::otlp::OtlpReceiver,
+        stop: shared::shutdown::Shutdown,
     ) -> QueryService {
         QueryService {
             store,
@@ -59,6 +61,7 @@ impl QueryService {
             join,
             exemplars,
             receiver,
+            stop,
         }
     }
 }
@@ -321,6 +324,8 @@ impl pb::metrics_query_server::MetricsQuery for QueryService {
                 },
             })
         });
+        // The watch ends when the collector starts to stop, so it does not hold the drain.
+        let stream = futures::StreamExt::take_until(stream, self.stop.clone().wait());
         Ok(Response::new(Box::pin(stream)))
     }
 

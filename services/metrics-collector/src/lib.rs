@@ -21,11 +21,13 @@ pub mod window;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsServiceServer;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
 use proto::monitoring::metrics::v1::metrics_query_server::MetricsQueryServer;
 use proto::monitoring::metrics::v1::record_ingest_server::RecordIngestServer;
+use shared::serving::Serving;
 use shared::telemetry::TelemetryArgs;
 use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
@@ -88,6 +90,11 @@ pub struct Config {
     #[arg(long, env = "COLLECTOR_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_message_bytes: usize,
 
+    /// How long shutdown waits for in-flight calls to finish, in seconds (health turns
+    /// NOT_SERVING first; calls still running then are abandoned).
+    #[arg(long, env = "COLLECTOR_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+
     /// Telemetry (the collector's own logs; leave the OTLP endpoint unset or it exports to itself).
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
@@ -132,8 +139,20 @@ pub async fn serve(
         config.join_max_predictions,
     ));
     let receiver = OtlpReceiver::new(store.clone(), exemplars.clone());
-    let queries = QueryService::new(store.clone(), join, exemplars, receiver.clone());
     let (mut routes, health) = shared::grpc::base_routes().await?;
+    let mut serving = Serving::new(
+        "metrics-collector",
+        health,
+        Duration::from_secs(config.shutdown_grace_secs),
+    );
+    let stop = serving.stop_signal();
+    let queries = QueryService::new(
+        store.clone(),
+        join,
+        exemplars,
+        receiver.clone(),
+        stop.clone(),
+    );
     let limit = config.max_message_bytes;
     routes
         .add_service(
@@ -153,7 +172,6 @@ pub async fn serve(
                 .accept_compressed(CompressionEncoding::Gzip),
         );
 
-    let (trigger, stop) = shared::shutdown::channel();
     let metrics_store = store.clone();
     let app = axum::Router::new().route(
         "/metrics",
@@ -169,26 +187,23 @@ pub async fn serve(
         }),
     );
     let http_stop = stop.clone();
-    let http_server = tokio::spawn(async move {
-        axum::serve(http, app)
-            .with_graceful_shutdown(http_stop.wait())
-            .await
-    });
-    health
-        .set_service_status("", shared::grpc::ServingStatus::Serving)
-        .await;
+    serving.also_drain(
+        "/metrics",
+        tokio::spawn(async move {
+            axum::serve(http, app)
+                .with_graceful_shutdown(http_stop.wait())
+                .await
+                .map_err(Into::into)
+        }),
+    );
     tracing::info!(otlp = ?grpc.local_addr().ok(), "metrics collector listening");
-    let grpc_server = tokio::spawn(
+    serving.spawn(
         tonic::transport::Server::builder()
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(shared::grpc::incoming(grpc), stop.wait()),
     );
-    shutdown.await;
-    trigger.trigger();
-    shared::grpc::server_outcome(grpc_server.await)?;
-    if let Ok(result) = http_server.await {
-        result?;
-    }
+    serving.ready(&[]).await;
+    serving.run_until(shutdown).await?;
     tracing::info!("metrics collector stopped");
     Ok(())
 }

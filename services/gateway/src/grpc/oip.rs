@@ -38,12 +38,22 @@ const MODEL_STREAM_INFER: &str = "/inference.GRPCInferenceService/ModelStreamInf
 pub struct OipProxy {
     core: Arc<GatewayCore>,
     admission: Arc<Admission>,
+    stop: shared::shutdown::Shutdown,
 }
 
 impl OipProxy {
-    /// Proxies through `core`'s replicas; `admission` limits each message of a stream.
-    pub fn new(core: Arc<GatewayCore>, admission: Arc<Admission>) -> Self {
-        OipProxy { core, admission }
+    /// Proxies through `core`'s replicas; `admission` limits each message of a stream; open
+    /// streams end when `stop` fires.
+    pub fn new(
+        core: Arc<GatewayCore>,
+        admission: Arc<Admission>,
+        stop: shared::shutdown::Shutdown,
+    ) -> Self {
+        OipProxy {
+            core,
+            admission,
+            stop,
+        }
     }
 
     /// Sends an idempotent call to one replica (retried once elsewhere if it cannot take it).
@@ -312,6 +322,7 @@ impl GrpcInferenceService for OipProxy {
         let replies = shared::grpc::answer_stream(
             request.into_inner(),
             STREAM_IN_FLIGHT,
+            self.stop.clone(),
             move |message: pb::ModelInferRequest| {
                 let (proxy, call, principal, metadata) = (
                     proxy.clone(),

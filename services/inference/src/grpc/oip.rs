@@ -35,12 +35,19 @@ const STREAM_IN_FLIGHT: usize = 64;
 pub struct OpenInferenceService {
     core: InferenceCore,
     ready: Arc<std::sync::atomic::AtomicBool>,
+    stop: shared::shutdown::Shutdown,
 }
 
 impl OpenInferenceService {
-    /// Serves `core`; `ready` says whether start-up (loading and warm-up) has finished.
-    pub fn new(core: InferenceCore, ready: Arc<std::sync::atomic::AtomicBool>) -> Self {
-        OpenInferenceService { core, ready }
+    /// Serves `core`; `ready` says whether start-up (loading and warm-up) has finished, `stop`
+    /// fires when the server starts to stop (the server is no longer ready, and open
+    /// `ModelStreamInfer` streams end).
+    pub fn new(
+        core: InferenceCore,
+        ready: Arc<std::sync::atomic::AtomicBool>,
+        stop: shared::shutdown::Shutdown,
+    ) -> Self {
+        OpenInferenceService { core, ready, stop }
     }
 
     fn served(&self, name: &str, version: &str) -> Result<Arc<ServedVersion>, InferError> {
@@ -234,7 +241,8 @@ impl GrpcInferenceService for OpenInferenceService {
         &self,
         _: Request<pb::ServerReadyRequest>,
     ) -> Result<Response<pb::ServerReadyResponse>, Status> {
-        let ready = self.ready.load(std::sync::atomic::Ordering::Acquire);
+        let ready =
+            self.ready.load(std::sync::atomic::Ordering::Acquire) && !self.stop.is_stopping();
         Ok(Response::new(pb::ServerReadyResponse { ready }))
     }
 
@@ -335,6 +343,7 @@ impl GrpcInferenceService for OpenInferenceService {
         let replies = shared::grpc::answer_stream(
             request.into_inner(),
             STREAM_IN_FLIGHT,
+            self.stop.clone(),
             move |request: pb::ModelInferRequest| {
                 let service = service.clone();
                 async move {
