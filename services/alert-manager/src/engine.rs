@@ -446,6 +446,22 @@ impl Engine {
         Ok(())
     }
 
+    /// The alerts as this replica knows them: its own when it leads (it evaluates), else the
+    /// leader's last saved state (a follower does not evaluate).
+    pub async fn current_alerts(
+        &self,
+        include_resolved: bool,
+    ) -> Result<Vec<evaluator::Alert>, crate::incidents::IncidentError> {
+        if self.is_leader() {
+            return Ok(self
+                .alerts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .list(include_resolved));
+        }
+        Ok(self.saved_alerts().await?.list(include_resolved))
+    }
+
     /// The alerts of the state the leader saved last (for a follower's API).
     pub async fn saved_alerts(&self) -> Result<Alerts, crate::incidents::IncidentError> {
         let mut alerts = Alerts::default();

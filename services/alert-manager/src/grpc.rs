@@ -13,6 +13,7 @@ use crate::engine::{Engine, now_ms};
 use crate::evaluator::{Alert, State};
 use crate::incidents::{Action, Filter, Incident, IncidentState};
 use crate::notify::Silence;
+use crate::silencing::SilenceRequest;
 
 /// Longest note kept on a timeline.
 const MAX_NOTE_BYTES: usize = 4096;
@@ -144,9 +145,6 @@ fn silence(s: Silence) -> pb::Silence {
     }
 }
 
-/// Most matchers in a silence.
-const MAX_MATCHERS: usize = 32;
-
 #[tonic::async_trait]
 impl pb::alert_manager_server::AlertManager for AlertService {
     async fn create_silence(
@@ -155,52 +153,20 @@ impl pb::alert_manager_server::AlertManager for AlertService {
     ) -> Result<Response<pb::Silence>, Status> {
         let author = self.admin(&request)?;
         let r = request.into_inner();
-        if r.matchers.is_empty() || r.matchers.len() > MAX_MATCHERS {
-            return Err(ApiError::Invalid(format!(
-                "give 1 to {MAX_MATCHERS} matchers (a silence of everything is not allowed)"
-            ))
-            .into());
-        }
-        for (name, value) in &r.matchers {
-            if let Some(re) = value
-                .strip_prefix("=~")
-                .or_else(|| value.strip_prefix("!~"))
-            {
-                regex::Regex::new(re).map_err(|e| {
-                    ApiError::Invalid(format!("matcher '{name}': bad regular expression: {e}"))
-                })?;
-            }
-        }
-        let comment = note(&r.comment, true).map_err(|_| {
-            ApiError::Invalid("comment is empty: say why alerts are silenced".to_owned())
-        })?;
-        let now = now_ms();
-        let starts = if r.starts_at_unix_ms > 0 {
-            r.starts_at_unix_ms
-        } else {
-            now
-        };
-        let ends = if r.ends_at_unix_ms > 0 {
-            r.ends_at_unix_ms
-        } else {
-            starts + i64::from(r.duration_seconds) * 1000
-        };
-        if ends <= starts || ends <= now {
-            return Err(ApiError::Invalid(
-                "the silence ends before it starts or in the past: give ends_at_unix_ms or duration_seconds".to_owned(),
+        let created = self
+            .engine
+            .create_silence(
+                SilenceRequest {
+                    matchers: r.matchers.into_iter().collect(),
+                    starts_at_ms: r.starts_at_unix_ms,
+                    ends_at_ms: r.ends_at_unix_ms,
+                    duration_seconds: r.duration_seconds,
+                    author,
+                    comment: r.comment,
+                },
+                now_ms(),
             )
-            .into());
-        }
-        let mut created = Silence {
-            id: 0,
-            matchers: r.matchers.into_iter().collect(),
-            starts_at_ms: starts,
-            ends_at_ms: ends,
-            author,
-            comment,
-        };
-        created.id = self.engine.incidents.create_silence(&created, now).await?;
-        self.engine.refresh_silences().await;
+            .await?;
         Ok(Response::new(silence(created)))
     }
 
@@ -296,20 +262,11 @@ impl pb::alert_manager_server::AlertManager for AlertService {
         request: Request<pb::ListAlertsRequest>,
     ) -> Result<Response<pb::ListAlertsResponse>, Status> {
         let include_resolved = request.into_inner().include_resolved;
-        let alerts = if self.engine.is_leader() {
-            self.engine
-                .alerts
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .list(include_resolved)
-        } else {
-            // A follower does not evaluate: it answers from the leader's last saved state.
-            self.engine
-                .saved_alerts()
-                .await
-                .map_err(ApiError::LeaderState)?
-                .list(include_resolved)
-        };
+        let alerts = self
+            .engine
+            .current_alerts(include_resolved)
+            .await
+            .map_err(ApiError::LeaderState)?;
         Ok(Response::new(pb::ListAlertsResponse {
             alerts: alerts.into_iter().map(alert).collect(),
         }))

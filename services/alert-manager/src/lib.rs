@@ -17,6 +17,7 @@ pub mod labels;
 pub mod leader;
 pub mod notify;
 pub mod rules;
+pub mod silencing;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -5,18 +5,18 @@
 //! Each is counted in `gateway.refusals` by rpc, tenant and reason.
 //! The caller's principal and its [`Arrival`] go into the request's extensions for the handlers.
 
-use crate::error::GatewayError;
-use shared::error::ServiceError;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use shared::error::ServiceError;
 use tokio::sync::Semaphore;
 use tonic::Status;
 
 use crate::auth::{ApiKeys, Principal, required_role};
+use crate::error::GatewayError;
 use crate::layers::{BoxFuture, GrpcService, StateLayer, WithState, take_ready};
 use crate::metrics;
 

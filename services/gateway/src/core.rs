@@ -1,19 +1,21 @@
 //! The gateway's core: resolves the model version (canary), serves embeddings from the cache or
 //! the replicas, ranks, classifies, and records predictions and feedback.
 
-use crate::error::GatewayError;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use proto::inference as oip;
+use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use proto::serving::inference::v1 as inference;
 use proto::serving::inference::v1::inference_tasks_client::InferenceTasksClient;
 use tonic::Status;
 
 use crate::cache::EmbeddingCache;
 use crate::call::CallContext;
-use crate::canary::CanaryTable;
+use crate::canary::{CanaryTable, VersionWeight};
+use crate::error::GatewayError;
 use crate::payload::PayloadLogger;
 use crate::records::{Record, RecordBuffer, RecordKind, Task};
 use crate::routing::ReplicaPool;
@@ -54,6 +56,45 @@ pub struct GatewayCore {
     /// Newest version each model answered with when no split pinned one (0: not known yet),
     /// so that cache lookups know which version to look for.
     current: Mutex<HashMap<String, Arc<AtomicI64>>>,
+}
+
+impl GatewayCore {
+    /// Sets `model`'s canary split to `weights`. A split that would send traffic to a version
+    /// that is not ready on every replica is refused (part of the canary's traffic would
+    /// fail), as is a malformed one; either way the split in force stays.
+    pub async fn set_canary(&self, model: &str, weights: Vec<VersionWeight>) -> Result<(), Status> {
+        for w in weights.iter().filter(|w| w.weight > 0 && w.version > 0) {
+            let ready = oip::ModelReadyRequest {
+                name: model.to_owned(),
+                version: w.version.to_string(),
+            };
+            let ready = self
+                .pool
+                .broadcast(|channel| {
+                    let request = outgoing(ready.clone(), None);
+                    async move {
+                        GrpcInferenceServiceClient::new(channel)
+                            .model_ready(request)
+                            .await
+                    }
+                })
+                .await
+                .map(|answers| answers.iter().all(|r| r.get_ref().ready))
+                .unwrap_or(false);
+            if !ready {
+                return Err(GatewayError::VersionNotReady {
+                    model: model.to_owned(),
+                    version: w.version,
+                }
+                .into());
+            }
+        }
+        self.canary
+            .set(model, weights)
+            .map_err(|err| GatewayError::Invalid(format!("canary of model '{model}': {err}")))?;
+        tracing::info!(%model, weights = ?self.canary.get(model), "canary split changed");
+        Ok(())
+    }
 }
 
 /// Builds an outgoing request that carries the caller's remaining deadline and the current

@@ -20,10 +20,12 @@ pub mod layers;
 pub mod metrics;
 pub mod payload;
 pub mod pii;
+pub mod ranking;
 pub mod records;
 pub mod routing;
 pub mod shipper;
 pub mod unary;
+pub mod validation;
 
 use std::future::Future;
 use std::sync::Arc;

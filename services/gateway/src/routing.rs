@@ -1,7 +1,6 @@
 //! Routing over inference replicas: power-of-two-choices by in-flight calls, health checks
 //! that eject and re-admit replicas, and one retry on another replica within a retry budget.
 
-use crate::error::GatewayError;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +13,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use crate::error::GatewayError;
 use crate::unary::{ConnectionError, UnaryClient};
 
 /// One inference replica.

@@ -8,8 +8,6 @@
 //! the two writes. Here the message is queued together with the headers, so both leave in one
 //! write and the replica wakes once.
 
-use crate::error::GatewayError;
-use shared::error::ServiceError;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +15,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use h2::client::SendRequest;
 use http::{HeaderMap, HeaderValue, Method, Request};
+use shared::error::ServiceError;
 use tonic::Status;
 
+use crate::error::GatewayError;
 use crate::frame::{self, FrameError, PREFIX, frame};
 
 /// Flow-control windows of the connection and of each stream: large enough that a batch's

@@ -376,19 +376,18 @@ impl pb::metrics_query_server::MetricsQuery for QueryService {
     ) -> Result<Response<pb::PinBaselineResponse>, Status> {
         let request = request.into_inner();
         check_name("name", &request.name)?;
-        let baseline = query::pin(
+        let (groups, observations) = self.baselines.pin(
+            &request.name,
             &self.store,
             &selector(request.selector)?,
             &group_by(request.group_by)?,
             i64::from(request.window_seconds),
             unix_now(),
         )?;
-        let response = pb::PinBaselineResponse {
-            groups: baseline.groups() as u32,
-            observations: baseline.observations(),
-        };
-        self.baselines.insert(&request.name, baseline)?;
-        Ok(Response::new(response))
+        Ok(Response::new(pb::PinBaselineResponse {
+            groups: groups as u32,
+            observations,
+        }))
     }
 
     async fn list_metrics(
@@ -397,22 +396,19 @@ impl pb::metrics_query_server::MetricsQuery for QueryService {
     ) -> Result<Response<pb::ListMetricsResponse>, Status> {
         let metrics = self
             .store
-            .families()
+            .catalog()
             .into_iter()
-            .map(|(name, family)| {
-                let f = family.read().unwrap_or_else(|p| p.into_inner());
-                pb::MetricInfo {
-                    name,
-                    kind: match f.kind {
-                        Kind::Counter => pb::MetricKind::Counter,
-                        Kind::Gauge => pb::MetricKind::Gauge,
-                        Kind::Histogram => pb::MetricKind::Histogram,
-                    } as i32,
-                    unit: f.unit.clone(),
-                    description: f.description.clone(),
-                    series: f.series.len() as u32,
-                    refused_points: f.refused,
-                }
+            .map(|m| pb::MetricInfo {
+                name: m.name,
+                kind: match m.kind {
+                    Kind::Counter => pb::MetricKind::Counter,
+                    Kind::Gauge => pb::MetricKind::Gauge,
+                    Kind::Histogram => pb::MetricKind::Histogram,
+                } as i32,
+                unit: m.unit,
+                description: m.description,
+                series: m.series as u32,
+                refused_points: m.refused,
             })
             .collect();
         let limits = self.store.limits();

@@ -796,6 +796,24 @@ impl Baselines {
         Ok(())
     }
 
+    /// Pins, under `name`, the distribution of `selector`'s histograms over the `window`
+    /// seconds before `now`, per group of `group_by`: what a drift query compares with later.
+    /// Returns the groups and the observations pinned.
+    pub fn pin(
+        &self,
+        name: &str,
+        store: &MetricStore,
+        selector: &Selector,
+        group_by: &[String],
+        window: i64,
+        now: i64,
+    ) -> Result<(usize, u64), QueryError> {
+        let baseline = pin(store, selector, group_by, window, now)?;
+        let pinned = (baseline.groups(), baseline.observations());
+        self.insert(name, baseline)?;
+        Ok(pinned)
+    }
+
     /// The baseline called `name`.
     pub fn get(&self, name: &str) -> Result<Baseline, QueryError> {
         let pinned = self.pinned.read().unwrap_or_else(|p| p.into_inner());

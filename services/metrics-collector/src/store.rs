@@ -164,6 +164,23 @@ impl Tier {
     }
 }
 
+/// One metric as [`MetricStore::catalog`] lists it.
+#[derive(Debug, Clone)]
+pub struct MetricInfo {
+    /// The metric's name.
+    pub name: String,
+    /// Counter, gauge or histogram.
+    pub kind: Kind,
+    /// Unit, as sent.
+    pub unit: String,
+    /// Description, as sent.
+    pub description: String,
+    /// Series kept (retired ones included).
+    pub series: usize,
+    /// Points refused for this metric.
+    pub refused: u64,
+}
+
 /// A metric family: one name, one kind, many series, and their windows.
 #[derive(Debug)]
 pub struct Family {
@@ -484,6 +501,25 @@ impl MetricStore {
         families
             .iter()
             .map(|(n, f)| (n.clone(), f.clone()))
+            .collect()
+    }
+
+    /// What the store holds, one entry per metric in name order: its kind, unit, description,
+    /// series count and refused points.
+    pub fn catalog(&self) -> Vec<MetricInfo> {
+        self.families()
+            .into_iter()
+            .map(|(name, family)| {
+                let f = family.read().unwrap_or_else(|p| p.into_inner());
+                MetricInfo {
+                    name,
+                    kind: f.kind,
+                    unit: f.unit.clone(),
+                    description: f.description.clone(),
+                    series: f.series.len(),
+                    refused: f.refused,
+                }
+            })
             .collect()
     }
 

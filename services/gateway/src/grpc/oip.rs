@@ -2,7 +2,6 @@
 //! (admission), routing, retries and canary splits applied, so that tritonclient and
 //! perf_analyzer work through the front door unchanged.
 
-use crate::error::GatewayError;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -25,6 +24,7 @@ use crate::admission::Admission;
 use crate::auth::Principal;
 use crate::call::CallContext;
 use crate::core::{GatewayCore, outgoing};
+use crate::error::GatewayError;
 
 /// Most requests one stream may have in flight at once.
 const STREAM_IN_FLIGHT: usize = 64;

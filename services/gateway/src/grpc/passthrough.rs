@@ -11,7 +11,6 @@
 //! gateway about as much CPU per call as the HTTP/2 work itself; on a machine whose idle
 //! cores sleep, that CPU time is paid at the cold speed of a just-woken core on every call.
 
-use crate::error::GatewayError;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -24,6 +23,7 @@ use tonic::metadata::MetadataMap;
 use super::call_context_of;
 use super::oip::{InferHead, MODEL_INFER, OipProxy};
 use crate::MAX_MESSAGE_BYTES;
+use crate::error::GatewayError;
 use crate::frame::{self, FrameError, PREFIX, frame};
 use crate::layers::{BoxFuture, GrpcService, StateLayer, WithState, take_ready};
 

@@ -1,6 +1,5 @@
 //! `ecommerce.gateway.v1.Gateway`: Embed, Classify, Rank and Feedback.
 
-use crate::error::GatewayError;
 use std::sync::Arc;
 
 use proto::ecommerce::gateway::v1 as pb;
@@ -10,10 +9,12 @@ use tracing::Instrument;
 
 use super::call_context;
 use crate::call::CallContext;
-use crate::core::{GatewayCore, MAX_CANDIDATES, MAX_TEXTS_PER_CALL, cosine};
+use crate::core::GatewayCore;
 use crate::metrics;
 use crate::payload::PayloadLogger;
-use crate::records::{RecordKind, Task};
+use crate::ranking::Candidate;
+use crate::records::RecordKind;
+use crate::validation::{check_id, check_texts, invalid};
 
 /// Handlers of the task API.
 #[derive(Clone)]
@@ -51,37 +52,6 @@ fn timings(call: &CallContext, inference: std::time::Duration) -> pb::Timings {
         inference_us: inference.as_micros() as u64,
         total_us: total.as_micros() as u64,
     }
-}
-
-/// The status of a malformed request: the message says what to change.
-fn invalid(message: impl Into<String>) -> Status {
-    GatewayError::Invalid(message.into()).into()
-}
-
-/// Longest accepted id (request ids, item ids, candidate ids): ids are kept in records.
-const MAX_ID_BYTES: usize = 256;
-
-fn check_id(what: &str, id: &str) -> Result<(), Status> {
-    if id.len() > MAX_ID_BYTES {
-        return Err(invalid(format!(
-            "{what} is {} bytes; at most {MAX_ID_BYTES}",
-            id.len()
-        )));
-    }
-    Ok(())
-}
-
-fn check_texts(texts: &[String]) -> Result<(), Status> {
-    if texts.is_empty() {
-        return Err(invalid("texts is empty: send at least one text"));
-    }
-    if texts.len() > MAX_TEXTS_PER_CALL {
-        return Err(invalid(format!(
-            "texts has {} entries; at most {MAX_TEXTS_PER_CALL} per call",
-            texts.len()
-        )));
-    }
-    Ok(())
 }
 
 /// Runs a handler body inside the call's span and records its outcome in the metrics.
@@ -222,76 +192,32 @@ impl Gateway for GatewayService {
         let rank = request.into_inner();
         let core = &self.core;
         observed("Rank", &call, &core.embed_model, span.clone(), async {
-            if rank.query.is_empty() {
-                return Err(invalid("query is empty"));
-            }
-            if rank.candidates.is_empty() || rank.candidates.len() > MAX_CANDIDATES {
-                return Err(invalid(format!(
-                    "candidates has {} entries; send 1 to {MAX_CANDIDATES}",
-                    rank.candidates.len()
-                )));
-            }
-            for (i, candidate) in rank.candidates.iter().enumerate() {
-                check_id(&format!("candidate {i}'s id"), &candidate.id)?;
-            }
-            if let Some(i) = rank.candidates.iter().position(|c| c.id.is_empty()) {
-                return Err(invalid(format!("candidate {i} has an empty id")));
-            }
-            let mut texts = Vec::with_capacity(rank.candidates.len() + 1);
-            texts.push(rank.query.clone());
-            texts.extend(rank.candidates.iter().map(|c| c.text.clone()));
-            let embedded = core.embed(&texts, &call).await?;
-            metrics::cache_lookups(embedded.cache_hits, texts.len());
-            let query = &embedded.vectors[0];
-            let mut scored: Vec<(usize, f32)> = embedded.vectors[1..]
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (i, cosine(query, v)))
-                .collect();
-            scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            if rank.top_k > 0 {
-                scored.truncate(rank.top_k as usize);
-            }
-            let ranked: Vec<pb::RankedCandidate> = scored
-                .iter()
-                .map(|&(i, score)| pb::RankedCandidate {
-                    id: rank.candidates[i].id.clone(),
-                    score,
+            let candidates = rank
+                .candidates
+                .into_iter()
+                .map(|c| Candidate {
+                    id: c.id,
+                    text: c.text,
                 })
                 .collect();
-            core.record(
-                &call,
-                RecordKind::Prediction {
-                    task: Task::Rank,
-                    model: core.embed_model.to_string(),
-                    version: embedded.version,
-                    items: ranked.iter().map(|r| r.id.clone()).collect(),
-                    scores: ranked.iter().map(|r| r.score).collect(),
-                    texts: Vec::new(),
-                },
-            );
-            if core.payload.sampled() {
-                let request = PayloadLogger::summarize(std::iter::once(rank.query.as_str()));
-                let top: Vec<String> = ranked
-                    .iter()
-                    .take(5)
-                    .map(|r| format!("{}:{:.3}", r.id, r.score))
-                    .collect();
-                core.payload
-                    .write(&span, &call.request_id, &request, &top.join(","));
-            }
-            let cache_hits = embedded.cache_hits as u32;
+            let ranking = core
+                .rank(rank.query, candidates, rank.top_k, &call, &span)
+                .await?;
             let reply = pb::RankResponse {
                 request_id: call.request_id.clone(),
-                ranked,
+                ranked: ranking
+                    .ranked
+                    .into_iter()
+                    .map(|(id, score)| pb::RankedCandidate { id, score })
+                    .collect(),
                 served_by: Some(pb::ServedBy {
                     model: core.embed_model.to_string(),
-                    version: embedded.version,
+                    version: ranking.version,
                 }),
-                timings: Some(timings(&call, embedded.inference)),
-                cache_hits,
+                timings: Some(timings(&call, ranking.inference)),
+                cache_hits: ranking.cache_hits as u32,
             };
-            Ok((reply, embedded.version))
+            Ok((reply, ranking.version))
         })
         .await
     }

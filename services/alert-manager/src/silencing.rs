@@ -1,0 +1,87 @@
+//! Creating a silence: what a new one must satisfy (1 to 32 matchers, valid regular
+//! expressions, a comment, an end in the future) and how it takes effect (stored, then the
+//! evaluation's copy refreshed).
+
+use std::collections::BTreeMap;
+
+use crate::api_error::ApiError;
+use crate::engine::Engine;
+use crate::notify::Silence;
+
+/// Most matchers in a silence.
+pub const MAX_MATCHERS: usize = 32;
+
+/// Longest comment kept.
+pub const MAX_COMMENT_BYTES: usize = 4096;
+
+/// A silence as an operator asks for it.
+pub struct SilenceRequest {
+    /// Label matchers (`value`, `!=value`, `=~regex`, `!~regex`).
+    pub matchers: BTreeMap<String, String>,
+    /// Start, Unix ms; 0 for now.
+    pub starts_at_ms: i64,
+    /// End, Unix ms; 0 to count `duration_seconds` from the start.
+    pub ends_at_ms: i64,
+    /// Length, when no end is given.
+    pub duration_seconds: u32,
+    /// Who asks (the admin key's tenant).
+    pub author: String,
+    /// Why.
+    pub comment: String,
+}
+
+impl Engine {
+    /// Checks `request`, stores the silence and applies it from the next evaluation on.
+    pub async fn create_silence(
+        &self,
+        request: SilenceRequest,
+        now_ms: i64,
+    ) -> Result<Silence, ApiError> {
+        if request.matchers.is_empty() || request.matchers.len() > MAX_MATCHERS {
+            return Err(ApiError::Invalid(format!(
+                "give 1 to {MAX_MATCHERS} matchers (a silence of everything is not allowed)"
+            )));
+        }
+        for (name, value) in &request.matchers {
+            if let Some(re) = value
+                .strip_prefix("=~")
+                .or_else(|| value.strip_prefix("!~"))
+            {
+                regex::Regex::new(re).map_err(|e| {
+                    ApiError::Invalid(format!("matcher '{name}': bad regular expression: {e}"))
+                })?;
+            }
+        }
+        if request.comment.trim().is_empty() || request.comment.len() > MAX_COMMENT_BYTES {
+            return Err(ApiError::Invalid(
+                "comment is empty: say why alerts are silenced".to_owned(),
+            ));
+        }
+        let starts = if request.starts_at_ms > 0 {
+            request.starts_at_ms
+        } else {
+            now_ms
+        };
+        let ends = if request.ends_at_ms > 0 {
+            request.ends_at_ms
+        } else {
+            starts + i64::from(request.duration_seconds) * 1000
+        };
+        if ends <= starts || ends <= now_ms {
+            return Err(ApiError::Invalid(
+                "the silence ends before it starts or in the past: give ends_at_unix_ms or duration_seconds".to_owned(),
+            ));
+        }
+        let mut created = Silence {
+            id: 0,
+            matchers: request.matchers,
+            starts_at_ms: starts,
+            ends_at_ms: ends,
+            author: request.author,
+            comment: request.comment,
+        };
+        created.id = self.incidents.create_silence(&created, now_ms).await?;
+        self.refresh_silences().await;
+        Ok(created)
+    }
+}
