@@ -127,7 +127,7 @@ impl AlertService {
         let note = note(&request.note, action == Action::Note)?;
         let done = self
             .engine
-            .incidents
+            .incidents()
             .act(request.id, action, &actor, &note, now_ms())
             .await?;
         Ok(Response::new(incident(done)))
@@ -178,7 +178,7 @@ impl pb::alert_manager_server::AlertManager for AlertService {
             0 => 0,
             s => now_ms() - i64::from(s) * 1000,
         };
-        let stats = self.engine.incidents.stats(since).await?;
+        let stats = self.engine.incidents().stats(since).await?;
         Ok(Response::new(pb::GetStatsResponse {
             stats: stats
                 .into_iter()
@@ -208,7 +208,7 @@ impl pb::alert_manager_server::AlertManager for AlertService {
         };
         let events = self
             .engine
-            .incidents
+            .incidents()
             .deployments(&request.model, limit)
             .await?;
         Ok(Response::new(pb::ListDeploymentsResponse {
@@ -232,7 +232,7 @@ impl pb::alert_manager_server::AlertManager for AlertService {
         request: Request<pb::ListSilencesRequest>,
     ) -> Result<Response<pb::ListSilencesResponse>, Status> {
         let all = request.into_inner().include_expired;
-        let found = self.engine.incidents.silences(now_ms(), all).await?;
+        let found = self.engine.incidents().silences(now_ms(), all).await?;
         Ok(Response::new(pb::ListSilencesResponse {
             silences: found.into_iter().map(silence).collect(),
         }))
@@ -244,11 +244,11 @@ impl pb::alert_manager_server::AlertManager for AlertService {
     ) -> Result<Response<pb::Silence>, Status> {
         self.admin(&request)?;
         let id = request.into_inner().id;
-        self.engine.incidents.expire_silence(id, now_ms()).await?;
+        self.engine.incidents().expire_silence(id, now_ms()).await?;
         self.engine.refresh_silences().await;
         let found = self
             .engine
-            .incidents
+            .incidents()
             .silences(now_ms(), true)
             .await?
             .into_iter()
@@ -302,7 +302,7 @@ impl pb::alert_manager_server::AlertManager for AlertService {
         };
         let found = self
             .engine
-            .incidents
+            .incidents()
             .list(&Filter {
                 state,
                 labels: request.labels.into_iter().collect(),
@@ -326,8 +326,8 @@ impl pb::alert_manager_server::AlertManager for AlertService {
         request: Request<pb::GetIncidentRequest>,
     ) -> Result<Response<pb::Incident>, Status> {
         let id = request.into_inner().id;
-        let found = self.engine.incidents.get(id).await?;
-        let (report, summary) = self.engine.incidents.texts(id).await?;
+        let found = self.engine.incidents().get(id).await?;
+        let (report, summary) = self.engine.incidents().texts(id).await?;
         Ok(Response::new(pb::Incident {
             report,
             summary,
@@ -371,12 +371,7 @@ impl pb::alert_manager_server::AlertManager for AlertService {
         &self,
         _request: Request<pb::ListRulesRequest>,
     ) -> Result<Response<pb::ListRulesResponse>, Status> {
-        let loaded = self
-            .engine
-            .rules
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let loaded = self.engine.loaded_rules();
         Ok(Response::new(pb::ListRulesResponse {
             rules: loaded
                 .set

@@ -30,7 +30,7 @@ pub async fn compete(engine: Arc<Engine>, stop: shared::shutdown::Shutdown) {
     let mut reported_down = false;
     loop {
         let connection = tokio::select! {
-            c = engine.incidents.dedicated_connection() => c,
+            c = engine.incidents().dedicated_connection() => c,
             () = &mut stopped => return,
         };
         match connection {

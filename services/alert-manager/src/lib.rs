@@ -22,7 +22,7 @@ pub mod silencing;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use proto::monitoring::alerts::v1::alert_manager_server::AlertManagerServer;
@@ -32,8 +32,7 @@ use shared::serving::Serving;
 use shared::telemetry::TelemetryArgs;
 use tokio::net::TcpListener;
 
-use crate::engine::{Engine, LoadedRules};
-use crate::evaluator::Alerts;
+use crate::engine::{Engine, EngineConfig};
 use crate::incidents::IncidentStore;
 
 /// Evaluates alert rules against the metrics collector and keeps incidents in PostgreSQL.
@@ -187,34 +186,22 @@ pub async fn serve(
         Duration::from_secs(config.database_wait_secs),
     )
     .await?;
-    let engine = Arc::new(Engine {
-        paths: config.rules.clone(),
-        rules: Mutex::new(LoadedRules::default()),
-        alerts: Mutex::new(Alerts::default()),
+    let engine = Arc::new(Engine::new(
+        EngineConfig {
+            paths: config.rules.clone(),
+            auto_resolve: config.auto_resolve,
+            state_max_age_ms: i64::try_from(config.state_max_age_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
+        },
         incidents,
-        auto_resolve: config.auto_resolve,
-        reload_failures: Default::default(),
-        notifier: Mutex::new(notify::Notifier::default()),
-        silences: Mutex::new(Vec::new()),
-        outbox_ready: tokio::sync::Notify::new(),
-        collector: Mutex::new(None),
-        pending: Mutex::new(Default::default()),
-        dropped_writes: Default::default(),
-        database_down: Default::default(),
-        restored: Mutex::new(None),
-        actions: Arc::new(actions::ActionRunner::new(actions::ActionConfig {
+        actions::ActionRunner::new(actions::ActionConfig {
             gateway: config.gateway.clone(),
             gateway_api_key: config.gateway_api_key.clone(),
             inference: config.inference.clone(),
             min_interval: Duration::from_secs(config.action_min_interval_secs),
             dry_run: config.actions_dry_run,
-        })),
-        writes_ready: tokio::sync::Notify::new(),
-        leader: Default::default(),
-        saved: Mutex::new(Default::default()),
-        state_max_age_ms: i64::try_from(config.state_max_age_secs.saturating_mul(1000))
-            .unwrap_or(i64::MAX),
-    });
+        }),
+    ));
     engine.refresh_silences().await;
     if let Err(err) = engine.reload() {
         tracing::error!(error = %err, "starting without rules");

@@ -80,7 +80,7 @@ impl Engine {
             author: request.author,
             comment: request.comment,
         };
-        created.id = self.incidents.create_silence(&created, now_ms).await?;
+        created.id = self.incidents().create_silence(&created, now_ms).await?;
         self.refresh_silences().await;
         Ok(created)
     }
