@@ -1,45 +1,8 @@
-//! Incidents in PostgreSQL (through `sqlx`, bound parameters only, migrations applied at
-//! start-up): one incident per alert group while it is active, states open → acknowledged →
-//! resolved, and a timeline of every event with its actor and time.
+//! Incidents and their timelines: an alert that fires opens (or joins) its group's incident,
+//! every event is appended to its timeline, and an incident is acknowledged, resolved and
+//! summarised here.
 
-use std::collections::BTreeMap;
-
-use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{Postgres, Row, Transaction};
-
-use crate::evaluator::Alert;
-use crate::labels::LabelSet;
-use crate::notify::Silence;
-
-/// The actor of the events the service itself records.
-pub const SELF_ACTOR: &str = "alert-manager";
-
-/// Why an incident operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum IncidentError {
-    /// The database refused or could not be reached.
-    #[error("PostgreSQL: {0}")]
-    Database(#[from] sqlx::Error),
-    /// The database could not be reached within the time allowed at start.
-    #[error("PostgreSQL at {address} could not be reached within {waited_secs} s: {source}")]
-    Unreachable {
-        /// Host and port (never the password).
-        address: String,
-        /// How long it was tried.
-        waited_secs: u64,
-        /// The last attempt's error.
-        source: sqlx::Error,
-    },
-    /// Migrations could not be applied.
-    #[error("migrations: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    /// No incident has this id.
-    #[error("no incident {0}")]
-    NotFound(i64),
-    /// The operation does not apply to the incident's state.
-    #[error("{0}")]
-    State(String),
-}
+use super::*;
 
 /// State of an incident.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,13 +87,7 @@ pub struct Filter {
     pub limit: i64,
 }
 
-/// The store.
-#[derive(Clone)]
-pub struct IncidentStore {
-    pool: PgPool,
-}
-
-fn rank(severity: &str) -> u8 {
+pub(super) fn rank(severity: &str) -> u8 {
     match severity {
         "critical" | "page" => 3,
         "error" | "high" => 2,
@@ -139,7 +96,7 @@ fn rank(severity: &str) -> u8 {
     }
 }
 
-fn incident_of(row: &sqlx::postgres::PgRow) -> Result<Incident, sqlx::Error> {
+pub(super) fn incident_of(row: &sqlx::postgres::PgRow) -> Result<Incident, sqlx::Error> {
     let labels: serde_json::Value = row.try_get("labels")?;
     Ok(Incident {
         id: row.try_get("id")?,
@@ -156,12 +113,12 @@ fn incident_of(row: &sqlx::postgres::PgRow) -> Result<Incident, sqlx::Error> {
     })
 }
 
-const COLUMNS: &str = "id, group_key, title, state, severity, labels, opened_at_ms, \
+pub(super) const COLUMNS: &str = "id, group_key, title, state, severity, labels, opened_at_ms, \
                        acknowledged_at_ms, resolved_at_ms, previous_incident_id";
 
 /// Writes the resolution summary of incident `id` (inside the resolving transaction): the
 /// timeline, time to detect, acknowledge and resolve, actions and notes.
-async fn summarize(
+pub(super) async fn summarize(
     tx: &mut Transaction<'_, Postgres>,
     id: i64,
     now_ms: i64,
@@ -235,27 +192,8 @@ async fn summarize(
     Ok(())
 }
 
-/// One step of a model's deployment, made by a remediation action.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeploymentEvent {
-    /// The model.
-    pub model: String,
-    /// The version concerned.
-    pub version: i64,
-    /// `rolled_back`, `promoted` or `weight_changed`.
-    pub kind: String,
-    /// What was done.
-    pub message: String,
-    /// The incident whose rule acted.
-    pub incident_id: Option<i64>,
-    /// The rule.
-    pub rule: String,
-    /// When, Unix ms.
-    pub at_ms: i64,
-}
-
 /// The active (open or acknowledged) incident of `group_key`, locked for this transaction.
-async fn active_incident(
+pub(super) async fn active_incident(
     tx: &mut Transaction<'_, Postgres>,
     group_key: &str,
 ) -> Result<Option<i64>, sqlx::Error> {
@@ -269,7 +207,7 @@ async fn active_incident(
 
 /// Resolves incident `id` on behalf of `actor`: the state, the `resolved` event and the
 /// resolution summary, in one transaction.
-async fn resolve(
+pub(super) async fn resolve(
     tx: &mut Transaction<'_, Postgres>,
     id: i64,
     actor: &str,
@@ -285,7 +223,7 @@ async fn resolve(
     summarize(tx, id, now_ms).await
 }
 
-async fn add_event(
+pub(super) async fn add_event(
     tx: &mut Transaction<'_, Postgres>,
     incident: i64,
     kind: &str,
@@ -307,7 +245,7 @@ async fn add_event(
     Ok(())
 }
 
-fn describe(alert: &Alert) -> String {
+pub(super) fn describe(alert: &Alert) -> String {
     let labels: Vec<String> = alert
         .labels
         .iter()
@@ -321,64 +259,35 @@ fn describe(alert: &Alert) -> String {
     )
 }
 
-/// The host and port of a database URL, for messages (the URL itself may hold a password).
-fn address_of(url: &str) -> String {
-    match url.parse::<sqlx::postgres::PgConnectOptions>() {
-        Ok(options) => format!("{}:{}", options.get_host(), options.get_port()),
-        Err(_) => "the configured URL".to_owned(),
-    }
+/// Incident statistics of one service and severity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stat {
+    /// Service (the `job` label, else the alert's name).
+    pub service: String,
+    /// Severity.
+    pub severity: String,
+    /// Incidents opened.
+    pub incidents: i64,
+    /// Of which still active.
+    pub active: i64,
+    /// Mean time to acknowledge, ms (acknowledged ones).
+    pub mtta_ms: Option<f64>,
+    /// Mean time to resolve, ms (resolved ones).
+    pub mttr_ms: Option<f64>,
 }
 
-/// Whether `err` says the database could not be reached yet (as opposed to refusing the request).
-fn unreachable(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
-        // 57P03: "the database system is starting up".
-        sqlx::Error::Database(db) => db.code().as_deref() == Some("57P03"),
-        _ => false,
-    }
+/// What an operator does to an incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Take it.
+    Acknowledge,
+    /// Close it.
+    Resolve,
+    /// Add a note.
+    Note,
 }
 
 impl IncidentStore {
-    /// Connects to `url` and applies the migrations.
-    pub async fn connect(url: &str) -> Result<IncidentStore, IncidentError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(std::time::Duration::from_secs(2))
-            .connect(url)
-            .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(IncidentStore { pool })
-    }
-
-    /// As [`IncidentStore::connect`], trying again while the database cannot be reached (it is
-    /// down, still starting, or too slow to answer) until `wait` has passed. Any other error
-    /// (a malformed URL, a refused login, a failed migration) is returned at once.
-    pub async fn connect_within(
-        url: &str,
-        wait: std::time::Duration,
-    ) -> Result<IncidentStore, IncidentError> {
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut pause = std::time::Duration::from_millis(100);
-        loop {
-            match IncidentStore::connect(url).await {
-                Err(IncidentError::Database(err)) if unreachable(&err) => {
-                    if tokio::time::Instant::now() + pause >= deadline {
-                        return Err(IncidentError::Unreachable {
-                            address: address_of(url),
-                            waited_secs: wait.as_secs(),
-                            source: err,
-                        });
-                    }
-                    tracing::warn!(error = %err, retry_in = ?pause, "incident database not reachable yet");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(std::time::Duration::from_secs(2));
-                }
-                outcome => return outcome,
-            }
-        }
-    }
-
     /// Records that `alert` fired: opens its group's incident (linked to the group's previous
     /// one) unless one is active, and adds the event. Returns the incident's id and whether this
     /// opened it.
@@ -453,40 +362,6 @@ impl IncidentStore {
                 .fetch_all(&self.pool)
                 .await?,
         )
-    }
-
-    /// Saves the evaluation state (a JSON document, see [`crate::engine::EngineState`]).
-    pub async fn save_state(
-        &self,
-        state: &serde_json::Value,
-        now_ms: i64,
-    ) -> Result<(), IncidentError> {
-        sqlx::query(
-            "INSERT INTO engine_state (id, state, saved_at_ms) VALUES (1, $1, $2) \
-             ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, saved_at_ms = EXCLUDED.saved_at_ms",
-        )
-        .bind(state)
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// The evaluation state last saved, with when it was saved (Unix ms), if any.
-    pub async fn load_state(&self) -> Result<Option<(serde_json::Value, i64)>, IncidentError> {
-        let row = sqlx::query("SELECT state, saved_at_ms FROM engine_state WHERE id = 1")
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(match row {
-            Some(row) => Some((row.try_get("state")?, row.try_get("saved_at_ms")?)),
-            None => None,
-        })
-    }
-
-    /// A connection of its own, outside the pool (a session-level advisory lock lives as long
-    /// as it does).
-    pub async fn dedicated_connection(&self) -> Result<sqlx::PgConnection, IncidentError> {
-        Ok(self.pool.acquire().await?.detach())
     }
 
     /// Resolves the active incident of `group_key` whose alerts no longer fire (found after a
@@ -594,54 +469,6 @@ impl IncidentStore {
                     active: r.try_get("active")?,
                     mtta_ms: r.try_get("mtta_ms")?,
                     mttr_ms: r.try_get("mttr_ms")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(IncidentError::from)
-    }
-
-    /// Adds a step to the deployment timeline.
-    pub async fn record_deployment(&self, event: &DeploymentEvent) -> Result<(), IncidentError> {
-        sqlx::query(
-            "INSERT INTO deployment_events (model, version, kind, message, incident_id, rule, at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&event.model)
-        .bind(event.version)
-        .bind(&event.kind)
-        .bind(&event.message)
-        .bind(event.incident_id)
-        .bind(&event.rule)
-        .bind(event.at_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// The deployment timeline of `model` (every model when empty), newest first.
-    pub async fn deployments(
-        &self,
-        model: &str,
-        limit: i64,
-    ) -> Result<Vec<DeploymentEvent>, IncidentError> {
-        let rows = sqlx::query(
-            "SELECT model, version, kind, message, incident_id, rule, at_ms FROM deployment_events \
-             WHERE $1 = '' OR model = $1 ORDER BY id DESC LIMIT $2",
-        )
-        .bind(model)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DeploymentEvent {
-                    model: r.try_get("model")?,
-                    version: r.try_get("version")?,
-                    kind: r.try_get("kind")?,
-                    message: r.try_get("message")?,
-                    incident_id: r.try_get("incident_id")?,
-                    rule: r.try_get("rule")?,
-                    at_ms: r.try_get("at_ms")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -788,219 +615,4 @@ impl IncidentStore {
             .map(incident_of)
             .collect::<Result<_, sqlx::Error>>()?)
     }
-}
-
-/// A notification written to the outbox.
-#[derive(Debug, Clone)]
-pub struct Outgoing {
-    /// The receiver's name.
-    pub receiver: String,
-    /// Where to POST.
-    pub url: String,
-    /// The JSON body.
-    pub payload: serde_json::Value,
-}
-
-/// Back-off before the next attempt after `attempts` failures: 0.5 s doubling, at most 60 s.
-fn backoff_ms(attempts: i32) -> i64 {
-    (500_i64 << attempts.clamp(0, 7)).min(60_000)
-}
-
-impl IncidentStore {
-    /// Writes notifications of the group `group_key` to the outbox (with the group's active
-    /// incident, if any).
-    pub async fn enqueue(
-        &self,
-        group_key: &str,
-        outgoing: &[Outgoing],
-        now_ms: i64,
-    ) -> Result<(), IncidentError> {
-        let mut tx = self.pool.begin().await?;
-        let incident: Option<i64> =
-            sqlx::query_scalar("SELECT max(id) FROM incidents WHERE group_key = $1")
-                .bind(group_key)
-                .fetch_one(&mut *tx)
-                .await?;
-        for n in outgoing {
-            sqlx::query(
-                "INSERT INTO notifications (incident_id, receiver, url, payload, next_attempt_ms, created_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $5)",
-            )
-            .bind(incident)
-            .bind(&n.receiver)
-            .bind(&n.url)
-            .bind(&n.payload)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Delivers the notifications that are due, oldest first; a receiver that does not answer
-    /// 2xx is tried again later with back-off. Returns how many were delivered.
-    pub async fn deliver_pending(
-        &self,
-        http: &reqwest::Client,
-        now_ms: i64,
-    ) -> Result<usize, IncidentError> {
-        let rows = sqlx::query(
-            "SELECT id, incident_id, receiver, url, payload, attempts FROM notifications \
-             WHERE delivered_ms IS NULL AND next_attempt_ms <= $1 ORDER BY id LIMIT 50",
-        )
-        .bind(now_ms)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut delivered = 0;
-        for row in rows {
-            let id: i64 = row.try_get("id")?;
-            let incident: Option<i64> = row.try_get("incident_id")?;
-            let receiver: String = row.try_get("receiver")?;
-            let url: String = row.try_get("url")?;
-            let payload: serde_json::Value = row.try_get("payload")?;
-            let attempts: i32 = row.try_get("attempts")?;
-            let outcome = http
-                .post(&url)
-                .json(&payload)
-                .send()
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| {
-                    if r.status().is_success() {
-                        Ok(())
-                    } else {
-                        Err(format!("HTTP {}", r.status()))
-                    }
-                });
-            let mut tx = self.pool.begin().await?;
-            match outcome {
-                Ok(()) => {
-                    delivered += 1;
-                    sqlx::query("UPDATE notifications SET delivered_ms = $2, attempts = attempts + 1 WHERE id = $1")
-                        .bind(id)
-                        .bind(now_ms)
-                        .execute(&mut *tx)
-                        .await?;
-                    if let Some(incident) = incident {
-                        let status = payload
-                            .get("status")
-                            .or_else(|| payload.get("event_action"))
-                            .and_then(|s| s.as_str())
-                            .unwrap_or("");
-                        add_event(
-                            &mut tx,
-                            incident,
-                            "notified",
-                            SELF_ACTOR,
-                            &format!("{receiver}: {status} (attempt {})", attempts + 1),
-                            now_ms,
-                        )
-                        .await?;
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(%receiver, %url, attempt = attempts + 1, error = %err, "notification not delivered; retrying");
-                    sqlx::query(
-                        "UPDATE notifications SET attempts = attempts + 1, last_error = $2, next_attempt_ms = $3 WHERE id = $1",
-                    )
-                    .bind(id)
-                    .bind(&err)
-                    .bind(now_ms + backoff_ms(attempts))
-                    .execute(&mut *tx)
-                    .await?;
-                }
-            }
-            tx.commit().await?;
-        }
-        Ok(delivered)
-    }
-
-    /// Creates a silence and returns its id.
-    pub async fn create_silence(
-        &self,
-        silence: &Silence,
-        now_ms: i64,
-    ) -> Result<i64, IncidentError> {
-        Ok(sqlx::query_scalar(
-            "INSERT INTO silences (matchers, starts_at_ms, ends_at_ms, author, comment, created_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-        )
-        .bind(serde_json::to_value(&silence.matchers).unwrap_or_default())
-        .bind(silence.starts_at_ms)
-        .bind(silence.ends_at_ms)
-        .bind(&silence.author)
-        .bind(&silence.comment)
-        .bind(now_ms)
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
-    /// Ends silence `id` now.
-    pub async fn expire_silence(&self, id: i64, now_ms: i64) -> Result<(), IncidentError> {
-        let done =
-            sqlx::query("UPDATE silences SET ends_at_ms = LEAST(ends_at_ms, $2) WHERE id = $1")
-                .bind(id)
-                .bind(now_ms)
-                .execute(&self.pool)
-                .await?;
-        if done.rows_affected() == 0 {
-            return Err(IncidentError::NotFound(id));
-        }
-        Ok(())
-    }
-
-    /// Silences that have not ended by `now_ms` (and, with `all`, the ended ones too).
-    pub async fn silences(&self, now_ms: i64, all: bool) -> Result<Vec<Silence>, IncidentError> {
-        let rows = sqlx::query(
-            "SELECT id, matchers, starts_at_ms, ends_at_ms, author, comment FROM silences \
-             WHERE $2 OR ends_at_ms > $1 ORDER BY id",
-        )
-        .bind(now_ms)
-        .bind(all)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let matchers: serde_json::Value = r.try_get("matchers")?;
-                Ok(Silence {
-                    id: r.try_get("id")?,
-                    matchers: serde_json::from_value(matchers).unwrap_or_default(),
-                    starts_at_ms: r.try_get("starts_at_ms")?,
-                    ends_at_ms: r.try_get("ends_at_ms")?,
-                    author: r.try_get("author")?,
-                    comment: r.try_get("comment")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(IncidentError::from)
-    }
-}
-
-/// Incident statistics of one service and severity.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Stat {
-    /// Service (the `job` label, else the alert's name).
-    pub service: String,
-    /// Severity.
-    pub severity: String,
-    /// Incidents opened.
-    pub incidents: i64,
-    /// Of which still active.
-    pub active: i64,
-    /// Mean time to acknowledge, ms (acknowledged ones).
-    pub mtta_ms: Option<f64>,
-    /// Mean time to resolve, ms (resolved ones).
-    pub mttr_ms: Option<f64>,
-}
-
-/// What an operator does to an incident.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// Take it.
-    Acknowledge,
-    /// Close it.
-    Resolve,
-    /// Add a note.
-    Note,
 }
