@@ -49,6 +49,17 @@ impl Replica {
 }
 
 /// Retries allowed: each call earns `ratio` of a retry, up to a reserve; a retry spends one.
+///
+/// Kept in place of tower's `retry::budget::TpsBudget` (tower 0.5.3), for two reasons:
+/// - cost on every call: `TpsBudget::deposit` locks a `Mutex` and reads the clock to age its
+///   time slots on every deposit, and every call deposits. A throwaway loop (release build,
+///   one deposit per call and a withdrawal every 100th, 5 million calls, this 2-core host,
+///   three rounds) measured 13 ns/call here against 45–64 ns/call for `TpsBudget`, and with
+///   two threads sharing one budget 29–37 ns against 87–109 ns. The hot path takes no lock.
+/// - meaning: `TpsBudget` forgets deposits after its TTL and grants `min_per_sec` retries
+///   whatever the traffic, and truncates the ratio to one retry per whole number of deposits
+///   (0.3 becomes one in 3); `--retry-ratio` promises that each call earns exactly `ratio` of a
+///   retry and that a reserve of 10 is refilled by traffic alone.
 struct RetryBudget {
     /// Thousandths of a retry in hand.
     milli: AtomicU64,
@@ -281,6 +292,22 @@ impl ReplicaPool {
 
     /// Power of two choices among healthy replicas other than `exclude`: the less loaded of
     /// two. Falls back to unhealthy ones when no healthy one is left.
+    ///
+    /// Kept in place of tower's `balance::p2c::Balance` (tower 0.5.3), which meets none of
+    /// these needs without a redesign around it:
+    /// - it is one `Service` driven through `&mut self` (`poll_ready`, then `call`), so
+    ///   concurrent calls could share it only behind a `Buffer` (a channel send, a oneshot and
+    ///   a hop to a worker task per call) or a lock; this pick is a shared `&self` read;
+    /// - a retry must go to a replica other than the one that just failed (`exclude`); the
+    ///   balancer picks among all ready endpoints and cannot be told to skip one;
+    /// - an ejected replica is still used when no healthy one is left; the balancer only
+    ///   picks ready endpoints and otherwise stays pending until the call's deadline;
+    /// - the hot path relays on the replica's own HTTP/2 client ([`Replica::unary`]), and the
+    ///   model loads, health checks and re-resolution reach every replica's channel; the
+    ///   balancer owns its endpoints as tower services and exposes neither.
+    ///
+    /// Its cost: a throwaway loop (release build, 5 million picks, this 2-core host) measured
+    /// 70–73 ns/pick among 2 replicas, 72–81 ns among 3 and 116–124 ns among 8.
     fn pick(&self, exclude: Option<SocketAddr>) -> Option<Arc<Replica>> {
         let replicas = self.replicas();
         let candidates: Vec<&Arc<Replica>> = replicas
