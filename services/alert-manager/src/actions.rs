@@ -12,72 +12,10 @@ use proto::ecommerce::gateway::v1 as gw;
 use proto::ecommerce::gateway::v1::gateway_admin_client::GatewayAdminClient;
 use proto::inference as oip;
 use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-use serde::Deserialize;
 use tonic::transport::Endpoint;
 
+pub use crate::alert::ActionSpec;
 use crate::labels::LabelSet;
-
-/// One action of a rule (its fields are templated with the alert's labels).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum ActionSpec {
-    /// Sets a model version's weight in the gateway's canary split (0 takes it out).
-    SetCanaryWeight {
-        /// Model, e.g. `"{{ $labels.model }}"`.
-        model: String,
-        /// Version, e.g. `"{{ $labels.model_version }}"`.
-        version: String,
-        /// The new weight.
-        #[serde(default)]
-        weight: u32,
-    },
-    /// Gives a version of a canary split all the traffic (every other version weight 0).
-    PromoteCanary {
-        /// Model, e.g. `"{{ $labels.model }}"`.
-        model: String,
-        /// Version, e.g. `"{{ $labels.model_version }}"`.
-        version: String,
-    },
-    /// Loads (or reloads) a model on the inference service.
-    ReloadModel {
-        /// Model.
-        model: String,
-    },
-    /// Unloads a model from the inference service.
-    UnloadModel {
-        /// Model.
-        model: String,
-    },
-    /// POSTs the alert's labels as JSON to a URL.
-    Webhook {
-        /// `http://…`
-        url: String,
-    },
-}
-
-impl ActionSpec {
-    /// A short description with the labels filled in.
-    pub fn describe(&self, labels: &LabelSet) -> String {
-        let r = |t: &str| crate::labels::render(t, labels, 0.0);
-        match self {
-            ActionSpec::SetCanaryWeight {
-                model,
-                version,
-                weight,
-            } => format!(
-                "set canary weight of {} v{} to {weight}",
-                r(model),
-                r(version)
-            ),
-            ActionSpec::PromoteCanary { model, version } => {
-                format!("promote {} v{} to all traffic", r(model), r(version))
-            }
-            ActionSpec::ReloadModel { model } => format!("reload model {}", r(model)),
-            ActionSpec::UnloadModel { model } => format!("unload model {}", r(model)),
-            ActionSpec::Webhook { url } => format!("call webhook {url}"),
-        }
-    }
-}
 
 /// Where actions go, and how often they may run.
 #[derive(Debug, Clone)]

@@ -10,7 +10,8 @@ use proto::monitoring::metrics::v1::metrics_query_client::MetricsQueryClient;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
-use crate::evaluator::{self, Alert};
+use crate::alert::Alert;
+use crate::evaluator;
 use crate::rules::{Rule, RuleKind};
 
 /// A report: JSON for tools, text for people.

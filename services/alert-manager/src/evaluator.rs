@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use proto::monitoring::metrics::v1 as pb;
 use proto::monitoring::metrics::v1::metrics_query_client::MetricsQueryClient;
-use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
+pub use crate::alert::{Alert, State, Transition, fingerprint};
 use crate::labels::LabelSet;
 use crate::rules::{self, BaselineSpec, Function, QuerySpec, Rule, RuleKind};
 
@@ -366,73 +366,6 @@ fn human(d: std::time::Duration) -> String {
     } else {
         format!("{s}s")
     }
-}
-
-/// Where an alert is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum State {
-    /// Holding, for less than `for`.
-    Pending,
-    /// Fired.
-    Firing,
-    /// Fired, then stopped.
-    Resolved,
-}
-
-/// One alert.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Alert {
-    /// The rule's name.
-    pub rule: String,
-    /// Labels: the group's, the rule's, and `alertname`.
-    pub labels: LabelSet,
-    /// Annotations, rendered.
-    pub annotations: LabelSet,
-    /// State.
-    pub state: State,
-    /// Last value.
-    pub value: f64,
-    /// When the condition started to hold, Unix ms.
-    pub active_since_ms: i64,
-    /// When it fired, Unix ms (0 if not).
-    pub fired_at_ms: i64,
-    /// When it resolved, Unix ms (0 if not).
-    pub resolved_at_ms: i64,
-    /// When the condition last held, Unix ms.
-    pub last_held_ms: i64,
-    /// Identity: a digest of the labels.
-    pub fingerprint: String,
-}
-
-impl Alert {
-    /// The `severity` label, or empty.
-    pub fn severity(&self) -> &str {
-        self.labels.get("severity").map_or("", String::as_str)
-    }
-}
-
-/// A change that incidents record.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Transition {
-    /// The alert started firing.
-    Fired(Alert),
-    /// The alert stopped firing.
-    Resolved(Alert),
-}
-
-/// A digest of a label set: the identity of an alert.
-pub fn fingerprint(labels: &LabelSet) -> String {
-    let mut hasher = Sha256::new();
-    for (k, v) in labels {
-        hasher.update(k.as_bytes());
-        hasher.update([0xff]);
-        hasher.update(v.as_bytes());
-        hasher.update([0xfe]);
-    }
-    hasher.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// How long a resolved alert stays listed.

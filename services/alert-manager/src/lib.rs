@@ -7,6 +7,7 @@
 //! PostgreSQL store; [`grpc`] the API.
 
 pub mod actions;
+pub mod alert;
 pub mod api_error;
 pub mod diagnosis;
 pub mod engine;

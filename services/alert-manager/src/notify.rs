@@ -11,7 +11,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use crate::evaluator::{self, Alert, State};
+use crate::alert::{Alert, State};
+use crate::evaluator;
 use crate::labels::LabelSet;
 use crate::rules::{Format, Receiver, RuleSet};
 
@@ -292,7 +293,7 @@ mod tests {
         ]);
         Alert {
             rule: name.into(),
-            fingerprint: evaluator::fingerprint(&labels),
+            fingerprint: crate::alert::fingerprint(&labels),
             labels,
             annotations: LabelSet::from([("summary".to_owned(), format!("{name} {model}"))]),
             state,

@@ -308,7 +308,7 @@ pub struct Rule {
     /// Annotations (templated: `{{ $labels.x }}`, `{{ $value }}`).
     pub annotations: BTreeMap<String, String>,
     /// Remediation actions run when the rule's alert opens an incident.
-    pub actions: Vec<crate::actions::ActionSpec>,
+    pub actions: Vec<crate::alert::ActionSpec>,
     /// The file the rule came from.
     pub file: PathBuf,
 }
@@ -357,7 +357,7 @@ struct RawRule {
     #[serde(default)]
     annotations: BTreeMap<String, String>,
     #[serde(default)]
-    actions: Vec<crate::actions::ActionSpec>,
+    actions: Vec<crate::alert::ActionSpec>,
 }
 
 impl RawRule {

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
-use crate::evaluator::Alert;
+use crate::alert::Alert;
 use crate::labels::LabelSet;
 use crate::notify::Silence;
 

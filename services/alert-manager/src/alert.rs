@@ -1,0 +1,139 @@
+//! What the alert manager's modules share about an alert: the alert itself, its state and
+//! the transitions recorded as incident events, its identity, and the remediation actions a
+//! rule attaches to it. It imports nothing of the crate but the label sets ([`crate::labels`],
+//! a leaf too), so every module can use these types without depending on the evaluator, the
+//! rules or the action runner.
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::labels::LabelSet;
+
+/// Where an alert is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum State {
+    /// Holding, for less than `for`.
+    Pending,
+    /// Fired.
+    Firing,
+    /// Fired, then stopped.
+    Resolved,
+}
+
+/// One alert.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Alert {
+    /// The rule's name.
+    pub rule: String,
+    /// Labels: the group's, the rule's, and `alertname`.
+    pub labels: LabelSet,
+    /// Annotations, rendered.
+    pub annotations: LabelSet,
+    /// State.
+    pub state: State,
+    /// Last value.
+    pub value: f64,
+    /// When the condition started to hold, Unix ms.
+    pub active_since_ms: i64,
+    /// When it fired, Unix ms (0 if not).
+    pub fired_at_ms: i64,
+    /// When it resolved, Unix ms (0 if not).
+    pub resolved_at_ms: i64,
+    /// When the condition last held, Unix ms.
+    pub last_held_ms: i64,
+    /// Identity: a digest of the labels.
+    pub fingerprint: String,
+}
+
+impl Alert {
+    /// The `severity` label, or empty.
+    pub fn severity(&self) -> &str {
+        self.labels.get("severity").map_or("", String::as_str)
+    }
+}
+
+/// A change that incidents record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    /// The alert started firing.
+    Fired(Alert),
+    /// The alert stopped firing.
+    Resolved(Alert),
+}
+
+/// A digest of a label set: the identity of an alert.
+pub fn fingerprint(labels: &LabelSet) -> String {
+    let mut hasher = Sha256::new();
+    for (k, v) in labels {
+        hasher.update(k.as_bytes());
+        hasher.update([0xff]);
+        hasher.update(v.as_bytes());
+        hasher.update([0xfe]);
+    }
+    hasher.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// One action of a rule (its fields are templated with the alert's labels).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ActionSpec {
+    /// Sets a model version's weight in the gateway's canary split (0 takes it out).
+    SetCanaryWeight {
+        /// Model, e.g. `"{{ $labels.model }}"`.
+        model: String,
+        /// Version, e.g. `"{{ $labels.model_version }}"`.
+        version: String,
+        /// The new weight.
+        #[serde(default)]
+        weight: u32,
+    },
+    /// Gives a version of a canary split all the traffic (every other version weight 0).
+    PromoteCanary {
+        /// Model, e.g. `"{{ $labels.model }}"`.
+        model: String,
+        /// Version, e.g. `"{{ $labels.model_version }}"`.
+        version: String,
+    },
+    /// Loads (or reloads) a model on the inference service.
+    ReloadModel {
+        /// Model.
+        model: String,
+    },
+    /// Unloads a model from the inference service.
+    UnloadModel {
+        /// Model.
+        model: String,
+    },
+    /// POSTs the alert's labels as JSON to a URL.
+    Webhook {
+        /// `http://…`
+        url: String,
+    },
+}
+
+impl ActionSpec {
+    /// A short description with the labels filled in.
+    pub fn describe(&self, labels: &LabelSet) -> String {
+        let r = |t: &str| crate::labels::render(t, labels, 0.0);
+        match self {
+            ActionSpec::SetCanaryWeight {
+                model,
+                version,
+                weight,
+            } => format!(
+                "set canary weight of {} v{} to {weight}",
+                r(model),
+                r(version)
+            ),
+            ActionSpec::PromoteCanary { model, version } => {
+                format!("promote {} v{} to all traffic", r(model), r(version))
+            }
+            ActionSpec::ReloadModel { model } => format!("reload model {}", r(model)),
+            ActionSpec::UnloadModel { model } => format!("unload model {}", r(model)),
+            ActionSpec::Webhook { url } => format!("call webhook {url}"),
+        }
+    }
+}
