@@ -18,6 +18,7 @@ mod frame;
 pub mod grpc;
 pub mod layers;
 pub mod metrics;
+pub mod model_infer;
 pub mod payload;
 pub mod pii;
 pub mod ranking;

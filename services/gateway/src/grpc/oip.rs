@@ -4,10 +4,9 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use opentelemetry::KeyValue;
 use prost::Message;
 use shared::trace_context::CallSpan;
@@ -25,11 +24,11 @@ use crate::auth::Principal;
 use crate::call::CallContext;
 use crate::core::{GatewayCore, outgoing};
 use crate::error::GatewayError;
+use crate::model_infer::InferHead;
 
 /// Most requests one stream may have in flight at once.
 const STREAM_IN_FLIGHT: usize = 64;
 /// The method `infer` calls on the replicas.
-pub(crate) const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 /// The streaming method, whose messages are admitted one by one.
 const MODEL_STREAM_INFER: &str = "/inference.GRPCInferenceService/ModelStreamInfer";
 
@@ -155,6 +154,7 @@ impl OipProxy {
         );
         // The version that answered, for the metrics; an answer that does not decode fails.
         let result = self
+            .core
             .forward_infer(&head, message, call, span.onward(metadata))
             .await
             .and_then(|answer| {
@@ -180,51 +180,6 @@ impl OipProxy {
         record.finish(outcome);
         result.map(|(answer, _)| answer)
     }
-
-    /// Sends one encoded `ModelInferRequest` to a replica, with the canary's pin when the
-    /// call names no version, and `headers` (the trace context).
-    async fn forward_infer(
-        &self,
-        head: &InferHead,
-        mut message: Bytes,
-        call: &CallContext,
-        headers: http::HeaderMap,
-    ) -> Result<Bytes, Status> {
-        if head.model_version.is_empty() {
-            if let Some(version) = self.core.pinned_version(&head.model_name, call) {
-                message = with_version(message, version);
-            }
-        } else if let Ok(version) = head.model_version.parse() {
-            call.routed_version.store(version, Ordering::Relaxed);
-        }
-        self.core
-            .pool
-            .call_replica(true, |replica| {
-                let (message, headers) = (message.clone(), headers.clone());
-                let timeout = call
-                    .deadline
-                    .map(|d| d.saturating_duration_since(Instant::now()));
-                async move {
-                    replica
-                        .unary()
-                        .call(MODEL_INFER, message, headers, timeout)
-                        .await
-                }
-            })
-            .await
-    }
-}
-
-/// The fields of a `ModelInferRequest` and of a `ModelInferResponse` that the gateway reads
-/// (both messages number them 1 and 2); decoding skips the tensors without copying them.
-#[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct InferHead {
-    /// The model's name.
-    #[prost(string, tag = "1")]
-    pub model_name: String,
-    /// The model's version; empty for the newest.
-    #[prost(string, tag = "2")]
-    pub model_version: String,
 }
 
 /// The status of a replica's `ModelInfer` answer that does not decode.
@@ -233,15 +188,6 @@ fn undecodable_answer(err: prost::DecodeError) -> Status {
         "cannot decode the replica's ModelInfer answer: {err}"
     ))
     .into()
-}
-
-/// `message` (an encoded `ModelInferRequest`) with its `model_version` set to `version`.
-fn with_version(message: Bytes, version: i64) -> Bytes {
-    let version = version.to_string();
-    let mut pinned = BytesMut::with_capacity(message.len() + version.len() + 2);
-    pinned.extend_from_slice(&message);
-    prost::encoding::string::encode(2, &version, &mut pinned);
-    pinned.freeze()
 }
 
 type InferStream = Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
@@ -421,41 +367,5 @@ impl GrpcInferenceService for OipProxy {
         })
         .await?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proto::inference::model_infer_request::InferInputTensor;
-
-    fn request(version: &str) -> pb::ModelInferRequest {
-        pb::ModelInferRequest {
-            model_name: "minilm-l6".into(),
-            model_version: version.into(),
-            id: "call-7".into(),
-            inputs: vec![InferInputTensor {
-                name: "TEXT".into(),
-                datatype: "BYTES".into(),
-                shape: vec![1, 1],
-                ..Default::default()
-            }],
-            raw_input_contents: vec![Bytes::from_static(b"\x03\0\0\0tea")],
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn the_head_of_an_encoded_request_names_its_model_and_version() {
-        let head = InferHead::decode(Bytes::from(request("3").encode_to_vec())).unwrap();
-        assert_eq!(head.model_name, "minilm-l6");
-        assert_eq!(head.model_version, "3");
-    }
-
-    #[test]
-    fn a_pinned_version_is_appended_and_the_rest_of_the_message_kept() {
-        let unpinned = Bytes::from(request("").encode_to_vec());
-        let pinned = pb::ModelInferRequest::decode(with_version(unpinned, 2)).unwrap();
-        assert_eq!(pinned, request("2"));
     }
 }

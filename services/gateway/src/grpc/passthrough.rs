@@ -21,11 +21,12 @@ use tonic::Status;
 use tonic::metadata::MetadataMap;
 
 use super::call_context_of;
-use super::oip::{InferHead, MODEL_INFER, OipProxy};
+use super::oip::OipProxy;
 use crate::MAX_MESSAGE_BYTES;
 use crate::error::GatewayError;
 use crate::frame::{self, FrameError, PREFIX, frame};
 use crate::layers::{BoxFuture, GrpcService, StateLayer, WithState, take_ready};
+use crate::model_infer::{InferHead, MODEL_INFER};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
