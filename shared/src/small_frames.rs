@@ -8,6 +8,15 @@
 //! library copies into its write buffer: headers, data and trailers then leave in one write.
 //! Longer messages (over [`MAX_SPLIT_BYTES`]) pass unchanged, where one large write is cheaper
 //! than many frames.
+//!
+//! Measured by counting write syscalls (`strace -f -e trace=write,writev,sendto,sendmsg`) on
+//! the serving process while `loadgen --api oip --concurrency 1` sent one embedding request at
+//! a time for 6 s (debug builds, the same run for both): on the gateway's client connection,
+//! 355 writes for 352 calls with this layer against 818 for 407 calls without it (a 10-byte
+//! write, then the other 1,618 bytes); on the inference service's, 368 for 365 and 364 for 361
+//! calls with it against 744 for 370 and 756 for 376 without. One write per response instead
+//! of two; the frames cost 54 bytes more on the wire (1,682 bytes against 1,628). The traced
+//! runs' latencies (p50 14–16 ms either way, strace included) say nothing about time saved.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
