@@ -1,8 +1,10 @@
 //! What the alert manager's modules share about an alert: the alert itself, its state and
-//! the transitions recorded as incident events, its identity, and the remediation actions a
-//! rule attaches to it. It imports nothing of the crate but the label sets ([`crate::labels`],
+//! the transitions recorded as incident events, its identity, the remediation actions a rule
+//! attaches to it, and the silences that mute it. It imports nothing of the crate but the label sets ([`crate::labels`],
 //! a leaf too), so every module can use these types without depending on the evaluator, the
 //! rules or the action runner.
+
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -135,5 +137,31 @@ impl ActionSpec {
             ActionSpec::UnloadModel { model } => format!("unload model {}", r(model)),
             ActionSpec::Webhook { url } => format!("call webhook {url}"),
         }
+    }
+}
+
+/// A silence: matching alerts are not notified between its start and end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Silence {
+    /// Id.
+    pub id: i64,
+    /// Matchers (`value`, `!=value`, `=~regex`, `!~regex`).
+    pub matchers: BTreeMap<String, String>,
+    /// Start, Unix ms.
+    pub starts_at_ms: i64,
+    /// End, Unix ms.
+    pub ends_at_ms: i64,
+    /// Who made it.
+    pub author: String,
+    /// Why.
+    pub comment: String,
+}
+
+impl Silence {
+    /// Whether it mutes `labels` at `now_ms`.
+    pub fn mutes(&self, labels: &LabelSet, now_ms: i64) -> bool {
+        self.starts_at_ms <= now_ms
+            && now_ms < self.ends_at_ms
+            && crate::labels::matches(&self.matchers, labels)
     }
 }

@@ -8,11 +8,11 @@ use proto::monitoring::alerts::v1 as pb;
 use shared::auth::{ApiKeys, Role};
 use tonic::{Request, Response, Status};
 
+use crate::alert::Silence;
 use crate::alert::{Alert, State};
 use crate::api_error::ApiError;
 use crate::engine::{Engine, now_ms};
 use crate::incidents::{Action, Filter, Incident, IncidentState};
-use crate::notify::Silence;
 use crate::silencing::SilenceRequest;
 
 /// Longest note kept on a timeline.

@@ -11,36 +11,10 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use crate::alert::{Alert, State};
+use crate::alert::{Alert, Silence, State};
 use crate::evaluator;
 use crate::labels::LabelSet;
 use crate::rules::{Format, Receiver, RuleSet};
-
-/// A silence: matching alerts are not notified between its start and end.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Silence {
-    /// Id.
-    pub id: i64,
-    /// Matchers (`value`, `!=value`, `=~regex`, `!~regex`).
-    pub matchers: BTreeMap<String, String>,
-    /// Start, Unix ms.
-    pub starts_at_ms: i64,
-    /// End, Unix ms.
-    pub ends_at_ms: i64,
-    /// Who made it.
-    pub author: String,
-    /// Why.
-    pub comment: String,
-}
-
-impl Silence {
-    /// Whether it mutes `labels` at `now_ms`.
-    pub fn mutes(&self, labels: &LabelSet, now_ms: i64) -> bool {
-        self.starts_at_ms <= now_ms
-            && now_ms < self.ends_at_ms
-            && crate::labels::matches(&self.matchers, labels)
-    }
-}
 
 /// Whether `alert` is muted by a firing alert through an inhibit rule.
 fn inhibited(set: &RuleSet, alert: &Alert, firing: &[&Alert]) -> bool {

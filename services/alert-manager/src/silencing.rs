@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::alert::Silence;
 use crate::api_error::ApiError;
 use crate::engine::Engine;
-use crate::notify::Silence;
 
 /// Most matchers in a silence.
 pub const MAX_MATCHERS: usize = 32;

@@ -5,7 +5,7 @@ use super::*;
 
 /// Exports the PSI each group of a drift rule showed, as the gauge `alert_manager.drift.score`
 /// (attributes: the rule, the group's labels, `method`), for dashboards.
-pub(super) fn record_drift(rule: &str, observations: &[evaluator::Observation]) {
+fn record_drift(rule: &str, observations: &[evaluator::Observation]) {
     let gauge = opentelemetry::global::meter("alert-manager")
         .f64_gauge("alert_manager.drift.score")
         .with_description("Drift of each drift rule's groups against their baseline (PSI)")
@@ -93,7 +93,7 @@ impl Engine {
     }
 
     /// Queues the notifications that are due.
-    pub(super) fn notify(&self, set: &RuleSet) {
+    fn notify(&self, set: &RuleSet) {
         if set.receivers.is_empty() {
             return;
         }
@@ -132,7 +132,7 @@ impl Engine {
     }
 
     /// Turns a transition into a database write, queued in order.
-    pub(super) fn record(&self, set: &RuleSet, transition: Transition) {
+    fn record(&self, set: &RuleSet, transition: Transition) {
         let now = now_ms();
         let write = match transition {
             Transition::Fired(alert) => {
@@ -166,7 +166,7 @@ impl Engine {
 
     /// After the first complete evaluation since start: incidents left active by the previous
     /// run whose groups have no pending or firing alert now are resolved.
-    pub(super) fn settle_restored(&self, set: &RuleSet) {
+    fn settle_restored(&self, set: &RuleSet) {
         let Some(restored) = self
             .restored
             .lock()

@@ -23,7 +23,7 @@ pub struct Saved {
 
 /// How often the state is saved while alerts are active even when no timer changed (their
 /// `keep_firing_for` clocks and values move on).
-pub(super) const SAVE_ACTIVE_EVERY: Duration = Duration::from_secs(10);
+const SAVE_ACTIVE_EVERY: Duration = Duration::from_secs(10);
 
 impl Engine {
     /// Whether this replica leads.
@@ -131,7 +131,7 @@ impl Engine {
         );
     }
 
-    pub(super) fn state_digest(&self, alerts: &Alerts) -> u64 {
+    fn state_digest(&self, alerts: &Alerts) -> u64 {
         use std::hash::{Hash, Hasher};
         let groups = self
             .notifier

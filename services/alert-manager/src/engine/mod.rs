@@ -25,9 +25,10 @@ use proto::monitoring::metrics::v1::metrics_query_client::MetricsQueryClient;
 use tonic::transport::Channel;
 
 use crate::actions::{ActionRunner, Outcome};
+use crate::alert::Silence;
 use crate::evaluator::{self, Alerts, Transition};
 use crate::incidents::{IncidentStore, Outgoing, SELF_ACTOR as SELF};
-use crate::notify::{self, Notifier, Silence};
+use crate::notify::{self, Notifier};
 use crate::rules::{self, RuleSet};
 
 /// Unix milliseconds now.

@@ -4,7 +4,7 @@
 use super::*;
 
 /// The deployment-timeline step of a canary action that ran, if it is one.
-pub(super) fn deployment_step(
+fn deployment_step(
     action: &crate::actions::ActionSpec,
     labels: &crate::labels::LabelSet,
     done: &str,
@@ -43,11 +43,11 @@ pub(super) fn deployment_step(
 
 /// How long after its actions an alert's value is watched for their effect (rules' windows
 /// must empty of the bad data before their value moves).
-pub(super) const EFFECT_WINDOW: Duration = Duration::from_secs(30);
+const EFFECT_WINDOW: Duration = Duration::from_secs(30);
 
 /// What the actions changed: the alert's value when they started against its value once the
 /// condition cleared (watched every second), or after [`EFFECT_WINDOW`] if it still holds.
-pub(super) async fn measure_effect(
+async fn measure_effect(
     client: &mut MetricsQueryClient<Channel>,
     rule: &rules::Rule,
     alert: &evaluator::Alert,
@@ -99,7 +99,7 @@ pub(super) async fn measure_effect(
 }
 
 /// `−94%`, `+12%`, or `unchanged`.
-pub(super) fn change(before: f64, after: f64) -> String {
+fn change(before: f64, after: f64) -> String {
     if before == 0.0 || !before.is_finite() || !after.is_finite() {
         return if after == before {
             "unchanged".into()

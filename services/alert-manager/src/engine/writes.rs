@@ -5,10 +5,10 @@ use super::*;
 
 /// Most database writes waiting while the database is unreachable (an alert storm of an hour
 /// fits); beyond, the oldest are dropped and counted.
-pub(super) const MAX_PENDING_WRITES: usize = 100_000;
+const MAX_PENDING_WRITES: usize = 100_000;
 
 /// How often the open incidents are counted for the `alert_manager.incidents.open` gauge.
-pub(super) const COUNT_OPEN_EVERY: Duration = Duration::from_secs(5);
+const COUNT_OPEN_EVERY: Duration = Duration::from_secs(5);
 
 /// A change waiting to be written to the database, with the time it happened.
 #[derive(Debug, Clone)]
@@ -187,10 +187,7 @@ impl Engine {
 
     /// Exports the open incidents per severity as the gauge `alert_manager.incidents.open`
     /// (severities seen before and now without incidents read 0).
-    pub(super) async fn export_open_incidents(
-        &self,
-        severities: &mut std::collections::BTreeSet<String>,
-    ) {
+    async fn export_open_incidents(&self, severities: &mut std::collections::BTreeSet<String>) {
         let Ok(open) = self.incidents.open_by_severity().await else {
             return;
         };

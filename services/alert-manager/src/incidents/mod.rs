@@ -24,8 +24,8 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
 use crate::alert::Alert;
+use crate::alert::Silence;
 use crate::labels::LabelSet;
-use crate::notify::Silence;
 
 /// The actor of the events the service itself records.
 pub const SELF_ACTOR: &str = "alert-manager";

@@ -15,7 +15,7 @@ pub struct Outgoing {
 }
 
 /// Back-off before the next attempt after `attempts` failures: 0.5 s doubling, at most 60 s.
-pub(super) fn backoff_ms(attempts: i32) -> i64 {
+fn backoff_ms(attempts: i32) -> i64 {
     (500_i64 << attempts.clamp(0, 7)).min(60_000)
 }
 

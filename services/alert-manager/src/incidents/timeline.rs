@@ -87,7 +87,7 @@ pub struct Filter {
     pub limit: i64,
 }
 
-pub(super) fn rank(severity: &str) -> u8 {
+fn rank(severity: &str) -> u8 {
     match severity {
         "critical" | "page" => 3,
         "error" | "high" => 2,
@@ -96,7 +96,7 @@ pub(super) fn rank(severity: &str) -> u8 {
     }
 }
 
-pub(super) fn incident_of(row: &sqlx::postgres::PgRow) -> Result<Incident, sqlx::Error> {
+fn incident_of(row: &sqlx::postgres::PgRow) -> Result<Incident, sqlx::Error> {
     let labels: serde_json::Value = row.try_get("labels")?;
     Ok(Incident {
         id: row.try_get("id")?,
@@ -113,12 +113,12 @@ pub(super) fn incident_of(row: &sqlx::postgres::PgRow) -> Result<Incident, sqlx:
     })
 }
 
-pub(super) const COLUMNS: &str = "id, group_key, title, state, severity, labels, opened_at_ms, \
+const COLUMNS: &str = "id, group_key, title, state, severity, labels, opened_at_ms, \
                        acknowledged_at_ms, resolved_at_ms, previous_incident_id";
 
 /// Writes the resolution summary of incident `id` (inside the resolving transaction): the
 /// timeline, time to detect, acknowledge and resolve, actions and notes.
-pub(super) async fn summarize(
+async fn summarize(
     tx: &mut Transaction<'_, Postgres>,
     id: i64,
     now_ms: i64,
@@ -193,7 +193,7 @@ pub(super) async fn summarize(
 }
 
 /// The active (open or acknowledged) incident of `group_key`, locked for this transaction.
-pub(super) async fn active_incident(
+async fn active_incident(
     tx: &mut Transaction<'_, Postgres>,
     group_key: &str,
 ) -> Result<Option<i64>, sqlx::Error> {
@@ -207,7 +207,7 @@ pub(super) async fn active_incident(
 
 /// Resolves incident `id` on behalf of `actor`: the state, the `resolved` event and the
 /// resolution summary, in one transaction.
-pub(super) async fn resolve(
+async fn resolve(
     tx: &mut Transaction<'_, Postgres>,
     id: i64,
     actor: &str,
@@ -245,7 +245,7 @@ pub(super) async fn add_event(
     Ok(())
 }
 
-pub(super) fn describe(alert: &Alert) -> String {
+fn describe(alert: &Alert) -> String {
     let labels: Vec<String> = alert
         .labels
         .iter()
