@@ -3,10 +3,10 @@
 //! A service makes a [`Serving`] first, gives its stop signal to whatever must end with the
 //! server (streams, background tasks), builds its routes, and hands [`Serving::spawn`] the
 //! server future (which stops on that signal). Health says NOT_SERVING until
-//! [`Serving::ready`]; a service
-//! that has work to do before it can answer (the inference service loads its models) does it
-//! in between, while already answering health checks. [`Serving::run_until`] then serves
-//! until the process is told to stop, and stops the same way in every service:
+//! [`Serving::ready`]; a service that has work to do before it can answer (the inference
+//! service loads its models) does it in between, while already answering health checks.
+//! [`Serving::run_until`] then serves until the process is told to stop, and stops the same
+//! way in every service:
 //!
 //! 1. health turns NOT_SERVING (the overall status and every service named at `ready`), so a
 //!    load balancer stops sending new calls;
@@ -82,15 +82,16 @@ impl Serving {
     /// Marks the service SERVING: the overall status and each of `services` (their gRPC
     /// names), which turn NOT_SERVING again when it stops.
     pub async fn ready(&mut self, services: &[&'static str]) {
-        self.health
-            .set_service_status("", ServingStatus::Serving)
-            .await;
-        for name in services {
-            self.health
-                .set_service_status(*name, ServingStatus::Serving)
-                .await;
-        }
         self.named.extend_from_slice(services);
+        self.set_health(ServingStatus::Serving).await;
+    }
+
+    /// Sets the overall status and every named service's to `status`.
+    async fn set_health(&self, status: ServingStatus) {
+        self.health.set_service_status("", status).await;
+        for name in &self.named {
+            self.health.set_service_status(*name, status).await;
+        }
     }
 
     /// Serves until `shutdown` resolves (or the server fails by itself), then stops as the
@@ -118,14 +119,7 @@ impl Serving {
     /// Stops now: NOT_SERVING, the stop signal, then the drain bounded by the grace period.
     pub async fn stop(mut self) -> Result<(), tonic::transport::Error> {
         tracing::info!(service = self.service, "draining in-flight calls");
-        self.health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
-        for name in &self.named {
-            self.health
-                .set_service_status(*name, ServingStatus::NotServing)
-                .await;
-        }
+        self.set_health(ServingStatus::NotServing).await;
         self.trigger.trigger();
         let deadline = tokio::time::Instant::now() + self.grace;
         let result = match self.server.take() {
