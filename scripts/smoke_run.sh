@@ -11,10 +11,26 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
+# The mesh's fixed ports lie in Linux's ephemeral range (32768-60999): a client socket of the
+# mesh itself (the gateway connecting to 50052 before the inference service listens) can be
+# given one of them as its own port, and the service then cannot bind it (seen once in CI). As
+# root, the test reserves them for its run and puts the previous reservation back after.
+reserved=/proc/sys/net/ipv4/ip_local_reserved_ports
+if [ "$(id -u)" = 0 ] && [ -z "${SMOKE_IN_PLACE:-}" ] && [ -w "$reserved" ]; then
+    previous_reserved=$(cat "$reserved")
+    echo "${previous_reserved:+$previous_reserved,}4317,9464,50051,50052,50054,55432" >"$reserved" \
+        || unset previous_reserved
+fi
+restore_reserved() {
+    if [ -n "${previous_reserved+set}" ]; then echo "$previous_reserved" >"$reserved"; fi
+}
+trap restore_reserved EXIT
+
 if [ "$(id -u)" = 0 ] && [ -z "${SMOKE_IN_PLACE:-}" ] && git rev-parse --git-dir >/dev/null 2>&1; then
     private=$(mktemp -d)
-    # However the run ends: the copy's PostgreSQL cluster (outside the copy) and the copy go.
-    trap '(cd "$private/mesh" 2>/dev/null && bash scripts/postgres.sh remove); rm -rf "$private"' EXIT
+    # However the run ends: the port reservation is undone, and the copy's PostgreSQL cluster
+    # (outside the copy) and the copy go.
+    trap 'restore_reserved; (cd "$private/mesh" 2>/dev/null && bash scripts/postgres.sh remove); rm -rf "$private"' EXIT
     chmod 700 "$private"
     copy=$private/mesh
     mkdir -p "$copy" data
