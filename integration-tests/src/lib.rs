@@ -2,6 +2,7 @@
 //! wait for their readiness signal, find the real model and the real third-party clients.
 
 pub mod otlp;
+pub mod otlp_build;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

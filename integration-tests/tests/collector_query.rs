@@ -2,76 +2,21 @@
 //! from the tests), a real Prometheus scraping `/metrics`, the drift statistics, the
 //! prediction–feedback join (pushed directly and through the gateway), exemplars, and bad input.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use integration_tests::otlp_build::{attribute, counter, export, now_ns};
 use integration_tests::*;
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
-    ResourceMetrics, ScopeMetrics, Sum, metric::Data, number_data_point,
+    metric::Data, number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use proto::monitoring::metrics::v1 as pb;
 use proto::monitoring::metrics::v1::Function;
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
-
-fn attribute(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.to_owned())),
-        }),
-        ..Default::default()
-    }
-}
-
-fn export(service: &str, metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes: vec![attribute("service.name", service)],
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                metrics,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-}
-
-fn counter(name: &str, start_ns: u64, points: Vec<(Vec<KeyValue>, f64)>) -> Metric {
-    Metric {
-        name: name.to_owned(),
-        data: Some(Data::Sum(Sum {
-            data_points: points
-                .into_iter()
-                .map(|(attributes, v)| NumberDataPoint {
-                    attributes,
-                    start_time_unix_nano: start_ns,
-                    time_unix_nano: now_ns(),
-                    value: Some(number_data_point::Value::AsDouble(v)),
-                    ..Default::default()
-                })
-                .collect(),
-            aggregation_temporality: AggregationTemporality::Cumulative as i32,
-            is_monotonic: true,
-        })),
-        ..Default::default()
-    }
-}
 
 fn histogram(
     name: &str,

@@ -37,6 +37,8 @@ fn resident_kib() -> u64 {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let store = MetricStore::new(Limits {
+        max_families: usize::MAX,
+        max_families_per_sender: usize::MAX,
         max_series: args.series,
         max_window_bytes: u64::MAX,
         started_ns: 0,

@@ -22,6 +22,8 @@ use crate::store::{Kind, MetricStore};
 /// Longest accepted metric or label name in a query, and most matchers or group labels.
 const MAX_NAME_BYTES: usize = 256;
 const MAX_MATCHERS: usize = 32;
+/// Longest regular expression in a matcher.
+const MAX_PATTERN_BYTES: usize = 1024;
 
 impl From<QueryError> for Status {
     fn from(err: QueryError) -> Status {
@@ -108,6 +110,20 @@ fn selector(selector: Option<pb::Selector>) -> Result<query::Selector, QueryErro
                     )));
                 }
             };
+            let limit = if regex {
+                MAX_PATTERN_BYTES
+            } else {
+                crate::sanitize::MAX_LABEL_VALUE_BYTES
+            };
+            if m.value.len() > limit {
+                return Err(invalid(format!(
+                    "matcher on '{}': the {} is {} bytes; at most {limit} (label values are cut to {} bytes when stored)",
+                    m.name,
+                    if regex { "pattern" } else { "value" },
+                    m.value.len(),
+                    crate::sanitize::MAX_LABEL_VALUE_BYTES
+                )));
+            }
             query::Matcher::new(&m.name, &m.value, regex, negate)
         })
         .collect::<Result<_, QueryError>>()?;

@@ -14,6 +14,7 @@ pub mod join;
 pub mod otlp;
 pub mod prometheus;
 pub mod query;
+pub mod sanitize;
 pub mod statistics;
 pub mod store;
 pub mod window;
@@ -57,6 +58,20 @@ pub struct Config {
     /// (`collector_refused_points_total`), so memory stays bounded under an attribute explosion.
     #[arg(long, env = "COLLECTOR_MAX_SERIES", default_value_t = 10_000)]
     pub max_series: usize,
+
+    /// Metrics (distinct names) kept, all senders together; points of further metrics are
+    /// refused and counted.
+    #[arg(long, env = "COLLECTOR_MAX_METRICS", default_value_t = 10_000)]
+    pub max_metrics: usize,
+
+    /// Metrics one sender (its `service.name`) may create, so that one sender's made-up names
+    /// cannot take every other sender's room.
+    #[arg(
+        long,
+        env = "COLLECTOR_MAX_METRICS_PER_SENDER",
+        default_value_t = 1_000
+    )]
+    pub max_metrics_per_sender: usize,
 
     /// Memory for the time windows of all series together, in MiB. Each series reserves its
     /// windows when first seen (1 s steps for an hour, 1 min steps for a day, 1 h steps for a
@@ -127,6 +142,8 @@ pub async fn serve(
     let store = Arc::new(MetricStore::new(Limits {
         max_series: config.max_series,
         max_window_bytes: config.window_memory_mb.saturating_mul(1024 * 1024),
+        max_families: config.max_metrics,
+        max_families_per_sender: config.max_metrics_per_sender,
         started_ns,
     }));
     let exemplars = Arc::new(ExemplarRings::new(

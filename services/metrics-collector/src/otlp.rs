@@ -1,6 +1,7 @@
 //! The OTLP/gRPC receiver: metrics go into the [`MetricStore`]; of traces, the slow and failed
 //! spans are kept as exemplars ([`ExemplarRings`]) and the rest are counted.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -22,10 +23,8 @@ use tonic::{Request, Response, Status};
 use opentelemetry_proto::tonic::trace::v1::{Span, status::StatusCode};
 
 use crate::exemplars::{Exemplar, ExemplarRings};
+use crate::sanitize::{self, MAX_LABEL_VALUE_BYTES};
 use crate::store::{Kind, Labels, MetricStore, Point, Value};
-
-/// Longest attribute value kept; longer ones are cut (a label is not a payload).
-const MAX_LABEL_VALUE_BYTES: usize = 256;
 
 /// Receives OTLP metrics and traces.
 #[derive(Clone)]
@@ -74,14 +73,7 @@ fn text(value: &Option<AnyValue>) -> String {
         Some(other) => format!("{other:?}"),
         None => String::new(),
     };
-    if text.len() <= MAX_LABEL_VALUE_BYTES {
-        return text;
-    }
-    let mut end = MAX_LABEL_VALUE_BYTES;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
+    sanitize::cut(text, MAX_LABEL_VALUE_BYTES)
 }
 
 fn service_name(resource: Option<&opentelemetry_proto::tonic::resource::v1::Resource>) -> String {
@@ -134,38 +126,62 @@ impl OtlpReceiver {
 /// An attribute value as a label value, taking the string when it is one.
 fn owned_text(value: Option<AnyValue>) -> String {
     match value.and_then(|v| v.value) {
-        Some(any_value::Value::StringValue(mut s)) => {
-            if s.len() > MAX_LABEL_VALUE_BYTES {
-                let mut end = MAX_LABEL_VALUE_BYTES;
-                while !s.is_char_boundary(end) {
-                    end -= 1;
-                }
-                s.truncate(end);
-            }
-            s
-        }
+        Some(any_value::Value::StringValue(s)) => sanitize::cut(s, MAX_LABEL_VALUE_BYTES),
         other => text(&other.map(|v| AnyValue { value: Some(v) })),
     }
 }
 
-/// Labels of a point: its attributes plus the sender's `service.name` as `job`.
-fn labels(job: &str, attributes: Vec<KeyValue>) -> Labels {
+/// Labels of a point of metric `name`: its attributes plus the sender's `service.name` as `job`;
+/// refused when a label name or value holds a control character (see [`sanitize`]).
+fn labels(job: &str, name: &str, attributes: Vec<KeyValue>) -> Result<Labels, String> {
     let mut labels: Labels = Vec::with_capacity(attributes.len() + 1);
-    labels.extend(
-        attributes
-            .into_iter()
-            .map(|kv| (kv.key, owned_text(kv.value))),
-    );
+    for kv in attributes {
+        sanitize::label_name(name, &kv.key)?;
+        let value = owned_text(kv.value);
+        sanitize::label_value(name, &kv.key, &value)?;
+        labels.push((kv.key, value));
+    }
     if !job.is_empty() {
         labels.push(("job".to_owned(), job.to_owned()));
     }
     labels.sort();
     labels.dedup_by(|a, b| a.0 == b.0);
-    labels
+    Ok(labels)
 }
 
-/// Decodes one metric into its kind and points, or says why it cannot be stored.
-fn decode(job: &str, name: &str, metric: Metric) -> Result<(Kind, Vec<Point>), String> {
+/// One metric's points as decoded: those that can be stored, and how many could not (with the
+/// first reason).
+struct Decoded {
+    kind: Kind,
+    points: Vec<Point>,
+    refused: usize,
+    first_error: Option<String>,
+}
+
+impl Decoded {
+    fn new(kind: Kind, capacity: usize) -> Decoded {
+        Decoded {
+            kind,
+            points: Vec::with_capacity(capacity),
+            refused: 0,
+            first_error: None,
+        }
+    }
+
+    /// Keeps the point when its labels are acceptable, else counts it refused.
+    fn push(&mut self, labels: Result<Labels, String>, point: impl FnOnce(Labels) -> Point) {
+        match labels {
+            Ok(labels) => self.points.push(point(labels)),
+            Err(err) => {
+                self.refused += 1;
+                self.first_error.get_or_insert(err);
+            }
+        }
+    }
+}
+
+/// Decodes one metric into its kind and points, or says why none of it can be stored.
+fn decode(job: &str, name: &str, metric: Metric) -> Result<Decoded, String> {
     let delta = |temporality: i32| temporality == AggregationTemporality::Delta as i32;
     let number = |value: &Option<number_data_point::Value>| match value {
         Some(number_data_point::Value::AsDouble(d)) => *d,
@@ -180,37 +196,34 @@ fn decode(job: &str, name: &str, metric: Metric) -> Result<(Kind, Vec<Point>), S
                 Kind::Gauge
             };
             let delta = delta(sum.aggregation_temporality);
-            let points = sum
-                .data_points
-                .into_iter()
-                .map(|p| Point {
+            let mut decoded = Decoded::new(kind, sum.data_points.len());
+            for p in sum.data_points {
+                decoded.push(labels(job, name, p.attributes), |labels| Point {
                     start_time_ns: p.start_time_unix_nano,
                     delta,
                     value: Value::Scalar(number(&p.value)),
-                    labels: labels(job, p.attributes),
-                })
-                .collect();
-            Ok((kind, points))
+                    labels,
+                });
+            }
+            Ok(decoded)
         }
-        Some(Data::Gauge(gauge)) => Ok((
-            Kind::Gauge,
-            gauge
-                .data_points
-                .into_iter()
-                .map(|p| Point {
+        Some(Data::Gauge(gauge)) => {
+            let mut decoded = Decoded::new(Kind::Gauge, gauge.data_points.len());
+            for p in gauge.data_points {
+                decoded.push(labels(job, name, p.attributes), |labels| Point {
                     start_time_ns: p.start_time_unix_nano,
                     delta: false,
                     value: Value::Scalar(number(&p.value)),
-                    labels: labels(job, p.attributes),
-                })
-                .collect(),
-        )),
+                    labels,
+                });
+            }
+            Ok(decoded)
+        }
         Some(Data::Histogram(histogram)) => {
             let delta = delta(histogram.aggregation_temporality);
-            let points = histogram
-                .data_points
-                .into_iter()
-                .map(|p| Point {
+            let mut decoded = Decoded::new(Kind::Histogram, histogram.data_points.len());
+            for p in histogram.data_points {
+                decoded.push(labels(job, name, p.attributes), |labels| Point {
                     start_time_ns: p.start_time_unix_nano,
                     delta,
                     value: Value::Histogram {
@@ -219,10 +232,10 @@ fn decode(job: &str, name: &str, metric: Metric) -> Result<(Kind, Vec<Point>), S
                         bounds: p.explicit_bounds,
                         counts: p.bucket_counts,
                     },
-                    labels: labels(job, p.attributes),
-                })
-                .collect();
-            Ok((Kind::Histogram, points))
+                    labels,
+                });
+            }
+            Ok(decoded)
         }
         Some(Data::ExponentialHistogram(_)) => Err(format!(
             "metric '{name}' is an exponential histogram, which this collector does not store yet; export explicit-bucket histograms"
@@ -234,6 +247,19 @@ fn decode(job: &str, name: &str, metric: Metric) -> Result<(Kind, Vec<Point>), S
     }
 }
 
+/// Data points of a metric, for counting what a refused metric held.
+fn points_in(metric: &Metric) -> usize {
+    match &metric.data {
+        Some(Data::Sum(s)) => s.data_points.len(),
+        Some(Data::Gauge(g)) => g.data_points.len(),
+        Some(Data::Histogram(h)) => h.data_points.len(),
+        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+        Some(Data::Summary(s)) => s.data_points.len(),
+        None => 0,
+    }
+    .max(1)
+}
+
 #[tonic::async_trait]
 impl MetricsService for OtlpReceiver {
     async fn export(
@@ -242,34 +268,73 @@ impl MetricsService for OtlpReceiver {
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
         let now = unix_now();
         let mut rejected = 0_i64;
-        let mut touched: Vec<String> = Vec::new();
+        let watched = self.updates.receiver_count() > 0;
+        let mut touched: HashSet<String> = HashSet::new();
         let mut first_error: Option<String> = None;
+        let mut refuse = |n: usize, err: String| {
+            rejected += n as i64;
+            first_error.get_or_insert(err);
+        };
         for resource in request.into_inner().resource_metrics {
             let job = service_name(resource.resource.as_ref());
-            for mut metric in resource.scope_metrics.into_iter().flat_map(|s| s.metrics) {
-                let name = std::mem::take(&mut metric.name);
-                if self.updates.receiver_count() > 0 && !touched.contains(&name) {
-                    touched.push(name.clone());
+            let metrics = resource.scope_metrics.into_iter().flat_map(|s| s.metrics);
+            if let Some(err) = sanitize::refusal("*", "the sender's service.name", &job) {
+                for metric in metrics {
+                    self.store.count_refused(&metric.name, points_in(&metric));
+                    refuse(points_in(&metric), err.clone());
                 }
-                let description = std::mem::take(&mut metric.description);
-                let unit = std::mem::take(&mut metric.unit);
-                let refusal = match decode(&job, &name, metric) {
-                    Err(err) => Some((1, err)),
-                    Ok((kind, points)) => self
-                        .store
-                        .record(now, &name, kind, &description, &unit, points)
-                        .err()
-                        .map(|(n, err)| (n, err.to_string())),
+                continue;
+            }
+            for mut metric in metrics {
+                let name = match sanitize::metric_name(std::mem::take(&mut metric.name)) {
+                    Ok(name) => name,
+                    Err(err) => {
+                        self.store.count_refused("", points_in(&metric));
+                        refuse(points_in(&metric), err);
+                        continue;
+                    }
                 };
-                if let Some((n, err)) = refusal {
-                    rejected += n as i64;
-                    first_error.get_or_insert(err);
+                if watched && !touched.contains(&name) {
+                    touched.insert(name.clone());
+                }
+                let description = sanitize::free_text(
+                    std::mem::take(&mut metric.description),
+                    sanitize::MAX_DESCRIPTION_BYTES,
+                );
+                let unit =
+                    sanitize::free_text(std::mem::take(&mut metric.unit), sanitize::MAX_UNIT_BYTES);
+                let points = points_in(&metric);
+                let decoded = match decode(&job, &name, metric) {
+                    Ok(decoded) => decoded,
+                    Err(err) => {
+                        self.store.count_refused(&name, points);
+                        refuse(points, err);
+                        continue;
+                    }
+                };
+                if !decoded.points.is_empty()
+                    && let Err((n, err)) = self.store.record_sent(
+                        now,
+                        &job,
+                        &name,
+                        decoded.kind,
+                        &description,
+                        &unit,
+                        decoded.points,
+                    )
+                {
+                    refuse(n, err.to_string());
+                }
+                // Counted after the clean points made the metric, so that it counts there too.
+                if let Some(err) = decoded.first_error {
+                    self.store.count_refused(&name, decoded.refused);
+                    refuse(decoded.refused, err);
                 }
             }
         }
         if !touched.is_empty() {
             // Nobody listening is not an error.
-            let _ = self.updates.send(Arc::new(touched));
+            let _ = self.updates.send(Arc::new(touched.into_iter().collect()));
         }
         let partial_success = first_error.map(|error_message| ExportMetricsPartialSuccess {
             rejected_data_points: rejected,

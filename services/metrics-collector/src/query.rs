@@ -147,7 +147,11 @@ impl Selector {
 }
 
 /// Selections kept per family; when full, the cache starts afresh (one full scan per selector).
-const MAX_SELECTIONS: usize = 8192;
+const MAX_SELECTIONS: usize = 1024;
+
+/// Longest selector text cached (a rule's selector is far shorter); a longer one is answered by
+/// a full scan each time, so the cache holds at most `MAX_SELECTIONS` × this per family.
+const MAX_SELECTION_KEY_BYTES: usize = 1024;
 
 /// Indices of the series of `family` that `selector` matches (retired ones included), computed
 /// once per set of series: rules evaluated every second ask the same questions.
@@ -168,6 +172,9 @@ fn selection(family: &Family, selector: &Selector) -> Arc<Vec<usize>> {
             .map(|(i, _)| i)
             .collect(),
     );
+    if key.len() > MAX_SELECTION_KEY_BYTES {
+        return selected;
+    }
     if cache.len() >= MAX_SELECTIONS {
         cache.clear();
     }

@@ -384,6 +384,12 @@ pub enum Refused {
     /// A value that is not a finite number.
     #[error("metric '{0}' has a non-finite value")]
     NotFinite(String),
+    /// The store already holds its maximum number of metrics.
+    #[error("the collector holds its maximum of {1} metrics; new metric '{0}' refused")]
+    Families(String, usize),
+    /// The sender already created its maximum number of metrics.
+    #[error("sender '{0}' already sent its maximum of {2} metrics; new metric '{1}' refused")]
+    SenderFamilies(String, String, usize),
 }
 
 /// Limits of a store.
@@ -393,6 +399,10 @@ pub struct Limits {
     pub max_series: usize,
     /// Bytes of windows, all series together.
     pub max_window_bytes: u64,
+    /// Metrics (families), all senders together.
+    pub max_families: usize,
+    /// Metrics one sender (`service.name`) may create.
+    pub max_families_per_sender: usize,
     /// Unix nanoseconds when the collector started: cumulative points whose start time is later
     /// were counted entirely while the collector listened.
     pub started_ns: u64,
@@ -404,6 +414,8 @@ pub struct MetricStore {
     limits: Limits,
     window_bytes: AtomicU64,
     refused: AtomicU64,
+    /// Metrics created per sender, for [`Limits::max_families_per_sender`].
+    created_by: Mutex<HashMap<String, usize>>,
 }
 
 fn add(into: &mut Value, delta: &Value) {
@@ -471,12 +483,22 @@ impl MetricStore {
             limits,
             window_bytes: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            created_by: Mutex::new(HashMap::new()),
         }
     }
 
     /// Points refused so far (cardinality, memory, kind changes, malformed values).
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` points of metric `name` refused before they reached the store (a label the
+    /// receiver refused), on the metric when it exists and in the total.
+    pub fn count_refused(&self, name: &str, n: usize) {
+        self.refused.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(family) = self.family(name) {
+            family.write().unwrap_or_else(|p| p.into_inner()).refused += n as u64;
+        }
     }
 
     /// Bytes reserved by the windows of every series.
@@ -521,6 +543,49 @@ impl MetricStore {
                 }
             })
             .collect()
+    }
+
+    /// As [`MetricStore::record`], for points sent by `sender` (its `service.name`): a metric
+    /// not yet known is created only within [`Limits::max_families`] and the sender's
+    /// [`Limits::max_families_per_sender`], so one sender's names cannot fill the store.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_sent(
+        &self,
+        now: i64,
+        sender: &str,
+        name: &str,
+        kind: Kind,
+        description: &str,
+        unit: &str,
+        points: Vec<Point>,
+    ) -> Result<(), (usize, Refused)> {
+        if self.family(name).is_none() {
+            let refusal = {
+                let families = self.families.read().unwrap_or_else(|p| p.into_inner());
+                let mut created = self.created_by.lock().unwrap_or_else(|p| p.into_inner());
+                let mine = created.get(sender).copied().unwrap_or(0);
+                if families.contains_key(name) {
+                    None
+                } else if families.len() >= self.limits.max_families {
+                    Some(Refused::Families(name.to_owned(), self.limits.max_families))
+                } else if mine >= self.limits.max_families_per_sender {
+                    Some(Refused::SenderFamilies(
+                        sender.to_owned(),
+                        name.to_owned(),
+                        self.limits.max_families_per_sender,
+                    ))
+                } else {
+                    *created.entry(sender.to_owned()).or_default() += 1;
+                    None
+                }
+            };
+            if let Some(refusal) = refusal {
+                let n = points.len();
+                self.refused.fetch_add(n as u64, Ordering::Relaxed);
+                return Err((n, refusal));
+            }
+        }
+        self.record(now, name, kind, description, unit, points)
     }
 
     /// Stores the points of one metric, received at Unix second `now`. Points that cannot be
@@ -766,6 +831,8 @@ pub(crate) mod tests {
         Limits {
             max_series,
             max_window_bytes: u64::MAX,
+            max_families: usize::MAX,
+            max_families_per_sender: usize::MAX,
             started_ns: 1000,
         }
     }
@@ -871,6 +938,8 @@ pub(crate) mod tests {
 
         let one = MetricStore::series_bytes(Kind::Counter, &Value::Scalar(0.0));
         let store = MetricStore::new(Limits {
+            max_families: usize::MAX,
+            max_families_per_sender: usize::MAX,
             max_window_bytes: 3 * one,
             ..limits(100)
         });

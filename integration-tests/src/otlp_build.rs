@@ -1,0 +1,69 @@
+//! OTLP messages built by hand, as a sender (honest or not) would send them.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+    metric::Data, number_data_point,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+
+/// Unix nanoseconds now.
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// A string attribute.
+pub fn attribute(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.to_owned())),
+        }),
+        ..Default::default()
+    }
+}
+
+/// An export of `metrics` from the service `service` (its `service.name`).
+pub fn export(service: &str, metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(Resource {
+                attributes: vec![attribute("service.name", service)],
+                ..Default::default()
+            }),
+            scope_metrics: vec![ScopeMetrics {
+                metrics,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// A cumulative monotonic sum started at `start_ns`, one point per (attributes, value).
+pub fn counter(name: &str, start_ns: u64, points: Vec<(Vec<KeyValue>, f64)>) -> Metric {
+    Metric {
+        name: name.to_owned(),
+        data: Some(Data::Sum(Sum {
+            data_points: points
+                .into_iter()
+                .map(|(attributes, v)| NumberDataPoint {
+                    attributes,
+                    start_time_unix_nano: start_ns,
+                    time_unix_nano: now_ns(),
+                    value: Some(number_data_point::Value::AsDouble(v)),
+                    ..Default::default()
+                })
+                .collect(),
+            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            is_monotonic: true,
+        })),
+        ..Default::default()
+    }
+}
