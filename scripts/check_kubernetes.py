@@ -89,6 +89,11 @@ def by_kind(objects: list[dict], kind: str) -> dict[str, dict]:
     return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
 
 
+def workloads(objects: list[dict]) -> dict[str, dict]:
+    """Deployments and StatefulSets, by name."""
+    return {**by_kind(objects, "Deployment"), **by_kind(objects, "StatefulSet")}
+
+
 def container_env(container: dict, config_maps: dict[str, dict]) -> dict[str, str]:
     """The container's environment as the kubelet builds it (literal values; env wins)."""
     env: dict[str, str] = {}
@@ -153,7 +158,7 @@ def check_references(objects: list[dict], secrets: dict[str, dict], where: str,
     """Every ConfigMap and Secret that a pod names exists (Secrets: in the demonstration file,
     which stands for the ones created out of band), with the keys it reads."""
     config_maps = by_kind(objects, "ConfigMap")
-    for dep in by_kind(objects, "Deployment").values():
+    for dep in workloads(objects).values():
         pod = dep["spec"]["template"]["spec"]
         here = f"{where} {name_of(dep)}"
         for volume in pod.get("volumes", []):
@@ -190,11 +195,11 @@ def check_references(objects: list[dict], secrets: dict[str, dict], where: str,
 
 def check_mesh(objects: list[dict], where: str, report: Report) -> dict:
     """What both renderings share; returns the inference Deployment and its environment."""
-    deployments = by_kind(objects, "Deployment")
+    deployments = workloads(objects)
     services = by_kind(objects, "Service")
     config_maps = by_kind(objects, "ConfigMap")
     report.check(sorted(deployments) == sorted(SERVICES), where,
-                 f"Deployments are {sorted(deployments)}, expected {sorted(SERVICES)}")
+                 f"workloads are {sorted(deployments)}, expected {sorted(SERVICES)}")
     for obj in objects:
         if obj["kind"] != "Namespace":
             report.check(obj["metadata"].get("namespace") == NAMESPACE, f"{where} {name_of(obj)}",
@@ -257,6 +262,7 @@ def check_mesh(objects: list[dict], where: str, report: Report) -> dict:
     alert_manager = deployments.get("alert-manager", {})
     report.check(alert_manager.get("spec", {}).get("replicas") == 2, where,
                  "the alert-manager does not run 2 replicas")
+    check_spill_volume(alert_manager, config_maps, where, report)
 
     inference = deployments.get("inference")
     if not inference:
@@ -266,6 +272,23 @@ def check_mesh(objects: list[dict], where: str, report: Report) -> dict:
                  "no gRPC startupProbe (model loading)")
     check_model_config(inference, config_maps, where, report)
     return {"container": container, "env": container_env(container, config_maps)}
+
+
+def check_spill_volume(alert_manager: dict, config_maps: dict[str, dict], where: str,
+                       report: Report) -> None:
+    """The alert-manager is a StatefulSet whose ALERT_MANAGER_SPILL_DIR is a volume claimed per
+    replica (a pod's emptyDir would lose the waiting writes with the pod)."""
+    here = f"{where} alert-manager"
+    if not report.check(alert_manager.get("kind") == "StatefulSet", here, "not a StatefulSet"):
+        return
+    container = alert_manager["spec"]["template"]["spec"]["containers"][0]
+    spill = container_env(container, config_maps).get("ALERT_MANAGER_SPILL_DIR")
+    if not report.check(bool(spill), here, "ALERT_MANAGER_SPILL_DIR is not set"):
+        return
+    claims = {t["metadata"]["name"] for t in alert_manager["spec"].get("volumeClaimTemplates", [])}
+    report.check(any(m["mountPath"].rstrip("/") == spill.rstrip("/") and m["name"] in claims
+                     for m in container.get("volumeMounts", [])), here,
+                 f"ALERT_MANAGER_SPILL_DIR={spill} is not a mounted volumeClaimTemplate")
 
 
 def check_model_config(inference: dict, config_maps: dict[str, dict], where: str,

@@ -70,7 +70,8 @@ if [ -z "${DATABASE_URL:-}" ]; then
 fi
 export ALERT_MANAGER_API_KEYS=${ALERT_MANAGER_API_KEYS:-demo-admin-key:ops:admin}
 start alert-manager --rules "${MESH_RULES:-deploy/rules}" --gateway http://127.0.0.1:50051 \
-    --gateway-api-key "${ALERT_MANAGER_GATEWAY_API_KEY:-demo-admin-key}" --inference http://127.0.0.1:50052
+    --gateway-api-key "${ALERT_MANAGER_GATEWAY_API_KEY:-demo-admin-key}" --inference http://127.0.0.1:50052 \
+    --spill-dir "${ALERT_MANAGER_SPILL_DIR:-data/alert-manager}"
 alerts_line="[run] alerts:    grpc 127.0.0.1:50054 (monitoring.alerts.v1), rules in ${MESH_RULES:-deploy/rules}"
 
 # Every service answers its health check before the traffic starts.

@@ -3,6 +3,7 @@
 
 pub mod otlp;
 pub mod otlp_build;
+pub mod postgres;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -404,6 +405,48 @@ impl InferenceProcess {
                 .status();
         }
         let _ = self.child.wait().await;
+    }
+}
+
+/// A service of the workspace running as a separate process, so that a test can kill it
+/// (SIGKILL) or stop it (SIGTERM).
+pub struct ServiceProcess {
+    /// Where it listens (its gRPC port).
+    pub addr: SocketAddr,
+    child: tokio::process::Child,
+}
+
+impl ServiceProcess {
+    /// Starts `target/debug/<name>` with `args` (which must make it listen on port 0 or a
+    /// given one) and waits until its health is SERVING.
+    pub async fn start(name: &str, args: &[&str]) -> anyhow::Result<ServiceProcess> {
+        let child = tokio::process::Command::new(service_binary(name))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().context("the process has no pid")?;
+        let addr = listening_addr(pid, Duration::from_secs(60))
+            .await
+            .with_context(|| format!("{name} process"))?;
+        let process = ServiceProcess { addr, child };
+        wait_until_serving(addr).await?;
+        Ok(process)
+    }
+
+    /// Kills the process at once (SIGKILL) and waits for it.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Stops the process gracefully (SIGTERM), waits for it, and says whether it exited 0.
+    pub async fn terminate(mut self) -> bool {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        self.child.wait().await.is_ok_and(|s| s.success())
     }
 }
 

@@ -67,3 +67,34 @@ pub fn counter(name: &str, start_ns: u64, points: Vec<(Vec<KeyValue>, f64)>) -> 
         ..Default::default()
     }
 }
+
+/// Delta counts of `metric` from the service `service`: `n` for each label set, stamped now.
+pub fn delta_counts(
+    service: &str,
+    metric: &str,
+    label_sets: &[Vec<(&str, String)>],
+    n: f64,
+) -> ExportMetricsServiceRequest {
+    let now = now_ns();
+    export(
+        service,
+        vec![Metric {
+            name: metric.into(),
+            data: Some(Data::Sum(Sum {
+                data_points: label_sets
+                    .iter()
+                    .map(|labels| NumberDataPoint {
+                        attributes: labels.iter().map(|(k, v)| attribute(k, v)).collect(),
+                        start_time_unix_nano: now,
+                        time_unix_nano: now,
+                        value: Some(number_data_point::Value::AsDouble(n)),
+                        ..Default::default()
+                    })
+                    .collect(),
+                aggregation_temporality: AggregationTemporality::Delta as i32,
+                is_monotonic: true,
+            })),
+            ..Default::default()
+        }],
+    )
+}

@@ -213,3 +213,304 @@ async fn a_megabyte_matcher_is_refused_and_never_cached() {
     assert_eq!(rate(&collector, "shop.clicks").await, 4.0);
     collector.stop().await.unwrap();
 }
+
+/// A rule whose incident title PostgreSQL refuses (a NUL byte), and a clean one.
+const POISONED_RULES: &str = r#"
+group_by: [alertname]
+route: {group_wait: 0s, group_interval: 1s}
+rules:
+  - name: Poisoned
+    kind: threshold
+    query: {metric: shop.poison, function: rate, window: 2s}
+    op: ">"
+    threshold: 5
+    annotations: {summary: "a title the database refuses: \0"}
+  - name: Clean
+    kind: threshold
+    query: {metric: shop.errors, function: rate, window: 2s}
+    op: ">"
+    threshold: 5
+"#;
+
+/// A delta of 10 for `metric` from the service `checkout`.
+fn ten(
+    metric: &str,
+    labels: &[(&str, &str)],
+) -> opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest {
+    let labels: Vec<(&str, String)> = labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+    integration_tests::otlp_build::delta_counts("checkout", metric, &[labels], 10.0)
+}
+
+/// The alerts the manager at `addr` lists as firing, by rule and `model` label.
+async fn firing(addr: std::net::SocketAddr) -> Vec<(String, String)> {
+    use proto::monitoring::alerts::v1 as am;
+    let Ok(reply) = am::alert_manager_client::AlertManagerClient::new(connect(addr).await)
+        .list_alerts(am::ListAlertsRequest::default())
+        .await
+    else {
+        return Vec::new();
+    };
+    reply
+        .into_inner()
+        .alerts
+        .into_iter()
+        .filter(|a| a.state == am::AlertState::Firing as i32)
+        .map(|a| (a.rule, a.labels.get("model").cloned().unwrap_or_default()))
+        .collect()
+}
+
+/// Every incident the manager at `addr` lists.
+async fn incidents_of(addr: std::net::SocketAddr) -> Vec<proto::monitoring::alerts::v1::Incident> {
+    use proto::monitoring::alerts::v1 as am;
+    am::alert_manager_client::AlertManagerClient::new(connect(addr).await)
+        .list_incidents(am::ListIncidentsRequest {
+            page_size: 500,
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().incidents)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_database_refuses_is_quarantined_and_the_next_incident_is_written() {
+    let db = TestDatabase::create().await;
+    let mut collector = RunningCollector::start(&[]).await.unwrap();
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(rules.path().join("rules.yaml"), POISONED_RULES).unwrap();
+    let spill = tempfile::tempdir().unwrap();
+    let manager = start_alert_manager_with(
+        &collector.endpoint(),
+        rules.path(),
+        &db.url,
+        &["--spill-dir", spill.path().to_str().unwrap()],
+    )
+    .await;
+    let mut otlp = otlp(&collector).await;
+    // The poisoned alert fires first: its incident write is the head of the queue…
+    eventually(
+        "Poisoned firing",
+        std::time::Duration::from_secs(20),
+        || {
+            let mut otlp = otlp.clone();
+            async move {
+                otlp.export(ten("shop.poison", &[])).await.ok()?;
+                let firing = firing(manager.addr).await;
+                firing
+                    .iter()
+                    .any(|(rule, _)| rule == "Poisoned")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    // …and a clean breach after it still gets its incident.
+    let written = eventually(
+        "the Clean incident",
+        std::time::Duration::from_secs(20),
+        || {
+            let mut otlp = otlp.clone();
+            async move {
+                otlp.export(ten("shop.errors", &[])).await.ok()?;
+                let all = incidents_of(manager.addr).await;
+                all.iter()
+                    .any(|i| i.labels.get("alertname").map(String::as_str) == Some("Clean"))
+                    .then_some(all)
+            }
+        },
+    )
+    .await;
+    assert!(
+        written
+            .iter()
+            .all(|i| i.labels.get("alertname").map(String::as_str) != Some("Poisoned")),
+        "{written:?}"
+    );
+    // The refused write is kept aside, with the database's reason.
+    let quarantined =
+        std::fs::read_to_string(spill.path().join("quarantine.jsonl")).expect("a quarantine file");
+    let first: serde_json::Value =
+        serde_json::from_str(quarantined.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        first["write"]["Fired"]["alert"]["rule"], "Poisoned",
+        "{first}"
+    );
+    assert!(
+        first["error"].as_str().unwrap().contains("0x00"),
+        "the database's reason is kept: {first}"
+    );
+    otlp.export(ten("shop.errors", &[])).await.unwrap();
+    let _ = manager.stop.send(());
+    manager.task.await.unwrap().unwrap();
+    collector.stop().await.unwrap();
+    db.drop().await;
+}
+
+/// Errors of each model, grouped by model.
+const MODEL_RULES: &str = r#"
+group_by: [alertname, model]
+route: {group_wait: 0s, group_interval: 1s}
+rules:
+  - name: Errors
+    kind: threshold
+    query: {metric: shop.errors, function: rate, window: 2s}
+    group_by: [model]
+    op: ">"
+    threshold: 5
+"#;
+
+/// Starts an alert manager process on the given collector, database and spill folder.
+async fn alert_manager_process(
+    collector: &str,
+    rules: &std::path::Path,
+    db: &str,
+    spill: &std::path::Path,
+) -> ServiceProcess {
+    ServiceProcess::start(
+        "alert-manager",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--collector",
+            collector,
+            "--rules",
+            rules.to_str().unwrap(),
+            "--database-url",
+            db,
+            "--evaluation-interval-ms",
+            "200",
+            "--spill-dir",
+            spill.to_str().unwrap(),
+        ],
+    )
+    .await
+    .unwrap()
+}
+
+/// With the database down, `models` fire and then resolve in the manager at `addr`.
+async fn fire_and_resolve(
+    addr: std::net::SocketAddr,
+    otlp: &MetricsServiceClient<tonic::transport::Channel>,
+    models: &[&str],
+) {
+    let want = models.len();
+    eventually(
+        "the models firing",
+        std::time::Duration::from_secs(20),
+        || {
+            let mut otlp = otlp.clone();
+            async move {
+                for model in models {
+                    otlp.export(ten("shop.errors", &[("model", model)]))
+                        .await
+                        .ok()?;
+                }
+                (firing(addr).await.len() == want).then_some(())
+            }
+        },
+    )
+    .await;
+    eventually(
+        "the models resolved",
+        std::time::Duration::from_secs(20),
+        || async move { firing(addr).await.is_empty().then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incident_writes_waiting_for_the_database_survive_a_kill_and_a_stop() {
+    let pg = integration_tests::postgres::ThrowawayPostgres::start();
+    let mut collector = RunningCollector::start(&[]).await.unwrap();
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(rules.path().join("rules.yaml"), MODEL_RULES).unwrap();
+    let spill = tempfile::tempdir().unwrap();
+    let otlp = otlp(&collector).await;
+    let (endpoint, url) = (collector.endpoint(), pg.url());
+    let start = || alert_manager_process(&endpoint, rules.path(), &url, spill.path());
+
+    // It leads (a warm-up alert is evaluated and written), then the database goes down and
+    // three models fire and resolve: their writes wait. Then the process is killed.
+    let manager = start().await;
+    fire_and_resolve(manager.addr, &otlp, &["warm-up"]).await;
+    let warm = eventually(
+        "the warm-up incident",
+        std::time::Duration::from_secs(20),
+        || async {
+            let all = incidents_of(manager.addr).await;
+            (all.len() == 1).then_some(())
+        },
+    );
+    warm.await;
+    pg.down();
+    fire_and_resolve(manager.addr, &otlp, &["a", "b", "c"]).await;
+    manager.kill().await;
+
+    // Back up: a new process writes what the killed one left, then the same with a SIGTERM.
+    pg.up();
+    let manager = start().await;
+    eventually(
+        "the killed run's incidents",
+        std::time::Duration::from_secs(20),
+        || async {
+            let all = incidents_of(manager.addr).await;
+            let resolved = all
+                .iter()
+                .filter(|i| {
+                    i.state == proto::monitoring::alerts::v1::IncidentState::Resolved as i32
+                })
+                .count();
+            (all.len() == 4 && resolved == 4).then_some(())
+        },
+    )
+    .await;
+    pg.down();
+    fire_and_resolve(manager.addr, &otlp, &["d", "e"]).await;
+    assert!(
+        manager.terminate().await,
+        "a clean exit while the database is down"
+    );
+    pg.up();
+    let manager = start().await;
+    let all = eventually(
+        "every incident",
+        std::time::Duration::from_secs(20),
+        || async {
+            let all = incidents_of(manager.addr).await;
+            let resolved = all
+                .iter()
+                .filter(|i| {
+                    i.state == proto::monitoring::alerts::v1::IncidentState::Resolved as i32
+                })
+                .count();
+            (all.len() == 6 && resolved == 6).then_some(all)
+        },
+    )
+    .await;
+    let mut client = proto::monitoring::alerts::v1::alert_manager_client::AlertManagerClient::new(
+        connect(manager.addr).await,
+    );
+    for incident in &all {
+        let timeline = client
+            .get_incident(proto::monitoring::alerts::v1::GetIncidentRequest { id: incident.id })
+            .await
+            .unwrap()
+            .into_inner()
+            .timeline;
+        let count = |kind: &str| timeline.iter().filter(|e| e.kind == kind).count();
+        assert_eq!(
+            (
+                count("opened"),
+                count("fired"),
+                count("alert_resolved"),
+                count("resolved")
+            ),
+            (1, 1, 1, 1),
+            "incident {} ({:?}): each write once, in order: {timeline:?}",
+            incident.id,
+            incident.labels.get("model")
+        );
+    }
+    assert!(manager.terminate().await);
+    collector.stop().await.unwrap();
+}

@@ -5,14 +5,10 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use integration_tests::postgres::ThrowawayPostgres;
 use integration_tests::*;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
-    metric::Data, number_data_point,
-};
 use proto::monitoring::alerts::v1 as pb;
 use proto::monitoring::alerts::v1::alert_manager_client::AlertManagerClient;
 use tonic::transport::Channel;
@@ -44,47 +40,7 @@ fn errors_of(label_sets: &[Vec<(&str, String)>], n: f64) -> ExportMetricsService
 
 /// Delta counts of `metric` for several label sets at once.
 fn counts(metric: &str, label_sets: &[Vec<(&str, String)>], n: f64) -> ExportMetricsServiceRequest {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    let kv = |k: &str, v: &str| KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    };
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(opentelemetry_proto::tonic::resource::v1::Resource {
-                attributes: vec![kv("service.name", "checkout")],
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![Metric {
-                    name: metric.into(),
-                    data: Some(Data::Sum(Sum {
-                        data_points: label_sets
-                            .iter()
-                            .map(|labels| NumberDataPoint {
-                                attributes: labels.iter().map(|(k, v)| kv(k, v)).collect(),
-                                start_time_unix_nano: now,
-                                time_unix_nano: now,
-                                value: Some(number_data_point::Value::AsDouble(n)),
-                                ..Default::default()
-                            })
-                            .collect(),
-                        aggregation_temporality: AggregationTemporality::Delta as i32,
-                        is_monotonic: true,
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    integration_tests::otlp_build::delta_counts("checkout", metric, label_sets, n)
 }
 
 /// Keeps exporting what `request` makes (fresh timestamps each time) every 100 ms until the
@@ -471,135 +427,6 @@ async fn a_breach_opens_an_incident_that_resolves_with_its_alert() {
     manager.task.await.unwrap().unwrap();
     collector.stop().await.unwrap();
     db.drop().await;
-}
-
-/// A PostgreSQL cluster of the test's own (initdb in a temporary folder), which the test can
-/// stop and start. It listens on a Unix socket in that folder only, so it needs no TCP port
-/// (none to pick, none to race another test for).
-struct ThrowawayPostgres {
-    dir: tempfile::TempDir,
-}
-
-fn pg_bin(name: &str) -> std::path::PathBuf {
-    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("Debian's postgresql package (/usr/lib/postgresql)")
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin").join(name)))
-        .filter(|p| p.exists())
-        .collect();
-    found.sort();
-    found
-        .pop()
-        .expect("initdb and pg_ctl of Debian's postgresql package")
-}
-
-fn as_postgres(program: &std::path::Path, args: &[&str]) -> std::process::Output {
-    // initdb and the server refuse to run as root: run them as the postgres user.
-    let mut command = if unsafe_is_root() {
-        let mut c = std::process::Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(program);
-        c
-    } else {
-        std::process::Command::new(program)
-    };
-    command.args(args).output().expect("run a PostgreSQL tool")
-}
-
-fn unsafe_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-impl ThrowawayPostgres {
-    fn start() -> ThrowawayPostgres {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        if unsafe_is_root() {
-            std::process::Command::new("chown")
-                .args(["-R", "postgres:postgres", dir.path().to_str().unwrap()])
-                .status()
-                .unwrap();
-        }
-        let out = as_postgres(
-            &pg_bin("initdb"),
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let pg = ThrowawayPostgres { dir };
-        pg.up();
-        pg
-    }
-
-    fn url(&self) -> String {
-        format!(
-            "postgres://postgres@localhost/postgres?host={}",
-            self.dir.path().display()
-        )
-    }
-
-    fn up(&self) {
-        let data = self.dir.path().join("data");
-        let options = format!(
-            "-k {} -c listen_addresses= -c fsync=off",
-            self.dir.path().display()
-        );
-        let out = as_postgres(
-            &pg_bin("pg_ctl"),
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-o",
-                &options,
-                "-w",
-                "-l",
-                data.join("log").to_str().unwrap(),
-                "start",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "pg_ctl start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn down(&self) {
-        let data = self.dir.path().join("data");
-        let out = as_postgres(
-            &pg_bin("pg_ctl"),
-            &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "stop"],
-        );
-        assert!(
-            out.status.success(),
-            "pg_ctl stop: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for ThrowawayPostgres {
-    fn drop(&mut self) {
-        let data = self.dir.path().join("data");
-        let _ = as_postgres(
-            &pg_bin("pg_ctl"),
-            &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"],
-        );
-    }
 }
 
 const STORM_RULES: &str = r#"

@@ -19,6 +19,7 @@ pub mod leader;
 pub mod notify;
 pub mod rules;
 pub mod silencing;
+pub mod spill;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -130,6 +131,14 @@ pub struct Config {
     #[arg(long, env = "ALERT_MANAGER_STATE_MAX_AGE_SECS", default_value_t = 3600)]
     pub state_max_age_secs: u64,
 
+    /// Folder of this replica's spill log: incident writes waiting for PostgreSQL are kept
+    /// there, so that they survive a SIGTERM, a crash or a lost lead during an outage, and are
+    /// written in order when the database returns; writes the database refused for their
+    /// content are kept beside it in `quarantine.jsonl`. Each replica needs its own folder.
+    /// Unset, waiting writes live in memory only (a warning says so at start).
+    #[arg(long, env = "ALERT_MANAGER_SPILL_DIR")]
+    pub spill_dir: Option<PathBuf>,
+
     /// Record remediation actions on the timeline without running them.
     #[arg(long, env = "ALERT_MANAGER_ACTIONS_DRY_RUN")]
     pub actions_dry_run: bool,
@@ -167,6 +176,9 @@ pub enum ServeError {
     /// The API keys could not be read.
     #[error("API keys: {0}")]
     Keys(#[from] shared::auth::KeyStoreError),
+    /// The spill log could not be opened.
+    #[error("--spill-dir: {0}")]
+    Spill(#[from] spill::SpillError),
     /// The collector address is not a URI.
     #[error("--collector: {0}")]
     Collector(String),
@@ -182,6 +194,21 @@ pub async fn serve(
         config.api_keys_file.as_deref(),
         &config.api_keys,
     )?);
+    let spilled = match &config.spill_dir {
+        Some(dir) => {
+            let (log, replay) = spill::Spill::open::<engine::Write>(dir)?;
+            if let Some(cut) = &replay.cut {
+                tracing::warn!(log = %dir.display(), reason = %cut, "the spill log's tail was cut; the writes before it are kept");
+            }
+            Some((log, replay.writes, dir.clone()))
+        }
+        None => {
+            tracing::warn!(
+                "no --spill-dir: incident writes waiting for the database live in memory only, and a restart during an outage loses them"
+            );
+            None
+        }
+    };
     let incidents = IncidentStore::connect_within(
         &config.database_url,
         Duration::from_secs(config.database_wait_secs),
@@ -203,6 +230,9 @@ pub async fn serve(
             dry_run: config.actions_dry_run,
         }),
     ));
+    if let Some((log, writes, dir)) = spilled {
+        engine.attach_spill(log, writes, &dir);
+    }
     engine.refresh_silences().await;
     if let Err(err) = engine.reload() {
         tracing::error!(error = %err, "starting without rules");

@@ -111,23 +111,18 @@ impl Engine {
         Ok(alerts)
     }
 
-    /// Another replica leads: stops evaluating, and leaves it the queued writes (it records
-    /// what it sees itself).
+    /// Another replica leads: stops evaluating. The writes already queued are history this
+    /// replica saw while it led: they are still written, in order, when the database answers.
     pub fn step_down(&self) {
         if !self.leader.swap(false, std::sync::atomic::Ordering::AcqRel) {
             return;
         }
-        let dropped = {
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            let n = pending.len();
-            pending.clear();
-            n
-        };
+        let queued = self.pending_writes();
         *self.alerts.lock().unwrap_or_else(|p| p.into_inner()) = Alerts::default();
         *self.notifier.lock().unwrap_or_else(|p| p.into_inner()) = Notifier::default();
         tracing::warn!(
-            queued_writes = dropped,
-            "another replica took the lead: stepping down"
+            queued_writes = queued,
+            "another replica took the lead: stepping down (queued writes are still written)"
         );
     }
 

@@ -74,9 +74,11 @@ pub struct Engine {
     /// The collector client (set by [`Engine::run`]), for diagnosis reports.
     collector: Mutex<Option<MetricsQueryClient<Channel>>>,
     /// Database writes waiting, oldest first.
-    pending: Mutex<std::collections::VecDeque<Write>>,
-    /// Writes dropped because the queue was full.
-    dropped_writes: std::sync::atomic::AtomicU64,
+    pending: Mutex<writes::Queue>,
+    /// Writes refused because the queue was full.
+    refused_writes: std::sync::atomic::AtomicU64,
+    /// Writes the database refused for their content, set aside.
+    quarantined_writes: std::sync::atomic::AtomicU64,
     /// Whether the last write failed for want of the database.
     database_down: std::sync::atomic::AtomicBool,
     /// Group keys of the incidents active at start, until the first complete evaluation.
@@ -118,7 +120,8 @@ impl Engine {
             outbox_ready: tokio::sync::Notify::new(),
             collector: Mutex::new(None),
             pending: Mutex::new(Default::default()),
-            dropped_writes: Default::default(),
+            refused_writes: Default::default(),
+            quarantined_writes: Default::default(),
             database_down: Default::default(),
             restored: Mutex::new(None),
             actions: Arc::new(actions),

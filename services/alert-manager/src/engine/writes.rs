@@ -1,17 +1,27 @@
-//! The database write queue: what the evaluation decided is queued in memory, in order,
-//! and written by one task, which waits and retries while the database cannot be reached.
+//! The database write queue: what the evaluation decided is queued in order and written by
+//! one task, which waits and retries while the database cannot be reached. With a spill folder
+//! the queue is also kept in a local log ([`crate::spill`]), so that it survives a SIGTERM, a
+//! crash or a lost lead during an outage. A write the database refuses for what it holds (a
+//! NUL byte in a text, a broken constraint) can never succeed: it is quarantined (logged,
+//! counted, kept in `quarantine.jsonl` beside the log) and the queue moves on.
 
 use super::*;
+use crate::spill::Spill;
 
-/// Most database writes waiting while the database is unreachable (an alert storm of an hour
-/// fits); beyond, the oldest are dropped and counted.
+/// Writes of newly firing alerts waiting while the database is unreachable (an alert storm of
+/// an hour fits); beyond, new alerts' writes are refused and counted (older ones are never
+/// dropped).
 const MAX_PENDING_WRITES: usize = 100_000;
+
+/// Hard bound of the queue: the writes that follow alerts already queued (their resolution,
+/// their notifications) are accepted up to here.
+const MAX_QUEUED: usize = 2 * MAX_PENDING_WRITES;
 
 /// How often the open incidents are counted for the `alert_manager.incidents.open` gauge.
 const COUNT_OPEN_EVERY: Duration = Duration::from_secs(5);
 
 /// A change waiting to be written to the database, with the time it happened.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Write {
     /// An alert fired.
     Fired {
@@ -53,21 +63,137 @@ pub enum Write {
     },
 }
 
-impl Engine {
-    /// Queues a write; when the queue is full the oldest write is dropped and counted.
-    pub(super) fn queue(&self, write: Write) {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if pending.len() >= MAX_PENDING_WRITES {
-            pending.pop_front();
-            self.dropped_writes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::error!("the queue of incident writes is full: the oldest was dropped");
+/// The writes waiting, oldest first, and the log that keeps them on disk.
+#[derive(Default)]
+pub struct Queue {
+    writes: std::collections::VecDeque<Write>,
+    spill: Option<Spill>,
+    /// Where quarantined writes are kept (beside the log).
+    quarantine: Option<PathBuf>,
+    /// Whether the last write offered was refused for want of room (logged once per episode).
+    full: bool,
+}
+
+impl Queue {
+    /// Takes the oldest write off (it reached the database, or was quarantined).
+    fn pop(&mut self) {
+        if self.writes.pop_front().is_some()
+            && let Some(spill) = &mut self.spill
+            && let Err(err) = spill.acknowledge()
+        {
+            tracing::error!(error = %err, "the spill log could not be updated; a restart would write that write again");
         }
-        pending.push_back(write);
+    }
+}
+
+fn counter(name: &'static str, description: &'static str) -> opentelemetry::metrics::Counter<u64> {
+    opentelemetry::global::meter("alert-manager")
+        .u64_counter(name)
+        .with_description(description)
+        .build()
+}
+
+impl Engine {
+    /// Keeps the queue in `spill` from now on, after the writes it held (queued first, in their
+    /// order).
+    pub fn attach_spill(&self, spill: Spill, replayed: Vec<Write>, dir: &std::path::Path) {
+        let mut queue = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = std::mem::take(&mut queue.writes);
+        queue.writes = replayed.into();
+        queue.spill = Some(spill);
+        queue.quarantine = Some(dir.join("quarantine.jsonl"));
+        // Writes queued before the log was attached (none in practice) follow, logged too.
+        for write in held.drain(..) {
+            Self::push(&mut queue, write);
+        }
+        if !queue.writes.is_empty() {
+            tracing::info!(
+                writes = queue.writes.len(),
+                "incident writes left by the previous run will be written first"
+            );
+            self.writes_ready.notify_one();
+        }
     }
 
-    /// Writes queued changes to the database in order; stops at the first failure (the
-    /// database is unreachable) and keeps the rest for the next cycle.
+    fn push(queue: &mut Queue, write: Write) {
+        if let Some(spill) = &mut queue.spill
+            && let Err(err) = spill.append(&write)
+        {
+            tracing::error!(error = %err, "the spill log could not be written; this write is kept in memory only");
+        }
+        queue.writes.push_back(write);
+    }
+
+    /// Queues a write. When the queue is full, a newly firing alert's write is refused (counted,
+    /// logged), and so is any write once the hard bound is reached: older writes are never
+    /// dropped.
+    pub(super) fn queue(&self, write: Write) {
+        let mut queue = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let limit = match write {
+            Write::Fired { .. } => MAX_PENDING_WRITES,
+            _ => MAX_QUEUED,
+        };
+        if queue.writes.len() >= limit {
+            self.refused_writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            counter(
+                "alert_manager.writes.refused",
+                "Incident writes refused because the queue waiting for the database was full",
+            )
+            .add(1, &[]);
+            if !queue.full {
+                queue.full = true;
+                tracing::error!(
+                    queued = queue.writes.len(),
+                    "the queue of incident writes is full while the database is unreachable: \
+                     writes of newly firing alerts are refused (counted as alert_manager.writes.refused) until it drains"
+                );
+            }
+            return;
+        }
+        queue.full = false;
+        Self::push(&mut queue, write);
+    }
+
+    /// Sets a write the database refused aside: logged, counted, and appended to the
+    /// quarantine file when there is a spill folder.
+    fn quarantine(&self, write: &Write, err: &crate::incidents::IncidentError) {
+        self.quarantined_writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        counter(
+            "alert_manager.writes.quarantined",
+            "Incident writes the database refused for their content, set aside",
+        )
+        .add(1, &[]);
+        let file = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .quarantine
+            .clone();
+        let record =
+            serde_json::json!({"at_ms": now_ms(), "error": err.to_string(), "write": write});
+        let kept = file.as_ref().and_then(|path| {
+            use std::io::Write as _;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok()?;
+            writeln!(f, "{record}").ok()?;
+            Some(path.display().to_string())
+        });
+        tracing::error!(
+            error = %err,
+            write = %format!("{write:?}").escape_debug(),
+            kept_in = kept.as_deref().unwrap_or("nowhere (no spill folder)"),
+            "the database refused an incident write for what it holds; it is quarantined and the queue moves on"
+        );
+    }
+
+    /// Writes queued changes to the database in order. Stops at the first write that failed for
+    /// want of the database, and keeps it and the rest for the next cycle; a write refused for
+    /// what it holds is quarantined and the next one follows.
     pub async fn flush(&self) {
         let set = self.rule_set();
         let set = &set;
@@ -76,6 +202,7 @@ impl Engine {
                 .pending
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
+                .writes
                 .front()
                 .cloned()
             else {
@@ -130,13 +257,12 @@ impl Engine {
                     }),
             };
             match result {
-                Ok(()) => {
-                    self.pending
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .pop_front();
+                Ok(()) => self.pending.lock().unwrap_or_else(|p| p.into_inner()).pop(),
+                Err(err) if err.is_refusal() => {
+                    self.quarantine(&write, &err);
+                    self.pending.lock().unwrap_or_else(|p| p.into_inner()).pop();
                 }
-                Err(crate::incidents::IncidentError::Database(err)) => {
+                Err(err) => {
                     if !self
                         .database_down
                         .swap(true, std::sync::atomic::Ordering::Relaxed)
@@ -145,15 +271,17 @@ impl Engine {
                     }
                     return;
                 }
-                Err(err) => {
-                    // Not the database's availability: this write can never succeed.
-                    tracing::error!(error = %err, "incident write refused; dropped");
-                    self.pending
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .pop_front();
-                }
             }
+        }
+    }
+
+    /// Flushes the spill log to the disk.
+    fn sync_spill(&self) {
+        let mut queue = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(spill) = &mut queue.spill
+            && let Err(err) = spill.sync()
+        {
+            tracing::error!(error = %err, "the spill log could not be flushed to disk");
         }
     }
 
@@ -164,6 +292,7 @@ impl Engine {
         let mut counted = tokio::time::Instant::now();
         let mut severities = std::collections::BTreeSet::new();
         loop {
+            self.sync_spill();
             self.flush().await;
             self.save_state(false).await;
             if counted.elapsed() >= COUNT_OPEN_EVERY && self.is_leader() {
@@ -178,11 +307,28 @@ impl Engine {
         }
         self.flush().await;
         self.save_state(true).await;
+        self.sync_spill();
     }
 
     /// Writes waiting for the database.
     pub fn pending_writes(&self) -> usize {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .writes
+            .len()
+    }
+
+    /// Writes the database refused for what they hold, set aside so far.
+    pub fn quarantined_writes(&self) -> u64 {
+        self.quarantined_writes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Writes refused because the queue was full, so far.
+    pub fn refused_writes(&self) -> u64 {
+        self.refused_writes
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Exports the open incidents per severity as the gauge `alert_manager.incidents.open`

@@ -57,6 +57,34 @@ pub enum IncidentError {
     State(String),
 }
 
+impl IncidentError {
+    /// Whether the database refused this write for what it holds (invalid data such as a NUL
+    /// byte in a text, a broken constraint, a value too large): it will never succeed, so the
+    /// write must be set aside rather than retried. Anything else (the database unreachable,
+    /// restarting, out of connections, a serialization conflict) may succeed later.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            IncidentError::Database(sqlx::Error::Database(db)) => db.code().is_some_and(|code| {
+                // SQLSTATE classes: 22 data exception, 23 integrity constraint violation,
+                // 54 program limit exceeded.
+                ["22", "23", "54"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
+            }),
+            IncidentError::Database(
+                sqlx::Error::Encode(_)
+                | sqlx::Error::Decode(_)
+                | sqlx::Error::ColumnDecode { .. }
+                | sqlx::Error::TypeNotFound { .. },
+            ) => true,
+            IncidentError::Database(_)
+            | IncidentError::Unreachable { .. }
+            | IncidentError::Migrate(_) => false,
+            IncidentError::NotFound(_) | IncidentError::State(_) => true,
+        }
+    }
+}
+
 /// The store.
 #[derive(Clone)]
 pub struct IncidentStore {

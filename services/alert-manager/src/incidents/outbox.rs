@@ -4,7 +4,7 @@
 use super::*;
 
 /// A notification written to the outbox.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Outgoing {
     /// The receiver's name.
     pub receiver: String,
