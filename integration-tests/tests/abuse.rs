@@ -514,3 +514,68 @@ async fn incident_writes_waiting_for_the_database_survive_a_kill_and_a_stop() {
     assert!(manager.terminate().await);
     collector.stop().await.unwrap();
 }
+
+/// One rule over a metric with 10,000 series of long label values.
+const WIDE_RULES: &str = r#"
+group_by: [alertname, user]
+route: {group_wait: 0s, group_interval: 1s}
+rules:
+  - name: Hot
+    kind: threshold
+    query: {metric: shop.views, function: rate, window: 2s}
+    group_by: [user, page]
+    op: ">"
+    threshold: 5
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_answer_over_four_mebibytes_still_reaches_the_rules() {
+    let db = TestDatabase::create().await;
+    let mut collector = RunningCollector::start(&[]).await.unwrap();
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(rules.path().join("rules.yaml"), WIDE_RULES).unwrap();
+    let manager = start_alert_manager(&collector.endpoint(), rules.path(), &db.url).await;
+    let mut otlp = otlp(&collector).await;
+    // 10,000 series whose labels take ~500 bytes each: the answer to the rule's query is over
+    // tonic's default 4 MiB decoding limit. One of them is hot.
+    let page = "p".repeat(250);
+    let quiet: Vec<Vec<(&str, String)>> = (0..9_999)
+        .map(|i| vec![("user", format!("{i:0>250}")), ("page", page.clone())])
+        .collect();
+    let hot = vec![vec![("user", "hot".to_owned()), ("page", page.clone())]];
+    eventually(
+        "the hot series firing",
+        std::time::Duration::from_secs(30),
+        || {
+            let mut otlp = otlp.clone();
+            let (quiet, hot) = (quiet.clone(), hot.clone());
+            async move {
+                let delta = integration_tests::otlp_build::delta_counts;
+                otlp.export(delta("shop", "shop.views", &quiet, 0.0))
+                    .await
+                    .ok()?;
+                otlp.export(delta("shop", "shop.views", &hot, 10.0))
+                    .await
+                    .ok()?;
+                let firing = {
+                    use proto::monitoring::alerts::v1 as am;
+                    am::alert_manager_client::AlertManagerClient::new(connect(manager.addr).await)
+                        .list_alerts(am::ListAlertsRequest::default())
+                        .await
+                        .ok()?
+                        .into_inner()
+                        .alerts
+                };
+                firing
+                    .iter()
+                    .any(|a| a.labels.get("user").map(String::as_str) == Some("hot"))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let _ = manager.stop.send(());
+    manager.task.await.unwrap().unwrap();
+    collector.stop().await.unwrap();
+    db.drop().await;
+}

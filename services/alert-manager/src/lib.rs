@@ -161,6 +161,11 @@ impl std::fmt::Debug for Config {
     }
 }
 
+/// Largest answer taken from the collector. A `Batch` answer holds every rule's samples: up to
+/// 10,000 series per metric with label values of up to 256 bytes each, far beyond tonic's
+/// default 4 MiB (beyond which no rule would be evaluated at all).
+const MAX_COLLECTOR_ANSWER_BYTES: usize = 512 * 1024 * 1024;
+
 /// Why the service stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -255,7 +260,7 @@ pub async fn serve(
     let (release, released) = shared::shutdown::channel();
     let election = tokio::spawn(leader::compete(engine.clone(), released));
     let evaluation = tokio::spawn(engine.clone().run(
-        MetricsQueryClient::new(channel),
+        MetricsQueryClient::new(channel).max_decoding_message_size(MAX_COLLECTOR_ANSWER_BYTES),
         Duration::from_millis(config.evaluation_interval_ms.max(10)),
         stop.clone(),
     ));
