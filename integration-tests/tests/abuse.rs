@@ -535,7 +535,7 @@ async fn a_query_answer_over_four_mebibytes_still_reaches_the_rules() {
     let rules = tempfile::tempdir().unwrap();
     std::fs::write(rules.path().join("rules.yaml"), WIDE_RULES).unwrap();
     let manager = start_alert_manager(&collector.endpoint(), rules.path(), &db.url).await;
-    let mut otlp = otlp(&collector).await;
+    let otlp = otlp(&collector).await;
     // 10,000 series whose labels take ~500 bytes each: the answer to the rule's query is over
     // tonic's default 4 MiB decoding limit. One of them is hot.
     let page = "p".repeat(250);
@@ -574,6 +574,76 @@ async fn a_query_answer_over_four_mebibytes_still_reaches_the_rules() {
         },
     )
     .await;
+    let _ = manager.stop.send(());
+    manager.task.await.unwrap().unwrap();
+    collector.stop().await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_never_answers_delays_no_other_receiver() {
+    let db = TestDatabase::create().await;
+    let mut collector = RunningCollector::start(&[]).await.unwrap();
+    // A receiver that accepts connections and never answers.
+    let (silent, silent_addr) = shared::testing::ephemeral_listener().await.unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    // A receiver that answers at once and keeps what it got.
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let store = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let store = store.clone();
+            async move {
+                store
+                    .lock()
+                    .unwrap()
+                    .push(serde_json::from_str(&body).unwrap());
+                "ok"
+            }
+        }),
+    );
+    let (listener, ops_addr) = shared::testing::ephemeral_listener().await.unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(
+        rules.path().join("rules.yaml"),
+        format!(
+            "{MODEL_RULES}receivers:\n  - {{name: silent, url: \"http://{silent_addr}/hook\"}}\n  - {{name: ops, url: \"http://{ops_addr}/hook\"}}\n"
+        ),
+    )
+    .unwrap();
+    let manager = start_alert_manager(&collector.endpoint(), rules.path(), &db.url).await;
+    let otlp = otlp(&collector).await;
+    let models = ["m1", "m2", "m3", "m4", "m5"];
+    let began = std::time::Instant::now();
+    // Five groups fire; each notification goes to the silent receiver first, then to ops. The
+    // silent one costs a 5 s timeout per request: served one after the other, ops would wait
+    // about 25 s for its fifth.
+    eventually(
+        "five notifications at ops",
+        std::time::Duration::from_secs(10),
+        || {
+            let mut otlp = otlp.clone();
+            let received = received.clone();
+            async move {
+                for model in models {
+                    otlp.export(ten("shop.errors", &[("model", model)]))
+                        .await
+                        .ok()?;
+                }
+                let got = received.lock().unwrap().len();
+                (got >= models.len()).then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(began.elapsed() < std::time::Duration::from_secs(10));
     let _ = manager.stop.send(());
     manager.task.await.unwrap().unwrap();
     collector.stop().await.unwrap();

@@ -139,6 +139,16 @@ pub struct Config {
     #[arg(long, env = "ALERT_MANAGER_SPILL_DIR")]
     pub spill_dir: Option<PathBuf>,
 
+    /// How long one notification's POST may take before it counts as failed and is retried
+    /// with back-off, in seconds. Each receiver is served on its own, so a receiver that never
+    /// answers delays only its own notifications.
+    #[arg(
+        long,
+        env = "ALERT_MANAGER_NOTIFICATION_TIMEOUT_SECS",
+        default_value_t = 5
+    )]
+    pub notification_timeout_secs: u64,
+
     /// Record remediation actions on the timeline without running them.
     #[arg(long, env = "ALERT_MANAGER_ACTIONS_DRY_RUN")]
     pub actions_dry_run: bool,
@@ -254,7 +264,10 @@ pub async fn serve(
         Duration::from_secs(config.shutdown_grace_secs),
     );
     let stop = serving.stop_signal();
-    let delivery = tokio::spawn(engine.clone().deliver(stop.clone()));
+    let delivery = tokio::spawn(engine.clone().deliver(
+        stop.clone(),
+        Duration::from_secs(config.notification_timeout_secs.max(1)),
+    ));
     let writer = tokio::spawn(engine.clone().write(stop.clone()));
     // The lead is held until the last writes and the last save of the state are in.
     let (release, released) = shared::shutdown::channel();

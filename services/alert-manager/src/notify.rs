@@ -4,7 +4,7 @@
 //! PagerDuty Events v2 event.
 //!
 //! What [`Notifier::due`] decides is written to the outbox table and delivered by
-//! [`crate::incidents::IncidentStore::deliver_pending`], at least once.
+//! [`crate::incidents::IncidentStore::deliver_to_receiver`], at least once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, UNIX_EPOCH};

@@ -5,21 +5,52 @@ use super::*;
 
 impl Engine {
     /// Delivers queued notifications until `stop`: at once when some are queued, and every
-    /// 250 ms for retries.
-    pub async fn deliver(self: Arc<Self>, stop: shared::shutdown::Shutdown) {
+    /// 250 ms for retries. Each receiver is served by a task of its own, so a receiver that
+    /// accepts and never answers delays only its own notifications (each request gives up after
+    /// `timeout`); while its task runs, its notifications are not read again.
+    pub async fn deliver(self: Arc<Self>, stop: shared::shutdown::Shutdown, timeout: Duration) {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
+            .timeout(timeout)
             .build()
             .unwrap_or_default();
         let mut stopped = std::pin::pin!(stop.wait());
         let mut silences_read = tokio::time::Instant::now();
+        let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let mut tasks = tokio::task::JoinSet::new();
         loop {
             // Only the leader delivers: two replicas never send one notification twice.
-            if self.is_leader()
-                && let Err(err) = self.incidents.deliver_pending(&http, now_ms()).await
-            {
-                tracing::warn!(error = %err, "outbox not read");
+            if self.is_leader() {
+                let skip: Vec<String> = busy
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .cloned()
+                    .collect();
+                match self.incidents.due_notifications(now_ms(), &skip).await {
+                    Ok(due) => {
+                        for (receiver, notifications) in due {
+                            busy.lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(receiver.clone());
+                            let (engine, http, busy) = (self.clone(), http.clone(), busy.clone());
+                            tasks.spawn(async move {
+                                if let Err(err) = engine
+                                    .incidents
+                                    .deliver_to_receiver(&http, notifications)
+                                    .await
+                                {
+                                    tracing::warn!(error = %err, %receiver, "outbox not updated");
+                                }
+                                busy.lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .remove(&receiver);
+                            });
+                        }
+                    }
+                    Err(err) => tracing::warn!(error = %err, "outbox not read"),
+                }
             }
+            while tasks.try_join_next().is_some() {}
             if silences_read.elapsed() > Duration::from_secs(10) {
                 self.refresh_silences().await;
                 silences_read = tokio::time::Instant::now();
@@ -27,8 +58,10 @@ impl Engine {
             tokio::select! {
                 () = self.outbox_ready.notified() => {}
                 () = tokio::time::sleep(Duration::from_millis(250)) => {}
-                () = &mut stopped => return,
+                () = &mut stopped => break,
             }
         }
+        // Deliveries under way finish (each within its timeout).
+        while tasks.join_next().await.is_some() {}
     }
 }

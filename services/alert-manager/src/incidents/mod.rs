@@ -14,7 +14,7 @@ mod silences;
 mod timeline;
 
 pub use deployments::DeploymentEvent;
-pub use outbox::Outgoing;
+pub use outbox::{Due, Outgoing};
 use timeline::*;
 pub use timeline::{Action, Event, Filter, Incident, IncidentState, Stat};
 

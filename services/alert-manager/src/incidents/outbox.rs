@@ -51,31 +51,52 @@ impl IncidentStore {
         Ok(())
     }
 
-    /// Delivers the notifications that are due, oldest first; a receiver that does not answer
-    /// 2xx is tried again later with back-off. Returns how many were delivered.
-    pub async fn deliver_pending(
+    /// The notifications that are due, oldest first (at most 50), grouped by receiver, leaving
+    /// out the receivers in `busy` (a delivery to them is still running).
+    pub async fn due_notifications(
         &self,
-        http: &reqwest::Client,
         now_ms: i64,
-    ) -> Result<usize, IncidentError> {
+        busy: &[String],
+    ) -> Result<std::collections::BTreeMap<String, Vec<Due>>, IncidentError> {
         let rows = sqlx::query(
             "SELECT id, incident_id, receiver, url, payload, attempts FROM notifications \
-             WHERE delivered_ms IS NULL AND next_attempt_ms <= $1 ORDER BY id LIMIT 50",
+             WHERE delivered_ms IS NULL AND next_attempt_ms <= $1 AND NOT (receiver = ANY($2)) \
+             ORDER BY id LIMIT 50",
         )
         .bind(now_ms)
+        .bind(busy)
         .fetch_all(&self.pool)
         .await?;
-        let mut delivered = 0;
+        let mut due: std::collections::BTreeMap<String, Vec<Due>> = Default::default();
         for row in rows {
-            let id: i64 = row.try_get("id")?;
-            let incident: Option<i64> = row.try_get("incident_id")?;
             let receiver: String = row.try_get("receiver")?;
-            let url: String = row.try_get("url")?;
-            let payload: serde_json::Value = row.try_get("payload")?;
-            let attempts: i32 = row.try_get("attempts")?;
+            due.entry(receiver.clone()).or_default().push(Due {
+                id: row.try_get("id")?,
+                incident: row.try_get("incident_id")?,
+                receiver,
+                url: row.try_get("url")?,
+                payload: row.try_get("payload")?,
+                attempts: row.try_get("attempts")?,
+            });
+        }
+        Ok(due)
+    }
+
+    /// Delivers one receiver's due notifications in order; a receiver that does not answer 2xx
+    /// (or not within the client's timeout) is tried again later with back-off, and its other
+    /// notifications wait with it, so a dead receiver costs one timeout per back-off step.
+    /// Returns how many were delivered.
+    pub async fn deliver_to_receiver(
+        &self,
+        http: &reqwest::Client,
+        due: Vec<Due>,
+    ) -> Result<usize, IncidentError> {
+        let mut delivered = 0;
+        let ids: Vec<i64> = due.iter().map(|d| d.id).collect();
+        for (i, n) in due.into_iter().enumerate() {
             let outcome = http
-                .post(&url)
-                .json(&payload)
+                .post(&n.url)
+                .json(&n.payload)
                 .send()
                 .await
                 .map_err(|e| e.to_string())
@@ -86,19 +107,21 @@ impl IncidentStore {
                         Err(format!("HTTP {}", r.status()))
                     }
                 });
+            let now_ms = crate::engine::now_ms();
             let mut tx = self.pool.begin().await?;
             match outcome {
                 Ok(()) => {
                     delivered += 1;
                     sqlx::query("UPDATE notifications SET delivered_ms = $2, attempts = attempts + 1 WHERE id = $1")
-                        .bind(id)
+                        .bind(n.id)
                         .bind(now_ms)
                         .execute(&mut *tx)
                         .await?;
-                    if let Some(incident) = incident {
-                        let status = payload
+                    if let Some(incident) = n.incident {
+                        let status = n
+                            .payload
                             .get("status")
-                            .or_else(|| payload.get("event_action"))
+                            .or_else(|| n.payload.get("event_action"))
                             .and_then(|s| s.as_str())
                             .unwrap_or("");
                         add_event(
@@ -106,26 +129,48 @@ impl IncidentStore {
                             incident,
                             "notified",
                             SELF_ACTOR,
-                            &format!("{receiver}: {status} (attempt {})", attempts + 1),
+                            &format!("{}: {status} (attempt {})", n.receiver, n.attempts + 1),
                             now_ms,
                         )
                         .await?;
                     }
+                    tx.commit().await?;
                 }
                 Err(err) => {
-                    tracing::warn!(%receiver, %url, attempt = attempts + 1, error = %err, "notification not delivered; retrying");
+                    tracing::warn!(receiver = %n.receiver, url = %n.url, attempt = n.attempts + 1, error = %err, "notification not delivered; retrying");
+                    let next = now_ms + backoff_ms(n.attempts);
                     sqlx::query(
                         "UPDATE notifications SET attempts = attempts + 1, last_error = $2, next_attempt_ms = $3 WHERE id = $1",
                     )
-                    .bind(id)
+                    .bind(n.id)
                     .bind(&err)
-                    .bind(now_ms + backoff_ms(attempts))
+                    .bind(next)
                     .execute(&mut *tx)
                     .await?;
+                    // The receiver's later notifications wait as long (not counted as attempts).
+                    sqlx::query(
+                        "UPDATE notifications SET next_attempt_ms = greatest(next_attempt_ms, $2) WHERE id = ANY($1)",
+                    )
+                    .bind(&ids[i + 1..])
+                    .bind(next)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    break;
                 }
             }
-            tx.commit().await?;
         }
         Ok(delivered)
     }
+}
+
+/// A notification due for delivery.
+#[derive(Debug)]
+pub struct Due {
+    id: i64,
+    incident: Option<i64>,
+    receiver: String,
+    url: String,
+    payload: serde_json::Value,
+    attempts: i32,
 }
