@@ -392,6 +392,11 @@ impl InferenceProcess {
         Ok(process)
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
     /// Kills the process at once (SIGKILL): no draining, connections break.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;

@@ -649,3 +649,63 @@ async fn a_receiver_that_never_answers_delays_no_other_receiver() {
     collector.stop().await.unwrap();
     db.drop().await;
 }
+
+/// The peak resident memory of process `pid`, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_row_count_is_refused_before_its_rows_are_copied() {
+    let process = InferenceProcess::start(&models_dir(), &["minilm-l6"], &[])
+        .await
+        .unwrap();
+    let pid = process.pid();
+    let mut client = oip_client(process.addr).await;
+    // Warm: one ordinary request, so that the peak below is the bad request's own.
+    client
+        .model_infer(text_request("minilm-l6", &["organic green tea"]))
+        .await
+        .unwrap();
+    let before = peak_rss(pid);
+    // 15 MiB of empty elements: 7.8 million rows, under the 16 MiB message limit.
+    let rows = 15 * 1024 * 1024 / 2;
+    let mut request = text_request("minilm-l6", &[]);
+    request.inputs[0].shape = vec![rows as i64, 1];
+    request.inputs[0].contents.as_mut().unwrap().bytes_contents = vec![bytes::Bytes::new(); rows];
+    let err = client
+        .clone()
+        .max_encoding_message_size(32 << 20)
+        .model_infer(request)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains(&format!(
+            "a batch of {rows} texts; model 'minilm-l6' takes at most 64"
+        )),
+        "{}",
+        err.message()
+    );
+    // Decoding the message itself takes ~32 bytes a row (prost's Vec<Bytes>, ~250 MB); copying
+    // the rows and making each a String before the batch check took twice that again.
+    let grew = peak_rss(pid).saturating_sub(before);
+    assert!(
+        grew < 400 << 20,
+        "the refused request raised the peak memory by {} MiB",
+        grew >> 20
+    );
+    let reply = client
+        .model_infer(text_request("minilm-l6", &["organic green tea"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.outputs.len(), 1);
+    process.terminate().await;
+}

@@ -100,7 +100,7 @@ fn cases() -> Vec<Case> {
                 r.raw_input_contents = vec![vec![0, 0, 0, 0].into()];
             }),
             code: Code::InvalidArgument,
-            message: &["TEXT", "1 elements"],
+            message: &["TEXT", "a batch of 1125899906842624 texts", "at most 64"],
         },
         Case {
             what: "invalid UTF-8",

@@ -56,8 +56,12 @@ impl OpenInferenceService {
     }
 }
 
-/// Decodes the texts of a `ModelInferRequest` (`contents.bytes_contents` or raw contents).
-fn decode_texts(request: &mut pb::ModelInferRequest) -> Result<(String, Vec<String>), InferError> {
+/// Decodes the texts of a `ModelInferRequest` (`contents.bytes_contents` or raw contents),
+/// refusing a batch over `max_batch` from its shape before anything is copied or converted.
+fn decode_texts(
+    request: &mut pb::ModelInferRequest,
+    max_batch: usize,
+) -> Result<(String, Vec<String>), InferError> {
     let model = &request.model_name;
     let input = match request.inputs.as_slice() {
         [input] => input,
@@ -88,6 +92,11 @@ fn decode_texts(request: &mut pb::ModelInferRequest) -> Result<(String, Vec<Stri
             )));
         }
     };
+    if count > max_batch {
+        return Err(InferError::Invalid(format!(
+            "input '{name}' has a batch of {count} texts; model '{model}' takes at most {max_batch}"
+        )));
+    }
     let elements: Vec<Bytes> = if !request.raw_input_contents.is_empty() {
         if request.raw_input_contents.len() != 1 {
             return Err(InferError::Invalid(format!(
@@ -106,8 +115,8 @@ fn decode_texts(request: &mut pb::ModelInferRequest) -> Result<(String, Vec<Stri
             count,
         )?
     } else {
-        match input.contents.as_ref() {
-            Some(contents) => contents.bytes_contents.clone(),
+        match request.inputs[0].contents.as_mut() {
+            Some(contents) => std::mem::take(&mut contents.bytes_contents),
             None => Vec::new(),
         }
     };
@@ -202,7 +211,16 @@ impl OpenInferenceService {
         arrived: Instant,
     ) -> Result<pb::ModelInferResponse, InferError> {
         let version = parse_version(&request.model_name, &request.model_version)?;
-        let (input, texts) = decode_texts(&mut request)?;
+        // An unknown model is NOT_FOUND before its texts are looked at; a known one bounds the
+        // batch before they are decoded.
+        let max_batch = self
+            .core
+            .repository()
+            .get(&request.model_name, version)?
+            .spec
+            .config
+            .max_batch_size as usize;
+        let (input, texts) = decode_texts(&mut request, max_batch)?;
         let outputs = request
             .outputs
             .iter()
