@@ -40,6 +40,7 @@ def load_versions(args, versions):
         args.inference,
         "inference.GRPCInferenceService/RepositoryModelLoad",
         {"model_name": "minilm-l6", "parameters": {"config": {"string_param": policy}}},
+        key=args.admin_key,
     )
 
 

@@ -50,6 +50,11 @@ start() {
 # Demonstration keys for a local run; real deployments give a keys file of SHA-256 digests
 # (--api-keys-file, see deploy/api-keys.example.toml).
 export GATEWAY_API_KEYS=${GATEWAY_API_KEYS:-demo-client-key:demo-shop:client,demo-admin-key:ops:admin}
+# Model loads and unloads on the inference service need its admin key; the gateway (which
+# passes them on to every replica) and the alert manager's model actions send it.
+export INFERENCE_API_KEYS=${INFERENCE_API_KEYS:-demo-admin-key:ops:admin}
+export GATEWAY_INFERENCE_API_KEY=${GATEWAY_INFERENCE_API_KEY:-demo-admin-key}
+export ALERT_MANAGER_INFERENCE_API_KEY=${ALERT_MANAGER_INFERENCE_API_KEY:-demo-admin-key}
 
 # The collector first, without an OTLP endpoint of its own (it would export to itself); the
 # other services send their traces and metrics to it.

@@ -92,6 +92,8 @@ pub fn inference_config(repository: &Path, models: &[&str]) -> InferenceConfig {
         "cpu".to_owned(),
         "--shutdown-grace-secs".to_owned(),
         "20".to_owned(),
+        "--api-keys".to_owned(),
+        TEST_KEYS.to_owned(),
     ];
     if !models.is_empty() {
         args.push("--models".to_owned());
@@ -99,6 +101,10 @@ pub fn inference_config(repository: &Path, models: &[&str]) -> InferenceConfig {
     }
     InferenceConfig::parse_from(args)
 }
+
+/// The API keys every test service knows: `admin-key` (tenant `ops`, admin) and `client-key`
+/// (tenant `shop`, client).
+pub const TEST_KEYS: &str = "admin-key:ops:admin,client-key:shop:client";
 
 /// An inference service running in-process on an ephemeral port.
 pub struct RunningInference {
@@ -379,6 +385,7 @@ impl InferenceProcess {
             .arg("--ort-dylib-path")
             .arg(ort_dylib())
             .args(["--device", "cpu", "--models", &models.join(",")])
+            .args(["--api-keys", TEST_KEYS])
             .envs(envs.iter().copied())
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
@@ -465,7 +472,9 @@ pub fn gateway_config(replicas: &[SocketAddr], extra: &[&str]) -> gateway::Gatew
         "--inference".to_owned(),
         replicas.join(","),
         "--api-keys".to_owned(),
-        "client-key:shop:client,admin-key:ops:admin".to_owned(),
+        TEST_KEYS.to_owned(),
+        "--inference-api-key".to_owned(),
+        "admin-key".to_owned(),
         "--health-interval-ms".to_owned(),
         "200".to_owned(),
     ];

@@ -709,3 +709,67 @@ async fn a_huge_row_count_is_refused_before_its_rows_are_copied() {
     assert_eq!(reply.outputs.len(), 1);
     process.terminate().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_loads_and_unloads_need_an_admin_key() {
+    use proto::inference::{RepositoryModelLoadRequest, RepositoryModelUnloadRequest};
+    let addr = shared_inference();
+    let mut client = oip_client(addr).await;
+    let unload = || RepositoryModelUnloadRequest {
+        model_name: "minilm-l6".into(),
+        ..Default::default()
+    };
+    // A neighbour pod that reaches the port, with no key or a client's key, cannot take the
+    // model away.
+    let err = client.repository_model_unload(unload()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(
+        err.message()
+            .contains("model loads and unloads: missing `authorization: Bearer <api key>`"),
+        "{}",
+        err.message()
+    );
+    let err = client
+        .repository_model_unload(with_key(unload(), "client-key", None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("Admin role"), "{}", err.message());
+    let err = client
+        .repository_model_load(with_key(
+            RepositoryModelLoadRequest {
+                model_name: "minilm-l6".into(),
+                ..Default::default()
+            },
+            "not-a-key",
+            None,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(
+        err.message().contains("unknown API key"),
+        "{}",
+        err.message()
+    );
+    // An admin key passes (the model does not exist: NOT_FOUND, not a refusal).
+    let err = client
+        .repository_model_load(with_key(
+            RepositoryModelLoadRequest {
+                model_name: "no-such-model".into(),
+                ..Default::default()
+            },
+            "admin-key",
+            None,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    // And the model still serves.
+    let reply = client
+        .model_infer(text_request("minilm-l6", &["organic green tea"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.outputs.len(), 1);
+}

@@ -961,7 +961,12 @@ async fn a_flood_on_the_real_mesh_is_detected_diagnosed_remediated_and_resolved(
         &endpoint,
         dir.path(),
         &db.url,
-        &["--inference", &inference_url],
+        &[
+            "--inference",
+            &inference_url,
+            "--inference-api-key",
+            "admin-key",
+        ],
     )
     .await;
     let mut client = AlertManagerClient::new(connect(manager.addr).await);

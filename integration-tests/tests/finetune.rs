@@ -58,7 +58,7 @@ async fn serve_versions(addr: std::net::SocketAddr, versions: &[i64]) {
     let policy = serde_json::json!({"version_policy": {"specific": {"versions": versions}}});
     oip_client(addr)
         .await
-        .repository_model_load(RepositoryModelLoadRequest {
+        .repository_model_load(with_key(RepositoryModelLoadRequest {
             repository_name: String::new(),
             model_name: "purchase-intent".into(),
             parameters: [(
@@ -72,7 +72,7 @@ async fn serve_versions(addr: std::net::SocketAddr, versions: &[i64]) {
                 },
             )]
             .into(),
-        })
+        }, "admin-key", None))
         .await
         .unwrap();
 }

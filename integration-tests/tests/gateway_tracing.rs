@@ -96,10 +96,14 @@ async fn one_trace_holds_the_gateway_and_the_inference_spans() {
     // trace of its own.
     oip_client(inference.addr)
         .await
-        .repository_model_unload(proto::inference::RepositoryModelUnloadRequest {
-            model_name: "minilm-l6".into(),
-            ..Default::default()
-        })
+        .repository_model_unload(with_key(
+            proto::inference::RepositoryModelUnloadRequest {
+                model_name: "minilm-l6".into(),
+                ..Default::default()
+            },
+            "admin-key",
+            None,
+        ))
         .await
         .unwrap();
     let failed_infer_trace = "5a1e2d3c4b5a69788796a5b4c3d2e1f0";

@@ -40,7 +40,8 @@ fn add_version(repository: &Path, version: i64) {
     .unwrap();
 }
 
-fn load_request(config: Option<&str>) -> RepositoryModelLoadRequest {
+/// A load request of minilm-l6, with the admin key that model loads need.
+fn load_request(config: Option<&str>) -> tonic::Request<RepositoryModelLoadRequest> {
     let mut request = RepositoryModelLoadRequest {
         model_name: "minilm-l6".into(),
         ..Default::default()
@@ -53,7 +54,7 @@ fn load_request(config: Option<&str>) -> RepositoryModelLoadRequest {
             },
         );
     }
-    request
+    with_key(request, "admin-key", None)
 }
 
 async fn embed_version(addr: std::net::SocketAddr, version: i64) -> Result<i64, tonic::Status> {
@@ -159,10 +160,14 @@ async fn versions_switch_under_traffic_without_a_failed_request() {
 
     // Unload: the model stops serving, the index says so, and a load brings it back.
     admin
-        .repository_model_unload(RepositoryModelUnloadRequest {
-            model_name: "minilm-l6".into(),
-            ..Default::default()
-        })
+        .repository_model_unload(with_key(
+            RepositoryModelUnloadRequest {
+                model_name: "minilm-l6".into(),
+                ..Default::default()
+            },
+            "admin-key",
+            None,
+        ))
         .await
         .unwrap();
     let status = embed_version(addr, 0).await.unwrap_err();

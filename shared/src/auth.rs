@@ -143,6 +143,54 @@ impl ApiKeys {
     }
 }
 
+/// Why a call was refused by [`ApiKeys::require`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No credential, or one that is not valid.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A valid credential whose role does not allow the call.
+    #[error("{0}")]
+    PermissionDenied(String),
+}
+
+impl crate::error::ServiceError for AuthError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            AuthError::Unauthenticated(_) => crate::error::ErrorKind::Unauthenticated,
+            AuthError::PermissionDenied(_) => crate::error::ErrorKind::PermissionDenied,
+        }
+    }
+}
+
+impl ApiKeys {
+    /// The principal of the call's `authorization: Bearer <key>` metadata when its role is at
+    /// least `role`; `what` names the call in the refusal ("model loads and unloads").
+    pub fn require(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        role: Role,
+        what: &str,
+    ) -> Result<&Principal, AuthError> {
+        if self.is_empty() {
+            return Err(AuthError::Unauthenticated(format!(
+                "{what} need an API key, and this server has none configured"
+            )));
+        }
+        let header = metadata.get("authorization").and_then(|v| v.to_str().ok());
+        let principal = self
+            .authenticate(header)
+            .map_err(|why| AuthError::Unauthenticated(format!("{what}: {why}")))?;
+        if principal.role < role {
+            return Err(AuthError::PermissionDenied(format!(
+                "{what} need a key with the {role:?} role; key {} of tenant '{}' is {:?}",
+                principal.key_id, principal.tenant, principal.role
+            )));
+        }
+        Ok(principal)
+    }
+}
+
 fn parse_hex_digest(hex: &str) -> Option<[u8; 32]> {
     let hex = hex.trim();
     if hex.len() != 64 {

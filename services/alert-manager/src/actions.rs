@@ -26,6 +26,8 @@ pub struct ActionConfig {
     pub gateway_api_key: Option<String>,
     /// The inference service (`http://…`), for model loads.
     pub inference: Option<String>,
+    /// Admin API key of the inference service (model loads and unloads need one).
+    pub inference_api_key: Option<String>,
     /// Least time between two runs of one action on one target.
     pub min_interval: Duration,
     /// Record what would run without running it.
@@ -185,24 +187,31 @@ impl ActionRunner {
                     .as_deref()
                     .ok_or("no --inference to send model loads to")?;
                 let model = r(model);
+                let key = self.config.inference_api_key.as_deref();
                 let mut client = GrpcInferenceServiceClient::new(channel(url)?);
                 if matches!(action, ActionSpec::ReloadModel { .. }) {
                     client
-                        .repository_model_load(oip::RepositoryModelLoadRequest {
-                            repository_name: String::new(),
-                            model_name: model.clone(),
-                            parameters: Default::default(),
-                        })
+                        .repository_model_load(keyed(
+                            key,
+                            oip::RepositoryModelLoadRequest {
+                                repository_name: String::new(),
+                                model_name: model.clone(),
+                                parameters: Default::default(),
+                            },
+                        ))
                         .await
                         .map_err(|s| format!("RepositoryModelLoad: {}", s.message()))?;
                     Ok(format!("{model} reloaded"))
                 } else {
                     client
-                        .repository_model_unload(oip::RepositoryModelUnloadRequest {
-                            repository_name: String::new(),
-                            model_name: model.clone(),
-                            parameters: Default::default(),
-                        })
+                        .repository_model_unload(keyed(
+                            key,
+                            oip::RepositoryModelUnloadRequest {
+                                repository_name: String::new(),
+                                model_name: model.clone(),
+                                parameters: Default::default(),
+                            },
+                        ))
                         .await
                         .map_err(|s| format!("RepositoryModelUnload: {}", s.message()))?;
                     Ok(format!("{model} unloaded"))
@@ -235,6 +244,7 @@ mod tests {
         let runner = ActionRunner::new(ActionConfig {
             gateway: None,
             gateway_api_key: None,
+            inference_api_key: None,
             inference: None,
             min_interval: Duration::from_secs(60),
             dry_run: true,
@@ -255,6 +265,7 @@ mod tests {
         let runner = ActionRunner::new(ActionConfig {
             gateway: None,
             gateway_api_key: None,
+            inference_api_key: None,
             inference: None,
             min_interval: Duration::ZERO,
             dry_run: false,

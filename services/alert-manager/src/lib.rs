@@ -126,6 +126,10 @@ pub struct Config {
     )]
     pub action_min_interval_secs: u64,
 
+    /// Admin API key of the inference service, sent with model reload and unload actions.
+    #[arg(long, env = "ALERT_MANAGER_INFERENCE_API_KEY", hide_env_values = true)]
+    pub inference_api_key: Option<String>,
+
     /// A saved evaluation state (alerts, `for` timers, notification timing) older than this is
     /// not restored at start or on taking the lead, in seconds: pending alerts start afresh.
     #[arg(long, env = "ALERT_MANAGER_STATE_MAX_AGE_SECS", default_value_t = 3600)]
@@ -241,6 +245,7 @@ pub async fn serve(
             gateway: config.gateway.clone(),
             gateway_api_key: config.gateway_api_key.clone(),
             inference: config.inference.clone(),
+            inference_api_key: config.inference_api_key.clone(),
             min_interval: Duration::from_secs(config.action_min_interval_secs),
             dry_run: config.actions_dry_run,
         }),

@@ -27,6 +27,11 @@ pub struct GatewayConfig {
     )]
     pub inference: Vec<String>,
 
+    /// The admin key the inference replicas know (their `--api-keys`), sent with the model
+    /// loads and unloads the gateway passes on to every replica.
+    #[arg(long, env = "GATEWAY_INFERENCE_API_KEY", hide_env_values = true)]
+    pub inference_api_key: Option<String>,
+
     /// API keys file (TOML): `[[key]]` tables with `sha256` (hex digest of the key), `tenant`
     /// and `role` (`client` or `admin`). Keys are never stored in clear.
     #[arg(long, env = "GATEWAY_API_KEYS_FILE")]

@@ -56,6 +56,8 @@ pub struct GatewayCore {
     /// Newest version each model answered with when no split pinned one (0: not known yet),
     /// so that cache lookups know which version to look for.
     current: Mutex<HashMap<String, Arc<AtomicI64>>>,
+    /// `Bearer <key>` for model loads and unloads on the replicas.
+    inference_key: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl GatewayCore {
@@ -127,7 +129,29 @@ impl GatewayCore {
             embed_model: Arc::from(embed_model),
             classify_model: Arc::from(classify_model),
             current: Mutex::new(HashMap::new()),
+            inference_key: None,
         }
+    }
+
+    /// Sends `authorization: Bearer <key>` with the calls that change the inference replicas'
+    /// repositories (model loads and unloads need an admin key there).
+    pub fn with_inference_key(mut self, key: Option<&str>) -> Result<GatewayCore, String> {
+        self.inference_key = key
+            .map(|k| {
+                format!("Bearer {k}")
+                    .parse()
+                    .map_err(|_| "--inference-api-key holds characters a header cannot".to_owned())
+            })
+            .transpose()?;
+        Ok(self)
+    }
+
+    /// `request` with the inference admin key, when one is configured.
+    pub fn as_inference_admin<T>(&self, mut request: tonic::Request<T>) -> tonic::Request<T> {
+        if let Some(key) = &self.inference_key {
+            request.metadata_mut().insert("authorization", key.clone());
+        }
+        request
     }
 
     fn current_version(&self, model: &str) -> Arc<AtomicI64> {

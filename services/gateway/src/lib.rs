@@ -63,6 +63,9 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// A setting is unusable.
+    #[error("{0}")]
+    Config(String),
     /// The records endpoint is not a valid URI.
     #[error("--records-endpoint '{0}': {1}")]
     RecordsEndpoint(String, tonic::transport::Error),
@@ -82,14 +85,18 @@ pub async fn serve(
         );
     }
     let pool = Arc::new(ReplicaPool::resolve(&config.inference, config.retry_ratio).await?);
-    let core = Arc::new(GatewayCore::new(
-        pool.clone(),
-        config.cache_entries,
-        config.record_buffer,
-        config.payload_log_sample,
-        &config.embed_model,
-        &config.classify_model,
-    ));
+    let core = Arc::new(
+        GatewayCore::new(
+            pool.clone(),
+            config.cache_entries,
+            config.record_buffer,
+            config.payload_log_sample,
+            &config.embed_model,
+            &config.classify_model,
+        )
+        .with_inference_key(config.inference_api_key.as_deref())
+        .map_err(ServeError::Config)?,
+    );
     if let Some(tenant) = &config.anonymous_tenant {
         tracing::warn!(%tenant, "calls without an API key are admitted as a client tenant (--anonymous-tenant)");
     }

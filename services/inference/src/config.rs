@@ -37,6 +37,23 @@ pub struct InferenceConfig {
     #[arg(long, env = "INFERENCE_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
 
+    /// API keys as `key:tenant:role` (comma-separated). Model loads and unloads
+    /// (`RepositoryModelLoad`/`Unload`) need an `admin` key; with no key configured they are
+    /// refused. Inference itself stays open to whoever reaches the port (the gateway, in
+    /// front, checks the clients' keys).
+    #[arg(
+        long,
+        env = "INFERENCE_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+
+    /// A TOML file of API keys (SHA-256 digests, as `deploy/api-keys.example.toml`), read with
+    /// `--api-keys`.
+    #[arg(long, env = "INFERENCE_API_KEYS_FILE")]
+    pub api_keys_file: Option<std::path::PathBuf>,
+
     /// Largest accepted gRPC message, in bytes.
     #[arg(long, env = "INFERENCE_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_message_bytes: usize,

@@ -49,6 +49,9 @@ pub enum ServeError {
     /// The repository holds no model to serve.
     #[error("no model to serve: {0}")]
     NoModels(String),
+    /// The API keys could not be read.
+    #[error("API keys: {0}")]
+    Keys(#[from] shared::auth::KeyStoreError),
     /// Reflection could not be set up.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -82,6 +85,13 @@ pub async fn serve(
             config.model_repository.display()
         )));
     }
+    let keys = Arc::new(shared::auth::ApiKeys::load(
+        config.api_keys_file.as_deref(),
+        &config.api_keys,
+    )?);
+    if keys.is_empty() {
+        tracing::warn!("no API key configured: model loads and unloads are refused (--api-keys)");
+    }
     let core = InferenceCore::new(repository.clone());
     let ready = Arc::new(AtomicBool::new(false));
 
@@ -98,6 +108,7 @@ pub async fn serve(
                 core.clone(),
                 ready.clone(),
                 serving.stop_signal(),
+                keys,
             ))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit)

@@ -98,7 +98,8 @@ impl OipProxy {
             .broadcast(|channel| {
                 rpc(
                     GrpcInferenceServiceClient::new(channel),
-                    outgoing(message.clone(), call.deadline),
+                    self.core
+                        .as_inference_admin(outgoing(message.clone(), call.deadline)),
                 )
             })
             .await

@@ -36,6 +36,7 @@ pub struct OpenInferenceService {
     core: InferenceCore,
     ready: Arc<std::sync::atomic::AtomicBool>,
     stop: shared::shutdown::Shutdown,
+    keys: Arc<shared::auth::ApiKeys>,
 }
 
 impl OpenInferenceService {
@@ -46,8 +47,27 @@ impl OpenInferenceService {
         core: InferenceCore,
         ready: Arc<std::sync::atomic::AtomicBool>,
         stop: shared::shutdown::Shutdown,
+        keys: Arc<shared::auth::ApiKeys>,
     ) -> Self {
-        OpenInferenceService { core, ready, stop }
+        OpenInferenceService {
+            core,
+            ready,
+            stop,
+            keys,
+        }
+    }
+
+    /// The caller holds an admin key: repository changes steer what every client is served.
+    fn require_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        use shared::error::ServiceError as _;
+        self.keys
+            .require(
+                request.metadata(),
+                shared::auth::Role::Admin,
+                "model loads and unloads",
+            )
+            .map(drop)
+            .map_err(|err| err.to_status())
     }
 
     fn served(&self, name: &str, version: &str) -> Result<Arc<ServedVersion>, InferError> {
@@ -459,6 +479,7 @@ impl GrpcInferenceService for OpenInferenceService {
         &self,
         request: Request<pb::RepositoryModelLoadRequest>,
     ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        self.require_admin(&request)?;
         let request = request.into_inner();
         let policy = load_policy(&request)?;
         self.core
@@ -472,6 +493,7 @@ impl GrpcInferenceService for OpenInferenceService {
         &self,
         request: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        self.require_admin(&request)?;
         let request = request.into_inner();
         self.core.repository().unload(&request.model_name)?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
