@@ -58,8 +58,13 @@ export ALERT_MANAGER_INFERENCE_API_KEY=${ALERT_MANAGER_INFERENCE_API_KEY:-demo-a
 
 # The collector first, without an OTLP endpoint of its own (it would export to itself); the
 # other services send their traces and metrics to it.
+# Only senders with its key may write into it (OTLP, records, baseline pins); each service sends
+# the key the standard way, in OTEL_EXPORTER_OTLP_HEADERS, and the gateway's records with it.
+export COLLECTOR_API_KEYS=${COLLECTOR_API_KEYS:-demo-sender-key:mesh:client}
 OTEL_EXPORTER_OTLP_ENDPOINT= start metrics-collector
 export OTEL_EXPORTER_OTLP_ENDPOINT=${OTEL_EXPORTER_OTLP_ENDPOINT:-http://127.0.0.1:4317}
+export OTEL_EXPORTER_OTLP_HEADERS=${OTEL_EXPORTER_OTLP_HEADERS:-authorization=Bearer%20demo-sender-key}
+export GATEWAY_RECORDS_API_KEY=${GATEWAY_RECORDS_API_KEY:-demo-sender-key}
 start inference
 start gateway --inference 127.0.0.1:50052 --records-endpoint http://127.0.0.1:4317
 

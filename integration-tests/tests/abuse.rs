@@ -773,3 +773,85 @@ async fn model_loads_and_unloads_need_an_admin_key() {
         .into_inner();
     assert_eq!(reply.outputs.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_keyed_senders_write_into_the_collector() {
+    let mut collector = RunningCollector::start(&["--api-keys", "sender-key:mesh:client"])
+        .await
+        .unwrap();
+    let mut client = otlp(&collector).await;
+    let forged = || {
+        export(
+            "gateway",
+            vec![counter("gateway.errors", now_ns(), vec![(vec![], 1e6)])],
+        )
+    };
+    // A neighbour forging error counters (to fire a rule whose action moves traffic) is refused.
+    let err = client.export(forged()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(
+        err.message()
+            .contains("OTLP metric exports: missing `authorization: Bearer <api key>`"),
+        "{}",
+        err.message()
+    );
+    let err = client
+        .export(with_key(forged(), "guessed", None))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("unknown API key"),
+        "{}",
+        err.message()
+    );
+    // So are forged records and baseline pins.
+    let err = proto::monitoring::metrics::v1::record_ingest_client::RecordIngestClient::new(
+        connect(collector.grpc).await,
+    )
+    .push(pb::PushRecordsRequest::default())
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("record pushes"), "{}", err.message());
+    let err = collector
+        .query_client()
+        .await
+        .pin_baseline(pb::PinBaselineRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("baseline pins"), "{}", err.message());
+    assert!(
+        listed(&collector).await.is_empty(),
+        "nothing forged was stored"
+    );
+    // A service that sends its key the standard way (OTEL_EXPORTER_OTLP_HEADERS) gets in.
+    let mut inference = InferenceProcess::start(
+        &models_dir(),
+        &["minilm-l6"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint()),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "authorization=Bearer%20sender-key",
+            ),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+        ],
+    )
+    .await
+    .unwrap();
+    eventually(
+        "the inference service's metrics",
+        std::time::Duration::from_secs(30),
+        || async {
+            let names = listed(&collector).await;
+            names
+                .iter()
+                .any(|m| m.name.starts_with("inference."))
+                .then_some(())
+        },
+    )
+    .await;
+    inference.kill().await;
+    collector.stop().await.unwrap();
+}

@@ -99,6 +99,10 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_RECORDS_ENDPOINT")]
     pub records_endpoint: Option<String>,
 
+    /// The sender key the collector knows (its `--api-keys`), sent with the record pushes.
+    #[arg(long, env = "GATEWAY_RECORDS_API_KEY", hide_env_values = true)]
+    pub records_api_key: Option<String>,
+
     /// Model that serves Embed and Rank.
     #[arg(long, env = "GATEWAY_EMBED_MODEL", default_value = "minilm-l6")]
     pub embed_model: String,

@@ -68,7 +68,7 @@ pub enum ServeError {
     Config(String),
     /// The records endpoint is not a valid URI.
     #[error("--records-endpoint '{0}': {1}")]
-    RecordsEndpoint(String, tonic::transport::Error),
+    RecordsEndpoint(String, String),
 }
 
 /// Serves on `listener` until `shutdown` resolves, then drains in-flight calls (at most
@@ -145,8 +145,12 @@ pub async fn serve(
     }
     let shipper = match &config.records_endpoint {
         Some(endpoint) => {
-            let shipper = shipper::RecordShipper::new(core.records.clone(), endpoint)
-                .map_err(|e| ServeError::RecordsEndpoint(endpoint.clone(), e))?;
+            let shipper = shipper::RecordShipper::new(
+                core.records.clone(),
+                endpoint,
+                config.records_api_key.as_deref(),
+            )
+            .map_err(|e| ServeError::RecordsEndpoint(endpoint.clone(), e))?;
             Some(tokio::spawn(
                 shipper.run(Duration::from_secs(1), stop.clone()),
             ))

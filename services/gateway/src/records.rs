@@ -119,7 +119,12 @@ impl RecordBuffer {
         }
     }
 
-    /// Records dropped because the buffer was full.
+    /// Counts `n` records dropped for another reason (too large to ship).
+    pub fn count_dropped(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Records dropped because the buffer was full (or too large to ship).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }

@@ -45,6 +45,7 @@ pub struct QueryService {
     exemplars: Arc<ExemplarRings>,
     receiver: crate::otlp::OtlpReceiver,
     stop: shared::shutdown::Shutdown,
+    senders: crate::senders::Senders,
 }
 
 impl QueryService {
@@ -56,6 +57,7 @@ impl QueryService {
         exemplars: Arc<ExemplarRings>,
         receiver: crate::otlp::OtlpReceiver,
         stop: shared::shutdown::Shutdown,
+        senders: crate::senders::Senders,
     ) -> QueryService {
         QueryService {
             store,
@@ -64,6 +66,7 @@ impl QueryService {
             exemplars,
             receiver,
             stop,
+            senders,
         }
     }
 }
@@ -390,6 +393,7 @@ impl pb::metrics_query_server::MetricsQuery for QueryService {
         &self,
         request: Request<pb::PinBaselineRequest>,
     ) -> Result<Response<pb::PinBaselineResponse>, Status> {
+        self.senders.check(&request, "baseline pins")?;
         let request = request.into_inner();
         check_name("name", &request.name)?;
         let (groups, observations) = self.baselines.pin(
@@ -577,6 +581,7 @@ impl pb::record_ingest_server::RecordIngest for QueryService {
         &self,
         request: Request<pb::PushRecordsRequest>,
     ) -> Result<Response<pb::PushRecordsResponse>, Status> {
+        self.senders.check(&request, "record pushes")?;
         let request = request.into_inner();
         let now = now_ms();
         if request.dropped_by_sender > 0 {

@@ -15,6 +15,7 @@ pub mod otlp;
 pub mod prometheus;
 pub mod query;
 pub mod sanitize;
+pub mod senders;
 pub mod statistics;
 pub mod store;
 pub mod window;
@@ -110,6 +111,24 @@ pub struct Config {
     #[arg(long, env = "COLLECTOR_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
 
+    /// Keys of the senders, as `key:tenant:role` (comma-separated). With any configured, OTLP
+    /// exports, record pushes and baseline pins need one (`authorization: Bearer <key>`;
+    /// OpenTelemetry SDKs send it from `OTEL_EXPORTER_OTLP_HEADERS=authorization=Bearer%20<key>`),
+    /// so that no neighbour can forge the numbers the alert rules act on. Queries stay open.
+    /// Without keys, anyone who reaches the port may write (a warning says so at start).
+    #[arg(
+        long,
+        env = "COLLECTOR_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+
+    /// A TOML file of sender keys (SHA-256 digests, as `deploy/api-keys.example.toml`), read
+    /// with `--api-keys`.
+    #[arg(long, env = "COLLECTOR_API_KEYS_FILE")]
+    pub api_keys_file: Option<std::path::PathBuf>,
+
     /// Telemetry (the collector's own logs; leave the OTLP endpoint unset or it exports to itself).
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
@@ -127,6 +146,9 @@ pub enum ServeError {
     /// The HTTP server failed.
     #[error("HTTP server: {0}")]
     Http(#[from] std::io::Error),
+    /// The sender keys could not be read.
+    #[error("API keys: {0}")]
+    Keys(#[from] shared::auth::KeyStoreError),
 }
 
 /// Serves OTLP on `grpc` and `/metrics` on `http` until `shutdown` resolves.
@@ -155,7 +177,11 @@ pub async fn serve(
         i64::from(config.join_window_seconds) * 1000,
         config.join_max_predictions,
     ));
-    let receiver = OtlpReceiver::new(store.clone(), exemplars.clone());
+    let senders = senders::Senders::new(shared::auth::ApiKeys::load(
+        config.api_keys_file.as_deref(),
+        &config.api_keys,
+    )?);
+    let receiver = OtlpReceiver::new(store.clone(), exemplars.clone(), senders.clone());
     let (mut routes, health) = shared::grpc::base_routes().await?;
     let mut serving = Serving::new(
         "metrics-collector",
@@ -169,6 +195,7 @@ pub async fn serve(
         exemplars,
         receiver.clone(),
         stop.clone(),
+        senders,
     );
     let limit = config.max_message_bytes;
     routes

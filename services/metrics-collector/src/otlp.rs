@@ -33,6 +33,7 @@ pub struct OtlpReceiver {
     exemplars: Arc<ExemplarRings>,
     spans: Arc<AtomicU64>,
     updates: tokio::sync::broadcast::Sender<Arc<Vec<String>>>,
+    senders: crate::senders::Senders,
 }
 
 /// Unix seconds now.
@@ -44,12 +45,17 @@ pub fn unix_now() -> i64 {
 
 impl OtlpReceiver {
     /// A receiver writing metrics into `store` and exemplars into `exemplars`.
-    pub fn new(store: Arc<MetricStore>, exemplars: Arc<ExemplarRings>) -> Self {
+    pub fn new(
+        store: Arc<MetricStore>,
+        exemplars: Arc<ExemplarRings>,
+        senders: crate::senders::Senders,
+    ) -> Self {
         OtlpReceiver {
             store,
             exemplars,
             spans: Arc::new(AtomicU64::new(0)),
             updates: tokio::sync::broadcast::channel(1024).0,
+            senders,
         }
     }
 
@@ -266,6 +272,7 @@ impl MetricsService for OtlpReceiver {
         &self,
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        self.senders.check(&request, "OTLP metric exports")?;
         let now = unix_now();
         let mut rejected = 0_i64;
         let watched = self.updates.receiver_count() > 0;
@@ -352,6 +359,7 @@ impl TraceService for OtlpReceiver {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        self.senders.check(&request, "OTLP span exports")?;
         let mut spans = 0;
         for resource in request.into_inner().resource_spans {
             let service = service_name(resource.resource.as_ref());
