@@ -4,6 +4,7 @@
 pub mod otlp;
 pub mod otlp_build;
 pub mod postgres;
+pub mod raw;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -855,3 +855,91 @@ async fn only_keyed_senders_write_into_the_collector() {
     inference.kill().await;
     collector.stop().await.unwrap();
 }
+
+/// Opens an Embed call on the gateway at `addr` with `key` whose request message never comes
+/// (HTTP/2 headers only), and returns how it ended.
+async fn header_only_embed(addr: std::net::SocketAddr, key: &str) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(connect(addr).await);
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(tokio_stream::pending::<Vec<u8>>());
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    grpc.client_streaming(
+        request,
+        http::uri::PathAndQuery::from_static("/ecommerce.gateway.v1.Gateway/Embed"),
+        integration_tests::raw::RawCodec,
+    )
+    .await
+    .unwrap_err()
+}
+
+async fn embed_with(
+    addr: std::net::SocketAddr,
+    key: &str,
+) -> Result<proto::ecommerce::gateway::v1::EmbedResponse, tonic::Status> {
+    gateway_client(addr)
+        .await
+        .embed(with_key(
+            proto::ecommerce::gateway::v1::EmbedRequest {
+                texts: vec!["organic green tea".into()],
+            },
+            key,
+            None,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_only_streams_and_one_tenant_cannot_take_every_slot() {
+    let mut gateway = RunningGateway::start(gateway_config(
+        &[shared_inference()],
+        &["--max-concurrency", "4", "--idle-stream-ms", "3000"],
+    ))
+    .await
+    .unwrap();
+    let addr = gateway.addr;
+    // Tenant `shop` opens three calls and never sends their message: two get its share (2 of
+    // 4 slots), the third is refused at once, whatever the order they arrive in.
+    let mut calls: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(header_only_embed(addr, "client-key")))
+        .collect();
+    let (refused, index, rest) = futures::future::select_all(calls.drain(..)).await;
+    let refused = refused.unwrap();
+    assert_eq!(
+        refused.code(),
+        Code::ResourceExhausted,
+        "call {index}: {refused:?}"
+    );
+    assert!(
+        refused.message().contains(
+            "tenant 'shop' is running its share of 2 concurrent calls (of the gateway's 4)"
+        ),
+        "{}",
+        refused.message()
+    );
+    // While shop holds its share, another tenant still gets in.
+    embed_with(addr, "admin-key")
+        .await
+        .expect("tenant ops is served");
+    // The idle calls are ended (after 3 s here), and their slots come back.
+    for call in rest {
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), call)
+            .await
+            .expect("a header-only call is ended")
+            .unwrap();
+        assert_eq!(ended.code(), Code::Cancelled, "{ended:?}");
+        assert!(
+            ended
+                .message()
+                .contains("no request message arrived within 3s"),
+            "{}",
+            ended.message()
+        );
+    }
+    embed_with(addr, "client-key")
+        .await
+        .expect("shop is served again");
+    gateway.stop().await.unwrap();
+}

@@ -645,48 +645,6 @@ async fn failed_and_slow_spans_are_kept_as_exemplars() {
     collector.stop().await.unwrap();
 }
 
-/// Sends raw bytes as the body of a unary gRPC call.
-mod raw {
-    use bytes::{Buf, BufMut};
-    use tonic::Status;
-    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-
-    #[derive(Default, Clone)]
-    pub struct RawCodec;
-
-    impl Codec for RawCodec {
-        type Encode = Vec<u8>;
-        type Decode = Vec<u8>;
-        type Encoder = RawCodec;
-        type Decoder = RawCodec;
-        fn encoder(&mut self) -> RawCodec {
-            RawCodec
-        }
-        fn decoder(&mut self) -> RawCodec {
-            RawCodec
-        }
-    }
-
-    impl Encoder for RawCodec {
-        type Item = Vec<u8>;
-        type Error = Status;
-        fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
-            buf.put_slice(&item);
-            Ok(())
-        }
-    }
-
-    impl Decoder for RawCodec {
-        type Item = Vec<u8>;
-        type Error = Status;
-        fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-            let bytes = buf.chunk().to_vec();
-            buf.advance(bytes.len());
-            Ok(Some(bytes))
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_otlp_is_answered_and_memory_stays_bounded() {
     let mut collector = RunningCollector::start(&[]).await.unwrap();

@@ -28,6 +28,33 @@ pub struct Admission {
     limiter: DefaultKeyedRateLimiter<Arc<str>>,
     concurrency: Arc<Semaphore>,
     max_concurrency: usize,
+    /// The most calls one tenant may run at once.
+    tenant_share: usize,
+    /// Calls running per tenant.
+    in_flight: Arc<std::sync::Mutex<std::collections::HashMap<Arc<str>, usize>>>,
+    /// How long a call's first message may take after its headers.
+    idle_deadline: std::time::Duration,
+}
+
+/// A running call's hold on the gateway: a concurrency slot and its place in its tenant's
+/// share, both given back when dropped.
+#[derive(Debug)]
+pub struct CallPermit {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    tenant: Arc<str>,
+    in_flight: Arc<std::sync::Mutex<std::collections::HashMap<Arc<str>, usize>>>,
+}
+
+impl Drop for CallPermit {
+    fn drop(&mut self) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = in_flight.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                in_flight.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 impl Admission {
@@ -59,7 +86,24 @@ impl Admission {
             limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
             concurrency: Arc::new(Semaphore::new(max_concurrency)),
             max_concurrency,
+            tenant_share: max_concurrency,
+            in_flight: Arc::default(),
+            idle_deadline: std::time::Duration::from_secs(1),
         }
+    }
+
+    /// Lets one tenant run at most `percent` of the concurrency slots at once (at least one),
+    /// so that one tenant's flood leaves the others room.
+    pub fn with_tenant_share(mut self, percent: u32) -> Admission {
+        let percent = percent.clamp(1, 100) as usize;
+        self.tenant_share = (self.max_concurrency * percent / 100).max(1);
+        self
+    }
+
+    /// Ends a call whose first message is not in within `deadline` of its headers.
+    pub fn with_idle_deadline(mut self, deadline: std::time::Duration) -> Admission {
+        self.idle_deadline = deadline;
+        self
     }
 
     /// Decides on one call to `path`: the caller's principal and a concurrency permit, or the
@@ -68,7 +112,7 @@ impl Admission {
         &self,
         path: &str,
         authorization: Option<&str>,
-    ) -> Result<Option<(Principal, tokio::sync::OwnedSemaphorePermit)>, Status> {
+    ) -> Result<Option<(Principal, CallPermit)>, Status> {
         let Some(role) = required_role(path) else {
             return Ok(None);
         };
@@ -96,11 +140,7 @@ impl Admission {
     /// The per-call part of admission for a call to `path`: the key's rate limit and a
     /// concurrency slot. Also used for each message of a stream, which the layer sees only
     /// once. A refusal is counted in `gateway.refusals`.
-    pub fn admit_call(
-        &self,
-        path: &str,
-        principal: &Principal,
-    ) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+    pub fn admit_call(&self, path: &str, principal: &Principal) -> Result<CallPermit, Status> {
         if let Err(not_until) = self.limiter.check_key(&principal.key_id) {
             metrics::refused_call(path, &principal.tenant, "rate_limited");
             let wait = not_until.wait_time_from(DefaultClock::default().now());
@@ -111,9 +151,26 @@ impl Admission {
             }
             .into());
         }
-        self.concurrency.clone().try_acquire_owned().map_err(|_| {
+        let slot = self.concurrency.clone().try_acquire_owned().map_err(|_| {
             metrics::refused_call(path, &principal.tenant, "overloaded");
-            GatewayError::Overloaded(self.max_concurrency).into()
+            Status::from(GatewayError::Overloaded(self.max_concurrency))
+        })?;
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let running = in_flight.entry(principal.tenant.clone()).or_default();
+        if *running >= self.tenant_share {
+            metrics::refused_call(path, &principal.tenant, "tenant_share");
+            return Err(GatewayError::TenantOverloaded {
+                tenant: principal.tenant.clone(),
+                share: self.tenant_share,
+                total: self.max_concurrency,
+            }
+            .into());
+        }
+        *running += 1;
+        Ok(CallPermit {
+            _slot: slot,
+            tenant: principal.tenant.clone(),
+            in_flight: self.in_flight.clone(),
         })
     }
 }
@@ -131,10 +188,9 @@ pub type AdmissionLayer = StateLayer<Arc<Admission>>;
 /// The service of [`AdmissionLayer`].
 pub type AdmissionService<S> = WithState<Arc<Admission>, S>;
 
-impl<S, B> tower::Service<http::Request<B>> for AdmissionService<S>
+impl<S> tower::Service<http::Request<tonic::body::Body>> for AdmissionService<S>
 where
-    S: GrpcService<B>,
-    B: Send + 'static,
+    S: GrpcService<tonic::body::Body>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -144,7 +200,9 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        // A reference-counted copy (no allocation), for the refusal's metric label.
+        let uri = request.uri().clone();
         let authorization = request
             .headers()
             .get("authorization")
@@ -155,6 +213,18 @@ where
                 Box::pin(async move { Ok(status.into_http()) })
             }
             Ok(admitted) => {
+                // An admitted call's first message must follow its headers soon: a stream
+                // that never sends one would hold its permit for ever.
+                let idle = self.state.idle_deadline;
+                let (mut request, expired) = match &admitted {
+                    Some(_) => {
+                        let (parts, body) = request.into_parts();
+                        let (body, expired) = crate::idle::FirstMessageDeadline::new(body, idle);
+                        let body = tonic::body::Body::new(body);
+                        (http::Request::from_parts(parts, body), Some(expired))
+                    }
+                    None => (request, None),
+                };
                 request
                     .extensions_mut()
                     .insert(Arrival(std::time::Instant::now()));
@@ -166,6 +236,10 @@ where
                 Box::pin(async move {
                     let response = inner.call(request).await;
                     drop(permit);
+                    if expired.is_some_and(|e| e.load(std::sync::atomic::Ordering::Acquire)) {
+                        metrics::refused_call(uri.path(), "", "idle_stream");
+                        return Ok(GatewayError::IdleStream(idle).to_status().into_http());
+                    }
                     response
                 })
             }

@@ -65,6 +65,16 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_MAX_CONCURRENCY", default_value_t = 1024)]
     pub max_concurrency: usize,
 
+    /// The share of those calls one tenant may run at once, in percent (at least one call), so
+    /// that one tenant's flood leaves the others room.
+    #[arg(long, env = "GATEWAY_TENANT_SHARE_PERCENT", default_value_t = 50)]
+    pub tenant_share_percent: u32,
+
+    /// A call whose first message does not follow its headers within this many milliseconds
+    /// is ended (CANCELLED), freeing its slot: header-only streams cannot hold the gateway.
+    #[arg(long, env = "GATEWAY_IDLE_STREAM_MS", default_value_t = 1000)]
+    pub idle_stream_ms: u64,
+
     /// Interval between health checks of each inference replica, in milliseconds.
     #[arg(long, env = "GATEWAY_HEALTH_INTERVAL_MS", default_value_t = 1000)]
     pub health_interval_ms: u64,

@@ -40,6 +40,21 @@ pub enum GatewayError {
     /// Every concurrency slot of the gateway is taken.
     #[error("the gateway is handling its maximum of {0} calls; retry later")]
     Overloaded(usize),
+    /// One tenant holds its share of the concurrency slots.
+    #[error(
+        "tenant '{tenant}' is running its share of {share} concurrent calls (of the gateway's {total}); retry later"
+    )]
+    TenantOverloaded {
+        /// The tenant.
+        tenant: Arc<str>,
+        /// The most calls one tenant may run at once.
+        share: usize,
+        /// The gateway's slots in all.
+        total: usize,
+    },
+    /// The call's first message did not arrive in time after its headers.
+    #[error("no request message arrived within {0:?} of the call's headers; the call is ended")]
+    IdleStream(std::time::Duration),
     /// The request is malformed: the message says what to change.
     #[error("{0}")]
     Invalid(String),
@@ -105,12 +120,13 @@ impl ServiceError for GatewayError {
             GatewayError::RoleTooLow { .. } => ErrorKind::PermissionDenied,
             GatewayError::RateLimited { .. }
             | GatewayError::Overloaded(_)
+            | GatewayError::TenantOverloaded { .. }
             | GatewayError::RequestTooLarge(_)
             | GatewayError::AnswerTooLarge { .. } => ErrorKind::ResourceExhausted,
             GatewayError::Invalid(_) => ErrorKind::InvalidArgument,
-            GatewayError::RequestUnread(_) | GatewayError::ReplicaCancelled(_) => {
-                ErrorKind::Cancelled
-            }
+            GatewayError::RequestUnread(_)
+            | GatewayError::ReplicaCancelled(_)
+            | GatewayError::IdleStream(_) => ErrorKind::Cancelled,
             GatewayError::VersionNotReady { .. } => ErrorKind::FailedPrecondition,
             GatewayError::NoReplica | GatewayError::ReplicaUnreachable { .. } => {
                 ErrorKind::Unavailable

@@ -16,6 +16,7 @@ pub mod core;
 pub mod error;
 mod frame;
 pub mod grpc;
+pub mod idle;
 pub mod layers;
 pub mod metrics;
 pub mod model_infer;
@@ -100,13 +101,17 @@ pub async fn serve(
     if let Some(tenant) = &config.anonymous_tenant {
         tracing::warn!(%tenant, "calls without an API key are admitted as a client tenant (--anonymous-tenant)");
     }
-    let admission = Arc::new(Admission::with_anonymous(
-        keys,
-        config.anonymous_tenant.as_deref(),
-        config.rate_limit,
-        config.rate_burst,
-        config.max_concurrency,
-    ));
+    let admission = Arc::new(
+        Admission::with_anonymous(
+            keys,
+            config.anonymous_tenant.as_deref(),
+            config.rate_limit,
+            config.rate_burst,
+            config.max_concurrency,
+        )
+        .with_tenant_share(config.tenant_share_percent)
+        .with_idle_deadline(Duration::from_millis(config.idle_stream_ms.max(1))),
+    );
 
     let (mut routes, health) = shared::grpc::base_routes().await?;
     let mut serving = Serving::new(
