@@ -979,3 +979,46 @@ rules:
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Rules files as an operator (or a bad merge) may write them: any text is loaded or refused
+    //! with a message naming the file, never a panic.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Pieces of real rules files, shuffled into texts that are often almost right.
+    fn pieces() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("rules:\n".to_owned()),
+            Just("  - name: Errors\n".to_owned()),
+            Just("    kind: threshold\n".to_owned()),
+            Just("    kind: burn_rate\n".to_owned()),
+            Just("    query: {metric: shop.errors, function: rate, window: 2s}\n".to_owned()),
+            Just("    op: \">\"\n".to_owned()),
+            Just("    threshold: 5\n".to_owned()),
+            Just("    for: 3s\n".to_owned()),
+            Just("    labels: {severity: critical}\n".to_owned()),
+            Just("group_by: [alertname, model]\n".to_owned()),
+            Just("route: {group_wait: 0s, group_interval: 1s}\n".to_owned()),
+            Just("receivers:\n  - {name: ops, url: \"http://x/hook\"}\n".to_owned()),
+            ".{0,30}",
+        ];
+        proptest::collection::vec(piece, 0..12).prop_map(|p| p.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn any_rules_text_is_loaded_or_refused_with_its_file(text in pieces()) {
+            if let Err(err) = parse(Path::new("fuzz.yaml"), &text) {
+                prop_assert!(err.0.contains("fuzz.yaml"), "{}", err.0);
+            }
+        }
+
+        #[test]
+        fn any_duration_text_is_parsed_or_refused(text in ".{0,12}") {
+            let _ = parse_duration(&text);
+        }
+    }
+}

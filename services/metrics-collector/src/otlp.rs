@@ -376,3 +376,60 @@ impl TraceService for OtlpReceiver {
         }))
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! What a sender may put in a point's attributes: whatever the strings, decoding answers,
+    //! keeps exactly the clean labels, and bounds what it keeps.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn kv(key: String, value: String) -> KeyValue {
+        KeyValue {
+            key,
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(value)),
+            }),
+            ..Default::default()
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn labels_are_refused_exactly_when_they_hold_a_control_character(
+            pairs in proptest::collection::vec(("\\PC{0,8}|.{0,8}", "\\PC{0,300}|.{0,12}"), 0..8),
+        ) {
+            let attributes: Vec<KeyValue> = pairs.iter().cloned().map(|(k, v)| kv(k, v)).collect();
+            let bad = pairs.iter().any(|(k, v)| {
+                k.is_empty() || k.len() > sanitize::MAX_LABEL_NAME_BYTES
+                    || k.chars().any(char::is_control)
+                    || sanitize::cut(v.clone(), MAX_LABEL_VALUE_BYTES).chars().any(char::is_control)
+            });
+            match labels("svc", "m", attributes) {
+                Ok(labels) => {
+                    prop_assert!(!bad);
+                    prop_assert!(labels.windows(2).all(|w| w[0].0 < w[1].0), "sorted, one per name");
+                    prop_assert!(labels.iter().all(|(_, v)| v.len() <= MAX_LABEL_VALUE_BYTES));
+                    prop_assert!(labels.iter().any(|(k, v)| k == "job" && v == "svc") || pairs.iter().any(|(k, _)| k == "job"));
+                }
+                Err(err) => {
+                    prop_assert!(bad);
+                    prop_assert!(err.contains("metric 'm'"), "{}", err);
+                }
+            }
+        }
+
+        #[test]
+        fn metric_names_are_kept_cut_or_refused_never_broken(name in ".{0,400}") {
+            match sanitize::metric_name(name.clone()) {
+                Ok(kept) => {
+                    prop_assert!(!kept.is_empty() && kept.len() <= sanitize::MAX_METRIC_NAME_BYTES);
+                    prop_assert!(name.starts_with(&kept));
+                    prop_assert!(!kept.chars().any(char::is_control));
+                }
+                Err(_) => prop_assert!(name.is_empty() || sanitize::cut(name, sanitize::MAX_METRIC_NAME_BYTES).chars().any(char::is_control)),
+            }
+        }
+    }
+}

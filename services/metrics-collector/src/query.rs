@@ -1083,3 +1083,34 @@ mod tests {
         assert!(same[0].drift.psi < 0.1, "{same:?}");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Label matchers as a stranger writes them: any pattern is compiled or refused with a
+    //! message, never a panic; an equality matcher matches its value and nothing else.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_pattern_is_compiled_or_refused(pattern in ".{0,40}", negate in any::<bool>()) {
+            match Matcher::new("page", &pattern, true, negate) {
+                Ok(m) => {
+                    let labels: Labels = vec![("page".into(), "home".into())];
+                    let _ = m.matches(&labels);
+                }
+                Err(err) => prop_assert!(err.to_string().contains("matcher on 'page'")),
+            }
+        }
+
+        #[test]
+        fn equality_matches_its_value_only(value in ".{0,20}", other in ".{0,20}") {
+            let m = Matcher::new("page", &value, false, false).unwrap();
+            let labels: Labels = vec![("page".into(), other.clone())];
+            prop_assert_eq!(m.matches(&labels), value == other);
+            let not = Matcher::new("page", &value, false, true).unwrap();
+            prop_assert_eq!(not.matches(&labels), value != other);
+        }
+    }
+}

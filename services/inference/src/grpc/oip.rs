@@ -669,3 +669,79 @@ fn to_protocol_stats(served: &ServedVersion) -> pb::ModelStatistics {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! What a stranger may send as a text tensor: whatever the bytes and the shape, decoding
+    //! answers (never panics), and what it accepts is exactly what was meant.
+
+    use super::*;
+    use proptest::prelude::*;
+    use proto::inference::InferTensorContents;
+    use proto::inference::model_infer_request::InferInputTensor;
+
+    fn raw(texts: &[String]) -> Bytes {
+        let mut raw = Vec::new();
+        for t in texts {
+            raw.extend_from_slice(&(t.len() as u32).to_le_bytes());
+            raw.extend_from_slice(t.as_bytes());
+        }
+        raw.into()
+    }
+
+    fn request(
+        shape: Vec<i64>,
+        datatype: &str,
+        contents: Option<Vec<Vec<u8>>>,
+        raw: Option<Bytes>,
+    ) -> pb::ModelInferRequest {
+        pb::ModelInferRequest {
+            model_name: "m".into(),
+            inputs: vec![InferInputTensor {
+                name: "TEXT".into(),
+                datatype: datatype.into(),
+                shape,
+                contents: contents.map(|c| InferTensorContents {
+                    bytes_contents: c.into_iter().map(Bytes::from).collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            raw_input_contents: raw.into_iter().collect(),
+            ..Default::default()
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn raw_texts_come_back_as_sent(texts in proptest::collection::vec(".{0,40}", 0..20)) {
+            let elements = split_raw_bytes("TEXT", raw(&texts), texts.len()).unwrap();
+            let back: Vec<String> = elements.iter().map(|b| String::from_utf8(b.to_vec()).unwrap()).collect();
+            prop_assert_eq!(back, texts);
+        }
+
+        #[test]
+        fn any_raw_bytes_are_answered(bytes in proptest::collection::vec(any::<u8>(), 0..300), expected in 0_usize..50) {
+            if let Ok(elements) = split_raw_bytes("TEXT", bytes.into(), expected) {
+                prop_assert!(elements.len() <= expected);
+            }
+        }
+
+        #[test]
+        fn any_request_is_answered_within_the_batch_limit(
+            rows in -3_i64..200,
+            width in -1_i64..3,
+            datatype in prop_oneof![Just("BYTES".to_owned()), Just("FP32".to_owned()), ".{0,6}"],
+            contents in proptest::option::of(proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..12), 0..80)),
+            raw_bytes in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..200)),
+        ) {
+            let mut request = request(vec![rows, width], &datatype, contents, raw_bytes.map(Bytes::from));
+            if let Ok((name, texts)) = decode_texts(&mut request, 64) {
+                prop_assert_eq!(name, "TEXT");
+                prop_assert_eq!(texts.len() as i64, rows);
+                prop_assert!(texts.len() <= 64);
+                prop_assert_eq!(datatype, "BYTES");
+            }
+        }
+    }
+}
