@@ -263,6 +263,7 @@ def check_mesh(objects: list[dict], where: str, report: Report) -> dict:
     report.check(alert_manager.get("spec", {}).get("replicas") == 2, where,
                  "the alert-manager does not run 2 replicas")
     check_spill_volume(alert_manager, config_maps, where, report)
+    check_network_policies(objects, where, report)
 
     inference = deployments.get("inference")
     if not inference:
@@ -289,6 +290,42 @@ def check_spill_volume(alert_manager: dict, config_maps: dict[str, dict], where:
     report.check(any(m["mountPath"].rstrip("/") == spill.rstrip("/") and m["name"] in claims
                      for m in container.get("volumeMounts", [])), here,
                  f"ALERT_MANAGER_SPILL_DIR={spill} is not a mounted volumeClaimTemplate")
+
+
+# Who may reach each service's port: the workloads (by app.kubernetes.io/name) or labels of
+# other pods a NetworkPolicy admits; "*" is anyone.
+REACHABLE_BY = {
+    ("gateway", 50051): {"*"},
+    ("inference", 50052): {"gateway"},
+    ("metrics-collector", 4317): {"gateway", "inference", "alert-manager"},
+    ("metrics-collector", 9464): {"prometheus"},
+    ("alert-manager", 50054): {"mesh.example.com/operator=true"},
+}
+
+
+def check_network_policies(objects: list[dict], where: str, report: Report) -> None:
+    """Ingress is denied by default, and each service's port admits only REACHABLE_BY."""
+    policies = by_kind(objects, "NetworkPolicy").values()
+    report.check(any(p["spec"].get("podSelector") == {} and "Ingress" in p["spec"]["policyTypes"]
+                     and not p["spec"].get("ingress") for p in policies),
+                 where, "no default-deny ingress NetworkPolicy")
+    for (service, port), expected in REACHABLE_BY.items():
+        admitted: set[str] = set()
+        for policy in policies:
+            selected = policy["spec"].get("podSelector", {}).get("matchLabels", {})
+            if selected.get("app.kubernetes.io/name") != service:
+                continue
+            for rule in policy["spec"].get("ingress", []):
+                if not any(p.get("port") == port for p in rule.get("ports", [])):
+                    continue
+                if not rule.get("from"):
+                    admitted.add("*")
+                for peer in rule.get("from", []):
+                    labels = peer.get("podSelector", {}).get("matchLabels", {})
+                    name = labels.get("app.kubernetes.io/name")
+                    admitted.add(name or ",".join(f"{k}={v}" for k, v in labels.items()) or "*")
+        report.check(admitted == expected, f"{where} NetworkPolicy {service}:{port}",
+                     f"admits {sorted(admitted)}, expected {sorted(expected)}")
 
 
 def check_model_config(inference: dict, config_maps: dict[str, dict], where: str,
