@@ -75,6 +75,38 @@ pub fn instruments() -> &'static Instruments {
     })
 }
 
+/// Most model names kept as label values; a model that never answered (a name a client made
+/// up) is counted as `unknown`, so that no caller can grow the metrics' label sets.
+const MAX_MODEL_LABELS: usize = 256;
+
+/// Models that have answered at least once.
+fn answered_models() -> &'static std::sync::RwLock<std::collections::HashSet<Box<str>>> {
+    static MODELS: std::sync::OnceLock<std::sync::RwLock<std::collections::HashSet<Box<str>>>> =
+        std::sync::OnceLock::new();
+    MODELS.get_or_init(Default::default)
+}
+
+/// The label value of `model` for a call that `answered` (or not): the name of a model that
+/// has answered at least once (at most [`MAX_MODEL_LABELS`] of them), else `unknown`.
+pub fn model_label(model: &str, answered: bool) -> String {
+    let known = answered_models();
+    if known
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(model)
+    {
+        return model.to_owned();
+    }
+    if answered {
+        let mut known = known.write().unwrap_or_else(|p| p.into_inner());
+        if known.len() < MAX_MODEL_LABELS {
+            known.insert(Box::from(model));
+            return model.to_owned();
+        }
+    }
+    "unknown".to_owned()
+}
+
 /// Records one finished call: `gateway.requests` by rpc, model, version, tenant and status
 /// (the gRPC code's canonical name, `OK`, `UNAVAILABLE`, … as in `inference.requests`), and
 /// its duration by rpc, model and version. `outcome` is the version that answered, or the
@@ -90,7 +122,7 @@ pub fn finished_call(
     let status = outcome.map_or_else(shared::error::code_name, |_| "OK");
     let attributes = [
         KeyValue::new("rpc", rpc),
-        KeyValue::new("model", model.to_owned()),
+        KeyValue::new("model", model_label(model, outcome.is_ok())),
         KeyValue::new("model_version", version.to_string()),
         KeyValue::new("tenant", call.tenant.clone()),
         KeyValue::new("status", status),
@@ -237,6 +269,16 @@ pub fn scores(rpc: &'static str, model: &str, version: i64, scores: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn made_up_model_names_never_become_label_values() {
+        let made_up = "x".repeat(10_000);
+        assert_eq!(model_label(&made_up, false), "unknown");
+        assert_eq!(model_label("minilm-l6", true), "minilm-l6");
+        // Once it has answered, a failure of the same model keeps its name.
+        assert_eq!(model_label("minilm-l6", false), "minilm-l6");
+        assert_eq!(model_label(&made_up, false), "unknown");
+    }
 
     #[test]
     fn only_the_mesh_s_own_methods_name_an_rpc() {

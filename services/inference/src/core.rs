@@ -129,7 +129,13 @@ impl InferenceCore {
             Ok(response) => (response.version, "OK"),
             Err(err) => (0, err.kind().code_name()),
         };
-        let [m, v] = metrics::model_attributes(&model, version);
+        // A model the repository does not know is counted as `unknown`: a client's made-up
+        // names never become label values.
+        let label = match &result {
+            Err(InferError::NotFound(_)) if !self.repository.knows(&model) => "unknown",
+            _ => model.as_str(),
+        };
+        let [m, v] = metrics::model_attributes(label, version);
         instruments
             .requests
             .add(1, &[m.clone(), v.clone(), KeyValue::new("status", code)]);

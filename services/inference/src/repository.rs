@@ -137,6 +137,16 @@ impl ModelRepository {
         valid_name(model) && self.root.join(model).join("config.toml").is_file()
     }
 
+    /// Whether `model` is loaded or in the repository on disk.
+    pub fn knows(&self, model: &str) -> bool {
+        let loaded = self
+            .slots
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(model);
+        loaded || self.is_on_disk(model)
+    }
+
     /// The served version of `model` to use: `version`, or the newest when `None`.
     pub fn get(&self, model: &str, version: Option<i64>) -> Result<Arc<ServedVersion>, InferError> {
         let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
