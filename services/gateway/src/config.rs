@@ -65,6 +65,15 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_MAX_CONCURRENCY", default_value_t = 1024)]
     pub max_concurrency: usize,
 
+    /// Streams one HTTP/2 connection may have open at once (announced to the client, which
+    /// queues the rest).
+    #[arg(
+        long,
+        env = "GATEWAY_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 256
+    )]
+    pub max_streams_per_connection: u32,
+
     /// The share of those calls one tenant may run at once, in percent (at least one call), so
     /// that one tenant's flood leaves the others room.
     #[arg(long, env = "GATEWAY_TENANT_SHARE_PERCENT", default_value_t = 50)]

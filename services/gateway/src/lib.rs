@@ -165,6 +165,9 @@ pub async fn serve(
     let local = listener.local_addr().ok();
     serving.spawn(
         tonic::transport::Server::builder()
+            // One connection may not open more streams than this at once (HTTP/2's
+            // SETTINGS_MAX_CONCURRENT_STREAMS): one client cannot take every slot over one socket.
+            .max_concurrent_streams(Some(config.max_streams_per_connection.max(1)))
             // Admission first (auth, rate limit, concurrency), then every response in one
             // write, then ModelInfer's byte path ahead of tonic's router.
             .layer(StateLayer(admission))
