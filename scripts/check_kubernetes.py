@@ -264,6 +264,7 @@ def check_mesh(objects: list[dict], where: str, report: Report) -> dict:
                  "the alert-manager does not run 2 replicas")
     check_spill_volume(alert_manager, config_maps, where, report)
     check_network_policies(objects, where, report)
+    check_sender_keys(deployments, config_maps, where, report)
 
     inference = deployments.get("inference")
     if not inference:
@@ -326,6 +327,24 @@ def check_network_policies(objects: list[dict], where: str, report: Report) -> N
                     admitted.add(name or ",".join(f"{k}={v}" for k, v in labels.items()) or "*")
         report.check(admitted == expected, f"{where} NetworkPolicy {service}:{port}",
                      f"admits {sorted(admitted)}, expected {sorted(expected)}")
+
+
+def check_sender_keys(workloads: dict[str, dict], config_maps: dict[str, dict], where: str,
+                      report: Report) -> None:
+    """The collector takes writes from key holders only, and every service sends a key."""
+    def env(name: str) -> dict[str, str]:
+        workload = workloads.get(name)
+        if not workload:
+            return {}
+        return container_env(workload["spec"]["template"]["spec"]["containers"][0], config_maps)
+    report.check(bool(env("metrics-collector").get("COLLECTOR_API_KEYS_FILE")),
+                 f"{where} metrics-collector", "COLLECTOR_API_KEYS_FILE is not set: anyone may write")
+    for name in ("gateway", "inference", "alert-manager"):
+        report.check(env(name).get("OTEL_EXPORTER_OTLP_HEADERS", "").startswith(
+                         "authorization=Bearer%20"),
+                     f"{where} {name}", "OTEL_EXPORTER_OTLP_HEADERS sends no sender key")
+    report.check(bool(env("gateway").get("GATEWAY_RECORDS_API_KEY")), f"{where} gateway",
+                 "GATEWAY_RECORDS_API_KEY is not set: its records would be refused")
 
 
 def check_model_config(inference: dict, config_maps: dict[str, dict], where: str,
