@@ -153,7 +153,7 @@ impl Admission {
         }
         let slot = self.concurrency.clone().try_acquire_owned().map_err(|_| {
             metrics::refused_call(path, &principal.tenant, "overloaded");
-            Status::from(GatewayError::Overloaded(self.max_concurrency))
+            GatewayError::Overloaded(self.max_concurrency).to_status()
         })?;
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         let running = in_flight.entry(principal.tenant.clone()).or_default();
