@@ -34,6 +34,8 @@ pub struct Admission {
     in_flight: Arc<std::sync::Mutex<std::collections::HashMap<Arc<str>, usize>>>,
     /// How long a call's first message may take after its headers.
     idle_deadline: std::time::Duration,
+    /// The calls still waiting for their first message (see [`crate::idle`]).
+    idle_watch: Arc<crate::idle::IdleWatch>,
 }
 
 /// A running call's hold on the gateway: a concurrency slot and its place in its tenant's
@@ -89,6 +91,7 @@ impl Admission {
             tenant_share: max_concurrency,
             in_flight: Arc::default(),
             idle_deadline: std::time::Duration::from_secs(1),
+            idle_watch: Arc::default(),
         }
     }
 
@@ -98,6 +101,12 @@ impl Admission {
         let percent = percent.clamp(1, 100) as usize;
         self.tenant_share = (self.max_concurrency * percent / 100).max(1);
         self
+    }
+
+    /// The watch of the calls still waiting for their first message, whose sweeper the server
+    /// runs.
+    pub fn idle_watch(&self) -> Arc<crate::idle::IdleWatch> {
+        self.idle_watch.clone()
     }
 
     /// Ends a call whose first message is not in within `deadline` of its headers.
@@ -219,7 +228,11 @@ where
                 let (mut request, expired) = match &admitted {
                     Some(_) => {
                         let (parts, body) = request.into_parts();
-                        let (body, expired) = crate::idle::FirstMessageDeadline::new(body, idle);
+                        let (body, expired) = crate::idle::FirstMessageDeadline::new(
+                            body,
+                            idle,
+                            self.state.idle_watch.clone(),
+                        );
                         let body = tonic::body::Body::new(body);
                         (http::Request::from_parts(parts, body), Some(expired))
                     }

@@ -120,6 +120,7 @@ pub async fn serve(
         Duration::from_secs(config.shutdown_grace_secs),
     );
     let stop = serving.stop_signal();
+    tokio::spawn(admission.idle_watch().sweep(stop.clone()));
     let oip = grpc::oip::OipProxy::new(core.clone(), admission.clone(), stop.clone());
     routes
         .add_service(
