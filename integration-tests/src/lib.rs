@@ -777,3 +777,47 @@ pub async fn start_alert_manager_with(
     wait_until_serving(addr).await.unwrap();
     RunningAlertManager { addr, stop, task }
 }
+
+/// A webhook receiver that keeps every JSON body POSTed to `/hook`.
+pub async fn start_receiver() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let store = store.clone();
+            async move {
+                store
+                    .lock()
+                    .unwrap()
+                    .push(serde_json::from_str::<serde_json::Value>(&body).unwrap());
+                "ok"
+            }
+        }),
+    );
+    let (listener, addr) = shared::testing::ephemeral_listener().await.unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, received)
+}
+
+/// The alerts the alert manager at `address` lists (none while it cannot be reached).
+pub async fn list_alerts(
+    address: std::net::SocketAddr,
+) -> Vec<proto::monitoring::alerts::v1::Alert> {
+    use proto::monitoring::alerts::v1 as am;
+    let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+    else {
+        return Vec::new();
+    };
+    am::alert_manager_client::AlertManagerClient::new(channel)
+        .list_alerts(am::ListAlertsRequest::default())
+        .await
+        .map(|r| r.into_inner().alerts)
+        .unwrap_or_default()
+}

@@ -244,15 +244,8 @@ fn ten(
 /// The alerts the manager at `addr` lists as firing, by rule and `model` label.
 async fn firing(addr: std::net::SocketAddr) -> Vec<(String, String)> {
     use proto::monitoring::alerts::v1 as am;
-    let Ok(reply) = am::alert_manager_client::AlertManagerClient::new(connect(addr).await)
-        .list_alerts(am::ListAlertsRequest::default())
+    list_alerts(addr)
         .await
-    else {
-        return Vec::new();
-    };
-    reply
-        .into_inner()
-        .alerts
         .into_iter()
         .filter(|a| a.state == am::AlertState::Firing as i32)
         .map(|a| (a.rule, a.labels.get("model").cloned().unwrap_or_default()))
@@ -557,15 +550,7 @@ async fn a_query_answer_over_four_mebibytes_still_reaches_the_rules() {
                 otlp.export(delta("shop", "shop.views", &hot, 10.0))
                     .await
                     .ok()?;
-                let firing = {
-                    use proto::monitoring::alerts::v1 as am;
-                    am::alert_manager_client::AlertManagerClient::new(connect(manager.addr).await)
-                        .list_alerts(am::ListAlertsRequest::default())
-                        .await
-                        .ok()?
-                        .into_inner()
-                        .alerts
-                };
+                let firing = list_alerts(manager.addr).await;
                 firing
                     .iter()
                     .any(|a| a.labels.get("user").map(String::as_str) == Some("hot"))
@@ -593,23 +578,7 @@ async fn a_receiver_that_never_answers_delays_no_other_receiver() {
         }
     });
     // A receiver that answers at once and keeps what it got.
-    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
-    let store = received.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |body: String| {
-            let store = store.clone();
-            async move {
-                store
-                    .lock()
-                    .unwrap()
-                    .push(serde_json::from_str(&body).unwrap());
-                "ok"
-            }
-        }),
-    );
-    let (listener, ops_addr) = shared::testing::ephemeral_listener().await.unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (ops_addr, received) = start_receiver().await;
     let rules = tempfile::tempdir().unwrap();
     std::fs::write(
         rules.path().join("rules.yaml"),

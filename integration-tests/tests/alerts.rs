@@ -75,31 +75,6 @@ fn keep_failing(
     keep_exporting(otlp, move || errors(model, 10.0))
 }
 
-/// A webhook receiver that keeps every JSON body POSTed to `/hook`.
-async fn start_receiver() -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
-) {
-    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let store = received.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |body: String| {
-            let store = store.clone();
-            async move {
-                store
-                    .lock()
-                    .unwrap()
-                    .push(serde_json::from_str::<serde_json::Value>(&body).unwrap());
-                "ok"
-            }
-        }),
-    );
-    let (listener, addr) = shared::testing::ephemeral_listener().await.unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (addr, received)
-}
-
 fn admin<T>(message: T) -> tonic::Request<T> {
     with_key(message, "admin-key", None)
 }
@@ -679,21 +654,6 @@ rules:
     for: 3s
     labels: {severity: critical}
 "#;
-
-async fn list_alerts(address: std::net::SocketAddr) -> Vec<pb::Alert> {
-    let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .unwrap()
-        .connect()
-        .await
-    else {
-        return Vec::new();
-    };
-    AlertManagerClient::new(channel)
-        .list_alerts(pb::ListAlertsRequest::default())
-        .await
-        .map(|r| r.into_inner().alerts)
-        .unwrap_or_default()
-}
 
 /// Incident `id` as soon as `ready` holds for it (at most `limit`).
 async fn incident_when(

@@ -143,6 +143,12 @@ impl ApiKeys {
     }
 }
 
+/// The `authorization` metadata value that presents `key` (`Bearer <key>`), or `None` when the
+/// key holds characters a header cannot.
+pub fn bearer(key: &str) -> Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+    format!("Bearer {key}").parse().ok()
+}
+
 /// Why a call was refused by [`ApiKeys::require`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {

@@ -65,9 +65,7 @@ fn channel(url: &str) -> Result<tonic::transport::Channel, String> {
 /// `message` with `authorization: Bearer <key>` when there is a key.
 fn keyed<T>(key: Option<&str>, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    if let Some(key) = key
-        && let Ok(value) = format!("Bearer {key}").parse()
-    {
+    if let Some(value) = key.and_then(shared::auth::bearer) {
         request.metadata_mut().insert("authorization", value);
     }
     request

@@ -138,9 +138,9 @@ impl GatewayCore {
     pub fn with_inference_key(mut self, key: Option<&str>) -> Result<GatewayCore, String> {
         self.inference_key = key
             .map(|k| {
-                format!("Bearer {k}")
-                    .parse()
-                    .map_err(|_| "--inference-api-key holds characters a header cannot".to_owned())
+                shared::auth::bearer(k).ok_or_else(|| {
+                    "--inference-api-key holds characters a header cannot".to_owned()
+                })
             })
             .transpose()?;
         Ok(self)

@@ -122,9 +122,12 @@ impl RecordShipper {
             .timeout(Duration::from_secs(5))
             .connect_lazy();
         let key = key
-            .map(|k| format!("Bearer {k}").parse())
-            .transpose()
-            .map_err(|_| "the records API key holds characters a header cannot".to_owned())?;
+            .map(|k| {
+                shared::auth::bearer(k).ok_or_else(|| {
+                    "the records API key holds characters a header cannot".to_owned()
+                })
+            })
+            .transpose()?;
         Ok(RecordShipper {
             buffer,
             client: RecordIngestClient::new(channel),
