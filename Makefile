@@ -11,7 +11,7 @@ export MODEL_REPOSITORY ?= $(MODELS)
 
 MODEL_FILES := $(MODELS)/minilm-l6/1/model.onnx $(MODELS)/purchase-intent/1/model.onnx
 
-.PHONY: help preflight deps model build run demo-incident test lint fmt bench bench-collector bench-anchors clean
+.PHONY: help preflight deps model build run demo-incident test lint fmt bench bench-tls bench-collector bench-anchors clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -60,6 +60,7 @@ bench: model ## Benchmarks: in-process ONNX Runtime against the served model (se
 	@bash scripts/deps.sh --bench
 	cargo build --release --workspace --bins --benches
 	@bash scripts/bench.sh
+	@bash scripts/bench_tls.sh
 	@bash scripts/bench_collector.sh
 	@bash scripts/bench_finetune.sh
 
@@ -67,6 +68,10 @@ bench-anchors: model ## Ours against Triton (PyTriton), MLServer and a plain Pyt
 	@bash scripts/deps.sh --bench
 	cargo build --release --workspace --bins --benches
 	@bash scripts/bench_anchors.sh
+
+bench-tls: ## The cost of TLS between the services: added p50 at c=1, throughput at c=64 (~2 min)
+	cargo build --release --workspace --bins
+	@bash scripts/bench_tls.sh
 
 bench-collector: ## Benchmark of the metrics collector only: ingest, memory, query latency
 	cargo build --release -p metrics-collector -p bench

@@ -18,6 +18,8 @@
 #   BENCH_SERVER_ARGS ("")    extra flags for the inference server (e.g. "--spin")
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The services run without TLS here (its cost is measured apart, by scripts/bench_tls.sh).
+export MESH_PLAINTEXT=true
 
 BIN=target/release
 OUT=target/bench

@@ -27,6 +27,8 @@
 # ANCHORS_KEEP (1: keep the results already in target/anchors and run only ANCHORS_SYSTEMS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The services run without TLS here (its cost is measured apart, by scripts/bench_tls.sh).
+export MESH_PLAINTEXT=true
 
 BIN=target/release
 OUT=target/anchors

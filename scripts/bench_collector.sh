@@ -10,6 +10,8 @@
 #   BENCH_COLLECTOR_SECS (10)  seconds of ingest
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The services run without TLS here (its cost is measured apart, by scripts/bench_tls.sh).
+export MESH_PLAINTEXT=true
 
 BIN=target/release
 OUT=target/bench

@@ -3,6 +3,8 @@
 # time to embed them (the inference service) and to train the head, from report.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The services run without TLS here (its cost is measured apart, by scripts/bench_tls.sh).
+export MESH_PLAINTEXT=true
 BIN=target/release
 OUT=target/bench
 mkdir -p "$OUT"

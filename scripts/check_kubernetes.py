@@ -30,6 +30,9 @@ RENDERINGS = {
     "gpu": "deploy/kubernetes/overlays/gpu",
 }
 DEMO_SECRETS = "deploy/kubernetes/examples/demo-secrets.yaml"
+CERTIFICATES = "deploy/kubernetes/certificates"
+TLS_KEYS = ("tls.crt", "tls.key", "ca.crt")
+HEALTH_PORT = 8081
 RULES_DIR = "deploy/rules"
 NAMESPACE = "mesh"
 SERVICES = ("gateway", "inference", "metrics-collector", "alert-manager")
@@ -395,6 +398,83 @@ def check_rules(objects: list[dict], report: Report) -> None:
                      f"{name} differs from {RULES_DIR}/{name}")
 
 
+def certificate_secrets(kubectl: str, report: Report) -> dict[str, dict]:
+    """cert-manager's Certificates: each service's, signed by the mesh's CA, for both ends of a
+    call. Returns the Secrets they will fill, as if created (tls.crt, tls.key, ca.crt)."""
+    certificates = by_kind(render(kubectl, CERTIFICATES), "Certificate")
+    issuers = by_kind(render(kubectl, CERTIFICATES), "Issuer")
+    report.check(certificates.get("mesh-ca", {}).get("spec", {}).get("isCA") is True,
+                 CERTIFICATES, "no CA Certificate mesh-ca")
+    report.check(issuers.get("mesh-ca", {}).get("spec", {}).get("ca", {}).get("secretName")
+                 == "mesh-ca", CERTIFICATES, "no Issuer mesh-ca signing with the CA")
+    secrets = {}
+    for service in SERVICES:
+        spec = certificates.get(service, {}).get("spec", {})
+        here = f"{CERTIFICATES} Certificate/{service}"
+        if not report.check(bool(spec), here, "missing"):
+            continue
+        report.check(spec.get("secretName") == f"{service}-tls", here,
+                     f"secretName {spec.get('secretName')}, expected {service}-tls")
+        report.check(spec.get("issuerRef", {}).get("name") == "mesh-ca", here,
+                     "not issued by the mesh's CA (Issuer mesh-ca)")
+        usages = set(spec.get("usages", []))
+        report.check({"server auth", "client auth"} <= usages, here,
+                     f"usages {sorted(usages)} lack server auth or client auth")
+        report.check(service in spec.get("dnsNames", []), here, f"does not name {service}")
+        secrets[f"{service}-tls"] = {"metadata": {"name": f"{service}-tls"},
+                                     "stringData": {key: "" for key in TLS_KEYS},
+                                     "dnsNames": spec.get("dnsNames", [])}
+    return secrets
+
+
+def check_tls(deployments: dict[str, dict], config_maps: dict[str, dict],
+              secrets: dict[str, dict], where: str, report: Report) -> None:
+    """Every service reads its own certificate, answers the kubelet's probes on a plaintext
+    health port, and calls its peers at https:// addresses their certificates name."""
+    for service in SERVICES:
+        dep = deployments.get(service)
+        if dep is None:
+            continue
+        here = f"{where} {name_of(dep)}"
+        pod = dep["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        env = container_env(container, config_maps)
+        mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
+        tls_volume = next((v["name"] for v in pod.get("volumes", [])
+                           if v.get("secret", {}).get("secretName") == f"{service}-tls"), None)
+        if report.check(tls_volume in mounts, here, f"does not mount the Secret {service}-tls"):
+            folder = mounts[tls_volume].rstrip("/")
+            for var, key in zip(("TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CA_FILE"), TLS_KEYS):
+                report.check(env.get(var) == f"{folder}/{key}", here,
+                             f"{var}={env.get(var)}, expected {folder}/{key}")
+        report.check("MESH_PLAINTEXT" not in env, here, "runs with MESH_PLAINTEXT")
+        report.check(env.get("PLAINTEXT_HEALTH_LISTEN") == f"0.0.0.0:{HEALTH_PORT}", here,
+                     f"PLAINTEXT_HEALTH_LISTEN={env.get('PLAINTEXT_HEALTH_LISTEN')}")
+        for kind in ("livenessProbe", "readinessProbe", "startupProbe"):
+            probe = container.get(kind)
+            if probe is not None:
+                report.check(probe.get("grpc", {}).get("port") == HEALTH_PORT, here,
+                             f"{kind} is not on the plaintext health port {HEALTH_PORT}")
+        for var, value in env.items():
+            if value.startswith(("http://", "https://")) and not var.startswith("PROMETHEUS"):
+                report.check(value.startswith("https://"), here, f"{var}={value} is not https://")
+                host = value.split("://", 1)[1].rsplit(":", 1)[0]
+                peer = next((s for s in SERVICES if host == s or host.startswith(f"{s}.")), None)
+                if peer and f"{peer}-tls" in secrets:
+                    report.check(host in secrets[f"{peer}-tls"]["dnsNames"], here,
+                                 f"{var}: {host} is not named by {peer}'s certificate")
+    inference = env_of(deployments.get("gateway"), config_maps).get("GATEWAY_INFERENCE", "")
+    host = inference.rsplit(":", 1)[0]
+    report.check(host in secrets.get("inference-tls", {}).get("dnsNames", []), where,
+                 f"GATEWAY_INFERENCE host {host} is not named by the inference certificate")
+
+
+def env_of(dep: dict | None, config_maps: dict[str, dict]) -> dict[str, str]:
+    if dep is None:
+        return {}
+    return container_env(dep["spec"]["template"]["spec"]["containers"][0], config_maps)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kubectl", default="kubectl", help="kubectl binary (for kustomize)")
@@ -405,6 +485,7 @@ def main() -> int:
     demo = [d for d in yaml.safe_load_all((ROOT / DEMO_SECRETS).read_text()) if d]
     validate(demo, DEMO_SECRETS, report)
     secrets = by_kind(demo, "Secret")
+    secrets.update(certificate_secrets(args.kubectl, report))
     keys_file = secrets.get("mesh-api-keys", {}).get("stringData", {}).get("api-keys.toml")
     report.check(keys_file == (ROOT / "deploy/api-keys.example.toml").read_text(), DEMO_SECRETS,
                  "api-keys.toml differs from deploy/api-keys.example.toml")
@@ -414,6 +495,7 @@ def main() -> int:
         objects = render(args.kubectl, folder)
         validate(objects, label, report)
         check_references(objects, secrets, label, report)
+        check_tls(workloads(objects), by_kind(objects, "ConfigMap"), secrets, label, report)
         found[label] = check_mesh(objects, label, report)
         print(f"{label}: kubectl kustomize {folder}: {len(objects)} objects "
               f"({', '.join(sorted({o['kind'] for o in objects}))})")

@@ -19,8 +19,16 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def tls_flags(args):
+    """grpcurl's flags for the mesh's transport: the operator's certificate, or plaintext."""
+    if args.plaintext:
+        return ["-plaintext"]
+    folder = args.tls_dir
+    return ["-cacert", f"{folder}/ca.crt", "-cert", f"{folder}/tls.crt", "-key", f"{folder}/tls.key"]
+
+
 def grpcurl(args, address, method, body=None, key=None):
-    command = [args.grpcurl, "-plaintext", "-max-time", "5"]
+    command = [args.grpcurl, *tls_flags(args), "-max-time", "5"]
     if key:
         command += ["-H", f"authorization: Bearer {key}"]
     if body is not None:
@@ -69,6 +77,17 @@ def main():
     parser.add_argument("--bin", default=os.environ.get("MESH_BIN", os.path.join(ROOT, "target", "release")))
     parser.add_argument("--grpcurl", default=os.path.join(ROOT, ".venv", "bin", "grpcurl"))
     parser.add_argument("--timeout", type=float, default=90.0, help="seconds for the whole story (default 90)")
+    parser.add_argument(
+        "--tls-dir",
+        default=os.path.join(ROOT, "data", "tls", "operator"),
+        help="the operator's certificate, key and the mesh's CA (tls.crt, tls.key, ca.crt; made by `make run`)",
+    )
+    parser.add_argument(
+        "--plaintext",
+        action="store_true",
+        default=os.environ.get("MESH_PLAINTEXT", "").lower() in ("1", "true", "yes", "on"),
+        help="talk to a mesh run with MESH_PLAINTEXT=true",
+    )
     args = parser.parse_args()
 
     for name, address in (("gateway", args.gateway), ("alert manager", args.alert_manager)):
@@ -89,7 +108,12 @@ def main():
     traffic = subprocess.Popen(
         [
             os.path.join(args.bin, "traffic"),
-            "--gateway", f"http://{args.gateway}",
+            "--gateway", f"{'http' if args.plaintext else 'https'}://{args.gateway}",
+            *([] if args.plaintext else [
+                "--tls-ca", f"{args.tls_dir}/ca.crt",
+                "--tls-cert", f"{args.tls_dir}/tls.crt",
+                "--tls-key", f"{args.tls_dir}/tls.key",
+            ]),
             "--api-key", args.client_key,
             "--admin-key", args.admin_key,
             "--bad-canary", "50",

@@ -39,9 +39,37 @@ parent=$PPID
 ( while kill -0 "$parent" 2>/dev/null; do sleep 1; done; kill -TERM $$ 2>/dev/null ) </dev/null &
 watcher=$!
 
+# TLS between the services, as in production: a throwaway CA and one certificate per service
+# under data/tls (made once; `target/release/mesh-certs --force` makes a new set), laid out as
+# cert-manager mounts them. MESH_PLAINTEXT=true runs the mesh without TLS instead.
+TLS_DIR=${MESH_TLS_DIR:-data/tls}
+case "${MESH_PLAINTEXT:-}" in
+    1 | true | yes | on) plaintext=1 ;;
+    *) plaintext= ;;
+esac
+if [ -n "$plaintext" ]; then
+    export MESH_PLAINTEXT=true
+    scheme=http
+    GRPCURL_TLS=(-plaintext)
+    echo "[run] MESH_PLAINTEXT: the services talk without TLS" >&2
+else
+    unset MESH_PLAINTEXT
+    scheme=https
+    "$BIN/mesh-certs" --out "$TLS_DIR" >&2 || { echo "[run] cannot make the certificates" >&2; exit 1; }
+    GRPCURL_TLS=(-cacert "$TLS_DIR/operator/ca.crt" -cert "$TLS_DIR/operator/tls.crt" -key "$TLS_DIR/operator/tls.key")
+fi
+grpcurl_tls="${GRPCURL_TLS[*]}"
+
 start() {
     local name=$1; shift
-    "$BIN/$name" "$@" </dev/null &
+    local certs=$name
+    [ "$name" = traffic ] && certs=operator
+    if [ -z "$plaintext" ]; then
+        TLS_CERT_FILE=$TLS_DIR/$certs/tls.crt TLS_KEY_FILE=$TLS_DIR/$certs/tls.key \
+            TLS_CA_FILE=$TLS_DIR/$certs/ca.crt "$BIN/$name" "$@" </dev/null &
+    else
+        "$BIN/$name" "$@" </dev/null &
+    fi
     pids+=($!)
     pid_of[$name]=$!
     echo "[run] started $name (pid $!)" >&2
@@ -62,11 +90,11 @@ export ALERT_MANAGER_INFERENCE_API_KEY=${ALERT_MANAGER_INFERENCE_API_KEY:-demo-a
 # the key the standard way, in OTEL_EXPORTER_OTLP_HEADERS, and the gateway's records with it.
 export COLLECTOR_API_KEYS=${COLLECTOR_API_KEYS:-demo-sender-key:mesh:client}
 OTEL_EXPORTER_OTLP_ENDPOINT= start metrics-collector
-export OTEL_EXPORTER_OTLP_ENDPOINT=${OTEL_EXPORTER_OTLP_ENDPOINT:-http://127.0.0.1:4317}
+export OTEL_EXPORTER_OTLP_ENDPOINT=${OTEL_EXPORTER_OTLP_ENDPOINT:-$scheme://127.0.0.1:4317}
 export OTEL_EXPORTER_OTLP_HEADERS=${OTEL_EXPORTER_OTLP_HEADERS:-authorization=Bearer%20demo-sender-key}
 export GATEWAY_RECORDS_API_KEY=${GATEWAY_RECORDS_API_KEY:-demo-sender-key}
 start inference
-start gateway --inference 127.0.0.1:50052 --records-endpoint http://127.0.0.1:4317
+start gateway --inference 127.0.0.1:50052 --records-endpoint "$scheme://127.0.0.1:4317"
 
 # The alert manager keeps incidents in PostgreSQL: DATABASE_URL, or else a project-local cluster
 # (scripts/postgres.sh, port 55432), started now and stopped with the rest.
@@ -79,8 +107,9 @@ if [ -z "${DATABASE_URL:-}" ]; then
     local_postgres=1
 fi
 export ALERT_MANAGER_API_KEYS=${ALERT_MANAGER_API_KEYS:-demo-admin-key:ops:admin}
-start alert-manager --rules "${MESH_RULES:-deploy/rules}" --gateway http://127.0.0.1:50051 \
-    --gateway-api-key "${ALERT_MANAGER_GATEWAY_API_KEY:-demo-admin-key}" --inference http://127.0.0.1:50052 \
+start alert-manager --rules "${MESH_RULES:-deploy/rules}" --collector "$scheme://127.0.0.1:4317" \
+    --gateway "$scheme://127.0.0.1:50051" --gateway-api-key "${ALERT_MANAGER_GATEWAY_API_KEY:-demo-admin-key}" \
+    --inference "$scheme://127.0.0.1:50052" \
     --spill-dir "${ALERT_MANAGER_SPILL_DIR:-data/alert-manager}"
 alerts_line="[run] alerts:    grpc 127.0.0.1:50054 (monitoring.alerts.v1), rules in ${MESH_RULES:-deploy/rules}"
 
@@ -94,7 +123,7 @@ wait_healthy() {
             echo "[run] $name exited with status $? before it was serving (its error is above)" >&2
             stop 1
         fi
-        if "$GRPCURL" -plaintext -max-time 1 "$address" grpc.health.v1.Health/Check 2>/dev/null \
+        if "$GRPCURL" "${GRPCURL_TLS[@]}" -max-time 1 "$address" grpc.health.v1.Health/Check 2>/dev/null \
             | grep -q '"SERVING"'; then
             echo "[run] $name is serving on $address" >&2
             return 0
@@ -111,7 +140,7 @@ wait_healthy alert-manager 127.0.0.1:50054
 
 # Shoppers (MESH_TRAFFIC_RATE actions a second; 0 for none), see tools/traffic.
 if [ "${MESH_TRAFFIC_RATE:-4}" != 0 ]; then
-    start traffic --rate "${MESH_TRAFFIC_RATE:-4}" --report-every 30
+    start traffic --gateway "$scheme://127.0.0.1:50051" --rate "${MESH_TRAFFIC_RATE:-4}" --report-every 30
 fi
 
 cat >&2 <<MSG
@@ -121,13 +150,16 @@ cat >&2 <<MSG
 $alerts_line
 [run] metrics:   OTLP + monitoring.metrics.v1 queries on 127.0.0.1:4317, Prometheus text on
 [run]            http://127.0.0.1:9464/metrics; e.g. the gateway's request rate:
-[run]   .venv/bin/grpcurl -plaintext -d '{"selector": {"metric": "gateway.requests"},
+[run]   .venv/bin/grpcurl $grpcurl_tls \\
+[run]     -d '{"selector": {"metric": "gateway.requests"},
 [run]     "function": "FUNCTION_RATE", "window_seconds": 60, "group_by": ["rpc"]}' \\
 [run]     127.0.0.1:4317 monitoring.metrics.v1.MetricsQuery/Query
-[run] try:  .venv/bin/grpcurl -plaintext -H 'authorization: Bearer demo-client-key' \\
+[run] try:  .venv/bin/grpcurl $grpcurl_tls \\
+[run]         -H 'authorization: Bearer demo-client-key' \\
 [run]         -d '{"texts": ["wireless headphones"]}' 127.0.0.1:50051 ecommerce.gateway.v1.Gateway/Embed
-[run] incidents: .venv/bin/grpcurl -plaintext -d '{}' 127.0.0.1:50054 monitoring.alerts.v1.AlertManager/ListIncidents
-[run]            .venv/bin/grpcurl -plaintext -d '{"id": 1}' 127.0.0.1:50054 monitoring.alerts.v1.AlertManager/GetIncident
+[run] incidents: .venv/bin/grpcurl $grpcurl_tls \\
+[run]              -d '{}' 127.0.0.1:50054 monitoring.alerts.v1.AlertManager/ListIncidents
+[run] tls:       ${plaintext:+off (MESH_PLAINTEXT)}${plaintext:-the mesh's CA and certificates in $TLS_DIR (a client needs only ca.crt for the gateway)}
 [run] traffic:   ${MESH_TRAFFIC_RATE:-4} shopper actions a second (tools/traffic; MESH_TRAFFIC_RATE=0 for none)
 [run] a fault:   make demo-incident (in another terminal): a bad canary, caught, undone and resolved
 [run] stop: Ctrl-C

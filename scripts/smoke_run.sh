@@ -94,7 +94,9 @@ done
 grep -q "\[run\] alert-manager is serving" "$LOG" || fail "the four services were not healthy within 120 s"
 say "all four services are serving"
 
-"$BIN/traffic" --once >&2 || fail "one call of each kind through the gateway"
+# Over TLS, as a recommender service would call: trusting the mesh's CA, no certificate of its own.
+"$BIN/traffic" --once --gateway https://127.0.0.1:50051 --tls-ca data/tls/operator/ca.crt >&2 \
+    || fail "one call of each kind through the gateway"
 say "one call of each kind went through the gateway"
 
 .venv/bin/python scripts/demo_incident.py --bin "$BIN" --timeout 120 >&2 \

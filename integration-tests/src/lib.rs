@@ -15,6 +15,7 @@ use anyhow::{Context, bail};
 use inference::InferenceConfig;
 use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use proto::serving::inference::v1::inference_tasks_client::InferenceTasksClient;
+use shared::tls::MeshTls;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
@@ -95,12 +96,118 @@ pub fn inference_config(repository: &Path, models: &[&str]) -> InferenceConfig {
         "20".to_owned(),
         "--api-keys".to_owned(),
         TEST_KEYS.to_owned(),
+        "--plaintext".to_owned(),
     ];
     if !models.is_empty() {
         args.push("--models".to_owned());
         args.push(models.join(","));
     }
     InferenceConfig::parse_from(args)
+}
+
+/// `--plaintext`, unless the flags (or environment variable names) already set up TLS: the
+/// services refuse to start with neither, and most tests talk plaintext to them (the TLS
+/// suite gives them certificates).
+pub fn plaintext_unless_tls<'a>(given: impl IntoIterator<Item = &'a str>) -> Option<&'static str> {
+    let tls = given
+        .into_iter()
+        .any(|arg| arg.starts_with("--tls-") || arg.starts_with("TLS_") || arg == "--plaintext");
+    (!tls).then_some("--plaintext")
+}
+
+/// The TLS a service of the test speaks, to check its health with its own certificate (which
+/// also serves as a client's). Plaintext when its settings do not load: the service itself
+/// then fails to start, and says why.
+fn own_tls(args: &shared::tls::TlsArgs) -> MeshTls {
+    MeshTls::load(args).unwrap_or_else(|_| MeshTls::plaintext())
+}
+
+/// The TLS of a process started with `args` and `envs`, to check its health with its own
+/// certificate.
+fn process_tls(args: &[&str], envs: &[(&str, &str)]) -> MeshTls {
+    let given = |flag: &str, env: &str| {
+        args.windows(2)
+            .find(|pair| pair[0] == flag)
+            .map(|pair| PathBuf::from(pair[1]))
+            .or_else(|| {
+                envs.iter()
+                    .find(|(name, _)| *name == env)
+                    .map(|(_, value)| PathBuf::from(value))
+            })
+    };
+    own_tls(&shared::tls::TlsArgs {
+        tls_cert: given("--tls-cert", "TLS_CERT_FILE"),
+        tls_key: given("--tls-key", "TLS_KEY_FILE"),
+        tls_ca: given("--tls-ca", "TLS_CA_FILE"),
+        ..Default::default()
+    })
+}
+
+/// A throwaway CA and certificates for every service of the mesh and `operator`, written as
+/// cert-manager mounts them, for tests of the mesh over TLS.
+pub struct TestPki {
+    dir: tempfile::TempDir,
+    certs: mesh_certs::MeshCerts,
+}
+
+impl TestPki {
+    /// A new CA and its certificates.
+    pub fn new() -> TestPki {
+        let certs =
+            mesh_certs::generate("test CA", &mesh_certs::MESH_NAMES, &mesh_certs::LOCAL_HOSTS)
+                .expect("certificates");
+        let dir = tempfile::tempdir().expect("temporary folder");
+        certs.write_to(dir.path()).expect("certificates written");
+        TestPki { dir, certs }
+    }
+
+    /// The folder of `name`'s `tls.crt`, `tls.key` and `ca.crt`.
+    pub fn folder(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The flags that give a service `name`'s certificate.
+    pub fn args(&self, name: &str) -> Vec<String> {
+        let folder = self.folder(name);
+        [
+            "--tls-cert",
+            "tls.crt",
+            "--tls-key",
+            "tls.key",
+            "--tls-ca",
+            "ca.crt",
+        ]
+        .chunks(2)
+        .flat_map(|pair| {
+            [
+                pair[0].to_owned(),
+                folder.join(pair[1]).display().to_string(),
+            ]
+        })
+        .collect()
+    }
+
+    /// A client holding `name`'s certificate.
+    pub fn client(&self, name: &str) -> MeshTls {
+        self.client_trusting(name, self)
+    }
+
+    /// A client holding `name`'s certificate of this CA, trusting `other`'s CA.
+    pub fn client_trusting(&self, name: &str, other: &TestPki) -> MeshTls {
+        let leaf = self.certs.leaf(name).expect("a certificate of that name");
+        MeshTls::from_pem(
+            leaf.cert_pem.clone().into_bytes(),
+            leaf.key_pem.clone().into_bytes(),
+            other.certs.ca_pem.clone().into_bytes(),
+        )
+        .expect("client TLS")
+    }
+}
+
+impl Default for TestPki {
+    fn default() -> TestPki {
+        TestPki::new()
+    }
 }
 
 /// The API keys every test service knows: `admin-key` (tenant `ops`, admin) and `client-key`
@@ -119,6 +226,7 @@ impl RunningInference {
     /// Starts the service on the current runtime and waits until its health is SERVING.
     pub async fn start(config: InferenceConfig) -> anyhow::Result<RunningInference> {
         let (listener, addr) = shared::testing::ephemeral_listener().await?;
+        let tls = own_tls(&config.tls);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(inference::serve(listener, config, async move {
             let _ = stopped.await;
@@ -128,7 +236,7 @@ impl RunningInference {
             stop: Some(stop),
             task: Some(task),
         };
-        if let Err(err) = wait_until_serving(addr).await {
+        if let Err(err) = wait_until_serving_over(addr, &tls).await {
             let outcome = running.stop().await;
             bail!("the service did not become ready: {err}; it returned {outcome:?}");
         }
@@ -166,10 +274,21 @@ pub async fn connect(addr: SocketAddr) -> Channel {
         .expect("connect")
 }
 
+/// Connects a channel to `addr` over `tls` (plaintext when it is).
+pub async fn connect_over(addr: SocketAddr, tls: &MeshTls) -> anyhow::Result<Channel> {
+    let url = format!("{}://{addr}", tls.scheme());
+    Ok(tls.endpoint(&url, "the test's address")?.connect().await?)
+}
+
 /// Follows `grpc.health.v1.Health/Watch` until the overall status is SERVING (60 s at most).
 pub async fn wait_until_serving(addr: SocketAddr) -> anyhow::Result<()> {
+    wait_until_serving_over(addr, &MeshTls::plaintext()).await
+}
+
+/// As [`wait_until_serving`], over `tls`.
+pub async fn wait_until_serving_over(addr: SocketAddr, tls: &MeshTls) -> anyhow::Result<()> {
     let watch = async {
-        let mut client = HealthClient::new(connect(addr).await);
+        let mut client = HealthClient::new(connect_over(addr, tls).await?);
         let mut updates = client
             .watch(HealthCheckRequest {
                 service: String::new(),
@@ -387,6 +506,7 @@ impl InferenceProcess {
             .arg(ort_dylib())
             .args(["--device", "cpu", "--models", &models.join(",")])
             .args(["--api-keys", TEST_KEYS])
+            .args(plaintext_unless_tls(envs.iter().map(|(name, _)| *name)))
             .envs(envs.iter().copied())
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
@@ -396,7 +516,7 @@ impl InferenceProcess {
             .await
             .context("inference process")?;
         let process = InferenceProcess { addr, child };
-        wait_until_serving(addr).await?;
+        wait_until_serving_over(addr, &process_tls(&[], envs)).await?;
         Ok(process)
     }
 
@@ -435,6 +555,7 @@ impl ServiceProcess {
     pub async fn start(name: &str, args: &[&str]) -> anyhow::Result<ServiceProcess> {
         let child = tokio::process::Command::new(service_binary(name))
             .args(args)
+            .args(plaintext_unless_tls(args.iter().copied()))
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()?;
@@ -443,7 +564,7 @@ impl ServiceProcess {
             .await
             .with_context(|| format!("{name} process"))?;
         let process = ServiceProcess { addr, child };
-        wait_until_serving(addr).await?;
+        wait_until_serving_over(addr, &process_tls(args, &[])).await?;
         Ok(process)
     }
 
@@ -480,6 +601,7 @@ pub fn gateway_config(replicas: &[SocketAddr], extra: &[&str]) -> gateway::Gatew
         "200".to_owned(),
     ];
     args.extend(extra.iter().map(|a| (*a).to_owned()));
+    args.extend(plaintext_unless_tls(extra.iter().copied()).map(str::to_owned));
     gateway::GatewayConfig::parse_from(args)
 }
 
@@ -495,11 +617,12 @@ impl RunningGateway {
     /// Starts the gateway and waits until its health is SERVING.
     pub async fn start(config: gateway::GatewayConfig) -> anyhow::Result<RunningGateway> {
         let (listener, addr) = shared::testing::ephemeral_listener().await?;
+        let tls = own_tls(&config.tls);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(gateway::serve(listener, config, async move {
             let _ = stopped.await;
         }));
-        wait_until_serving(addr).await?;
+        wait_until_serving_over(addr, &tls).await?;
         Ok(RunningGateway {
             addr,
             stop: Some(stop),
@@ -594,7 +717,9 @@ impl RunningCollector {
         let (http_listener, http) = shared::testing::ephemeral_listener().await?;
         let mut args = vec!["metrics-collector"];
         args.extend_from_slice(extra);
+        args.extend(plaintext_unless_tls(extra.iter().copied()));
         let config = metrics_collector::Config::parse_from(args);
+        let tls = own_tls(&config.tls);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(metrics_collector::serve(
             grpc_listener,
@@ -604,7 +729,7 @@ impl RunningCollector {
                 let _ = stopped.await;
             },
         ));
-        wait_until_serving(grpc).await?;
+        wait_until_serving_over(grpc, &tls).await?;
         Ok(RunningCollector {
             grpc,
             http,
@@ -769,12 +894,14 @@ pub async fn start_alert_manager_with(
         "admin-key:ops:admin,client-key:shop:client",
     ];
     args.extend_from_slice(extra);
+    args.extend(plaintext_unless_tls(extra.iter().copied()));
     let config = alert_manager::Config::parse_from(args);
+    let tls = own_tls(&config.tls);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(alert_manager::serve(listener, config, async move {
         let _ = stopped.await;
     }));
-    wait_until_serving(addr).await.unwrap();
+    wait_until_serving_over(addr, &tls).await.unwrap();
     RunningAlertManager { addr, stop, task }
 }
 

@@ -912,3 +912,83 @@ async fn header_only_streams_and_one_tenant_cannot_take_every_slot() {
         .expect("shop is served again");
     gateway.stop().await.unwrap();
 }
+
+/// One connection cannot hold more than `--max-streams-per-connection` calls at once: the
+/// gateway says so in its HTTP/2 SETTINGS, a client's next stream waits for a slot, and a
+/// second connection is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_cannot_open_more_streams_than_its_limit() {
+    let mut gateway = RunningGateway::start(gateway_config(
+        &[shared_inference()],
+        &[
+            "--max-streams-per-connection",
+            "2",
+            "--idle-stream-ms",
+            "5000",
+        ],
+    ))
+    .await
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let (send, mut connection) = h2::client::handshake(tcp).await.unwrap();
+    // Two header-only Embed calls take the connection's two slots.
+    let addr = gateway.addr;
+    let request = move || {
+        http::Request::post(format!("http://{addr}/ecommerce.gateway.v1.Gateway/Embed"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("authorization", "Bearer client-key")
+            .body(())
+            .unwrap()
+    };
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut ready = send.clone().ready().await.unwrap();
+        open.push(ready.send_request(request(), false).unwrap());
+    }
+    // The connection is driven until the gateway's SETTINGS have arrived.
+    let settled = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        std::future::poll_fn(|cx| {
+            use std::future::Future as _;
+            let ended = std::pin::Pin::new(&mut connection).poll(cx).is_ready();
+            if ended || connection.max_concurrent_send_streams() == 2 {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        }),
+    )
+    .await;
+    assert!(
+        settled.is_ok(),
+        "the gateway advertises 2 streams per connection, not {}",
+        connection.max_concurrent_send_streams()
+    );
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    // A third call on the same connection (with no message: the gateway would answer it at
+    // once) is held by the client until a slot is free: no answer comes...
+    let third = tokio::spawn(async move {
+        let mut ready = send.clone().ready().await.unwrap();
+        let (response, _) = ready.send_request(request(), true).unwrap();
+        response.await.is_ok()
+    });
+    // ...while another connection is served at once.
+    embed_with(gateway.addr, "client-key")
+        .await
+        .expect("a second connection is served");
+    assert!(
+        !third.is_finished(),
+        "a third call was answered on a connection limited to two"
+    );
+    // Once the idle calls are ended (5 s), their slots come back and the third is answered.
+    let sent = tokio::time::timeout(std::time::Duration::from_secs(15), third)
+        .await
+        .expect("the third call is answered once a slot is free")
+        .unwrap();
+    assert!(sent, "the third call got no answer");
+    drop(open);
+    gateway.stop().await.unwrap();
+}

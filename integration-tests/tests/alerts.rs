@@ -1205,6 +1205,7 @@ async fn the_alert_manager_waits_for_a_database_that_answers_late_and_gives_up_o
         nowhere.as_str(),
         "--database-wait-secs",
         "0",
+        "--plaintext",
     ]);
     let err = alert_manager::serve(listener, config, std::future::pending())
         .await

@@ -8,7 +8,7 @@ async fn services_metrics_reach_the_prometheus_endpoint() {
     use clap::Parser as _;
     let (grpc, otlp) = shared::testing::ephemeral_listener().await.unwrap();
     let (http, http_addr) = shared::testing::ephemeral_listener().await.unwrap();
-    let config = metrics_collector::Config::parse_from(["metrics-collector"]);
+    let config = metrics_collector::Config::parse_from(["metrics-collector", "--plaintext"]);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let collector = tokio::spawn(metrics_collector::serve(grpc, http, config, async move {
         let _ = stopped.await;

@@ -585,6 +585,7 @@ async fn payload_logs_mask_personal_data_and_never_show_keys() {
             "1",
             "--log-format",
             "json",
+            "--plaintext",
         ])
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

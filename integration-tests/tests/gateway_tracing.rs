@@ -22,6 +22,10 @@ async fn one_trace_holds_the_gateway_and_the_inference_spans() {
             metric_export_interval_ms: 60_000,
             service_name: None,
         },
+        &shared::tls::TlsArgs {
+            plaintext: true,
+            ..Default::default()
+        },
     )
     .unwrap();
     let inference = InferenceProcess::exporting_to(&endpoint).await.unwrap();

@@ -19,6 +19,10 @@ async fn a_request_is_one_trace_and_feeds_the_metrics() {
             metric_export_interval_ms: 1000,
             service_name: None,
         },
+        &shared::tls::TlsArgs {
+            plaintext: true,
+            ..Default::default()
+        },
     )
     .unwrap();
 

@@ -3,7 +3,7 @@
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::service::RoutesBuilder;
+use tonic::service::{Routes, RoutesBuilder};
 pub use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -11,10 +11,13 @@ use tonic_health::server::HealthReporter;
 /// 1.8 speaks only v1alpha) over the mesh's own descriptors.
 ///
 /// The overall health status (service name `""`) starts as NOT_SERVING: a service marks
-/// itself serving through the returned reporter once it can answer requests.
+/// itself serving through the returned reporter once it can answer requests. The third value
+/// is the same health service alone, for a plaintext health port
+/// ([`crate::serving::Serving::health_port`]).
 pub async fn base_routes()
--> Result<(RoutesBuilder, HealthReporter), tonic_reflection::server::Error> {
+-> Result<(RoutesBuilder, HealthReporter, Routes), tonic_reflection::server::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
+    let health_only = Routes::new(health.clone());
     reporter
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
@@ -28,7 +31,7 @@ pub async fn base_routes()
         .add_service(health)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?);
-    Ok((routes, reporter))
+    Ok((routes, reporter, health_only))
 }
 
 /// Turns a bound listener into the incoming-connection stream tonic serves from, with

@@ -12,6 +12,7 @@ pub mod shutdown;
 pub mod small_frames;
 pub mod telemetry;
 pub mod testing;
+pub mod tls;
 pub mod trace_context;
 
 pub use error::{ErrorKind, ServiceError};

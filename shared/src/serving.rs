@@ -79,6 +79,30 @@ impl Serving {
         self.others.push((name, task));
     }
 
+    /// Also answers health checks, and nothing else, in plaintext on `addr` (with the
+    /// service's own health): for the kubelet's gRPC probe, which cannot speak TLS. Stops
+    /// with the server.
+    pub async fn health_port(
+        &mut self,
+        addr: std::net::SocketAddr,
+        health_only: tonic::service::Routes,
+    ) -> std::io::Result<()> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(service = self.service, %addr, "plaintext health checks listening");
+        let stop = self.stop.clone();
+        self.also_drain(
+            "health port",
+            tokio::spawn(async move {
+                tonic::transport::Server::builder()
+                    .add_routes(health_only)
+                    .serve_with_incoming_shutdown(crate::grpc::incoming(listener), stop.wait())
+                    .await
+                    .map_err(Into::into)
+            }),
+        );
+        Ok(())
+    }
+
     /// Marks the service SERVING: the overall status and each of `services` (their gRPC
     /// names), which turn NOT_SERVING again when it stops.
     pub async fn ready(&mut self, services: &[&'static str]) {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use opentelemetry::global;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -18,6 +18,8 @@ use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+use crate::tls::{MeshTls, TlsArgs};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -97,6 +99,7 @@ pub fn exporting_tracer() -> Option<&'static SdkTracer> {
 pub fn init(
     default_service_name: &str,
     args: &TelemetryArgs,
+    tls: &TlsArgs,
 ) -> Result<TelemetryGuard, TelemetryError> {
     let service_name = args
         .service_name
@@ -133,27 +136,34 @@ pub fn init(
         .filter(|e| !e.trim().is_empty());
     let otel_layer = match endpoint {
         Some(endpoint) => {
+            let tls = MeshTls::load(tls).map_err(|err| TelemetryError(err.to_string()))?;
+            tls.check_scheme(endpoint, "the OTLP endpoint (OTEL_EXPORTER_OTLP_ENDPOINT)")
+                .map_err(|err| TelemetryError(err.to_string()))?;
             let resource = Resource::builder()
                 .with_service_name(service_name.clone())
                 .build();
-            let spans = opentelemetry_otlp::SpanExporter::builder()
+            let mut spans = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
-                .with_endpoint(endpoint)
-                .build()
-                .map_err(|err| {
-                    TelemetryError(format!("OTLP span exporter for {endpoint}: {err}"))
-                })?;
+                .with_endpoint(endpoint);
+            if let Some(config) = tls.client(None) {
+                spans = spans.with_tls_config(config);
+            }
+            let spans = spans.build().map_err(|err| {
+                TelemetryError(format!("OTLP span exporter for {endpoint}: {err}"))
+            })?;
             let tracer_provider = SdkTracerProvider::builder()
                 .with_resource(resource.clone())
                 .with_batch_exporter(spans)
                 .build();
-            let metrics = opentelemetry_otlp::MetricExporter::builder()
+            let mut metrics = opentelemetry_otlp::MetricExporter::builder()
                 .with_tonic()
-                .with_endpoint(endpoint)
-                .build()
-                .map_err(|err| {
-                    TelemetryError(format!("OTLP metric exporter for {endpoint}: {err}"))
-                })?;
+                .with_endpoint(endpoint);
+            if let Some(config) = tls.client(None) {
+                metrics = metrics.with_tls_config(config);
+            }
+            let metrics = metrics.build().map_err(|err| {
+                TelemetryError(format!("OTLP metric exporter for {endpoint}: {err}"))
+            })?;
             let reader = PeriodicReader::builder(metrics)
                 .with_interval(Duration::from_millis(
                     args.metric_export_interval_ms.max(100),

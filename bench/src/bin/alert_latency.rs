@@ -204,7 +204,7 @@ async fn main() -> anyhow::Result<()> {
 
     let (grpc, collector_addr) = shared::testing::ephemeral_listener().await?;
     let (http, metrics_addr) = shared::testing::ephemeral_listener().await?;
-    let collector = metrics_collector::Config::parse_from(["metrics-collector"]);
+    let collector = metrics_collector::Config::parse_from(["metrics-collector", "--plaintext"]);
     tokio::spawn(metrics_collector::serve(
         grpc,
         http,
@@ -254,6 +254,7 @@ async fn main() -> anyhow::Result<()> {
         dir.to_str().unwrap_or_default(),
         "--database-url",
         &url,
+        "--plaintext",
     ]);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let manager = tokio::spawn(alert_manager::serve(listener, config, async move {

@@ -149,7 +149,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let (routes, health) = shared::grpc::base_routes().await?;
+    let (routes, health, _) = shared::grpc::base_routes().await?;
     health
         .set_service_status("", shared::grpc::ServingStatus::Serving)
         .await;

@@ -86,6 +86,11 @@ struct Args {
     /// the machine's cores with the service it measures.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     client_threads: u32,
+
+    /// TLS for an `https://` address (either of --addr and --versus): the mesh's CA, and a
+    /// client certificate for a service that asks for one. `http://` addresses stay plaintext.
+    #[command(flatten)]
+    tls: shared::tls::TlsArgs,
 }
 
 /// The API a worker calls.
@@ -257,10 +262,20 @@ fn uri(addr: &str) -> String {
 }
 
 /// `connections` HTTP/2 connections to `addr`.
-async fn connect(addr: &str, connections: u32) -> anyhow::Result<Vec<Channel>> {
-    let endpoint = Endpoint::from_shared(addr.to_owned())
+async fn connect(
+    addr: &str,
+    connections: u32,
+    tls: &shared::tls::MeshTls,
+) -> anyhow::Result<Vec<Channel>> {
+    let mut endpoint = Endpoint::from_shared(addr.to_owned())
         .with_context(|| format!("{addr} is not a valid URI"))?
         .tcp_nodelay(true);
+    if addr.starts_with("https://") {
+        let config = tls
+            .client(None)
+            .with_context(|| format!("{addr} is https: give --tls-ca"))?;
+        endpoint = endpoint.tls_config(config)?;
+    }
     let mut channels = Vec::with_capacity(connections as usize);
     for _ in 0..connections {
         channels.push(
@@ -292,11 +307,12 @@ async fn generate(args: Args) -> anyhow::Result<()> {
     } else {
         args.connections.min(args.concurrency)
     };
-    let channels = connect(&addr, connections).await?;
+    let tls = shared::tls::MeshTls::load_client(&args.tls)?;
+    let channels = connect(&addr, connections, &tls).await?;
     let versus = match &args.versus {
         Some(versus) => {
             let versus = uri(versus);
-            let channels = connect(&versus, connections).await?;
+            let channels = connect(&versus, connections, &tls).await?;
             Some((versus, channels))
         }
         None => None,

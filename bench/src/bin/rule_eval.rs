@@ -128,7 +128,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let (grpc, addr) = shared::testing::ephemeral_listener().await?;
     let (http, _) = shared::testing::ephemeral_listener().await?;
-    let config = metrics_collector::Config::parse_from(["metrics-collector"]);
+    let config = metrics_collector::Config::parse_from(["metrics-collector", "--plaintext"]);
     tokio::spawn(metrics_collector::serve(
         grpc,
         http,

@@ -12,7 +12,6 @@ use proto::ecommerce::gateway::v1 as gw;
 use proto::ecommerce::gateway::v1::gateway_admin_client::GatewayAdminClient;
 use proto::inference as oip;
 use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-use tonic::transport::Endpoint;
 
 pub use crate::alert::ActionSpec;
 use crate::labels::LabelSet;
@@ -20,6 +19,8 @@ use crate::labels::LabelSet;
 /// Where actions go, and how often they may run.
 #[derive(Debug, Clone)]
 pub struct ActionConfig {
+    /// TLS towards the gateway and the inference service.
+    pub tls: shared::tls::MeshTls,
     /// The gateway's admin API (`http://…`), for canary changes.
     pub gateway: Option<String>,
     /// Admin API key of the gateway.
@@ -54,9 +55,10 @@ pub enum Outcome {
     DryRun,
 }
 
-fn channel(url: &str) -> Result<tonic::transport::Channel, String> {
-    Ok(Endpoint::from_shared(url.to_owned())
-        .map_err(|e| format!("{url}: {e}"))?
+fn channel(tls: &shared::tls::MeshTls, url: &str) -> Result<tonic::transport::Channel, String> {
+    Ok(tls
+        .endpoint(url, "the action's address")
+        .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(10))
         .connect_lazy())
@@ -129,7 +131,7 @@ impl ActionRunner {
                 let version: i64 = version
                     .parse()
                     .map_err(|_| format!("version '{version}' is not a number"))?;
-                let mut client = GatewayAdminClient::new(channel(url)?);
+                let mut client = GatewayAdminClient::new(channel(&self.config.tls, url)?);
                 let key = self.config.gateway_api_key.as_deref();
                 let current = client
                     .get_canary(keyed(
@@ -186,7 +188,7 @@ impl ActionRunner {
                     .ok_or("no --inference to send model loads to")?;
                 let model = r(model);
                 let key = self.config.inference_api_key.as_deref();
-                let mut client = GrpcInferenceServiceClient::new(channel(url)?);
+                let mut client = GrpcInferenceServiceClient::new(channel(&self.config.tls, url)?);
                 if matches!(action, ActionSpec::ReloadModel { .. }) {
                     client
                         .repository_model_load(keyed(
@@ -240,6 +242,7 @@ mod tests {
     #[tokio::test]
     async fn runs_are_rate_limited_per_target_and_dry_run_does_nothing() {
         let runner = ActionRunner::new(ActionConfig {
+            tls: shared::tls::MeshTls::plaintext(),
             gateway: None,
             gateway_api_key: None,
             inference_api_key: None,
@@ -261,6 +264,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_target_fails_with_a_reason() {
         let runner = ActionRunner::new(ActionConfig {
+            tls: shared::tls::MeshTls::plaintext(),
             gateway: None,
             gateway_api_key: None,
             inference_api_key: None,

@@ -32,6 +32,7 @@ use proto::monitoring::metrics::v1::metrics_query_client::MetricsQueryClient;
 use shared::auth::ApiKeys;
 use shared::serving::Serving;
 use shared::telemetry::TelemetryArgs;
+use shared::tls::{Callers, MeshTls, TlsArgs};
 use tokio::net::TcpListener;
 
 use crate::engine::{Engine, EngineConfig};
@@ -160,6 +161,11 @@ pub struct Config {
     /// Telemetry.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+
+    /// TLS: towards the collector, the gateway and the inference service; and callers of this
+    /// service's API must present a certificate signed by the mesh's CA.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 impl std::fmt::Debug for Config {
@@ -198,9 +204,10 @@ pub enum ServeError {
     /// The spill log could not be opened.
     #[error("--spill-dir: {0}")]
     Spill(#[from] spill::SpillError),
-    /// The collector address is not a URI.
-    #[error("--collector: {0}")]
-    Collector(String),
+    /// The TLS certificates could not be read, none was given without `--plaintext`, or an
+    /// address's scheme does not fit.
+    #[error("TLS: {0}")]
+    Tls(#[from] shared::tls::TlsError),
 }
 
 /// Serves on `listener` until `shutdown` resolves, evaluating rules meanwhile.
@@ -209,6 +216,16 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let tls = MeshTls::load(&config.tls)?;
+    tls.check_scheme(&config.collector, "--collector")?;
+    for (url, what) in [
+        (&config.gateway, "--gateway"),
+        (&config.inference, "--inference"),
+    ] {
+        if let Some(url) = url {
+            tls.check_scheme(url, what)?;
+        }
+    }
     let keys = Arc::new(ApiKeys::load(
         config.api_keys_file.as_deref(),
         &config.api_keys,
@@ -242,6 +259,7 @@ pub async fn serve(
         },
         incidents,
         actions::ActionRunner::new(actions::ActionConfig {
+            tls: tls.clone(),
             gateway: config.gateway.clone(),
             gateway_api_key: config.gateway_api_key.clone(),
             inference: config.inference.clone(),
@@ -257,17 +275,18 @@ pub async fn serve(
     if let Err(err) = engine.reload() {
         tracing::error!(error = %err, "starting without rules");
     }
-    let channel = tonic::transport::Endpoint::from_shared(config.collector.clone())
-        .map_err(|e| ServeError::Collector(e.to_string()))?
+    let channel = tls
+        .endpoint(&config.collector, "--collector")?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5))
         .connect_lazy();
-    let (mut routes, health) = shared::grpc::base_routes().await?;
+    let (mut routes, health, health_only) = shared::grpc::base_routes().await?;
     let mut serving = Serving::new(
         "alert-manager",
         health,
         Duration::from_secs(config.shutdown_grace_secs),
     );
+    shared::tls::health_port(&mut serving, &config.tls, health_only).await?;
     let stop = serving.stop_signal();
     let delivery = tokio::spawn(engine.clone().deliver(
         stop.clone(),
@@ -286,9 +305,9 @@ pub async fn serve(
     routes.add_service(AlertManagerServer::new(grpc::AlertService::new(
         engine, keys,
     )));
-    tracing::info!(addr = ?listener.local_addr().ok(), collector = %config.collector, "alert-manager listening");
+    tracing::info!(addr = ?listener.local_addr().ok(), collector = %config.collector, tls = !tls.is_plaintext(), "alert-manager listening");
     serving.spawn(
-        tonic::transport::Server::builder()
+        shared::tls::server_builder(&tls, Callers::MustPresentCertificate)?
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(shared::grpc::incoming(listener), stop.wait()),
     );

@@ -6,7 +6,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> Result<(), shared::report::Report> {
     let config = alert_manager::Config::parse();
-    let _telemetry = shared::telemetry::init("alert-manager", &config.telemetry)?;
+    let _telemetry = shared::telemetry::init("alert-manager", &config.telemetry, &config.tls)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use shared::telemetry::TelemetryArgs;
+use shared::tls::TlsArgs;
 
 /// The front door of the mesh: the `ecommerce.gateway.v1` task API and the Open Inference
 /// Protocol, with API-key auth, per-key rate limits, routing over inference replicas, canary
@@ -144,6 +145,11 @@ pub struct GatewayConfig {
     /// How long shutdown waits for in-flight requests, in seconds.
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+
+    /// TLS: the gateway asks its callers for a certificate but does not require one (they
+    /// authenticate with API keys), and calls the replicas and the collector over TLS.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 
     /// Telemetry.
     #[command(flatten)]

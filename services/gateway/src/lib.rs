@@ -37,6 +37,7 @@ use proto::ecommerce::gateway::v1::gateway_admin_server::GatewayAdminServer;
 use proto::ecommerce::gateway::v1::gateway_server::GatewayServer;
 use proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use shared::serving::Serving;
+use shared::tls::{Callers, MeshTls};
 use tokio::net::TcpListener;
 
 use crate::admission::Admission;
@@ -67,6 +68,9 @@ pub enum ServeError {
     /// A setting is unusable.
     #[error("{0}")]
     Config(String),
+    /// The TLS certificates could not be read, or none was given without `--plaintext`.
+    #[error("TLS: {0}")]
+    Tls(#[from] shared::tls::TlsError),
     /// The records endpoint is not a valid URI.
     #[error("--records-endpoint '{0}': {1}")]
     RecordsEndpoint(String, String),
@@ -85,7 +89,9 @@ pub async fn serve(
             "no API keys configured: every call except health and reflection will be refused"
         );
     }
-    let pool = Arc::new(ReplicaPool::resolve(&config.inference, config.retry_ratio).await?);
+    let tls = MeshTls::load(&config.tls)?;
+    let pool =
+        Arc::new(ReplicaPool::resolve(&config.inference, config.retry_ratio, tls.clone()).await?);
     let core = Arc::new(
         GatewayCore::new(
             pool.clone(),
@@ -113,12 +119,13 @@ pub async fn serve(
         .with_idle_deadline(Duration::from_millis(config.idle_stream_ms.max(1))),
     );
 
-    let (mut routes, health) = shared::grpc::base_routes().await?;
+    let (mut routes, health, health_only) = shared::grpc::base_routes().await?;
     let mut serving = Serving::new(
         "gateway",
         health,
         Duration::from_secs(config.shutdown_grace_secs),
     );
+    shared::tls::health_port(&mut serving, &config.tls, health_only).await?;
     let stop = serving.stop_signal();
     tokio::spawn(admission.idle_watch().sweep(stop.clone()));
     let oip = grpc::oip::OipProxy::new(core.clone(), admission.clone(), stop.clone());
@@ -155,6 +162,7 @@ pub async fn serve(
                 core.records.clone(),
                 endpoint,
                 config.records_api_key.as_deref(),
+                &tls,
             )
             .map_err(|e| ServeError::RecordsEndpoint(endpoint.clone(), e))?;
             Some(tokio::spawn(
@@ -165,7 +173,7 @@ pub async fn serve(
     };
     let local = listener.local_addr().ok();
     serving.spawn(
-        tonic::transport::Server::builder()
+        shared::tls::server_builder(&tls, Callers::MayPresentCertificate)?
             // One connection may not open more streams than this at once (HTTP/2's
             // SETTINGS_MAX_CONCURRENT_STREAMS): one client cannot take every slot over one socket.
             .max_concurrent_streams(Some(config.max_streams_per_connection.max(1)))
@@ -181,7 +189,7 @@ pub async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(5), checked.notified()).await;
     serving.ready(&[]).await;
     let replicas: Vec<String> = pool.replicas().iter().map(|r| r.addr.to_string()).collect();
-    tracing::info!(addr = ?local, ?replicas, "gateway ready");
+    tracing::info!(addr = ?local, ?replicas, tls = !tls.is_plaintext(), "gateway ready");
     serving.run_until(shutdown).await?;
     if let Some(shipper) = shipper {
         // The last push empties the buffer into the collector.

@@ -19,7 +19,7 @@ fn main() -> Result<(), shared::report::Report> {
 }
 
 async fn run(config: GatewayConfig) -> Result<(), shared::report::Report> {
-    let _telemetry = shared::telemetry::init("gateway", &config.telemetry)?;
+    let _telemetry = shared::telemetry::init("gateway", &config.telemetry, &config.tls)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use shared::tls::MeshTls;
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -103,14 +104,27 @@ pub struct RoutingError(String);
 pub struct ReplicaPool {
     /// The endpoints as given (`host:port`), resolved again by [`ReplicaPool::refresh`].
     endpoints: Vec<String>,
+    /// TLS towards the replicas (each checked for its endpoint's host name).
+    tls: MeshTls,
     /// The replicas now; a call works on the snapshot it took.
     replicas: std::sync::RwLock<Arc<Vec<Arc<Replica>>>>,
     budget: RetryBudget,
     next: AtomicUsize,
 }
 
-fn replica(addr: SocketAddr, healthy: bool) -> Result<Arc<Replica>, RoutingError> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
+/// An address an endpoint resolved to, and the endpoint's host: the name the replica's TLS
+/// certificate must hold.
+type Resolved = (SocketAddr, Arc<str>);
+
+fn replica(
+    (addr, host): &Resolved,
+    healthy: bool,
+    tls: &MeshTls,
+) -> Result<Arc<Replica>, RoutingError> {
+    let addr = *addr;
+    let url = format!("{}://{addr}", tls.scheme());
+    let channel = tls
+        .endpoint_checking(&url, "--inference", Some(host))
         .map_err(|err| RoutingError(format!("bad inference address {addr}: {err}")))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
@@ -122,7 +136,9 @@ fn replica(addr: SocketAddr, healthy: bool) -> Result<Arc<Replica>, RoutingError
     Ok(Arc::new(Replica {
         addr,
         channel,
-        unary: UnaryClient::new(addr, crate::MAX_MESSAGE_BYTES),
+        unary: UnaryClient::new(addr, crate::MAX_MESSAGE_BYTES)
+            .with_tls(tls, host)
+            .map_err(|err| RoutingError(format!("inference replica {addr}: {err}")))?,
         in_flight: AtomicUsize::new(0),
         healthy: AtomicBool::new(healthy),
     }))
@@ -133,16 +149,18 @@ fn replica(addr: SocketAddr, healthy: bool) -> Result<Arc<Replica>, RoutingError
 /// and the rest leave. The second value says whether anything changed.
 fn merge(
     current: &[Arc<Replica>],
-    resolved: &[SocketAddr],
+    resolved: &[Resolved],
+    tls: &MeshTls,
 ) -> Result<(Vec<Arc<Replica>>, bool), RoutingError> {
     let mut next = Vec::with_capacity(resolved.len());
-    for addr in resolved {
-        if next.iter().any(|r: &Arc<Replica>| r.addr == *addr) {
+    for found in resolved {
+        let addr = found.0;
+        if next.iter().any(|r: &Arc<Replica>| r.addr == addr) {
             continue;
         }
-        match current.iter().find(|r| r.addr == *addr) {
+        match current.iter().find(|r| r.addr == addr) {
             Some(kept) => next.push(kept.clone()),
-            None => next.push(replica(*addr, false)?),
+            None => next.push(replica(found, false, tls)?),
         }
     }
     let changed =
@@ -151,9 +169,10 @@ fn merge(
 }
 
 /// Every address the endpoints resolve to, in order.
-async fn lookup(endpoints: &[String]) -> Result<Vec<SocketAddr>, RoutingError> {
+async fn lookup(endpoints: &[String]) -> Result<Vec<Resolved>, RoutingError> {
     let mut out = Vec::new();
     for endpoint in endpoints.iter().filter(|e| !e.is_empty()) {
+        let host: Arc<str> = host_of(endpoint).into();
         let addrs = tokio::net::lookup_host(endpoint.as_str())
             .await
             .map_err(|err| {
@@ -161,9 +180,15 @@ async fn lookup(endpoints: &[String]) -> Result<Vec<SocketAddr>, RoutingError> {
                     "cannot resolve inference endpoint '{endpoint}': {err}"
                 ))
             })?;
-        out.extend(addrs);
+        out.extend(addrs.map(|addr| (addr, host.clone())));
     }
     Ok(out)
+}
+
+/// The host of a `host:port` endpoint (`[::1]:50052` gives `::1`).
+fn host_of(endpoint: &str) -> &str {
+    let host = endpoint.rsplit_once(':').map_or(endpoint, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// Releases a replica's in-flight slot when a call ends, however it ends.
@@ -219,12 +244,13 @@ impl ReplicaPool {
     pub async fn resolve(
         endpoints: &[String],
         retry_ratio: f64,
+        tls: MeshTls,
     ) -> Result<ReplicaPool, RoutingError> {
         let resolved = lookup(endpoints).await?;
         let mut replicas: Vec<Arc<Replica>> = Vec::new();
-        for addr in resolved {
-            if !replicas.iter().any(|r| r.addr == addr) {
-                replicas.push(replica(addr, true)?);
+        for found in &resolved {
+            if !replicas.iter().any(|r| r.addr == found.0) {
+                replicas.push(replica(found, true, &tls)?);
             }
         }
         if replicas.is_empty() {
@@ -234,6 +260,7 @@ impl ReplicaPool {
         }
         Ok(ReplicaPool {
             endpoints: endpoints.to_vec(),
+            tls,
             replicas: std::sync::RwLock::new(Arc::new(replicas)),
             budget: RetryBudget::new(retry_ratio),
             next: AtomicUsize::new(0),
@@ -264,7 +291,7 @@ impl ReplicaPool {
             }
         };
         let current = self.replicas();
-        match merge(&current, &resolved) {
+        match merge(&current, &resolved, &self.tls) {
             Ok((next, true)) => {
                 let addrs: Vec<String> = next.iter().map(|r| r.addr.to_string()).collect();
                 tracing::info!(replicas = ?addrs, "inference replicas changed");
@@ -460,9 +487,14 @@ mod tests {
         let a: SocketAddr = "10.0.0.1:50052".parse().unwrap();
         let b: SocketAddr = "10.0.0.2:50052".parse().unwrap();
         let c: SocketAddr = "10.0.0.3:50052".parse().unwrap();
-        let first = vec![replica(a, true).unwrap(), replica(b, true).unwrap()];
+        let tls = MeshTls::plaintext();
+        let at = |addr: SocketAddr| (addr, Arc::<str>::from("inference"));
+        let first = vec![
+            replica(&at(a), true, &tls).unwrap(),
+            replica(&at(b), true, &tls).unwrap(),
+        ];
         first[0].in_flight.store(3, Ordering::Relaxed);
-        let (next, changed) = merge(&first, &[a, c, c]).unwrap();
+        let (next, changed) = merge(&first, &[at(a), at(c), at(c)], &tls).unwrap();
         assert!(changed);
         let addrs: Vec<SocketAddr> = next.iter().map(|r| r.addr).collect();
         assert_eq!(addrs, [a, c], "b is gone, c came (once)");
@@ -470,8 +502,15 @@ mod tests {
         assert_eq!(next[0].in_flight.load(Ordering::Relaxed), 3);
         assert!(next[0].is_healthy());
         assert!(!next[1].is_healthy(), "c waits for a health check");
-        let (_, changed) = merge(&next, &[a, c]).unwrap();
+        let (_, changed) = merge(&next, &[at(a), at(c)], &tls).unwrap();
         assert!(!changed);
+    }
+
+    #[test]
+    fn the_certificate_name_is_the_endpoint_s_host() {
+        assert_eq!(host_of("inference-headless:50052"), "inference-headless");
+        assert_eq!(host_of("127.0.0.1:50052"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:50052"), "::1");
     }
 
     #[test]

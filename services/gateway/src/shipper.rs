@@ -8,7 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use proto::monitoring::metrics::v1 as pb;
 use proto::monitoring::metrics::v1::record_ingest_client::RecordIngestClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::records::{Record, RecordBuffer, RecordKind, Task};
 
@@ -115,8 +115,10 @@ impl RecordShipper {
         buffer: Arc<RecordBuffer>,
         endpoint: &str,
         key: Option<&str>,
+        tls: &shared::tls::MeshTls,
     ) -> Result<RecordShipper, String> {
-        let channel = Endpoint::from_shared(endpoint.to_owned())
+        let channel = tls
+            .endpoint(endpoint, "--records-endpoint")
             .map_err(|e| e.to_string())?
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(5))

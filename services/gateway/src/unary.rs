@@ -16,6 +16,9 @@ use bytes::{Bytes, BytesMut};
 use h2::client::SendRequest;
 use http::{HeaderMap, HeaderValue, Method, Request};
 use shared::error::ServiceError;
+use shared::tls::{MeshTls, TlsError};
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_util::either::Either;
 use tonic::Status;
 
 use crate::error::GatewayError;
@@ -56,6 +59,8 @@ pub struct UnaryClient {
     authority: http::uri::Authority,
     max_message_bytes: usize,
     keep_alive: (Duration, Duration),
+    /// TLS towards the replica, and the name its certificate must hold; `None` for plaintext.
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     /// The open connection and its generation (which connection a failed call used).
     connection: tokio::sync::Mutex<(u64, Option<SendRequest<Bytes>>)>,
 }
@@ -71,8 +76,20 @@ impl UnaryClient {
                 .expect("a socket address is a valid authority"),
             max_message_bytes,
             keep_alive: (KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT),
+            tls: None,
             connection: tokio::sync::Mutex::new((0, None)),
         }
+    }
+
+    /// Speaks TLS to the replica when `tls` does, checking that its certificate names `host`.
+    pub fn with_tls(mut self, tls: &MeshTls, host: &str) -> Result<UnaryClient, TlsError> {
+        if let Some(config) = tls.rustls_client() {
+            self.tls = Some((
+                tokio_rustls::TlsConnector::from(config),
+                shared::tls::server_name(host)?,
+            ));
+        }
+        Ok(self)
     }
 
     /// Pings an open connection every `interval` and closes it when the answer takes longer
@@ -92,10 +109,16 @@ impl UnaryClient {
         let connect = async {
             let tcp = tokio::net::TcpStream::connect(self.addr).await?;
             tcp.set_nodelay(true)?;
+            let io = match &self.tls {
+                None => Either::Left(tcp),
+                Some((connector, name)) => {
+                    Either::Right(connector.connect(name.clone(), tcp).await?)
+                }
+            };
             h2::client::Builder::new()
                 .initial_window_size(STREAM_WINDOW)
                 .initial_connection_window_size(CONNECTION_WINDOW)
-                .handshake::<_, Bytes>(tcp)
+                .handshake::<_, Bytes>(io)
                 .await
                 .map_err(std::io::Error::other)
         };

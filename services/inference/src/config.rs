@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use shared::telemetry::TelemetryArgs;
+use shared::tls::TlsArgs;
 
 use crate::runtime::RuntimeOptions;
 
@@ -57,6 +58,10 @@ pub struct InferenceConfig {
     /// Largest accepted gRPC message, in bytes.
     #[arg(long, env = "INFERENCE_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_message_bytes: usize,
+
+    /// TLS: this service asks its callers for a certificate signed by the mesh's CA.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 
     /// Telemetry.
     #[command(flatten)]

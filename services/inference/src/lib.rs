@@ -25,6 +25,7 @@ use std::time::Duration;
 use proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use proto::serving::inference::v1::inference_tasks_server::InferenceTasksServer;
 use shared::serving::Serving;
+use shared::tls::Callers;
 use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
 use tonic::server::NamedService;
@@ -52,6 +53,9 @@ pub enum ServeError {
     /// The API keys could not be read.
     #[error("API keys: {0}")]
     Keys(#[from] shared::auth::KeyStoreError),
+    /// The TLS certificates could not be read, or none was given without `--plaintext`.
+    #[error("TLS: {0}")]
+    Tls(#[from] shared::tls::TlsError),
     /// Reflection could not be set up.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -85,6 +89,7 @@ pub async fn serve(
             config.model_repository.display()
         )));
     }
+    let tls = shared::tls::MeshTls::load(&config.tls)?;
     let keys = Arc::new(shared::auth::ApiKeys::load(
         config.api_keys_file.as_deref(),
         &config.api_keys,
@@ -95,12 +100,13 @@ pub async fn serve(
     let core = InferenceCore::new(repository.clone());
     let ready = Arc::new(AtomicBool::new(false));
 
-    let (mut routes, health) = shared::grpc::base_routes().await?;
+    let (mut routes, health, health_only) = shared::grpc::base_routes().await?;
     let mut serving = Serving::new(
         "inference",
         health,
         Duration::from_secs(config.shutdown_grace_secs),
     );
+    shared::tls::health_port(&mut serving, &config.tls, health_only).await?;
     let limit = config.max_message_bytes;
     routes
         .add_service(
@@ -124,13 +130,13 @@ pub async fn serve(
     let local = listener.local_addr().ok();
     let stop = serving.stop_signal();
     serving.spawn(
-        tonic::transport::Server::builder()
+        shared::tls::server_builder(&tls, Callers::MustPresentCertificate)?
             .layer(shared::small_frames::SmallFramesLayer)
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(shared::grpc::incoming(listener), stop.wait()),
     );
     let mut shutdown = Box::pin(shutdown);
-    tracing::info!(addr = ?local, repository = %config.model_repository.display(), ?models, "inference service listening; loading models");
+    tracing::info!(addr = ?local, tls = !tls.is_plaintext(), repository = %config.model_repository.display(), ?models, "inference service listening; loading models");
 
     // Load the start-up models while already answering health checks (NOT_SERVING).
     let loading = async {

@@ -7,7 +7,7 @@ use inference::InferenceConfig;
 #[tokio::main]
 async fn main() -> Result<(), shared::report::Report> {
     let config = InferenceConfig::parse();
-    let _telemetry = shared::telemetry::init("inference", &config.telemetry)?;
+    let _telemetry = shared::telemetry::init("inference", &config.telemetry, &config.tls)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

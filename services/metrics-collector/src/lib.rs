@@ -31,6 +31,7 @@ use proto::monitoring::metrics::v1::metrics_query_server::MetricsQueryServer;
 use proto::monitoring::metrics::v1::record_ingest_server::RecordIngestServer;
 use shared::serving::Serving;
 use shared::telemetry::TelemetryArgs;
+use shared::tls::{Callers, MeshTls, TlsArgs};
 use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
 
@@ -129,6 +130,11 @@ pub struct Config {
     #[arg(long, env = "COLLECTOR_API_KEYS_FILE")]
     pub api_keys_file: Option<std::path::PathBuf>,
 
+    /// TLS: the collector asks its callers (senders and queriers) for a certificate signed by
+    /// the mesh's CA. The Prometheus `/metrics` listener stays plain HTTP.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
     /// Telemetry (the collector's own logs; leave the OTLP endpoint unset or it exports to itself).
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
@@ -149,6 +155,9 @@ pub enum ServeError {
     /// The sender keys could not be read.
     #[error("API keys: {0}")]
     Keys(#[from] shared::auth::KeyStoreError),
+    /// The TLS certificates could not be read, or none was given without `--plaintext`.
+    #[error("TLS: {0}")]
+    Tls(#[from] shared::tls::TlsError),
 }
 
 /// Serves OTLP on `grpc` and `/metrics` on `http` until `shutdown` resolves.
@@ -158,6 +167,7 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let tls = MeshTls::load(&config.tls)?;
     let started_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
@@ -182,12 +192,13 @@ pub async fn serve(
         &config.api_keys,
     )?);
     let receiver = OtlpReceiver::new(store.clone(), exemplars.clone(), senders.clone());
-    let (mut routes, health) = shared::grpc::base_routes().await?;
+    let (mut routes, health, health_only) = shared::grpc::base_routes().await?;
     let mut serving = Serving::new(
         "metrics-collector",
         health,
         Duration::from_secs(config.shutdown_grace_secs),
     );
+    shared::tls::health_port(&mut serving, &config.tls, health_only).await?;
     let stop = serving.stop_signal();
     let queries = QueryService::new(
         store.clone(),
@@ -240,9 +251,9 @@ pub async fn serve(
                 .map_err(Into::into)
         }),
     );
-    tracing::info!(otlp = ?grpc.local_addr().ok(), "metrics collector listening");
+    tracing::info!(otlp = ?grpc.local_addr().ok(), tls = !tls.is_plaintext(), "metrics collector listening");
     serving.spawn(
-        tonic::transport::Server::builder()
+        shared::tls::server_builder(&tls, Callers::MustPresentCertificate)?
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(shared::grpc::incoming(grpc), stop.wait()),
     );

@@ -11,7 +11,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> Result<(), shared::report::Report> {
     let config = metrics_collector::Config::parse();
-    let _telemetry = shared::telemetry::init("metrics-collector", &config.telemetry)?;
+    let _telemetry = shared::telemetry::init("metrics-collector", &config.telemetry, &config.tls)?;
     let grpc = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

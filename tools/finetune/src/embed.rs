@@ -11,10 +11,10 @@ pub async fn connect(
     endpoint: &str,
     flag: &str,
     service: &str,
+    tls: &shared::tls::MeshTls,
 ) -> anyhow::Result<tonic::transport::Channel> {
     use anyhow::Context as _;
-    tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-        .with_context(|| format!("{flag} {endpoint:?} is not a URI"))?
+    tls.endpoint(endpoint, flag)?
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
@@ -30,9 +30,10 @@ pub async fn embed(
     endpoint: &str,
     model: &str,
     texts: &[String],
+    tls: &shared::tls::MeshTls,
     mut on_batch: impl FnMut(usize),
 ) -> anyhow::Result<Vec<Vec<f32>>> {
-    let channel = connect(endpoint, "--inference", "the inference service").await?;
+    let channel = connect(endpoint, "--inference", "the inference service", tls).await?;
     let mut client = InferenceTasksClient::new(channel)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);

@@ -8,8 +8,13 @@ use proto::monitoring::metrics::v1::metrics_query_client::MetricsQueryClient;
 use crate::data::Labelled;
 
 /// The gathered examples of `model` at the collector `endpoint` (at most 100,000, newest first).
-pub async fn fetch(endpoint: &str, model: &str) -> anyhow::Result<Vec<Labelled>> {
-    let channel = crate::embed::connect(endpoint, "--gathered", "the metrics collector").await?;
+pub async fn fetch(
+    endpoint: &str,
+    model: &str,
+    tls: &shared::tls::MeshTls,
+) -> anyhow::Result<Vec<Labelled>> {
+    let channel =
+        crate::embed::connect(endpoint, "--gathered", "the metrics collector", tls).await?;
     let examples = MetricsQueryClient::new(channel)
         .max_decoding_message_size(256 << 20)
         .labelled_examples(pb::LabelledExamplesRequest {

@@ -50,11 +50,13 @@ struct Args {
     #[arg(long, value_name = "COLLECTOR")]
     gathered: Option<String>,
 
-    /// The inference service that embeds the examples.
+    /// The inference service that embeds the examples (`make run`'s, over TLS: give the
+    /// operator's certificate with --tls-cert, --tls-key and --tls-ca, or TLS_CERT_FILE,
+    /// TLS_KEY_FILE and TLS_CA_FILE; `http://` for a mesh run with MESH_PLAINTEXT).
     #[arg(
         long,
         env = "FINETUNE_INFERENCE",
-        default_value = "http://127.0.0.1:50052"
+        default_value = "https://127.0.0.1:50052"
     )]
     inference: String,
 
@@ -120,6 +122,11 @@ struct Args {
     /// Train and report only; write no new version.
     #[arg(long)]
     no_export: bool,
+
+    /// TLS towards the inference service and the collector (`https://` addresses): the mesh's
+    /// CA, and a certificate it signed (the collector asks for one).
+    #[command(flatten)]
+    tls: shared::tls::TlsArgs,
 }
 
 /// One validation example with the trainer's own probability, for checking the export.
@@ -139,6 +146,7 @@ async fn main() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let tls = shared::tls::MeshTls::load_client(&args.tls)?;
     let hyper = Hyper {
         learning_rate: args.learning_rate,
         weight_decay: args.weight_decay,
@@ -165,7 +173,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut gathered_count = 0;
     if let Some(collector) = &args.gathered {
-        let gathered = gathered::fetch(collector, &args.model).await?;
+        let gathered = gathered::fetch(collector, &args.model, &tls).await?;
         gathered_count = gathered.len();
         eprintln!("finetune: {gathered_count} labelled examples gathered by the platform");
         labelled.extend(gathered);
@@ -217,7 +225,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         indicatif::ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} ({eta})")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let vectors = embed::embed(&args.inference, &args.encoder, &texts, |n| {
+    let vectors = embed::embed(&args.inference, &args.encoder, &texts, &tls, |n| {
         bar.inc(n as u64)
     })
     .await?;

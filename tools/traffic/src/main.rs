@@ -26,11 +26,12 @@ use traffic::catalog::{self, Product, Rng};
 #[derive(Debug, Parser)]
 #[command(name = "traffic", version, about, long_about)]
 struct Args {
-    /// The gateway.
+    /// The gateway (`make run`'s, over TLS: give its CA with --tls-ca or TLS_CA_FILE;
+    /// `http://` for a mesh run with MESH_PLAINTEXT).
     #[arg(
         long,
         env = "TRAFFIC_GATEWAY",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "https://127.0.0.1:50051"
     )]
     gateway: String,
 
@@ -95,6 +96,11 @@ struct Args {
     /// Seconds between progress lines.
     #[arg(long, default_value_t = 10)]
     report_every: u64,
+
+    /// TLS towards the gateway (an `https://` --gateway): the mesh's CA (--tls-ca), and a
+    /// certificate if you want to present one.
+    #[command(flatten)]
+    tls: shared::tls::TlsArgs,
 }
 
 /// Calls and failures per RPC, and failures per status.
@@ -389,8 +395,9 @@ async fn main() -> anyhow::Result<()> {
     );
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     anyhow::ensure!(args.shoppers > 0, "--shoppers must be at least 1");
-    let channel = tonic::transport::Endpoint::from_shared(args.gateway.clone())
-        .with_context(|| format!("--gateway {:?} is not a URI", args.gateway))?
+    let tls = shared::tls::MeshTls::load_client(&args.tls)?;
+    let channel = tls
+        .endpoint(&args.gateway, "--gateway")?
         .connect_timeout(Duration::from_secs(3))
         .connect_lazy();
     let shop = Shop {
