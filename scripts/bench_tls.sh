@@ -6,8 +6,8 @@
 #   c=1:  every loadgen worker alternates its requests between the two gateways (the plaintext
 #         one, then the TLS one), so the machine's drift cancels; three runs with the model
 #         (ModelInfer) and one without (ModelMetadata: the hops alone). Added p50, median of 3.
-#   c=64: throughput of each gateway in turn, four rounds (plain, TLS, plain, TLS, ...); the
-#         ratio of the medians; and three rounds of ModelMetadata (the hops alone).
+#   c=64: throughput of each gateway in turn, four rounds (plain then TLS, TLS then plain, ...); the
+#         ratio of the medians; and four rounds of ModelMetadata (the hops alone).
 #
 # Each mesh has its own inference process: with the model, the two processes' own speeds
 # differ by about as much as TLS costs, so the figures without a model run are the closer
@@ -81,14 +81,26 @@ for i in 1 2 3; do
     run "c1-$i" "$SECS" --addr "http://$plain_gw" --versus "https://$tls_gw" --api oip --concurrency 1
 done
 run c1-metadata 5 --addr "http://$plain_gw" --versus "https://$tls_gw" --api metadata --concurrency 1
+# Each round swaps which gateway goes first, so that neither always runs on a machine just
+# warmed (or just tired) by the other.
 for i in 1 2 3 4; do
-    run "c64-plain-$i" "$SECS" --addr "http://$plain_gw" --api oip --concurrency 64
-    run "c64-tls-$i" "$SECS" --addr "https://$tls_gw" --api oip --concurrency 64
+    if [ $((i % 2)) = 1 ]; then
+        run "c64-plain-$i" "$SECS" --addr "http://$plain_gw" --api oip --concurrency 64
+        run "c64-tls-$i" "$SECS" --addr "https://$tls_gw" --api oip --concurrency 64
+    else
+        run "c64-tls-$i" "$SECS" --addr "https://$tls_gw" --api oip --concurrency 64
+        run "c64-plain-$i" "$SECS" --addr "http://$plain_gw" --api oip --concurrency 64
+    fi
 done
 # Without a model run the hops are all the work: the harshest test of TLS's share.
-for i in 1 2 3; do
-    run "c64-meta-plain-$i" 5 --addr "http://$plain_gw" --api metadata --concurrency 64
-    run "c64-meta-tls-$i" 5 --addr "https://$tls_gw" --api metadata --concurrency 64
+for i in 1 2 3 4; do
+    if [ $((i % 2)) = 1 ]; then
+        run "c64-meta-plain-$i" 5 --addr "http://$plain_gw" --api metadata --concurrency 64
+        run "c64-meta-tls-$i" 5 --addr "https://$tls_gw" --api metadata --concurrency 64
+    else
+        run "c64-meta-tls-$i" 5 --addr "https://$tls_gw" --api metadata --concurrency 64
+        run "c64-meta-plain-$i" 5 --addr "http://$plain_gw" --api metadata --concurrency 64
+    fi
 done
 
 python3 - "$OUT" <<'PY' | tee "$OUT/tls-summary.txt"
@@ -99,11 +111,11 @@ c1 = [load(f"c1-{i}") for i in (1, 2, 3)]
 meta = load("c1-metadata")
 plain = [load(f"c64-plain-{i}")["requests_per_sec"] for i in (1, 2, 3, 4)]
 tls = [load(f"c64-tls-{i}")["requests_per_sec"] for i in (1, 2, 3, 4)]
-meta_plain = [load(f"c64-meta-plain-{i}")["requests_per_sec"] for i in (1, 2, 3)]
-meta_tls = [load(f"c64-meta-tls-{i}")["requests_per_sec"] for i in (1, 2, 3)]
+meta_plain = [load(f"c64-meta-plain-{i}")["requests_per_sec"] for i in (1, 2, 3, 4)]
+meta_tls = [load(f"c64-meta-tls-{i}")["requests_per_sec"] for i in (1, 2, 3, 4)]
 errors = sum(r["errors"] + r.get("versus", {}).get("errors", 0) for r in c1 + [meta])
 errors += sum(load(f"c64-{k}-{i}")["errors"] for k in ("plain", "tls") for i in (1, 2, 3, 4))
-errors += sum(load(f"c64-meta-{k}-{i}")["errors"] for k in ("plain", "tls") for i in (1, 2, 3))
+errors += sum(load(f"c64-meta-{k}-{i}")["errors"] for k in ("plain", "tls") for i in (1, 2, 3, 4))
 meta_ratio = statistics.median(meta_tls) / statistics.median(meta_plain)
 added = statistics.median(r["added_ms"]["p50"] for r in c1)
 ratio = statistics.median(tls) / statistics.median(plain)
