@@ -31,10 +31,22 @@ pub fn attribute(key: &str, value: &str) -> KeyValue {
 
 /// An export of `metrics` from the service `service` (its `service.name`).
 pub fn export(service: &str, metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
+    export_from(service, None, metrics)
+}
+
+/// An export of `metrics` from one process (`service.instance.id` = `instance`, when given) of
+/// the service `service`.
+pub fn export_from(
+    service: &str,
+    instance: Option<&str>,
+    metrics: Vec<Metric>,
+) -> ExportMetricsServiceRequest {
+    let mut attributes = vec![attribute("service.name", service)];
+    attributes.extend(instance.map(|i| attribute("service.instance.id", i)));
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
             resource: Some(Resource {
-                attributes: vec![attribute("service.name", service)],
+                attributes,
                 ..Default::default()
             }),
             scope_metrics: vec![ScopeMetrics {

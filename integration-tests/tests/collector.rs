@@ -19,6 +19,7 @@ async fn services_metrics_reach_the_prometheus_endpoint() {
     let envs = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+        ("SERVICE_INSTANCE_ID", "inference-7f9c"),
     ];
     let inference = InferenceProcess::start(&models_dir(), &["minilm-l6"], &envs)
         .await
@@ -38,8 +39,9 @@ async fn services_metrics_reach_the_prometheus_endpoint() {
             .unwrap();
     }
 
-    // Metrics arrive with the next export (every 200 ms here): wait for the count to show.
-    let wanted = "inference_requests_total{job=\"inference\",model=\"minilm-l6\",model_version=\"1\",status=\"OK\"} 3";
+    // Metrics arrive with the next export (every 200 ms here): wait for the count to show. The
+    // process's `service.instance.id` is its `instance`.
+    let wanted = "inference_requests_total{instance=\"inference-7f9c\",job=\"inference\",model=\"minilm-l6\",model_version=\"1\",status=\"OK\"} 3";
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     let body = loop {
         let (status, body) = http_get(http_addr, "/metrics").await.unwrap();
@@ -57,7 +59,7 @@ async fn services_metrics_reach_the_prometheus_endpoint() {
         body.contains("# TYPE inference_request_duration_seconds histogram"),
         "{body}"
     );
-    assert!(body.contains("inference_request_duration_seconds_count{job=\"inference\",model=\"minilm-l6\",model_version=\"1\"} 3"), "{body}");
+    assert!(body.contains("inference_request_duration_seconds_count{instance=\"inference-7f9c\",job=\"inference\",model=\"minilm-l6\",model_version=\"1\"} 3"), "{body}");
     assert!(body.contains("inference_batch_size_bucket{"), "{body}");
     assert!(body.contains("collector_refused_points_total 0"), "{body}");
     // The query API returns what the service sent: exact counts, a quantile within its bucket.

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use integration_tests::otlp_build::{attribute, counter, export, now_ns};
+use integration_tests::otlp_build::{attribute, counter, export, export_from, now_ns};
 use integration_tests::*;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -65,6 +65,49 @@ fn value_of(samples: &[pb::Sample], label: &str, value: &str) -> f64 {
         .find(|s| s.labels.get(label).map(String::as_str) == Some(value))
         .unwrap_or_else(|| panic!("no sample with {label}={value}: {samples:?}"))
         .value
+}
+
+/// Two replicas of one service (same `service.name`, same labels, their own start times) export
+/// the same counter in turn, as two gateway pods do: each keeps its own series, so neither's
+/// points read as the other's counter resets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_of_one_service_count_apart_and_add_up() {
+    let mut collector = RunningCollector::start(&[]).await.unwrap();
+    let mut client = otlp(&collector).await;
+    let labels = || vec![attribute("route", "embed")];
+    let starts = [("gateway-a", now_ns()), ("gateway-b", now_ns() + 1)];
+    for step in 1..=4 {
+        for (instance, start) in starts {
+            let points = vec![(labels(), 10.0 * f64::from(step))];
+            let request = export_from(
+                "gateway",
+                Some(instance),
+                vec![counter("served", start, points)],
+            );
+            let answer = client.export(request).await.unwrap().into_inner();
+            assert_eq!(answer.partial_success, None);
+        }
+    }
+    let increase = |group_by: &[&str]| metric_query("served", Function::Increase, 60, group_by);
+    let total = query(&collector, increase(&[])).await;
+    assert_eq!(total.len(), 1, "{total:?}");
+    assert_eq!(
+        total[0].value, 80.0,
+        "two replicas each counted 40: {total:?}"
+    );
+    assert_eq!(total[0].series, 2, "{total:?}");
+    let apart = query(&collector, increase(&["instance"])).await;
+    assert_eq!(value_of(&apart, "instance", "gateway-a"), 40.0, "{apart:?}");
+    assert_eq!(value_of(&apart, "instance", "gateway-b"), 40.0, "{apart:?}");
+
+    let (status, text) = http_get(collector.http, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    for instance in ["gateway-a", "gateway-b"] {
+        let line =
+            format!("served_total{{instance=\"{instance}\",job=\"gateway\",route=\"embed\"}} 40");
+        assert!(text.contains(&line), "{line} not in:\n{text}");
+    }
+    collector.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

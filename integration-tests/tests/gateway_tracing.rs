@@ -21,6 +21,7 @@ async fn one_trace_holds_the_gateway_and_the_inference_spans() {
             otlp_endpoint: Some(endpoint.clone()),
             metric_export_interval_ms: 60_000,
             service_name: None,
+            service_instance_id: None,
         },
         &shared::tls::TlsArgs {
             plaintext: true,

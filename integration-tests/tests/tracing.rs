@@ -18,6 +18,7 @@ async fn a_request_is_one_trace_and_feeds_the_metrics() {
             otlp_endpoint: Some(endpoint),
             metric_export_interval_ms: 1000,
             service_name: None,
+            service_instance_id: None,
         },
         &shared::tls::TlsArgs {
             plaintext: true,

@@ -53,6 +53,35 @@ pub struct TelemetryArgs {
     /// Service name reported in traces and metrics (`service.name`); defaults to the binary's name.
     #[arg(long, env = "OTEL_SERVICE_NAME")]
     pub service_name: Option<String>,
+
+    /// This process's name among the replicas of its service (`service.instance.id`, the
+    /// collector's `instance` label), so that replicas' metrics never fold into one: in
+    /// Kubernetes the pod's name (downward API). Defaults to `<host name>-<process id>`.
+    #[arg(long, env = "SERVICE_INSTANCE_ID")]
+    pub service_instance_id: Option<String>,
+}
+
+/// The process's instance id, set by [`init`] (or first asked for): the one it exports as
+/// `service.instance.id` and the one its records of operator changes name.
+static INSTANCE_ID: OnceLock<String> = OnceLock::new();
+
+/// This process's `service.instance.id`: the one given to [`init`], else
+/// `<host name>-<process id>`.
+pub fn instance_id() -> &'static str {
+    INSTANCE_ID.get_or_init(default_instance_id)
+}
+
+/// `<host name>-<process id>`: unique among the processes of one machine, and in Kubernetes
+/// (where the host name is the pod's name) among pods.
+fn default_instance_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 /// Telemetry could not be set up; the text says what and why.
@@ -105,6 +134,14 @@ pub fn init(
         .service_name
         .clone()
         .unwrap_or_else(|| default_service_name.to_owned());
+    if let Some(id) = args.service_instance_id.as_deref().map(str::trim)
+        && !id.is_empty()
+    {
+        // Set once per process; a later init (tests start several services in one process)
+        // keeps the first.
+        let _ = INSTANCE_ID.set(id.to_owned());
+    }
+    let instance = instance_id();
     global::set_text_map_propagator(TraceContextPropagator::new());
 
     let filter = EnvFilter::try_new(&args.log_filter).map_err(|err| {
@@ -141,6 +178,10 @@ pub fn init(
                 .map_err(|err| TelemetryError(err.to_string()))?;
             let resource = Resource::builder()
                 .with_service_name(service_name.clone())
+                .with_attribute(opentelemetry::KeyValue::new(
+                    "service.instance.id",
+                    instance.to_owned(),
+                ))
                 .build();
             let mut spans = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
@@ -202,7 +243,7 @@ pub fn init(
         .try_init()
         .map_err(|err| TelemetryError(format!("a global subscriber is already set: {err}")))?;
     if let Some(endpoint) = endpoint {
-        tracing::info!(%endpoint, service = %service_name, "exporting traces and metrics over OTLP");
+        tracing::info!(%endpoint, service = %service_name, %instance, "exporting traces and metrics over OTLP");
     }
     Ok(guard)
 }

@@ -42,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         max_series: args.series,
         max_window_bytes: u64::MAX,
         started_ns: 0,
+        stale_after_seconds: 120,
     });
     let labels: Vec<Vec<(String, String)>> = (0..args.series)
         .map(|u| {

@@ -82,6 +82,14 @@ pub struct Config {
     #[arg(long, env = "COLLECTOR_WINDOW_MEMORY_MB", default_value_t = 2048)]
     pub window_memory_mb: u64,
 
+    /// Seconds without a point after which a series is stale, as when the replica that sent it
+    /// went away: it no longer counts in instant (`last`) queries and leaves `/metrics`.
+    /// Window queries (rate, increase, ...) still count what it sent within their window.
+    /// Keep it above two export intervals of the slowest sender (OpenTelemetry SDKs export
+    /// every 60 s by default; the mesh's services every second).
+    #[arg(long, env = "COLLECTOR_STALE_AFTER_SECONDS", default_value_t = 120)]
+    pub stale_after_seconds: i64,
+
     /// How long a prediction waits for its feedback in the prediction–feedback join, seconds.
     #[arg(long, env = "COLLECTOR_JOIN_WINDOW_SECONDS", default_value_t = 3600)]
     pub join_window_seconds: u32,
@@ -177,6 +185,7 @@ pub async fn serve(
         max_families: config.max_metrics,
         max_families_per_sender: config.max_metrics_per_sender,
         started_ns,
+        stale_after_seconds: config.stale_after_seconds.max(1),
     }));
     let exemplars = Arc::new(ExemplarRings::new(
         config.exemplars_per_service,
@@ -233,7 +242,7 @@ pub async fn serve(
         axum::routing::get(move || {
             let store = metrics_store.clone();
             async move {
-                let body = prometheus::render(&store.snapshot(), store.refused());
+                let body = prometheus::render(&store.snapshot(otlp::unix_now()), store.refused());
                 (
                     [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
                     body,

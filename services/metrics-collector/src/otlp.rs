@@ -82,11 +82,27 @@ fn text(value: &Option<AnyValue>) -> String {
     sanitize::cut(text, MAX_LABEL_VALUE_BYTES)
 }
 
-fn service_name(resource: Option<&opentelemetry_proto::tonic::resource::v1::Resource>) -> String {
+/// A resource attribute as text ("" when absent).
+fn resource_attribute(
+    resource: Option<&opentelemetry_proto::tonic::resource::v1::Resource>,
+    key: &str,
+) -> String {
     resource
-        .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+        .and_then(|r| r.attributes.iter().find(|kv| kv.key == key))
         .map(|kv| text(&kv.value))
         .unwrap_or_default()
+}
+
+fn service_name(resource: Option<&opentelemetry_proto::tonic::resource::v1::Resource>) -> String {
+    resource_attribute(resource, "service.name")
+}
+
+/// Who sent a resource's points: its `service.name` (the `job` label) and its
+/// `service.instance.id` (the `instance` label: one process of the service).
+#[derive(Debug, Clone, Default)]
+struct Sender {
+    job: String,
+    instance: String,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -137,20 +153,25 @@ fn owned_text(value: Option<AnyValue>) -> String {
     }
 }
 
-/// Labels of a point of metric `name`: its attributes plus the sender's `service.name` as `job`;
-/// refused when a label name or value holds a control character (see [`sanitize`]).
-fn labels(job: &str, name: &str, attributes: Vec<KeyValue>) -> Result<Labels, String> {
-    let mut labels: Labels = Vec::with_capacity(attributes.len() + 1);
+/// Labels of a point of metric `name`: its attributes plus the sender's `service.name` as `job`
+/// and its `service.instance.id` as `instance` (these two, when the sender gives them, replace
+/// attributes of the same names); refused when a label name or value holds a control character
+/// (see [`sanitize`]).
+fn labels(sender: &Sender, name: &str, attributes: Vec<KeyValue>) -> Result<Labels, String> {
+    let mut labels: Labels = Vec::with_capacity(attributes.len() + 2);
+    for (key, value) in [("job", &sender.job), ("instance", &sender.instance)] {
+        if !value.is_empty() {
+            labels.push((key.to_owned(), value.clone()));
+        }
+    }
     for kv in attributes {
         sanitize::label_name(name, &kv.key)?;
         let value = owned_text(kv.value);
         sanitize::label_value(name, &kv.key, &value)?;
         labels.push((kv.key, value));
     }
-    if !job.is_empty() {
-        labels.push(("job".to_owned(), job.to_owned()));
-    }
-    labels.sort();
+    // Stable: of two labels of one name, the first (the sender's identity) stays.
+    labels.sort_by(|a, b| a.0.cmp(&b.0));
     labels.dedup_by(|a, b| a.0 == b.0);
     Ok(labels)
 }
@@ -187,7 +208,7 @@ impl Decoded {
 }
 
 /// Decodes one metric into its kind and points, or says why none of it can be stored.
-fn decode(job: &str, name: &str, metric: Metric) -> Result<Decoded, String> {
+fn decode(sender: &Sender, name: &str, metric: Metric) -> Result<Decoded, String> {
     let delta = |temporality: i32| temporality == AggregationTemporality::Delta as i32;
     let number = |value: &Option<number_data_point::Value>| match value {
         Some(number_data_point::Value::AsDouble(d)) => *d,
@@ -204,7 +225,7 @@ fn decode(job: &str, name: &str, metric: Metric) -> Result<Decoded, String> {
             let delta = delta(sum.aggregation_temporality);
             let mut decoded = Decoded::new(kind, sum.data_points.len());
             for p in sum.data_points {
-                decoded.push(labels(job, name, p.attributes), |labels| Point {
+                decoded.push(labels(sender, name, p.attributes), |labels| Point {
                     start_time_ns: p.start_time_unix_nano,
                     delta,
                     value: Value::Scalar(number(&p.value)),
@@ -216,7 +237,7 @@ fn decode(job: &str, name: &str, metric: Metric) -> Result<Decoded, String> {
         Some(Data::Gauge(gauge)) => {
             let mut decoded = Decoded::new(Kind::Gauge, gauge.data_points.len());
             for p in gauge.data_points {
-                decoded.push(labels(job, name, p.attributes), |labels| Point {
+                decoded.push(labels(sender, name, p.attributes), |labels| Point {
                     start_time_ns: p.start_time_unix_nano,
                     delta: false,
                     value: Value::Scalar(number(&p.value)),
@@ -229,7 +250,7 @@ fn decode(job: &str, name: &str, metric: Metric) -> Result<Decoded, String> {
             let delta = delta(histogram.aggregation_temporality);
             let mut decoded = Decoded::new(Kind::Histogram, histogram.data_points.len());
             for p in histogram.data_points {
-                decoded.push(labels(job, name, p.attributes), |labels| Point {
+                decoded.push(labels(sender, name, p.attributes), |labels| Point {
                     start_time_ns: p.start_time_unix_nano,
                     delta,
                     value: Value::Histogram {
@@ -283,9 +304,16 @@ impl MetricsService for OtlpReceiver {
             first_error.get_or_insert(err);
         };
         for resource in request.into_inner().resource_metrics {
-            let job = service_name(resource.resource.as_ref());
+            let sender = Sender {
+                job: service_name(resource.resource.as_ref()),
+                instance: resource_attribute(resource.resource.as_ref(), "service.instance.id"),
+            };
+            let job = &sender.job;
             let metrics = resource.scope_metrics.into_iter().flat_map(|s| s.metrics);
-            if let Some(err) = sanitize::refusal("*", "the sender's service.name", &job) {
+            let refusal = sanitize::refusal("*", "the sender's service.name", job).or_else(|| {
+                sanitize::refusal("*", "the sender's service.instance.id", &sender.instance)
+            });
+            if let Some(err) = refusal {
                 for metric in metrics {
                     self.store.count_refused(&metric.name, points_in(&metric));
                     refuse(points_in(&metric), err.clone());
@@ -311,7 +339,7 @@ impl MetricsService for OtlpReceiver {
                 let unit =
                     sanitize::free_text(std::mem::take(&mut metric.unit), sanitize::MAX_UNIT_BYTES);
                 let points = points_in(&metric);
-                let decoded = match decode(&job, &name, metric) {
+                let decoded = match decode(&sender, &name, metric) {
                     Ok(decoded) => decoded,
                     Err(err) => {
                         self.store.count_refused(&name, points);
@@ -322,7 +350,7 @@ impl MetricsService for OtlpReceiver {
                 if !decoded.points.is_empty()
                     && let Err((n, err)) = self.store.record_sent(
                         now,
-                        &job,
+                        job,
                         &name,
                         decoded.kind,
                         &description,
@@ -406,7 +434,8 @@ mod properties {
                     || k.chars().any(char::is_control)
                     || sanitize::cut(v.clone(), MAX_LABEL_VALUE_BYTES).chars().any(char::is_control)
             });
-            match labels("svc", "m", attributes) {
+            let sender = Sender { job: "svc".into(), instance: String::new() };
+            match labels(&sender, "m", attributes) {
                 Ok(labels) => {
                     prop_assert!(!bad);
                     prop_assert!(labels.windows(2).all(|w| w[0].0 < w[1].0), "sorted, one per name");

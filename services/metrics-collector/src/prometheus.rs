@@ -208,7 +208,7 @@ mod tests {
                 }],
             )
             .unwrap();
-        let text = render(&store.snapshot(), 7);
+        let text = render(&store.snapshot(i64::MIN), 7);
         assert!(
             text.contains("# TYPE inference_requests_total counter"),
             "{text}"

@@ -311,9 +311,15 @@ fn group_labels(key: &[String], group_by: &[String]) -> Labels {
     labels
 }
 
-/// Whether a series had data in the window: created by its end, updated after its start.
-fn live(series: &Series, span: &Span, stale_ok: bool) -> bool {
-    !series.retired && series.first <= span.end_s && (stale_ok || series.updated > span.start_s)
+/// Whether a series had data in the window: created by its end, updated after its start. For
+/// an instant query (no window, `stale_after` given), whether its last point is at most that
+/// many seconds before the end: a replica gone longer no longer counts.
+fn live(series: &Series, span: &Span, stale_after: Option<i64>) -> bool {
+    let fresh = match stale_after {
+        Some(stale_after) => series.updated >= span.end_s.saturating_sub(stale_after),
+        None => series.updated > span.start_s,
+    };
+    !series.retired && series.first <= span.end_s && fresh
 }
 
 /// Groupings kept per family (the most recent ones).
@@ -385,7 +391,7 @@ fn sum_buckets(
     let mut groups: HashMap<u32, Group> = HashMap::new();
     for &i in selection(family, selector).iter() {
         let series = &family.series[i];
-        if !live(series, span, false) {
+        if !live(series, span, None) {
             continue;
         }
         let Some((bounds, counts)) = bucket_increase(family, series, span) else {
@@ -523,11 +529,11 @@ pub fn evaluate(store: &MetricStore, query: &Query, now: i64) -> Result<Answer, 
         answer.samples.sort_by(|a, b| a.labels.cmp(&b.labels));
         return Ok(answer);
     }
-    let stale_ok = query.window == 0;
+    let stale_after = (query.window == 0).then(|| store.limits().stale_after_seconds);
     let selected: Vec<usize> = selection(&family, &query.selector)
         .iter()
         .copied()
-        .filter(|i| live(&family.series[*i], &span, stale_ok))
+        .filter(|i| live(&family.series[*i], &span, stale_after))
         .collect();
     let values: Vec<Option<f64>> = match query.function {
         Function::Rate | Function::Increase | Function::Last => {
@@ -1015,6 +1021,50 @@ mod tests {
         // Stale: no point in the last 0.5 min of a later evaluation.
         let later = evaluate(&store, &query("depth", Function::Last, 30, &[]), 200).unwrap();
         assert!(later.samples.is_empty());
+    }
+
+    /// A replica that went away (its series no longer updated) stops counting in instant
+    /// queries once stale, while what it counted within a window still counts.
+    #[test]
+    fn a_departed_replica_leaves_instant_queries_once_stale() {
+        let store = MetricStore::new(limits(100));
+        let gauge = |t: i64, instance: &str, v: f64| {
+            store
+                .record(
+                    t,
+                    "depth",
+                    Kind::Gauge,
+                    "",
+                    "",
+                    vec![Point {
+                        labels: vec![("instance".into(), instance.into())],
+                        start_time_ns: 0,
+                        delta: false,
+                        value: Value::Scalar(v),
+                    }],
+                )
+                .unwrap();
+        };
+        gauge(1000, "a", 4.0);
+        gauge(1000, "b", 6.0);
+        gauge(1100, "a", 5.0);
+        let last = |now| evaluate(&store, &query("depth", Function::Last, 0, &[]), now).unwrap();
+        // b's last point is 100 s old: within the 120 s, it still counts.
+        assert_eq!(last(1100).samples[0].value, 11.0);
+        assert_eq!(last(1100).samples[0].series, 2);
+        // 121 s without a point: b is gone.
+        gauge(1121, "a", 5.0);
+        assert_eq!(last(1121).samples[0].value, 5.0);
+        assert_eq!(last(1121).samples[0].series, 1);
+        assert_eq!(store.snapshot(1121)["depth"].series.len(), 1);
+        // A window reaching back to b's points still sees it.
+        let avg = evaluate(
+            &store,
+            &query("depth", Function::Max, 200, &["instance"]),
+            1121,
+        )
+        .unwrap();
+        assert_eq!(avg.samples.len(), 2, "{avg:?}");
     }
 
     fn scores(store: &MetricStore, now: i64, counts: Vec<u64>) {

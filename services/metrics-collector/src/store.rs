@@ -406,6 +406,10 @@ pub struct Limits {
     /// Unix nanoseconds when the collector started: cumulative points whose start time is later
     /// were counted entirely while the collector listened.
     pub started_ns: u64,
+    /// Seconds without a point after which a series is stale: its sender (a replica that went
+    /// away) no longer counts in instant (`last`) queries nor on `/metrics`. Window queries
+    /// still count what it sent within the window.
+    pub stale_after_seconds: i64,
 }
 
 /// Every family, by name.
@@ -734,8 +738,10 @@ impl MetricStore {
         Ok(())
     }
 
-    /// A copy of every family's current values, sorted by name.
-    pub fn snapshot(&self) -> BTreeMap<String, FamilyValues> {
+    /// A copy of every family's current values at Unix second `now`, sorted by name; stale
+    /// series (see [`Limits::stale_after_seconds`]) are left out.
+    pub fn snapshot(&self, now: i64) -> BTreeMap<String, FamilyValues> {
+        let fresh_since = now.saturating_sub(self.limits.stale_after_seconds);
         self.families()
             .into_iter()
             .map(|(name, family)| {
@@ -747,7 +753,7 @@ impl MetricStore {
                     series: family
                         .series
                         .iter()
-                        .filter(|s| !s.retired)
+                        .filter(|s| !s.retired && s.updated >= fresh_since)
                         .map(|s| (s.labels.clone(), s.value.clone()))
                         .collect(),
                 };
@@ -834,6 +840,7 @@ pub(crate) mod tests {
             max_families: usize::MAX,
             max_families_per_sender: usize::MAX,
             started_ns: 1000,
+            stale_after_seconds: 120,
         }
     }
 
@@ -847,7 +854,7 @@ pub(crate) mod tests {
     }
 
     fn value(store: &MetricStore, name: &str) -> Value {
-        let families = store.snapshot();
+        let families = store.snapshot(i64::MIN);
         families[name].series.values().next().cloned().unwrap()
     }
 
@@ -933,7 +940,7 @@ pub(crate) mod tests {
             .record(0, "exploding", Kind::Counter, "", "", points)
             .unwrap_err();
         assert_eq!(err, (900, Refused::Cardinality("exploding".into(), 100)));
-        assert_eq!(store.snapshot()["exploding"].series.len(), 100);
+        assert_eq!(store.snapshot(i64::MIN)["exploding"].series.len(), 100);
         assert_eq!(store.refused(), 900);
 
         let one = MetricStore::series_bytes(Kind::Counter, &Value::Scalar(0.0));
