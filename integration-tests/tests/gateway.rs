@@ -10,31 +10,6 @@ use proto::ecommerce::gateway::v1 as pb;
 use proto::ecommerce::gateway::v1::gateway_admin_client::GatewayAdminClient;
 use tonic::Code;
 
-/// A repository whose `minilm-l6` serves versions 1 and 2 (links to the built model).
-fn two_version_repository() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let source = models_dir().join("minilm-l6");
-    let model = dir.path().join("minilm-l6");
-    std::fs::create_dir(&model).unwrap();
-    let config = std::fs::read_to_string(source.join("config.toml")).unwrap();
-    std::fs::write(
-        model.join("config.toml"),
-        config.replace("latest = 1", "latest = 2"),
-    )
-    .unwrap();
-    std::os::unix::fs::symlink(source.join("tokenizer.json"), model.join("tokenizer.json"))
-        .unwrap();
-    for version in ["1", "2"] {
-        std::fs::create_dir(model.join(version)).unwrap();
-        std::os::unix::fs::symlink(
-            source.join("1/model.onnx"),
-            model.join(version).join("model.onnx"),
-        )
-        .unwrap();
-    }
-    dir
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_sees_the_auth_matrix() {
     let mut gateway = RunningGateway::start(gateway_config(&[shared_inference()], &[]))

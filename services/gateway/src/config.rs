@@ -113,6 +113,14 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_RECORD_BUFFER", default_value_t = 10_000)]
     pub record_buffer: usize,
 
+    /// PostgreSQL holding what is deployed (canary splits), shared by every gateway replica,
+    /// e.g. `postgres://gateway@db/mesh`: a change through any replica is applied by all
+    /// within a second and survives restarts. Unset: splits live in this process only (right
+    /// for one replica). While the database is unreachable the gateway serves the splits it
+    /// holds and refuses changes with UNAVAILABLE.
+    #[arg(long, env = "GATEWAY_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
     /// The metrics collector that receives prediction and feedback records for its
     /// prediction–feedback join (e.g. `http://127.0.0.1:4317`); unset keeps them in the buffer
     /// only (and drops the oldest).

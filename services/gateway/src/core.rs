@@ -14,7 +14,8 @@ use tonic::Status;
 
 use crate::cache::EmbeddingCache;
 use crate::call::CallContext;
-use crate::canary::{CanaryTable, VersionWeight};
+use crate::canary::{self, CanaryTable, VersionWeight};
+use crate::deployed::DeployedState;
 use crate::error::GatewayError;
 use crate::payload::PayloadLogger;
 use crate::records::{Record, RecordBuffer, RecordKind, Task};
@@ -41,8 +42,10 @@ pub struct Embedded {
 pub struct GatewayCore {
     /// Inference replicas.
     pub pool: Arc<ReplicaPool>,
-    /// Canary splits.
-    pub canary: CanaryTable,
+    /// Canary splits (a copy of the shared state's, when there is one).
+    pub canary: Arc<CanaryTable>,
+    /// The shared deployed state every replica reads; `None`: splits live in this process.
+    pub deployed: Option<Arc<DeployedState>>,
     /// Embedding cache.
     pub cache: EmbeddingCache,
     /// Prediction and feedback records.
@@ -61,10 +64,20 @@ pub struct GatewayCore {
 }
 
 impl GatewayCore {
-    /// Sets `model`'s canary split to `weights`. A split that would send traffic to a version
-    /// that is not ready on every replica is refused (part of the canary's traffic would
-    /// fail), as is a malformed one; either way the split in force stays.
-    pub async fn set_canary(&self, model: &str, weights: Vec<VersionWeight>) -> Result<(), Status> {
+    /// Sets `model`'s canary split to `weights`, on behalf of `changed_by` for `reason`. A
+    /// split that would send traffic to a version that is not ready on every replica is
+    /// refused (part of the canary's traffic would fail), as is a malformed one; with a shared
+    /// state, a change it cannot store is refused as unavailable. Either way the split in
+    /// force stays, on every replica.
+    pub async fn set_canary(
+        &self,
+        model: &str,
+        weights: Vec<VersionWeight>,
+        changed_by: &str,
+        reason: &str,
+    ) -> Result<(), Status> {
+        canary::validate(model, &weights)
+            .map_err(|err| GatewayError::Invalid(format!("canary of model '{model}': {err}")))?;
         for w in weights.iter().filter(|w| w.weight > 0 && w.version > 0) {
             let ready = oip::ModelReadyRequest {
                 name: model.to_owned(),
@@ -91,10 +104,23 @@ impl GatewayCore {
                 .into());
             }
         }
-        self.canary
-            .set(model, weights)
-            .map_err(|err| GatewayError::Invalid(format!("canary of model '{model}': {err}")))?;
-        tracing::info!(%model, weights = ?self.canary.get(model), "canary split changed");
+        match &self.deployed {
+            Some(deployed) => {
+                let split = deployed
+                    .write(model, &weights, changed_by, reason)
+                    .await
+                    .map_err(GatewayError::from)?;
+                let revision = split.revision;
+                self.canary.apply(model, split);
+                tracing::info!(%model, ?weights, revision, %changed_by, %reason, "canary split changed (shared)");
+            }
+            None => {
+                self.canary.set(model, weights.clone()).map_err(|err| {
+                    GatewayError::Invalid(format!("canary of model '{model}': {err}"))
+                })?;
+                tracing::info!(%model, ?weights, %changed_by, %reason, "canary split changed (this gateway only)");
+            }
+        }
         Ok(())
     }
 }
@@ -122,7 +148,8 @@ impl GatewayCore {
     ) -> GatewayCore {
         GatewayCore {
             pool,
-            canary: CanaryTable::default(),
+            canary: Arc::default(),
+            deployed: None,
             cache: EmbeddingCache::new(cache_entries),
             records: Arc::new(RecordBuffer::new(record_buffer)),
             payload: PayloadLogger::new(payload_sample),
@@ -131,6 +158,12 @@ impl GatewayCore {
             current: Mutex::new(HashMap::new()),
             inference_key: None,
         }
+    }
+
+    /// Keeps canary splits in `deployed`, shared with every replica.
+    pub fn with_deployed_state(mut self, deployed: Arc<DeployedState>) -> GatewayCore {
+        self.deployed = Some(deployed);
+        self
     }
 
     /// Sends `authorization: Bearer <key>` with the calls that change the inference replicas'

@@ -74,6 +74,9 @@ pub enum GatewayError {
         /// The version not ready.
         version: i64,
     },
+    /// The shared deployed state (PostgreSQL) could not store a change.
+    #[error("{0}")]
+    StateUnavailable(#[from] crate::deployed::Unavailable),
     /// The gateway has no replica to send the call to.
     #[error("no inference replica configured")]
     NoReplica,
@@ -128,9 +131,9 @@ impl ServiceError for GatewayError {
             | GatewayError::ReplicaCancelled(_)
             | GatewayError::IdleStream(_) => ErrorKind::Cancelled,
             GatewayError::VersionNotReady { .. } => ErrorKind::FailedPrecondition,
-            GatewayError::NoReplica | GatewayError::ReplicaUnreachable { .. } => {
-                ErrorKind::Unavailable
-            }
+            GatewayError::NoReplica
+            | GatewayError::ReplicaUnreachable { .. }
+            | GatewayError::StateUnavailable(_) => ErrorKind::Unavailable,
             GatewayError::ReplicaTimedOut(_) => ErrorKind::DeadlineExceeded,
             GatewayError::ReplicaHttp { .. } => ErrorKind::Unknown,
             GatewayError::BadAnswer(_) => ErrorKind::Internal,

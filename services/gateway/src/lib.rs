@@ -13,6 +13,7 @@ pub mod call;
 pub mod canary;
 pub mod config;
 pub mod core;
+pub mod deployed;
 pub mod error;
 mod frame;
 pub mod grpc;
@@ -92,18 +93,36 @@ pub async fn serve(
     let tls = MeshTls::load(&config.tls)?;
     let pool =
         Arc::new(ReplicaPool::resolve(&config.inference, config.retry_ratio, tls.clone()).await?);
-    let core = Arc::new(
-        GatewayCore::new(
-            pool.clone(),
-            config.cache_entries,
-            config.record_buffer,
-            config.payload_log_sample,
-            &config.embed_model,
-            &config.classify_model,
-        )
-        .with_inference_key(config.inference_api_key.as_deref())
-        .map_err(ServeError::Config)?,
-    );
+    let deployed = match config
+        .database_url
+        .as_deref()
+        .filter(|u| !u.trim().is_empty())
+    {
+        Some(url) => Some(Arc::new(
+            deployed::DeployedState::new(url)
+                .map_err(|err| ServeError::Config(format!("--database-url: {err}")))?,
+        )),
+        None => {
+            tracing::warn!(
+                "no --database-url: canary splits live in this gateway only (right for one replica; with several, each holds its own)"
+            );
+            None
+        }
+    };
+    let mut core = GatewayCore::new(
+        pool.clone(),
+        config.cache_entries,
+        config.record_buffer,
+        config.payload_log_sample,
+        &config.embed_model,
+        &config.classify_model,
+    )
+    .with_inference_key(config.inference_api_key.as_deref())
+    .map_err(ServeError::Config)?;
+    if let Some(deployed) = &deployed {
+        core = core.with_deployed_state(deployed.clone());
+    }
+    let core = Arc::new(core);
     if let Some(tenant) = &config.anonymous_tenant {
         tracing::warn!(%tenant, "calls without an API key are admitted as a client tenant (--anonymous-tenant)");
     }
@@ -144,6 +163,15 @@ pub async fn serve(
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         );
 
+    let state_read = Arc::new(tokio::sync::Notify::new());
+    if let Some(deployed) = &deployed {
+        tokio::spawn(deployed.clone().follow(
+            core.canary.clone(),
+            Duration::from_secs(1),
+            state_read.clone(),
+            stop.clone(),
+        ));
+    }
     let checked = Arc::new(tokio::sync::Notify::new());
     tokio::spawn(pool.clone().run_health_checks(
         Duration::from_millis(config.health_interval_ms.max(50)),
@@ -185,8 +213,12 @@ pub async fn serve(
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(shared::grpc::incoming(listener), stop.wait()),
     );
-    // Serving once the replicas' health is known (calls before would find none admitted).
+    // Serving once the replicas' health is known (calls before would find none admitted), and
+    // the shared canary splits read (or found unreachable: then it serves with none).
     let _ = tokio::time::timeout(Duration::from_secs(5), checked.notified()).await;
+    if deployed.is_some() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), state_read.notified()).await;
+    }
     serving.ready(&[]).await;
     let replicas: Vec<String> = pool.replicas().iter().map(|r| r.addr.to_string()).collect();
     tracing::info!(addr = ?local, ?replicas, tls = !tls.is_plaintext(), "gateway ready");

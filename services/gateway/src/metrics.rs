@@ -266,6 +266,24 @@ pub fn scores(rpc: &'static str, model: &str, version: i64, scores: &[f32]) {
     }
 }
 
+/// Reports whether the shared deployed state (PostgreSQL) is reachable, as
+/// `gateway.deployed_state.connected` (1 or 0): at 0 the gateway serves the canary splits it
+/// last read (none, if it started without the database) and refuses changes.
+pub fn deployed_state_connected(connected: bool) {
+    static GAUGE: OnceLock<opentelemetry::metrics::Gauge<u64>> = OnceLock::new();
+    GAUGE
+        .get_or_init(|| {
+            opentelemetry::global::meter("gateway")
+                .u64_gauge("gateway.deployed_state.connected")
+                .with_description(
+                    "1 while the shared deployed state (canary splits in PostgreSQL) is reachable, \
+                     0 while the gateway serves the splits it last read and refuses changes",
+                )
+                .build()
+        })
+        .record(u64::from(connected), &[]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,239 @@
+//! Several gateway replicas over one PostgreSQL agree on what is deployed: a canary split set
+//! through one is applied by the others within a second and survives a restart; while the
+//! database is down they serve what they hold and refuse changes.
+
+use std::time::{Duration, Instant};
+
+use integration_tests::postgres::ThrowawayPostgres;
+use integration_tests::*;
+use proto::ecommerce::gateway::v1 as pb;
+use proto::ecommerce::gateway::v1::gateway_admin_client::GatewayAdminClient;
+use tonic::Code;
+
+const MODEL: &str = "minilm-l6";
+
+fn split(weights: &[(i64, u32)], reason: &str) -> tonic::Request<pb::SetCanaryRequest> {
+    let mut request = with_key(
+        pb::SetCanaryRequest {
+            model: MODEL.into(),
+            weights: weights
+                .iter()
+                .map(|&(version, weight)| pb::VersionWeight { version, weight })
+                .collect(),
+        },
+        "admin-key",
+        None,
+    );
+    if !reason.is_empty() {
+        request
+            .metadata_mut()
+            .insert("x-change-reason", reason.parse().unwrap());
+    }
+    request
+}
+
+async fn weights_on(gateway: &RunningGateway) -> (Vec<(i64, u32)>, i64) {
+    let state = GatewayAdminClient::new(connect(gateway.addr).await)
+        .get_canary(with_key(
+            pb::GetCanaryRequest {
+                model: MODEL.into(),
+            },
+            "admin-key",
+            None,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let weights = state
+        .weights
+        .iter()
+        .map(|w| (w.version, w.weight))
+        .collect();
+    (weights, state.revision)
+}
+
+/// The version that served an Embed for `shopper` through `gateway`.
+async fn served_version(gateway: &RunningGateway, shopper: &str) -> i64 {
+    gateway_client(gateway.addr)
+        .await
+        .embed(with_key(
+            pb::EmbedRequest {
+                texts: vec!["trail running shoes".into()],
+            },
+            "client-key",
+            Some(shopper),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .served_by
+        .unwrap()
+        .version
+}
+
+async fn gateway_on(inference: &RunningInference, database: &str) -> RunningGateway {
+    RunningGateway::start(gateway_config(
+        &[inference.addr],
+        &["--database-url", database, "--rate-limit", "100000"],
+    ))
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_set_through_one_gateway_is_applied_by_every_replica_and_survives_a_restart() {
+    let db = TestDatabase::create().await;
+    let repository = two_version_repository();
+    let mut inference = RunningInference::start(inference_config(repository.path(), &[MODEL]))
+        .await
+        .unwrap();
+    let mut a = gateway_on(&inference, &db.url).await;
+    let b = gateway_on(&inference, &db.url).await;
+
+    // Set through A: B applies it within a second, and serves by it.
+    let set_at = Instant::now();
+    GatewayAdminClient::new(connect(a.addr).await)
+        .set_canary(split(&[(1, 0), (2, 100)], "canary of the new fine-tune"))
+        .await
+        .unwrap();
+    let on_b = eventually("B applies A's split", Duration::from_secs(5), || async {
+        let (weights, _) = weights_on(&b).await;
+        (weights == [(1, 0), (2, 100)]).then(|| set_at.elapsed())
+    })
+    .await;
+    assert!(
+        on_b <= Duration::from_secs(1),
+        "B applied it after {on_b:?}"
+    );
+    for shopper in ["s-1", "s-2", "s-3"] {
+        assert_eq!(served_version(&b, shopper).await, 2);
+    }
+
+    // A version no replica serves is refused, and nothing changes anywhere.
+    let refused = GatewayAdminClient::new(connect(b.addr).await)
+        .set_canary(split(&[(1, 50), (9, 50)], ""))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(weights_on(&a).await.0, [(1, 0), (2, 100)]);
+
+    // A restarted gateway starts from the stored split, before its first call.
+    a.stop().await.unwrap();
+    let a2 = gateway_on(&inference, &db.url).await;
+    assert_eq!(weights_on(&a2).await.0, [(1, 0), (2, 100)]);
+    assert_eq!(served_version(&a2, "s-4").await, 2);
+
+    // Two operators changing the split at once, through either gateway: every replica ends
+    // with one of their states, the last one committed, never a mix.
+    let mut writers = Vec::new();
+    for (i, gateway) in [&a2, &b].into_iter().cycle().take(20).enumerate() {
+        let addr = gateway.addr;
+        let weights = if i % 2 == 0 {
+            vec![(1, 100), (2, 0)]
+        } else {
+            vec![(1, 30), (2, 70)]
+        };
+        writers.push(tokio::spawn(async move {
+            GatewayAdminClient::new(connect(addr).await)
+                .set_canary(split(&weights, &format!("operator {}", i % 2)))
+                .await
+                .unwrap()
+                .into_inner()
+                .revision
+        }));
+    }
+    let mut last = 0;
+    for writer in writers {
+        last = last.max(writer.await.unwrap());
+    }
+    let agreed = eventually(
+        "both replicas at the last revision",
+        Duration::from_secs(3),
+        || async {
+            let (on_a, rev_a) = weights_on(&a2).await;
+            let (on_b, rev_b) = weights_on(&b).await;
+            (rev_a == last && rev_b == last).then_some((on_a, on_b))
+        },
+    )
+    .await;
+    assert_eq!(agreed.0, agreed.1);
+    assert!(
+        agreed.0 == [(1, 100), (2, 0)] || agreed.0 == [(1, 30), (2, 70)],
+        "{agreed:?}"
+    );
+
+    // The timeline says who changed what, through which gateway, and why.
+    let changes = GatewayAdminClient::new(connect(b.addr).await)
+        .list_canary_changes(with_key(
+            pb::ListCanaryChangesRequest {
+                model: MODEL.into(),
+                limit: 100,
+            },
+            "admin-key",
+            None,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .changes;
+    assert_eq!(changes.len(), 21, "one change per accepted SetCanary");
+    let first = changes.last().unwrap();
+    assert_eq!(first.reason, "canary of the new fine-tune");
+    assert!(first.changed_by.starts_with("ops (key "), "{first:?}");
+    assert!(!first.gateway.is_empty());
+    assert_eq!(changes[0].revision, last);
+
+    let (mut a2, mut b) = (a2, b);
+    a2.stop().await.unwrap();
+    b.stop().await.unwrap();
+    inference.stop().await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_database_gateways_serve_what_they_hold_refuse_changes_and_catch_up() {
+    let pg = ThrowawayPostgres::start();
+    let repository = two_version_repository();
+    let mut inference = RunningInference::start(inference_config(repository.path(), &[MODEL]))
+        .await
+        .unwrap();
+    let mut a = gateway_on(&inference, &pg.url()).await;
+    GatewayAdminClient::new(connect(a.addr).await)
+        .set_canary(split(&[(1, 100), (2, 0)], ""))
+        .await
+        .unwrap();
+
+    pg.down();
+    let refused = GatewayAdminClient::new(connect(a.addr).await)
+        .set_canary(split(&[(1, 0), (2, 100)], ""))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("PostgreSQL") && refused.message().contains("nothing changed"),
+        "{}",
+        refused.message()
+    );
+    // A keeps serving the split it holds.
+    assert_eq!(weights_on(&a).await.0, [(1, 100), (2, 0)]);
+    assert_eq!(served_version(&a, "s-1").await, 1);
+
+    // B starts while the database is down: it serves, with no split (the newest version).
+    let mut b = gateway_on(&inference, &pg.url()).await;
+    assert_eq!(weights_on(&b).await.0, []);
+    assert_eq!(served_version(&b, "s-1").await, 2);
+
+    // The database returns: B picks the stored split up.
+    pg.up();
+    eventually(
+        "B reads the split once PostgreSQL is back",
+        Duration::from_secs(10),
+        || async { (weights_on(&b).await.0 == [(1, 100), (2, 0)]).then_some(()) },
+    )
+    .await;
+    assert_eq!(served_version(&b, "s-1").await, 1);
+
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    inference.stop().await.unwrap();
+}

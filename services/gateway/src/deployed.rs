@@ -1,0 +1,353 @@
+//! What is deployed, one truth for every gateway replica: canary splits live in PostgreSQL.
+//!
+//! A change (`SetCanary`, from an operator or an alert-manager action) is written in one
+//! transaction: the model's row in `gateway_canary_splits` at the next revision, a row of
+//! `gateway_canary_changes` (the deployment timeline: who, through which gateway, why) and a
+//! `NOTIFY` on [`CHANNEL`]. Every replica listens and re-reads the table on each notification,
+//! and once a second in case one was missed; a split is applied only over an older revision
+//! (see [`CanaryTable::apply`]), so replicas converge on the last committed change whatever
+//! order the news arrives in. Calls read the in-memory table only, never the database.
+//!
+//! While the database cannot be reached, replicas keep serving with the splits they hold (a
+//! gateway that starts without it serves with none: the newest version takes all traffic),
+//! report it in `gateway.deployed_state.connected` and the log, and refuse changes with
+//! `UNAVAILABLE`; they pick the state up when it returns.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::{PgPool, Row};
+
+use crate::canary::{CanaryTable, Split, VersionWeight};
+
+/// The channel a change is announced on (its payload: the model).
+pub const CHANNEL: &str = "gateway_canary_splits";
+
+/// The tables, created when missing (under an advisory lock, so that replicas starting
+/// together do not race).
+const SCHEMA: &str = r"
+CREATE TABLE IF NOT EXISTS gateway_canary_splits (
+    model       TEXT PRIMARY KEY,
+    weights     JSONB NOT NULL,
+    revision    BIGINT NOT NULL,
+    changed_by  TEXT NOT NULL,
+    changed_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS gateway_canary_changes (
+    id          BIGSERIAL PRIMARY KEY,
+    model       TEXT NOT NULL,
+    weights     JSONB NOT NULL,
+    revision    BIGINT NOT NULL,
+    changed_by  TEXT NOT NULL,
+    gateway     TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    changed_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS gateway_canary_changes_model ON gateway_canary_changes (model, id);
+";
+
+/// Advisory lock key that serialises schema creation ("gwcanary" in ASCII).
+const SCHEMA_LOCK: i64 = 0x6777_6361_6e61_7279;
+
+/// The longest reason kept on the timeline, in characters.
+pub const MAX_REASON_CHARS: usize = 256;
+
+/// Why a change could not be stored.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the canary split could not be stored in PostgreSQL ({0}); nothing changed on any gateway, \
+     which keep serving the split in force: retry when the database is back"
+)]
+pub struct Unavailable(String);
+
+/// One entry of the deployment timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The model.
+    pub model: String,
+    /// The split set (empty: removed).
+    pub weights: Vec<VersionWeight>,
+    /// Its revision.
+    pub revision: i64,
+    /// Who (tenant and key id).
+    pub changed_by: String,
+    /// Through which gateway replica (its instance id).
+    pub gateway: String,
+    /// Why, as the caller said (`x-change-reason`).
+    pub reason: String,
+    /// When, in Unix milliseconds.
+    pub changed_at_ms: i64,
+}
+
+/// The shared store of canary splits.
+pub struct DeployedState {
+    pool: PgPool,
+    connected: AtomicBool,
+}
+
+impl DeployedState {
+    /// A store over the database at `url`; nothing is connected until first used.
+    pub fn new(url: &str) -> Result<DeployedState, sqlx::Error> {
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(2))
+            .connect_lazy(url)?;
+        Ok(DeployedState {
+            pool,
+            connected: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether the last contact with the database succeeded.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    fn set_connected(&self, now: bool) {
+        let was = self.connected.swap(now, Ordering::Relaxed);
+        if was != now {
+            if now {
+                tracing::info!("deployed state: PostgreSQL reached; canary splits are shared");
+            }
+            crate::metrics::deployed_state_connected(now);
+        }
+    }
+
+    // Boxed as `Send` futures: the transaction's executor borrows would otherwise keep the
+    // spawned task from proving it is `Send`.
+    fn ensure_schema(&self) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(SCHEMA_LOCK)
+                .execute(&mut *tx)
+                .await?;
+            // A query without arguments goes as one simple query: several statements at once.
+            sqlx::Executor::execute(&mut *tx, SCHEMA).await?;
+            tx.commit().await
+        })
+    }
+
+    /// Stores `weights` as `model`'s split (empty: removed) and announces it; returns the
+    /// split as stored. Either all of it is committed or nothing is.
+    pub async fn write(
+        &self,
+        model: &str,
+        weights: &[VersionWeight],
+        changed_by: &str,
+        reason: &str,
+    ) -> Result<Split, Unavailable> {
+        let result = self.try_write(model, weights, changed_by, reason).await;
+        match &result {
+            Ok(_) => self.set_connected(true),
+            Err(err) if is_connection_error(err) => self.set_connected(false),
+            Err(_) => {}
+        }
+        result.map_err(|err| Unavailable(err.to_string()))
+    }
+
+    fn try_write<'a>(
+        &'a self,
+        model: &'a str,
+        weights: &'a [VersionWeight],
+        changed_by: &'a str,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<Split, sqlx::Error>> {
+        Box::pin(self.write_transaction(model, weights, changed_by, reason))
+    }
+
+    async fn write_transaction(
+        &self,
+        model: &str,
+        weights: &[VersionWeight],
+        changed_by: &str,
+        reason: &str,
+    ) -> Result<Split, sqlx::Error> {
+        let json = serde_json::to_value(weights).map_err(|e| sqlx::Error::Encode(e.into()))?;
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "INSERT INTO gateway_canary_splits (model, weights, revision, changed_by)
+             VALUES ($1, $2, 1, $3)
+             ON CONFLICT (model) DO UPDATE
+               SET weights = EXCLUDED.weights,
+                   revision = gateway_canary_splits.revision + 1,
+                   changed_by = EXCLUDED.changed_by,
+                   changed_at = now()
+             RETURNING revision, (extract(epoch from changed_at) * 1000)::BIGINT AS at_ms",
+        )
+        .bind(model)
+        .bind(&json)
+        .bind(changed_by)
+        .fetch_one(&mut *tx)
+        .await?;
+        let revision: i64 = row.get("revision");
+        let at_ms: i64 = row.get("at_ms");
+        sqlx::query(
+            "INSERT INTO gateway_canary_changes (model, weights, revision, changed_by, gateway, reason)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(model)
+        .bind(&json)
+        .bind(revision)
+        .bind(changed_by)
+        .bind(shared::telemetry::instance_id())
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(model)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Split {
+            weights: weights.to_vec(),
+            revision,
+            changed_by: changed_by.to_owned(),
+            changed_at_ms: at_ms,
+        })
+    }
+
+    /// Every stored split.
+    async fn load(&self) -> Result<Vec<(String, Split)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT model, weights, revision, changed_by,
+                    (extract(epoch from changed_at) * 1000)::BIGINT AS at_ms
+             FROM gateway_canary_splits",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut splits = Vec::with_capacity(rows.len());
+        for row in rows {
+            let model: String = row.get("model");
+            let json: serde_json::Value = row.get("weights");
+            let weights: Vec<VersionWeight> = match serde_json::from_value(json) {
+                Ok(weights) => weights,
+                Err(err) => {
+                    tracing::error!(%model, %err, "a stored canary split is not readable; skipped");
+                    continue;
+                }
+            };
+            let split = Split {
+                weights,
+                revision: row.get("revision"),
+                changed_by: row.get("changed_by"),
+                changed_at_ms: row.get("at_ms"),
+            };
+            splits.push((model, split));
+        }
+        Ok(splits)
+    }
+
+    /// Reads every split and applies those newer than the table's.
+    async fn refresh(&self, table: &CanaryTable) -> Result<(), sqlx::Error> {
+        for (model, split) in self.load().await? {
+            let weights = split.weights.clone();
+            let revision = split.revision;
+            if table.apply(&model, split) {
+                tracing::info!(%model, ?weights, revision, "canary split applied from the shared state");
+            }
+        }
+        Ok(())
+    }
+
+    /// The last `limit` changes of `model` (all models when empty), newest first.
+    pub async fn changes(&self, model: &str, limit: i64) -> Result<Vec<Change>, Unavailable> {
+        let rows = sqlx::query(
+            "SELECT model, weights, revision, changed_by, gateway, reason,
+                    (extract(epoch from changed_at) * 1000)::BIGINT AS at_ms
+             FROM gateway_canary_changes
+             WHERE $1 = '' OR model = $1
+             ORDER BY id DESC LIMIT $2",
+        )
+        .bind(model)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|err| Unavailable(err.to_string()))?;
+        Ok(rows
+            .into_iter()
+            .map(|row| Change {
+                model: row.get("model"),
+                weights: serde_json::from_value(row.get("weights")).unwrap_or_default(),
+                revision: row.get("revision"),
+                changed_by: row.get("changed_by"),
+                gateway: row.get("gateway"),
+                reason: row.get("reason"),
+                changed_at_ms: row.get("at_ms"),
+            })
+            .collect())
+    }
+
+    /// Keeps `table` in step with the database until `stop`: creates the schema, listens for
+    /// changes, re-reads on each and every `poll`; while the database is unreachable, retries
+    /// every `poll` and leaves the table as it is. `first` is notified once the first attempt
+    /// ended, read or not, so that the gateway can start serving from the stored state.
+    pub async fn follow(
+        self: Arc<Self>,
+        table: Arc<CanaryTable>,
+        poll: Duration,
+        first: Arc<tokio::sync::Notify>,
+        stop: shared::shutdown::Shutdown,
+    ) {
+        crate::metrics::deployed_state_connected(false);
+        let mut warned = false;
+        loop {
+            let session = async {
+                self.ensure_schema().await?;
+                let mut listener = PgListener::connect_with(&self.pool).await?;
+                listener.listen(CHANNEL).await?;
+                self.refresh(&table).await?;
+                self.set_connected(true);
+                first.notify_one();
+                warned = false;
+                let mut tick = tokio::time::interval(poll);
+                loop {
+                    tokio::select! {
+                        notification = listener.try_recv() => match notification? {
+                            Some(_) => self.refresh(&table).await?,
+                            // The connection dropped (and reconnects on the next call):
+                            // what was announced meanwhile is read now.
+                            None => self.refresh(&table).await?,
+                        },
+                        _ = tick.tick() => self.refresh(&table).await?,
+                    }
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), sqlx::Error>(())
+            };
+            tokio::select! {
+                result = session => {
+                    if let Err(err) = result {
+                        first.notify_one();
+                        self.set_connected(false);
+                        if !warned {
+                            tracing::warn!(%err, "deployed state: PostgreSQL unreachable; serving with the canary splits held ({} models); changes are refused until it returns", table.models());
+                            warned = true;
+                        }
+                    }
+                }
+                _ = stop.clone().wait() => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => {}
+                _ = stop.clone().wait() => return,
+            }
+        }
+    }
+}
+
+/// Whether an error means the database could not be reached (rather than refusing a query).
+fn is_connection_error(err: &sqlx::Error) -> bool {
+    matches!(
+        err,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+    )
+}
