@@ -435,7 +435,9 @@ pub async fn listening_addr(pid: u32, within: Duration) -> anyhow::Result<Socket
     }
 }
 
-/// The first IPv4 TCP socket of process `pid` that is listening, if any.
+/// The first IPv4 TCP socket of process `pid` that is listening, if any; one on 127.0.0.1
+/// first (a second listener, such as the collector's `/metrics`, can be bound elsewhere on the
+/// loopback, e.g. 127.0.0.2, to tell them apart).
 fn listening_now(pid: u32) -> Option<SocketAddr> {
     let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .ok()?
@@ -451,7 +453,7 @@ fn listening_now(pid: u32) -> Option<SocketAddr> {
         })
         .collect();
     let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).ok()?;
-    table.lines().skip(1).find_map(|line| {
+    let mut listening = table.lines().skip(1).filter_map(|line| {
         // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
         let fields: Vec<&str> = line.split_whitespace().collect();
         let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
@@ -462,7 +464,16 @@ fn listening_now(pid: u32) -> Option<SocketAddr> {
         let ip = u32::from_str_radix(ip, 16).ok()?;
         let port = u16::from_str_radix(port, 16).ok()?;
         Some(SocketAddr::from((ip.to_le_bytes(), port)))
-    })
+    });
+    let first = listening.next()?;
+    if first.ip() == std::net::Ipv4Addr::LOCALHOST {
+        return Some(first);
+    }
+    Some(
+        listening
+            .find(|a| a.ip() == std::net::Ipv4Addr::LOCALHOST)
+            .unwrap_or(first),
+    )
 }
 
 /// An inference service running as a separate process, so that a test can kill it.
@@ -553,9 +564,19 @@ impl ServiceProcess {
     /// Starts `target/debug/<name>` with `args` (which must make it listen on port 0 or a
     /// given one) and waits until its health is SERVING.
     pub async fn start(name: &str, args: &[&str]) -> anyhow::Result<ServiceProcess> {
+        Self::start_with_env(name, args, &[]).await
+    }
+
+    /// As [`ServiceProcess::start`], with environment variables `envs`.
+    pub async fn start_with_env(
+        name: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<ServiceProcess> {
         let child = tokio::process::Command::new(service_binary(name))
             .args(args)
             .args(plaintext_unless_tls(args.iter().copied()))
+            .envs(envs.iter().copied())
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()?;

@@ -49,6 +49,14 @@ pub enum Outcome {
     Done(String),
     /// It ran and failed, with why.
     Failed(String),
+    /// It ran on every replica of the service (each address its name resolves to): the
+    /// outcome on each, by address. It succeeded when it succeeded on all.
+    Replicas {
+        /// What it did, in one line (e.g. "minilm-l6 reloaded on 2 of 2 replicas").
+        summary: String,
+        /// Each replica's address and outcome.
+        replicas: Vec<(String, Result<String, String>)>,
+    },
     /// Not run: the same action ran on the same target too recently.
     RateLimited,
     /// Not run: dry-run mode.
@@ -56,12 +64,66 @@ pub enum Outcome {
 }
 
 fn channel(tls: &shared::tls::MeshTls, url: &str) -> Result<tonic::transport::Channel, String> {
+    channel_checking(tls, url, None)
+}
+
+/// A channel to `url`, checking the server's certificate for `domain` (the service's name
+/// when `url` holds one of its addresses).
+fn channel_checking(
+    tls: &shared::tls::MeshTls,
+    url: &str,
+    domain: Option<&str>,
+) -> Result<tonic::transport::Channel, String> {
     Ok(tls
-        .endpoint(url, "the action's address")
+        .endpoint_checking(url, "the action's address", domain)
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(10))
         .connect_lazy())
+}
+
+/// One replica behind a service's URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    /// Its address, `ip:port`.
+    pub addr: String,
+    /// The URL of that address (same scheme).
+    pub url: String,
+    /// The service's host name, which its certificate names.
+    pub host: String,
+}
+
+/// Every replica behind `url` (`http[s]://name:port`), or several URLs comma-separated: each
+/// address the names resolve to, once, in order.
+pub async fn replicas(url: &str) -> Result<Vec<Replica>, String> {
+    let mut found: Vec<Replica> = Vec::new();
+    for url in url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| format!("--inference {url:?} has no scheme (http:// or https://)"))?;
+        let authority = rest.split('/').next().unwrap_or_default();
+        let host = match authority.rsplit_once(':') {
+            Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
+            None => authority,
+        };
+        let addrs = tokio::net::lookup_host(authority)
+            .await
+            .map_err(|e| format!("--inference {url}: {authority} does not resolve: {e}"))?;
+        for addr in addrs {
+            let addr = addr.to_string();
+            if found.iter().all(|r| r.addr != addr) {
+                found.push(Replica {
+                    url: format!("{scheme}://{addr}"),
+                    addr,
+                    host: host.to_owned(),
+                });
+            }
+        }
+    }
+    if found.is_empty() {
+        return Err(format!("--inference {url} resolves to no address"));
+    }
+    Ok(found)
 }
 
 /// `message` with `authorization: Bearer <key>` when there is a key.
@@ -103,13 +165,80 @@ impl ActionRunner {
         if self.config.dry_run {
             return Outcome::DryRun;
         }
-        match self.execute(action, labels).await {
+        if let ActionSpec::ReloadModel { model } | ActionSpec::UnloadModel { model } = action {
+            let model = crate::labels::render(model, labels, 0.0);
+            let reload = matches!(action, ActionSpec::ReloadModel { .. });
+            return self.on_every_replica(&model, reload).await;
+        }
+        match self.execute(rule, action, labels).await {
             Ok(done) => Outcome::Done(done),
             Err(why) => Outcome::Failed(why),
         }
     }
 
-    async fn execute(&self, action: &ActionSpec, labels: &LabelSet) -> Result<String, String> {
+    /// Reloads (or unloads) `model` on every inference replica: each address `--inference`
+    /// resolves to (a headless Service's name gives every pod), called at once.
+    async fn on_every_replica(&self, model: &str, reload: bool) -> Outcome {
+        let Some(url) = self.config.inference.as_deref() else {
+            return Outcome::Failed("no --inference to send model loads to".into());
+        };
+        let replicas = match replicas(url).await {
+            Ok(replicas) => replicas,
+            Err(why) => return Outcome::Failed(why),
+        };
+        let key = self.config.inference_api_key.as_deref();
+        let calls = replicas.iter().map(|replica| async move {
+            let channel = channel_checking(&self.config.tls, &replica.url, Some(&replica.host))?;
+            let mut client = GrpcInferenceServiceClient::new(channel);
+            if reload {
+                let request = oip::RepositoryModelLoadRequest {
+                    repository_name: String::new(),
+                    model_name: model.to_owned(),
+                    parameters: Default::default(),
+                };
+                client
+                    .repository_model_load(keyed(key, request))
+                    .await
+                    .map_err(|s| format!("RepositoryModelLoad: {}", s.message()))?;
+                Ok(format!("{model} reloaded"))
+            } else {
+                let request = oip::RepositoryModelUnloadRequest {
+                    repository_name: String::new(),
+                    model_name: model.to_owned(),
+                    parameters: Default::default(),
+                };
+                client
+                    .repository_model_unload(keyed(key, request))
+                    .await
+                    .map_err(|s| format!("RepositoryModelUnload: {}", s.message()))?;
+                Ok(format!("{model} unloaded"))
+            }
+        });
+        let outcomes: Vec<Result<String, String>> = futures::future::join_all(calls).await;
+        let ok = outcomes.iter().filter(|o| o.is_ok()).count();
+        let verb = if reload { "reloaded" } else { "unloaded" };
+        let mut summary = format!("{model} {verb} on {ok} of {} replicas", outcomes.len());
+        let failed: Vec<&str> = replicas
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| o.is_err())
+            .map(|(r, _)| r.addr.as_str())
+            .collect();
+        if !failed.is_empty() {
+            summary.push_str(&format!("; failed on {}", failed.join(", ")));
+        }
+        Outcome::Replicas {
+            summary,
+            replicas: replicas.into_iter().map(|r| r.addr).zip(outcomes).collect(),
+        }
+    }
+
+    async fn execute(
+        &self,
+        rule: &str,
+        action: &ActionSpec,
+        labels: &LabelSet,
+    ) -> Result<String, String> {
         let r = |t: &str| crate::labels::render(t, labels, 0.0);
         match action {
             ActionSpec::SetCanaryWeight { .. } | ActionSpec::PromoteCanary { .. } => {
@@ -162,14 +291,20 @@ impl ActionRunner {
                         version: w.version,
                     })
                     .collect();
+                let mut request = keyed(
+                    key,
+                    gw::SetCanaryRequest {
+                        model: model.clone(),
+                        weights,
+                    },
+                );
+                // The gateways' deployment timeline says why.
+                let reason = format!("alert-manager: rule {rule}, {}", action.describe(labels));
+                if let Ok(value) = reason.chars().take(256).collect::<String>().parse() {
+                    request.metadata_mut().insert("x-change-reason", value);
+                }
                 let after = client
-                    .set_canary(keyed(
-                        key,
-                        gw::SetCanaryRequest {
-                            model: model.clone(),
-                            weights,
-                        },
-                    ))
+                    .set_canary(request)
                     .await
                     .map_err(|s| format!("SetCanary: {}", s.message()))?
                     .into_inner();
@@ -180,42 +315,8 @@ impl ActionRunner {
                     .collect();
                 Ok(format!("{model} split now {}", split.join(", ")))
             }
-            ActionSpec::ReloadModel { model } | ActionSpec::UnloadModel { model } => {
-                let url = self
-                    .config
-                    .inference
-                    .as_deref()
-                    .ok_or("no --inference to send model loads to")?;
-                let model = r(model);
-                let key = self.config.inference_api_key.as_deref();
-                let mut client = GrpcInferenceServiceClient::new(channel(&self.config.tls, url)?);
-                if matches!(action, ActionSpec::ReloadModel { .. }) {
-                    client
-                        .repository_model_load(keyed(
-                            key,
-                            oip::RepositoryModelLoadRequest {
-                                repository_name: String::new(),
-                                model_name: model.clone(),
-                                parameters: Default::default(),
-                            },
-                        ))
-                        .await
-                        .map_err(|s| format!("RepositoryModelLoad: {}", s.message()))?;
-                    Ok(format!("{model} reloaded"))
-                } else {
-                    client
-                        .repository_model_unload(keyed(
-                            key,
-                            oip::RepositoryModelUnloadRequest {
-                                repository_name: String::new(),
-                                model_name: model.clone(),
-                                parameters: Default::default(),
-                            },
-                        ))
-                        .await
-                        .map_err(|s| format!("RepositoryModelUnload: {}", s.message()))?;
-                    Ok(format!("{model} unloaded"))
-                }
+            ActionSpec::ReloadModel { .. } | ActionSpec::UnloadModel { .. } => {
+                unreachable!("run sends model actions to every replica")
             }
             ActionSpec::Webhook { url } => {
                 let response = self
@@ -259,6 +360,27 @@ mod tests {
         assert_eq!(runner.run("r", &action, &a).await, Outcome::RateLimited);
         assert_eq!(runner.run("r", &action, &b).await, Outcome::DryRun);
         assert_eq!(action.describe(&a), "reload model a");
+    }
+
+    #[tokio::test]
+    async fn replicas_are_every_address_of_every_name_once() {
+        let found =
+            replicas("https://127.0.0.1:50052, https://127.0.0.1:50053,https://127.0.0.1:50052")
+                .await
+                .unwrap();
+        let addrs: Vec<&str> = found.iter().map(|r| r.addr.as_str()).collect();
+        assert_eq!(addrs, ["127.0.0.1:50052", "127.0.0.1:50053"]);
+        assert_eq!(found[1].url, "https://127.0.0.1:50053");
+        assert_eq!(found[1].host, "127.0.0.1");
+        let localhost = replicas("http://localhost:50052").await.unwrap();
+        assert!(
+            localhost.iter().all(|r| r.host == "localhost"),
+            "{localhost:?}"
+        );
+        let err = replicas("inference:50052").await.unwrap_err();
+        assert!(err.contains("no scheme"), "{err}");
+        let err = replicas("http://no-such-host.invalid:1").await.unwrap_err();
+        assert!(err.contains("does not resolve"), "{err}");
     }
 
     #[tokio::test]

@@ -106,7 +106,9 @@ pub struct Config {
     #[arg(long, env = "ALERT_MANAGER_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
 
-    /// The gateway's admin API, for `set_canary_weight` actions (e.g. http://127.0.0.1:50051).
+    /// The gateway's admin API, for `set_canary_weight` and `promote_canary` actions (e.g.
+    /// http://127.0.0.1:50051). Any one replica will do when the gateways share their
+    /// database (`--database-url`): a change through one is applied by all.
     #[arg(long, env = "ALERT_MANAGER_GATEWAY")]
     pub gateway: Option<String>,
 
@@ -115,7 +117,9 @@ pub struct Config {
     pub gateway_api_key: Option<String>,
 
     /// The inference service, for `reload_model` and `unload_model` actions (e.g.
-    /// http://127.0.0.1:50052).
+    /// http://127.0.0.1:50052). The action goes to every address the name resolves to at the
+    /// time (in Kubernetes the headless Service, one address per pod), or to each of several
+    /// comma-separated URLs, and the incident's timeline gets each replica's outcome.
     #[arg(long, env = "ALERT_MANAGER_INFERENCE")]
     pub inference: Option<String>,
 

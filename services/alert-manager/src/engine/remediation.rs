@@ -166,6 +166,33 @@ impl Engine {
                         ("action_finished", format!("{what}: done, {done}"))
                     }
                     Outcome::Failed(why) => ("action_failed", format!("{what}: failed, {why}")),
+                    Outcome::Replicas { summary, replicas } => {
+                        // One event per replica, naming it, then the summary.
+                        for (replica, outcome) in &replicas {
+                            let (kind, message) = match outcome {
+                                Ok(done) => (
+                                    "action_replica_finished",
+                                    format!("{what} on replica {replica}: done, {done}"),
+                                ),
+                                Err(why) => (
+                                    "action_replica_failed",
+                                    format!("{what} on replica {replica}: failed, {why}"),
+                                ),
+                            };
+                            if let Err(err) = incidents
+                                .record_event(id, kind, SELF, &message, now_ms())
+                                .await
+                            {
+                                tracing::error!(incident = id, error = %err, "replica outcome not recorded");
+                            }
+                        }
+                        if replicas.iter().all(|(_, o)| o.is_ok()) {
+                            any_done = true;
+                            ("action_finished", format!("{what}: done, {summary}"))
+                        } else {
+                            ("action_failed", format!("{what}: failed, {summary}"))
+                        }
+                    }
                     Outcome::RateLimited => (
                         "action_skipped",
                         format!("{what}: skipped, it ran on this target too recently"),
