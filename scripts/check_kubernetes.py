@@ -300,7 +300,7 @@ def check_spill_volume(alert_manager: dict, config_maps: dict[str, dict], where:
 # other pods a NetworkPolicy admits; "*" is anyone.
 REACHABLE_BY = {
     ("gateway", 50051): {"*"},
-    ("inference", 50052): {"gateway"},
+    ("inference", 50052): {"gateway", "alert-manager"},
     ("metrics-collector", 4317): {"gateway", "inference", "alert-manager"},
     ("metrics-collector", 9464): {"prometheus"},
     ("alert-manager", 50054): {"mesh.example.com/operator=true"},
@@ -330,6 +330,34 @@ def check_network_policies(objects: list[dict], where: str, report: Report) -> N
                     admitted.add(name or ",".join(f"{k}={v}" for k, v in labels.items()) or "*")
         report.check(admitted == expected, f"{where} NetworkPolicy {service}:{port}",
                      f"admits {sorted(admitted)}, expected {sorted(expected)}")
+
+
+def check_replicas(workloads: dict[str, dict], config_maps: dict[str, dict], where: str,
+                   report: Report) -> None:
+    """At N replicas: each pod exports its own instance id, the gateways share their canary
+    splits through PostgreSQL, and model actions go to every inference pod."""
+    for name, workload in workloads.items():
+        container = workload["spec"]["template"]["spec"]["containers"][0]
+        instance = [v for v in container.get("env", []) if v["name"] == "SERVICE_INSTANCE_ID"]
+        report.check(bool(instance) and instance[0].get("valueFrom", {}).get("fieldRef", {})
+                     .get("fieldPath") == "metadata.name", f"{where} {name}",
+                     "SERVICE_INSTANCE_ID is not the pod's name (downward API): replicas' "
+                     "metrics would fold into one")
+    gateway = workloads.get("gateway")
+    if gateway:
+        container = gateway["spec"]["template"]["spec"]["containers"][0]
+        url = [v for v in container.get("env", []) if v["name"] == "GATEWAY_DATABASE_URL"]
+        ref = url[0].get("valueFrom", {}).get("secretKeyRef", {}) if url else {}
+        report.check(ref.get("name") == "gateway-secrets" and ref.get("key") == "database-url",
+                     f"{where} gateway", "GATEWAY_DATABASE_URL does not come from Secret "
+                     "gateway-secrets (database-url): each replica would hold its own splits")
+    manager = workloads.get("alert-manager")
+    if manager:
+        env = container_env(manager["spec"]["template"]["spec"]["containers"][0], config_maps)
+        report.check(env.get("ALERT_MANAGER_INFERENCE", "").split("://")[-1].startswith(
+                         "inference-headless:"), f"{where} alert-manager",
+                     "ALERT_MANAGER_INFERENCE is not the headless Service: model actions would "
+                     "reach one inference pod")
 
 
 def check_sender_keys(workloads: dict[str, dict], config_maps: dict[str, dict], where: str,
@@ -496,6 +524,7 @@ def main() -> int:
         validate(objects, label, report)
         check_references(objects, secrets, label, report)
         check_tls(workloads(objects), by_kind(objects, "ConfigMap"), secrets, label, report)
+        check_replicas(workloads(objects), by_kind(objects, "ConfigMap"), label, report)
         found[label] = check_mesh(objects, label, report)
         print(f"{label}: kubectl kustomize {folder}: {len(objects)} objects "
               f"({', '.join(sorted({o['kind'] for o in objects}))})")

@@ -93,11 +93,9 @@ OTEL_EXPORTER_OTLP_ENDPOINT= start metrics-collector
 export OTEL_EXPORTER_OTLP_ENDPOINT=${OTEL_EXPORTER_OTLP_ENDPOINT:-$scheme://127.0.0.1:4317}
 export OTEL_EXPORTER_OTLP_HEADERS=${OTEL_EXPORTER_OTLP_HEADERS:-authorization=Bearer%20demo-sender-key}
 export GATEWAY_RECORDS_API_KEY=${GATEWAY_RECORDS_API_KEY:-demo-sender-key}
-start inference
-start gateway --inference 127.0.0.1:50052 --records-endpoint "$scheme://127.0.0.1:4317"
-
-# The alert manager keeps incidents in PostgreSQL: DATABASE_URL, or else a project-local cluster
-# (scripts/postgres.sh, port 55432), started now and stopped with the rest.
+# The alert manager keeps incidents, and the gateways what is deployed (canary splits), in
+# PostgreSQL: DATABASE_URL, or else a project-local cluster (scripts/postgres.sh, port 55432),
+# started now and stopped with the rest.
 if [ -z "${DATABASE_URL:-}" ]; then
     if ! DATABASE_URL=$(bash scripts/postgres.sh start); then
         echo "[run] no PostgreSQL: set DATABASE_URL, or see the errors above" >&2
@@ -106,6 +104,10 @@ if [ -z "${DATABASE_URL:-}" ]; then
     export DATABASE_URL
     local_postgres=1
 fi
+export GATEWAY_DATABASE_URL=${GATEWAY_DATABASE_URL:-$DATABASE_URL}
+start inference
+start gateway --inference 127.0.0.1:50052 --records-endpoint "$scheme://127.0.0.1:4317"
+
 export ALERT_MANAGER_API_KEYS=${ALERT_MANAGER_API_KEYS:-demo-admin-key:ops:admin}
 start alert-manager --rules "${MESH_RULES:-deploy/rules}" --collector "$scheme://127.0.0.1:4317" \
     --gateway "$scheme://127.0.0.1:50051" --gateway-api-key "${ALERT_MANAGER_GATEWAY_API_KEY:-demo-admin-key}" \
