@@ -41,15 +41,16 @@ def grpcurl(args, address, method, body=None, key=None):
 
 
 def load_versions(args, versions):
-    """Has the inference replicas serve exactly these versions of minilm-l6."""
+    """Has every inference replica serve exactly these versions of minilm-l6."""
     policy = json.dumps({"version_policy": {"specific": {"versions": versions}}})
-    grpcurl(
-        args,
-        args.inference,
-        "inference.GRPCInferenceService/RepositoryModelLoad",
-        {"model_name": "minilm-l6", "parameters": {"config": {"string_param": policy}}},
-        key=args.admin_key,
-    )
+    for address in args.inference.split(","):
+        grpcurl(
+            args,
+            address.strip(),
+            "inference.GRPCInferenceService/RepositoryModelLoad",
+            {"model_name": "minilm-l6", "parameters": {"config": {"string_param": policy}}},
+            key=args.admin_key,
+        )
 
 
 def incidents(args):
@@ -70,7 +71,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gateway", default="127.0.0.1:50051")
     parser.add_argument("--alert-manager", default="127.0.0.1:50054")
-    parser.add_argument("--inference", default="127.0.0.1:50052")
+    parser.add_argument(
+        "--inference",
+        default=os.environ.get("DEMO_INFERENCE", "127.0.0.1:50052"),
+        help="the inference replicas, comma-separated (MESH_REPLICAS=2: 127.0.0.1:50052,127.0.0.1:50062)",
+    )
     parser.add_argument("--models", default=os.environ.get("MODEL_REPOSITORY", os.path.join(ROOT, "models")))
     parser.add_argument("--admin-key", default=os.environ.get("DEMO_ADMIN_KEY", "demo-admin-key"))
     parser.add_argument("--client-key", default=os.environ.get("DEMO_CLIENT_KEY", "demo-client-key"))

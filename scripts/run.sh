@@ -60,8 +60,11 @@ else
 fi
 grpcurl_tls="${GRPCURL_TLS[*]}"
 
+# start NAME ARGS...: starts target/<profile>/NAME with its certificate. AS=KEY names a second
+# replica of a service (its pid is kept under KEY).
 start() {
     local name=$1; shift
+    local key=${AS:-$name}
     local certs=$name
     [ "$name" = traffic ] && certs=operator
     if [ -z "$plaintext" ]; then
@@ -71,9 +74,18 @@ start() {
         "$BIN/$name" "$@" </dev/null &
     fi
     pids+=($!)
-    pid_of[$name]=$!
-    echo "[run] started $name (pid $!)" >&2
+    pid_of[$key]=$!
+    echo "[run] started $key (pid $!)" >&2
 }
+
+# MESH_REPLICAS=2 runs two replicas of the gateway (50051, 50061), the inference service (50052,
+# 50062) and the alert manager (50054, 50064), as a cluster would: they share the collector and
+# PostgreSQL, and agree through them.
+replicas=${MESH_REPLICAS:-1}
+case "$replicas" in
+    1 | 2) ;;
+    *) echo "[run] MESH_REPLICAS=$replicas: 1 or 2" >&2; exit 2 ;;
+esac
 
 # Demonstration keys for a local run; real deployments give a keys file of SHA-256 digests
 # (--api-keys-file, see deploy/api-keys.example.toml).
@@ -105,14 +117,30 @@ if [ -z "${DATABASE_URL:-}" ]; then
     local_postgres=1
 fi
 export GATEWAY_DATABASE_URL=${GATEWAY_DATABASE_URL:-$DATABASE_URL}
+inference_replicas=127.0.0.1:50052
 start inference
-start gateway --inference 127.0.0.1:50052 --records-endpoint "$scheme://127.0.0.1:4317"
+if [ "$replicas" = 2 ]; then
+    AS=inference-2 start inference --listen 127.0.0.1:50062
+    inference_replicas=127.0.0.1:50052,127.0.0.1:50062
+fi
+start gateway --inference "$inference_replicas" --records-endpoint "$scheme://127.0.0.1:4317"
+if [ "$replicas" = 2 ]; then
+    AS=gateway-2 start gateway --listen 127.0.0.1:50061 --inference "$inference_replicas" \
+        --records-endpoint "$scheme://127.0.0.1:4317"
+fi
 
 export ALERT_MANAGER_API_KEYS=${ALERT_MANAGER_API_KEYS:-demo-admin-key:ops:admin}
-start alert-manager --rules "${MESH_RULES:-deploy/rules}" --collector "$scheme://127.0.0.1:4317" \
-    --gateway "$scheme://127.0.0.1:50051" --gateway-api-key "${ALERT_MANAGER_GATEWAY_API_KEY:-demo-admin-key}" \
-    --inference "$scheme://127.0.0.1:50052" \
-    --spill-dir "${ALERT_MANAGER_SPILL_DIR:-data/alert-manager}"
+inference_urls=$scheme://${inference_replicas//,/,$scheme://}
+start_alert_manager() {
+    start alert-manager --rules "${MESH_RULES:-deploy/rules}" --collector "$scheme://127.0.0.1:4317" \
+        --gateway "$scheme://127.0.0.1:50051" --gateway-api-key "${ALERT_MANAGER_GATEWAY_API_KEY:-demo-admin-key}" \
+        --inference "$inference_urls" "$@"
+}
+start_alert_manager --spill-dir "${ALERT_MANAGER_SPILL_DIR:-data/alert-manager}"
+if [ "$replicas" = 2 ]; then
+    AS=alert-manager-2 start_alert_manager --listen 127.0.0.1:50064 \
+        --spill-dir "${ALERT_MANAGER_SPILL_DIR:-data/alert-manager}-2"
+fi
 alerts_line="[run] alerts:    grpc 127.0.0.1:50054 (monitoring.alerts.v1), rules in ${MESH_RULES:-deploy/rules}"
 
 # Every service answers its health check before the traffic starts.
@@ -139,12 +167,26 @@ wait_healthy metrics-collector 127.0.0.1:4317
 wait_healthy inference 127.0.0.1:50052
 wait_healthy gateway 127.0.0.1:50051
 wait_healthy alert-manager 127.0.0.1:50054
+if [ "$replicas" = 2 ]; then
+    wait_healthy inference-2 127.0.0.1:50062
+    wait_healthy gateway-2 127.0.0.1:50061
+    wait_healthy alert-manager-2 127.0.0.1:50064
+fi
 
 # Shoppers (MESH_TRAFFIC_RATE actions a second; 0 for none), see tools/traffic.
 if [ "${MESH_TRAFFIC_RATE:-4}" != 0 ]; then
     start traffic --gateway "$scheme://127.0.0.1:50051" --rate "${MESH_TRAFFIC_RATE:-4}" --report-every 30
+    if [ "$replicas" = 2 ]; then
+        AS=traffic-2 start traffic --gateway "$scheme://127.0.0.1:50061" --rate "${MESH_TRAFFIC_RATE:-4}" --report-every 30
+    fi
 fi
 
+replicas_note="one of each (MESH_REPLICAS=2 for two)"
+demo_note=
+if [ "$replicas" = 2 ]; then
+    replicas_note="two of the gateway, inference and alert manager (the second ones on 50061, 50062, 50064)"
+    demo_note=$'\n[run]            (two replicas: DEMO_INFERENCE=127.0.0.1:50052,127.0.0.1:50062 make demo-incident)'
+fi
 cat >&2 <<MSG
 [run] gateway:   grpc 127.0.0.1:50051 (ecommerce.gateway.v1 + Open Inference Protocol), API keys
 [run]            demo-client-key (role client) and demo-admin-key (role admin)
@@ -163,7 +205,8 @@ $alerts_line
 [run]              -d '{}' 127.0.0.1:50054 monitoring.alerts.v1.AlertManager/ListIncidents
 [run] tls:       ${plaintext:+off (MESH_PLAINTEXT)}${plaintext:-the mesh's CA and certificates in $TLS_DIR (a client needs only ca.crt for the gateway)}
 [run] traffic:   ${MESH_TRAFFIC_RATE:-4} shopper actions a second (tools/traffic; MESH_TRAFFIC_RATE=0 for none)
-[run] a fault:   make demo-incident (in another terminal): a bad canary, caught, undone and resolved
+[run] a fault:   make demo-incident (in another terminal): a bad canary, caught, undone and resolved$demo_note
+[run] replicas:  $replicas_note
 [run] stop: Ctrl-C
 MSG
 

@@ -82,24 +82,30 @@ rules:
     psi_above: 100
 YAML
 
-# As on a fresh machine: no DATABASE_URL, so run.sh starts the project's own PostgreSQL.
-env -u DATABASE_URL MESH_BIN="$BIN" MESH_TRAFFIC_RATE=2 MESH_RULES="$RULES" bash scripts/run.sh >"$LOG" 2>&1 &
+# As on a fresh machine: no DATABASE_URL, so run.sh starts the project's own PostgreSQL. Two
+# replicas of the gateway, inference and alert manager (MESH_REPLICAS=2), as a cluster runs
+# them: the default of one is the same script with the second ones left out.
+env -u DATABASE_URL MESH_BIN="$BIN" MESH_TRAFFIC_RATE=2 MESH_RULES="$RULES" MESH_REPLICAS=2 \
+    bash scripts/run.sh >"$LOG" 2>&1 &
 run_pid=$!
 
 for _ in $(seq 1 600); do
-    grep -q "\[run\] alert-manager is serving" "$LOG" && break
+    grep -q "\[run\] alert-manager-2 is serving" "$LOG" && break
     kill -0 "$run_pid" 2>/dev/null || fail "run.sh exited early"
     sleep 0.2
 done
-grep -q "\[run\] alert-manager is serving" "$LOG" || fail "the four services were not healthy within 120 s"
-say "all four services are serving"
+grep -q "\[run\] alert-manager-2 is serving" "$LOG" || fail "the services were not healthy within 120 s"
+say "all four services are serving, two replicas of three of them"
 
 # Over TLS, as a recommender service would call: trusting the mesh's CA, no certificate of its own.
 "$BIN/traffic" --once --gateway https://127.0.0.1:50051 --tls-ca data/tls/operator/ca.crt >&2 \
     || fail "one call of each kind through the gateway"
-say "one call of each kind went through the gateway"
+"$BIN/traffic" --once --gateway https://127.0.0.1:50061 --tls-ca data/tls/operator/ca.crt >&2 \
+    || fail "one call of each kind through the second gateway"
+say "one call of each kind went through each gateway"
 
-.venv/bin/python scripts/demo_incident.py --bin "$BIN" --timeout 120 >&2 \
+.venv/bin/python scripts/demo_incident.py --bin "$BIN" --timeout 120 \
+    --inference 127.0.0.1:50052,127.0.0.1:50062 >&2 \
     || fail "the injected fault's incident did not open, get remediated and resolve"
 say "the injected fault opened an incident that was diagnosed, remediated and resolved"
 
