@@ -77,6 +77,11 @@ pub enum GatewayError {
     /// The shared deployed state (PostgreSQL) could not store a change.
     #[error("{0}")]
     StateUnavailable(#[from] crate::deployed::Unavailable),
+    /// The gateway runs without a shared database, so it keeps no deployment timeline.
+    #[error(
+        "this gateway keeps no deployment timeline: it runs without a shared database (--database-url)"
+    )]
+    NoTimeline,
     /// The gateway has no replica to send the call to.
     #[error("no inference replica configured")]
     NoReplica,
@@ -130,7 +135,9 @@ impl ServiceError for GatewayError {
             GatewayError::RequestUnread(_)
             | GatewayError::ReplicaCancelled(_)
             | GatewayError::IdleStream(_) => ErrorKind::Cancelled,
-            GatewayError::VersionNotReady { .. } => ErrorKind::FailedPrecondition,
+            GatewayError::VersionNotReady { .. } | GatewayError::NoTimeline => {
+                ErrorKind::FailedPrecondition
+            }
             GatewayError::NoReplica
             | GatewayError::ReplicaUnreachable { .. }
             | GatewayError::StateUnavailable(_) => ErrorKind::Unavailable,

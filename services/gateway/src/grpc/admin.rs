@@ -85,9 +85,7 @@ impl GatewayAdmin for AdminService {
     ) -> Result<Response<pb::ListCanaryChangesResponse>, Status> {
         let request = request.into_inner();
         let Some(deployed) = &self.core.deployed else {
-            return Err(Status::failed_precondition(
-                "this gateway keeps no deployment timeline: it runs without a shared database (--database-url)",
-            ));
+            return Err(GatewayError::NoTimeline.into());
         };
         let limit = match request.limit {
             0 => 50,
