@@ -46,9 +46,22 @@ pub struct QueryService {
     receiver: crate::otlp::OtlpReceiver,
     stop: shared::shutdown::Shutdown,
     senders: crate::senders::Senders,
+    durable: Option<Arc<crate::durable::Durable>>,
 }
 
 impl QueryService {
+    /// Uses `baselines` (restored from the data directory) and reports the disk `durable`
+    /// takes.
+    pub fn with_state(
+        mut self,
+        baselines: Arc<Baselines>,
+        durable: Option<Arc<crate::durable::Durable>>,
+    ) -> QueryService {
+        self.baselines = baselines;
+        self.durable = durable;
+        self
+    }
+
     /// Serves queries over `store`, the `join` and the `exemplars`, and watches of what
     /// `receiver` stores; open watches end when `stop` fires.
     pub fn new(
@@ -67,6 +80,7 @@ impl QueryService {
             receiver,
             stop,
             senders,
+            durable: None,
         }
     }
 }
@@ -438,6 +452,12 @@ impl pb::metrics_query_server::MetricsQuery for QueryService {
             max_series_per_metric: limits.max_series as u32,
             window_bytes: self.store.window_bytes(),
             window_bytes_limit: limits.max_window_bytes,
+            disk_bytes: self.durable.as_ref().map_or(0, |d| d.disk_bytes()),
+            data_dir: self
+                .durable
+                .as_ref()
+                .map(|d| d.dir().display().to_string())
+                .unwrap_or_default(),
         }))
     }
 

@@ -12,6 +12,8 @@ use std::sync::Mutex;
 
 use crate::statistics;
 
+pub mod log;
+
 /// Items kept per prediction (the top of a ranking; NDCG@k needs no more than k).
 pub const MAX_ITEMS: usize = 100;
 
@@ -160,6 +162,8 @@ struct Inner {
 /// The join.
 pub struct FeedbackJoin {
     inner: Mutex<Inner>,
+    /// Where every change is logged, when the collector keeps its state on disk.
+    wal: std::sync::OnceLock<std::sync::Arc<crate::durable::wal::Wal>>,
     window_ms: i64,
     max_predictions: usize,
 }
@@ -182,6 +186,7 @@ impl FeedbackJoin {
                 unmatched_predictions: HashMap::new(),
                 counts: JoinCounts::default(),
             }),
+            wal: std::sync::OnceLock::new(),
             window_ms,
             max_predictions: max_predictions.max(1),
         }
@@ -283,6 +288,7 @@ impl FeedbackJoin {
             }
             inner.counts.evicted_predictions += 1;
         }
+        self.log_prediction(&prediction, now_ms);
         inner.order.push_back(prediction.request_id.clone());
         inner.held.insert(
             prediction.request_id.clone(),
@@ -297,6 +303,7 @@ impl FeedbackJoin {
     /// Joins a feedback event to its prediction.
     pub fn feedback(&self, feedback: Feedback) {
         let mut inner = self.lock();
+        self.log_feedback(&feedback);
         let joined = match inner.held.get_mut(&feedback.request_id) {
             Some(held) if held.events.len() < MAX_EVENTS => {
                 match held
@@ -321,7 +328,9 @@ impl FeedbackJoin {
 
     /// Counts records a sender dropped.
     pub fn sender_dropped(&self, n: u64) {
-        self.lock().counts.dropped_by_sender += n;
+        let mut inner = self.lock();
+        self.log_dropped(n);
+        inner.counts.dropped_by_sender += n;
     }
 
     /// Drops predictions older than the join window.

@@ -8,6 +8,7 @@
 //! [`statistics`] the formulas; [`grpc`] the `monitoring.metrics.v1` handlers; [`prometheus`]
 //! renders the current values.
 
+pub mod durable;
 pub mod exemplars;
 pub mod grpc;
 pub mod join;
@@ -90,6 +91,24 @@ pub struct Config {
     #[arg(long, env = "COLLECTOR_STALE_AFTER_SECONDS", default_value_t = 120)]
     pub stale_after_seconds: i64,
 
+    /// Directory where the collector keeps its state (a write-ahead log of every point,
+    /// prediction and feedback, and snapshots of every window), so that a restart forgets
+    /// nothing: a SIGKILL loses at most the last fraction of a second, a SIGTERM nothing. One
+    /// collector per directory (a lock file says so). Without it, the state lives in memory
+    /// only and a restart starts the windows afresh.
+    #[arg(long, env = "COLLECTOR_DATA_DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
+
+    /// Longest time between two snapshots of the state, in seconds (start-up replays the log
+    /// written since the last one).
+    #[arg(long, env = "COLLECTOR_SNAPSHOT_EVERY_SECONDS", default_value_t = 60)]
+    pub snapshot_every_seconds: u64,
+
+    /// Size of the write-ahead log, in MiB, after which a snapshot is taken early; it bounds
+    /// the disk the log takes and the time a restart spends replaying it.
+    #[arg(long, env = "COLLECTOR_WAL_MAX_MB", default_value_t = 256)]
+    pub wal_max_mb: u64,
+
     /// How long a prediction waits for its feedback in the prediction–feedback join, seconds.
     #[arg(long, env = "COLLECTOR_JOIN_WINDOW_SECONDS", default_value_t = 3600)]
     pub join_window_seconds: u32,
@@ -166,6 +185,9 @@ pub enum ServeError {
     /// The TLS certificates could not be read, or none was given without `--plaintext`.
     #[error("TLS: {0}")]
     Tls(#[from] shared::tls::TlsError),
+    /// The data directory cannot be used.
+    #[error("{0}")]
+    Data(#[from] durable::DurableError),
 }
 
 /// Serves OTLP on `grpc` and `/metrics` on `http` until `shutdown` resolves.
@@ -176,9 +198,27 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let tls = MeshTls::load(&config.tls)?;
-    let started_ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
+    let recovery = match &config.data_dir {
+        Some(dir) => Some(durable::Recovery::begin(durable::Options {
+            dir: dir.clone(),
+            snapshot_every: Duration::from_secs(config.snapshot_every_seconds.max(1)),
+            wal_max_bytes: config.wal_max_mb.max(1).saturating_mul(1024 * 1024),
+        })?),
+        None => {
+            tracing::warn!(
+                "no --data-dir: the windows live in memory only, and a restart starts them afresh"
+            );
+            None
+        }
+    };
+    let started_ns = recovery.as_ref().map_or_else(
+        || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        },
+        durable::Recovery::started_ns,
+    );
     let store = Arc::new(MetricStore::new(Limits {
         max_series: config.max_series,
         max_window_bytes: config.window_memory_mb.saturating_mul(1024 * 1024),
@@ -200,6 +240,22 @@ pub async fn serve(
         config.api_keys_file.as_deref(),
         &config.api_keys,
     )?);
+    let baselines = Arc::new(query::Baselines::new(256));
+    let durable = match recovery {
+        Some(recovery) => {
+            let file = recovery.dir().join("baselines.bin");
+            baselines
+                .keep_in(file.clone())
+                .map_err(|error| durable::DurableError::Io { dir: file, error })?;
+            let (store, join) = (store.clone(), join.clone());
+            Some(
+                tokio::task::spawn_blocking(move || recovery.finish(&store, &join))
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))??,
+            )
+        }
+        None => None,
+    };
     let receiver = OtlpReceiver::new(store.clone(), exemplars.clone(), senders.clone());
     let (mut routes, health, health_only) = shared::grpc::base_routes().await?;
     let mut serving = Serving::new(
@@ -216,7 +272,8 @@ pub async fn serve(
         receiver.clone(),
         stop.clone(),
         senders,
-    );
+    )
+    .with_state(baselines, durable.clone());
     let limit = config.max_message_bytes;
     routes
         .add_service(
@@ -237,12 +294,15 @@ pub async fn serve(
         );
 
     let metrics_store = store.clone();
+    let metrics_durable = durable.clone();
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let store = metrics_store.clone();
+            let disk = metrics_durable.as_ref().map(|d| d.disk_bytes());
             async move {
-                let body = prometheus::render(&store.snapshot(otlp::unix_now()), store.refused());
+                let body =
+                    prometheus::render(&store.snapshot(otlp::unix_now()), store.refused(), disk);
                 (
                     [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
                     body,
@@ -267,7 +327,12 @@ pub async fn serve(
             .serve_with_incoming_shutdown(shared::grpc::incoming(grpc), stop.wait()),
     );
     serving.ready(&[]).await;
-    serving.run_until(shutdown).await?;
+    let served = serving.run_until(shutdown).await;
+    if let Some(durable) = durable {
+        // Every call has ended: a last snapshot holds everything received.
+        let _ = tokio::task::spawn_blocking(move || durable.close()).await;
+    }
+    served?;
     tracing::info!("metrics collector stopped");
     Ok(())
 }

@@ -90,10 +90,12 @@ fn number(v: f64) -> String {
     }
 }
 
-/// Renders every family, plus the collector's own counter of refused points.
+/// Renders every family, plus the collector's own counter of refused points and, when it keeps
+/// its state on disk, the bytes that takes.
 pub fn render<'a>(
     families: impl IntoIterator<Item = (&'a String, &'a FamilyValues)>,
     refused: u64,
+    disk_bytes: Option<u64>,
 ) -> String {
     let mut out = String::new();
     for (name, family) in families {
@@ -157,6 +159,14 @@ pub fn render<'a>(
     );
     let _ = writeln!(out, "# TYPE collector_refused_points_total counter");
     let _ = writeln!(out, "collector_refused_points_total {refused}");
+    if let Some(bytes) = disk_bytes {
+        let _ = writeln!(
+            out,
+            "# HELP collector_disk_bytes Bytes of the collector's state on disk (snapshot and write-ahead log)."
+        );
+        let _ = writeln!(out, "# TYPE collector_disk_bytes gauge");
+        let _ = writeln!(out, "collector_disk_bytes {bytes}");
+    }
     out
 }
 
@@ -208,7 +218,7 @@ mod tests {
                 }],
             )
             .unwrap();
-        let text = render(&store.snapshot(i64::MIN), 7);
+        let text = render(&store.snapshot(i64::MIN), 7, None);
         assert!(
             text.contains("# TYPE inference_requests_total counter"),
             "{text}"

@@ -785,6 +785,8 @@ pub fn drift(
 pub struct Baselines {
     pinned: RwLock<BTreeMap<String, Baseline>>,
     max: usize,
+    /// The file every pin is written to, when the collector keeps its state on disk.
+    file: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 impl Baselines {
@@ -793,7 +795,59 @@ impl Baselines {
         Baselines {
             pinned: RwLock::new(BTreeMap::new()),
             max,
+            file: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Reads the baselines pinned before a restart from `file` (when it exists) and writes
+    /// every later pin there.
+    pub fn keep_in(&self, file: std::path::PathBuf) -> std::io::Result<()> {
+        if let Some(bytes) = crate::durable::read_if_exists(&file)? {
+            let mut r = crate::durable::codec::Reader::new(&bytes);
+            match decode_baselines(&mut r) {
+                Ok(pinned) => {
+                    *self.pinned.write().unwrap_or_else(|p| p.into_inner()) = pinned;
+                }
+                Err(err) => {
+                    let aside = crate::durable::set_aside(&file)?;
+                    tracing::error!(file = %file.display(), moved_to = %aside.display(), error = %err, "pinned baselines unreadable; set aside, starting with none");
+                }
+            }
+        }
+        let _ = self.file.set(file);
+        Ok(())
+    }
+
+    /// Writes every pinned baseline to the file, replacing it whole.
+    fn save(&self, pinned: &BTreeMap<String, Baseline>) -> Result<(), QueryError> {
+        let Some(file) = self.file.get() else {
+            return Ok(());
+        };
+        let mut w = crate::durable::codec::Writer::new();
+        w.len(pinned.len());
+        for (name, b) in pinned {
+            w.str(name);
+            w.str(&b.metric);
+            w.len(b.group_by.len());
+            for g in &b.group_by {
+                w.str(g);
+            }
+            w.len(b.groups.len());
+            for (key, (bounds, counts)) in &b.groups {
+                w.len(key.len());
+                for k in key {
+                    w.str(k);
+                }
+                w.f64s(bounds);
+                w.f64s(counts);
+            }
+        }
+        crate::durable::write_atomically(file, &w.bytes).map_err(|e| {
+            QueryError::Internal(format!(
+                "the baseline could not be saved to {}: {e}",
+                file.display()
+            ))
+        })
     }
 
     /// Pins `baseline` under `name` (replacing one of the same name).
@@ -805,7 +859,14 @@ impl Baselines {
                 self.max
             )));
         }
-        pinned.insert(name.to_owned(), baseline);
+        let previous = pinned.insert(name.to_owned(), baseline);
+        if let Err(err) = self.save(&pinned) {
+            match previous {
+                Some(previous) => pinned.insert(name.to_owned(), previous),
+                None => pinned.remove(name),
+            };
+            return Err(err);
+        }
         Ok(())
     }
 
@@ -835,6 +896,31 @@ impl Baselines {
             .cloned()
             .ok_or_else(|| QueryError::NotFound(format!("no baseline is pinned as '{name}'")))
     }
+}
+
+fn decode_baselines(
+    r: &mut crate::durable::codec::Reader<'_>,
+) -> Result<BTreeMap<String, Baseline>, crate::durable::codec::Malformed> {
+    let mut out = BTreeMap::new();
+    for _ in 0..r.len(2)? {
+        let name = r.str()?;
+        let metric = r.str()?;
+        let group_by = (0..r.len(1)?).map(|_| r.str()).collect::<Result<_, _>>()?;
+        let mut groups = Buckets::new();
+        for _ in 0..r.len(3)? {
+            let key = (0..r.len(1)?).map(|_| r.str()).collect::<Result<_, _>>()?;
+            groups.insert(key, (r.f64s()?, r.f64s()?));
+        }
+        out.insert(
+            name,
+            Baseline {
+                metric,
+                group_by,
+                groups,
+            },
+        );
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::window::{Columns, HOUR_STEPS, MINUTE_STEPS, SECOND_STEPS, Slot};
 
+pub mod log;
+
 /// Labels of a series, sorted by name.
 pub type Labels = Vec<(String, String)>;
 
@@ -76,27 +78,27 @@ pub struct Series {
     /// Labels, sorted.
     pub labels: Labels,
     /// The current value (cumulative for counters and histograms).
-    value: Value,
+    pub(crate) value: Value,
     /// Last raw cumulative point and its start time, to detect resets.
-    last_raw: Option<(u64, Value)>,
+    pub(crate) last_raw: Option<(u64, Value)>,
     /// Value before the first point: zero when the sender started counting after the collector
     /// did (everything it reports is new), else the first point's value (what was counted
     /// before is not attributed to any window).
-    origin: Vec<f64>,
+    pub(crate) origin: Vec<f64>,
     /// Offset and width of the series' column in the 1 s tier.
-    second_column: (usize, usize),
+    pub(crate) second_column: (usize, usize),
     /// Offset and width of the series' column in the 1 min tier.
-    minute_column: (usize, usize),
+    pub(crate) minute_column: (usize, usize),
     /// Offset and width of the series' column in the 1 h tier (same width as the minute tier's).
-    hour_column: (usize, usize),
+    pub(crate) hour_column: (usize, usize),
     /// First second a point arrived.
     pub first: i64,
     /// Last second a point arrived.
     pub updated: i64,
     /// Last minute a point arrived (a gauge's minute aggregate starts afresh in a new minute).
-    last_minute: i64,
+    pub(crate) last_minute: i64,
     /// Last hour a point arrived.
-    last_hour: i64,
+    pub(crate) last_hour: i64,
     /// Replaced by a new series of the same labels (its bucket bounds changed); kept only
     /// because its columns cannot be reclaimed.
     pub retired: bool,
@@ -193,13 +195,15 @@ pub struct Family {
     /// Every series, in order of appearance (retired ones included).
     pub series: Vec<Series>,
     /// Index of the live series of each label set.
-    index: HashMap<Labels, usize, foldhash::fast::RandomState>,
+    pub(crate) index: HashMap<Labels, usize, foldhash::fast::RandomState>,
     /// 1 s steps of every series.
-    seconds: Columns,
+    pub(crate) seconds: Columns,
     /// 1 min steps of every series.
-    minutes: Columns,
+    pub(crate) minutes: Columns,
     /// 1 h steps of every series.
-    hours: Columns,
+    pub(crate) hours: Columns,
+    /// The sender (`service.name`) that created the metric; empty when not known.
+    pub(crate) creator: String,
     /// Changes whenever a series is added, so that cached groupings can tell they are stale.
     pub generation: u64,
     /// Groupings of the series computed by queries, reused while `generation` holds.
@@ -212,8 +216,9 @@ pub struct Family {
 }
 
 impl Family {
-    fn new(kind: Kind, description: &str, unit: &str) -> Family {
+    pub(crate) fn new(kind: Kind, description: &str, unit: &str) -> Family {
         Family {
+            creator: String::new(),
             kind,
             description: description.to_owned(),
             unit: unit.to_owned(),
@@ -420,6 +425,8 @@ pub struct MetricStore {
     refused: AtomicU64,
     /// Metrics created per sender, for [`Limits::max_families_per_sender`].
     created_by: Mutex<HashMap<String, usize>>,
+    /// Where every stored point is logged, when the collector keeps its state on disk.
+    wal: std::sync::OnceLock<Arc<crate::durable::wal::Wal>>,
 }
 
 fn add(into: &mut Value, delta: &Value) {
@@ -488,7 +495,34 @@ impl MetricStore {
             window_bytes: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             created_by: Mutex::new(HashMap::new()),
+            wal: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Logs every point stored from now on to `wal`.
+    pub fn attach_wal(&self, wal: Arc<crate::durable::wal::Wal>) {
+        let _ = self.wal.set(wal);
+    }
+
+    /// Replaces the families with restored ones (at start-up, before any point is received),
+    /// recomputing the memory reserved and the metrics each sender created.
+    pub(crate) fn restore(&self, families: Vec<(String, Family)>, refused: u64) {
+        let mut bytes = 0;
+        let mut created: HashMap<String, usize> = HashMap::new();
+        let mut map = HashMap::new();
+        for (name, family) in families {
+            for series in &family.series {
+                bytes += Self::series_bytes(family.kind, &series.value);
+            }
+            if !family.creator.is_empty() {
+                *created.entry(family.creator.clone()).or_default() += 1;
+            }
+            map.insert(name, Arc::new(RwLock::new(family)));
+        }
+        *self.families.write().unwrap_or_else(|p| p.into_inner()) = map;
+        *self.created_by.lock().unwrap_or_else(|p| p.into_inner()) = created;
+        self.window_bytes.store(bytes, Ordering::Relaxed);
+        self.refused.store(refused, Ordering::Relaxed);
     }
 
     /// Points refused so far (cardinality, memory, kind changes, malformed values).
@@ -589,7 +623,7 @@ impl MetricStore {
                 return Err((n, refusal));
             }
         }
-        self.record(now, name, kind, description, unit, points)
+        self.record_from(now, sender, name, kind, description, unit, points)
     }
 
     /// Stores the points of one metric, received at Unix second `now`. Points that cannot be
@@ -603,16 +637,44 @@ impl MetricStore {
         unit: &str,
         points: Vec<Point>,
     ) -> Result<(), (usize, Refused)> {
-        let family = match self.family(name) {
-            Some(family) => family,
-            None => {
-                let mut families = self.families.write().unwrap_or_else(|p| p.into_inner());
-                families
-                    .entry(name.to_owned())
-                    .or_insert_with(|| Arc::new(RwLock::new(Family::new(kind, description, unit))))
-                    .clone()
-            }
-        };
+        self.record_from(now, "", name, kind, description, unit, points)
+    }
+
+    /// The family called `name`, created (with `sender` as its creator) when new.
+    fn family_or_new(
+        &self,
+        sender: &str,
+        name: &str,
+        kind: Kind,
+        description: &str,
+        unit: &str,
+    ) -> Arc<RwLock<Family>> {
+        if let Some(family) = self.family(name) {
+            return family;
+        }
+        let mut families = self.families.write().unwrap_or_else(|p| p.into_inner());
+        families
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                let mut family = Family::new(kind, description, unit);
+                family.creator = sender.to_owned();
+                Arc::new(RwLock::new(family))
+            })
+            .clone()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_from(
+        &self,
+        now: i64,
+        sender: &str,
+        name: &str,
+        kind: Kind,
+        description: &str,
+        unit: &str,
+        points: Vec<Point>,
+    ) -> Result<(), (usize, Refused)> {
+        let family = self.family_or_new(sender, name, kind, description, unit);
         let mut family = family.write().unwrap_or_else(|p| p.into_inner());
         if family.kind != kind {
             let n = points.len();
@@ -620,17 +682,64 @@ impl MetricStore {
             self.refused.fetch_add(n as u64, Ordering::Relaxed);
             return Err((n, Refused::KindChanged(name.to_owned(), family.kind, kind)));
         }
+        let wal = self.wal.get();
+        let mut log = wal.map(|_| log::Batch::start(now, sender, name, &family));
         let mut refused = 0;
         let mut first_error = None;
         for point in points {
-            if let Err(err) = self.record_point(now, name, &mut family, point) {
-                refused += 1;
-                first_error.get_or_insert(err);
+            match self.resolve(name, &mut family, &point, false) {
+                Ok((i, created)) => {
+                    if let Some(log) = &mut log {
+                        log.point(&family, i, created, &point);
+                    }
+                    Self::apply(now, &mut family, i, point);
+                }
+                Err(err) => {
+                    refused += 1;
+                    first_error.get_or_insert(err);
+                }
             }
         }
         family.refused += refused as u64;
         self.refused.fetch_add(refused as u64, Ordering::Relaxed);
+        if let (Some(wal), Some(log)) = (wal, log) {
+            // Appended while the family is locked: its records reach the log in the order
+            // they were applied.
+            wal.append(&log.finish(refused));
+        }
         first_error.map_or(Ok(()), |err| Err((refused, err)))
+    }
+
+    /// Applies a batch read back from the write-ahead log, as [`MetricStore::record_sent`]
+    /// applied it before the restart; limits are not checked again (the batch was admitted).
+    pub(crate) fn replay(
+        &self,
+        reader: &mut crate::durable::codec::Reader<'_>,
+    ) -> Result<(), crate::durable::codec::Malformed> {
+        let header = log::Header::read(reader)?;
+        let exists = self.family(&header.name).is_some();
+        let family = self.family_or_new(
+            &header.sender,
+            &header.name,
+            header.kind,
+            &header.description,
+            &header.unit,
+        );
+        if !exists && !header.sender.is_empty() {
+            let mut created = self.created_by.lock().unwrap_or_else(|p| p.into_inner());
+            *created.entry(header.sender.clone()).or_default() += 1;
+        }
+        let mut family = family.write().unwrap_or_else(|p| p.into_inner());
+        for _ in 0..header.points {
+            let point = log::read_point(reader, &family)?;
+            if let Ok((i, _)) = self.resolve(&header.name, &mut family, &point, true) {
+                Self::apply(header.now, &mut family, i, point);
+            }
+        }
+        let refused = reader.varint()?;
+        family.refused += refused;
+        self.refused.fetch_add(refused, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Bytes a series of this kind and value reserves in the windows.
@@ -641,15 +750,25 @@ impl MetricStore {
             + Columns::column_bytes(HOUR_STEPS, coarse)) as u64
     }
 
-    /// Reserves the windows of a new series, or says why not.
-    fn admit(&self, name: &str, family: &Family, value: &Value) -> Result<(), Refused> {
+    /// Reserves the windows of a new series, or says why not; `replaying` admits it anyway.
+    fn admit(
+        &self,
+        name: &str,
+        family: &Family,
+        value: &Value,
+        replaying: bool,
+    ) -> Result<(), Refused> {
+        let bytes = Self::series_bytes(family.kind, value);
+        if replaying {
+            self.window_bytes.fetch_add(bytes, Ordering::Relaxed);
+            return Ok(());
+        }
         if family.live_series() >= self.limits.max_series {
             return Err(Refused::Cardinality(
                 name.to_owned(),
                 self.limits.max_series,
             ));
         }
-        let bytes = Self::series_bytes(family.kind, value);
         let limit = self.limits.max_window_bytes;
         self.window_bytes
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
@@ -660,8 +779,14 @@ impl MetricStore {
     }
 
     /// Adds a series for `point` to `family` and returns its index.
-    fn add_series(&self, name: &str, family: &mut Family, point: &Point) -> Result<usize, Refused> {
-        self.admit(name, family, &point.value)?;
+    fn add_series(
+        &self,
+        name: &str,
+        family: &mut Family,
+        point: &Point,
+        replaying: bool,
+    ) -> Result<usize, Refused> {
+        self.admit(name, family, &point.value, replaying)?;
         let (second, minute) = widths(family.kind, &point.value);
         let started_before_us = !point.delta
             && family.kind != Kind::Gauge
@@ -694,26 +819,31 @@ impl MetricStore {
         Ok(i)
     }
 
-    fn record_point(
+    /// The index of the series `point` goes to, adding the series when new (or when its
+    /// bucket bounds changed); `true` when it was added.
+    fn resolve(
         &self,
-        now: i64,
         name: &str,
         family: &mut Family,
-        point: Point,
-    ) -> Result<(), Refused> {
+        point: &Point,
+        replaying: bool,
+    ) -> Result<(usize, bool), Refused> {
         check(name, &point.value)?;
-        let kind = family.kind;
-        let existing = family.index.get(&point.labels).copied();
-        let i = match existing {
+        match family.index.get(&point.labels).copied() {
             // Bucket bounds changed: the series starts again (its old columns stay reserved).
             Some(i) if shape_differs(&family.series[i].value, &point.value) => {
                 family.index.remove(&point.labels);
                 family.series[i].retired = true;
-                self.add_series(name, family, &point)?
+                Ok((self.add_series(name, family, point, replaying)?, true))
             }
-            Some(i) => i,
-            None => self.add_series(name, family, &point)?,
-        };
+            Some(i) => Ok((i, false)),
+            None => Ok((self.add_series(name, family, point, replaying)?, true)),
+        }
+    }
+
+    /// Applies `point` to series `i` at second `now`.
+    fn apply(now: i64, family: &mut Family, i: usize, point: Point) {
+        let kind = family.kind;
         let series = &mut family.series[i];
         match (kind, point.delta) {
             (Kind::Gauge, _) => series.value = point.value,
@@ -735,7 +865,6 @@ impl MetricStore {
         }
         series.first = series.first.min(now);
         family.write_windows(i, now);
-        Ok(())
     }
 
     /// A copy of every family's current values at Unix second `now`, sorted by name; stale

@@ -103,6 +103,11 @@ impl Columns {
         &mut row.values[offset..offset + width]
     }
 
+    /// Numbers in a full row: every column so far.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
     /// The last step written, if any.
     pub fn last_step(&self) -> Option<i64> {
         self.rows.back().map(|r| r.step)
@@ -165,6 +170,56 @@ impl Columns {
             }
         }
         Some(out)
+    }
+}
+
+impl Columns {
+    /// Writes the rows, for a snapshot.
+    pub fn encode(&self, w: &mut crate::durable::codec::Writer) {
+        w.len(self.width);
+        match self.evicted_through {
+            Some(step) => {
+                w.u8(1);
+                w.i64(step);
+            }
+            None => w.u8(0),
+        }
+        w.len(self.rows.len());
+        for row in &self.rows {
+            w.i64(row.step);
+            w.f64s(&row.values);
+        }
+    }
+
+    /// Reads what [`Columns::encode`] wrote, keeping `capacity` steps.
+    pub fn decode(
+        r: &mut crate::durable::codec::Reader<'_>,
+        capacity: usize,
+    ) -> Result<Columns, crate::durable::codec::Malformed> {
+        let width = r.varint()? as usize;
+        let evicted_through = match r.u8()? {
+            0 => None,
+            _ => Some(r.i64()?),
+        };
+        let n = r.len(9)?;
+        let mut rows = VecDeque::with_capacity(n);
+        for _ in 0..n {
+            let step = r.i64()?;
+            let values = r.f64s()?;
+            if values.len() > width {
+                return Err(crate::durable::codec::Malformed {
+                    at: 0,
+                    what: "a row no wider than its columns",
+                });
+            }
+            rows.push_back(Row { step, values });
+        }
+        Ok(Columns {
+            rows,
+            capacity: capacity as i64,
+            width,
+            evicted_through,
+        })
     }
 }
 

@@ -1,0 +1,252 @@
+//! Round trips through the data directory: a clean stop, a log replayed without a snapshot, a
+//! torn tail, a snapshot of another version, two collectors on one directory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::codec::Writer;
+use super::*;
+use crate::join::{Event, Feedback, Prediction, Task};
+use crate::store::tests::limits;
+use crate::store::{Kind, Limits, Point, Value};
+
+struct Running {
+    store: Arc<MetricStore>,
+    join: Arc<FeedbackJoin>,
+    durable: Arc<Durable>,
+}
+
+fn options(dir: &Path) -> Options {
+    Options {
+        dir: dir.to_owned(),
+        snapshot_every: Duration::from_secs(3600),
+        wal_max_bytes: u64::MAX,
+    }
+}
+
+fn open(dir: &Path) -> Running {
+    let recovery = Recovery::begin(options(dir)).unwrap();
+    let store = Arc::new(MetricStore::new(Limits {
+        started_ns: recovery.started_ns(),
+        ..limits(1000)
+    }));
+    let join = Arc::new(FeedbackJoin::new(3_600_000, 1000));
+    let durable = recovery.finish(&store, &join).unwrap();
+    Running {
+        store,
+        join,
+        durable,
+    }
+}
+
+fn counter(job: &str, value: f64) -> Point {
+    Point {
+        labels: vec![("job".into(), job.into())],
+        start_time_ns: 5_000,
+        delta: false,
+        value: Value::Scalar(value),
+    }
+}
+
+fn histogram(count: u64) -> Point {
+    Point {
+        labels: vec![("job".into(), "h".into())],
+        start_time_ns: 5_000,
+        delta: false,
+        value: Value::Histogram {
+            bounds: vec![0.1, 1.0],
+            counts: vec![count, 1, 0],
+            sum: count as f64 * 0.05 + 0.5,
+            count: count + 1,
+        },
+    }
+}
+
+/// Sends a minute of points: two counters (one resets), a gauge and a histogram, with a
+/// prediction and its feedback.
+fn traffic(running: &Running, from: i64) {
+    for t in from..from + 60 {
+        let n = (t - from) as f64;
+        let reset = if t - from >= 30 { n - 30.0 } else { n * 2.0 };
+        let sent = vec![counter("a", n * 3.0), counter("b", reset)];
+        running
+            .store
+            .record_sent(t, "svc", "requests", Kind::Counter, "d", "1", sent)
+            .unwrap();
+        running
+            .store
+            .record_sent(
+                t,
+                "svc",
+                "queue",
+                Kind::Gauge,
+                "",
+                "",
+                vec![counter("a", n % 7.0)],
+            )
+            .unwrap();
+        running
+            .store
+            .record_sent(
+                t,
+                "svc",
+                "latency",
+                Kind::Histogram,
+                "",
+                "s",
+                vec![histogram(t as u64)],
+            )
+            .unwrap();
+    }
+    let id = format!("r{from}");
+    running
+        .join
+        .predict(
+            Prediction {
+                request_id: id.clone(),
+                model: "m".into(),
+                version: 2,
+                task: Task::Rank,
+                items: vec!["x".into(), "y".into()],
+                scores: vec![0.9, 0.1],
+                texts: vec![],
+                at_ms: from * 1000,
+            },
+            from * 1000,
+        )
+        .unwrap();
+    running.join.feedback(Feedback {
+        request_id: id,
+        item_id: "y".into(),
+        event: Event::Click,
+    });
+}
+
+/// Everything the state holds, as bytes: equal bytes, equal answers to every query.
+fn state(running: &Running) -> Vec<u8> {
+    let mut w = Writer::new();
+    for (name, family) in running.store.families() {
+        w.str(&name);
+        snapshot::encode_family(&mut w, &family.read().unwrap());
+    }
+    w.bytes.extend(running.join.encode(|| 0).1);
+    w.u64(running.store.refused());
+    w.u64(running.store.window_bytes());
+    w.bytes
+}
+
+#[test]
+fn a_clean_stop_keeps_every_window_and_the_join() {
+    let dir = tempdir("clean");
+    let running = open(&dir);
+    traffic(&running, 1_000);
+    let before = state(&running);
+    running.durable.close();
+    drop(running);
+    let again = open(&dir);
+    assert_eq!(state(&again), before, "the state read back differs");
+    // It goes on from there: a counter's next point adds only what is new.
+    again
+        .store
+        .record_sent(
+            1_100,
+            "svc",
+            "requests",
+            Kind::Counter,
+            "d",
+            "1",
+            vec![counter("a", 200.0)],
+        )
+        .unwrap();
+    let values = again.store.snapshot(1_100);
+    let a = &values["requests"].series[&vec![("job".to_owned(), "a".to_owned())]];
+    assert_eq!(*a, Value::Scalar(200.0));
+}
+
+#[test]
+fn the_log_alone_rebuilds_the_state_and_a_snapshot_taken_under_way_changes_nothing() {
+    let dir = tempdir("replay");
+    let running = open(&dir);
+    traffic(&running, 1_000);
+    running.durable.snapshot().unwrap();
+    traffic(&running, 1_060);
+    let before = state(&running);
+    // As a SIGKILL after the log was written: no last snapshot.
+    running.durable.abandon();
+    drop(running);
+    let again = open(&dir);
+    assert_eq!(
+        state(&again),
+        before,
+        "replaying the log gives another state"
+    );
+}
+
+#[test]
+fn a_torn_tail_is_cut_at_the_last_whole_record() {
+    let dir = tempdir("torn");
+    let running = open(&dir);
+    traffic(&running, 1_000);
+    let before = state(&running);
+    running.durable.abandon();
+    drop(running);
+    // A record half written when the collector died, then garbage.
+    let (_, last) = wal::segments(&dir).unwrap().pop().unwrap();
+    let mut f = File::options().append(true).open(&last).unwrap();
+    f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 9, 9]).unwrap();
+    let torn_len = f.metadata().unwrap().len();
+    drop(f);
+    let again = open(&dir);
+    assert_eq!(state(&again), before);
+    assert!(
+        std::fs::metadata(&last).unwrap().len() < torn_len,
+        "the tail is cut"
+    );
+    // New points after the cut are kept across the next restart.
+    traffic(&again, 2_000);
+    let after = state(&again);
+    again.durable.abandon();
+    drop(again);
+    assert_eq!(state(&open(&dir)), after);
+}
+
+#[test]
+fn a_snapshot_of_another_version_is_set_aside_and_the_collector_starts_empty() {
+    let dir = tempdir("version");
+    let running = open(&dir);
+    traffic(&running, 1_000);
+    running.durable.close();
+    drop(running);
+    let path = dir.join(snapshot::FILE);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[8..12].copy_from_slice(&99u32.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let again = open(&dir);
+    assert!(again.store.families().is_empty());
+    let aside: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("set-aside-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "one folder holds the old files");
+    assert!(aside[0].path().join(snapshot::FILE).exists());
+}
+
+#[test]
+fn two_collectors_cannot_share_a_directory() {
+    let dir = tempdir("lock");
+    let _running = open(&dir);
+    let err = Recovery::begin(options(&dir)).err().expect("refused");
+    assert!(matches!(err, DurableError::InUse(_)), "{err}");
+    assert!(err.to_string().contains("--data-dir"), "{err}");
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "collector-durable-{name}-{}-{}",
+        std::process::id(),
+        crate::otlp::unix_now()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
