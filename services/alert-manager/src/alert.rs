@@ -35,16 +35,27 @@ pub struct Alert {
     pub state: State,
     /// Last value.
     pub value: f64,
-    /// When the condition started to hold, Unix ms.
+    /// When the condition started to hold, Unix ms; while pending, moved later by any time
+    /// its rule had no data, so that `for` counts only time with data.
     pub active_since_ms: i64,
     /// When it fired, Unix ms (0 if not).
     pub fired_at_ms: i64,
     /// When it resolved, Unix ms (0 if not).
     pub resolved_at_ms: i64,
-    /// When the condition last held, Unix ms.
+    /// When the condition last held, Unix ms; while firing, moved later by any time its rule
+    /// had no data, so that `keep_firing_for` counts only time with data.
     pub last_held_ms: i64,
     /// Identity: a digest of the labels.
     pub fingerprint: String,
+    /// Since when its rule has had no data, Unix ms (0 while data comes): the collector did not
+    /// answer, or answered nothing while holding none of the series the rule reads (it
+    /// restarted without them). The alert keeps its state meanwhile (see
+    /// [`crate::evaluator::Alerts::take`]).
+    #[serde(default)]
+    pub no_data_since_ms: i64,
+    /// Why its rule has no data, as last told (empty while data comes).
+    #[serde(default)]
+    pub no_data_reason: String,
 }
 
 impl Alert {
@@ -52,6 +63,37 @@ impl Alert {
     pub fn severity(&self) -> &str {
         self.labels.get("severity").map_or("", String::as_str)
     }
+
+    /// The state in words, for people: `firing`, `pending`, `resolved`, and while its rule has
+    /// no data `firing; no data since 2025-06-01T12:00:00.000Z (UNAVAILABLE: …)`.
+    pub fn state_text(&self) -> String {
+        let state = match self.state {
+            State::Pending => "pending",
+            State::Firing => "firing",
+            State::Resolved => "resolved",
+        };
+        if self.no_data_since_ms <= 0 {
+            return state.to_owned();
+        }
+        let since = rfc3339(self.no_data_since_ms);
+        if self.no_data_reason.is_empty() {
+            format!("{state}; no data since {since}")
+        } else {
+            format!("{state}; no data since {since} ({})", self.no_data_reason)
+        }
+    }
+}
+
+/// Unix milliseconds as RFC 3339 UTC with milliseconds (`0001-01-01T00:00:00Z` for 0, the
+/// zero time of Alertmanager's payloads).
+pub fn rfc3339(unix_ms: i64) -> String {
+    if unix_ms <= 0 {
+        return "0001-01-01T00:00:00Z".to_owned();
+    }
+    humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms as u64),
+    )
+    .to_string()
 }
 
 /// A change that incidents record.

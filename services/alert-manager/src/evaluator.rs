@@ -3,7 +3,9 @@
 //! answer an observation: a value and whether the rule's condition holds for it.
 //!
 //! [`Alerts`] turns observations into alert states (pending → firing → resolved, with `for`
-//! and `keep_firing_for`) and reports the transitions that incidents are made of.
+//! and `keep_firing_for`) and reports the transitions that incidents are made of. A rule
+//! without data (its query failed, or the collector restarted without its series: see
+//! [`read_all`]) changes no state: its alerts say since when they have had none.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -34,6 +36,17 @@ impl Observation {
             .iter()
             .all(|(k, v)| alert.labels.get(k) == Some(v))
     }
+}
+
+/// What the collector told of one rule at one evaluation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reading {
+    /// Its observations. None at all is an answer too: no group matched (an error counter
+    /// with no series because nothing failed), or every group is gone.
+    Observed(Vec<Observation>),
+    /// No data, and why: the query failed, or came back empty while the collector held none
+    /// of the series the rule reads.
+    NoData(String),
 }
 
 fn matchers(spec: &BTreeMap<String, String>) -> Vec<pb::LabelMatcher> {
@@ -306,6 +319,25 @@ pub fn compare_versions(
 /// Items of one batch call, at most (the collector's limit).
 const BATCH_ITEMS: usize = 10_000;
 
+/// Answers to `items`, in order, with as few calls as possible (one batch per 10,000 items),
+/// or why the collector gave none.
+async fn batch(
+    client: &mut MetricsQueryClient<Channel>,
+    items: &[pb::BatchItem],
+) -> Result<Vec<pb::BatchResult>, String> {
+    let mut results: Vec<pb::BatchResult> = Vec::with_capacity(items.len());
+    for chunk in items.chunks(BATCH_ITEMS) {
+        let answer = client
+            .batch(pb::BatchRequest {
+                items: chunk.to_vec(),
+            })
+            .await
+            .map_err(|status| format!("{:?}: {}", status.code(), status.message()))?;
+        results.extend(answer.into_inner().results);
+    }
+    Ok(results)
+}
+
 /// Evaluates every rule with as few calls as possible (one batch per 10,000 items); each rule
 /// gets its observations or the reason it could not be evaluated.
 pub async fn observe_all(
@@ -315,21 +347,10 @@ pub async fn observe_all(
 ) -> Vec<Result<Vec<Observation>, String>> {
     let plans: Vec<Vec<pb::BatchItem>> = rules.iter().map(|r| plan(r, at)).collect();
     let items: Vec<pb::BatchItem> = plans.iter().flatten().cloned().collect();
-    let mut results: Vec<pb::BatchResult> = Vec::with_capacity(items.len());
-    for chunk in items.chunks(BATCH_ITEMS) {
-        match client
-            .batch(pb::BatchRequest {
-                items: chunk.to_vec(),
-            })
-            .await
-        {
-            Ok(answer) => results.extend(answer.into_inner().results),
-            Err(status) => {
-                let why = format!("{:?}: {}", status.code(), status.message());
-                return rules.iter().map(|_| Err(why.clone())).collect();
-            }
-        }
-    }
+    let results = match batch(client, &items).await {
+        Ok(results) => results,
+        Err(why) => return rules.iter().map(|_| Err(why.clone())).collect(),
+    };
     let mut offset = 0;
     rules
         .iter()
@@ -340,6 +361,139 @@ pub async fn observe_all(
             interpret(rule, answers)
         })
         .collect()
+}
+
+/// How far back the collector is asked whether it holds a rule's series at all: within the
+/// 1 s tier, where every kind of series reads as its latest value.
+const PRESENCE_WINDOW_SECONDS: u32 = 3600;
+
+/// The metrics (and label conditions) a rule reads; none for a canary-quality rule, which
+/// reads the prediction–feedback join.
+fn selectors(rule: &Rule) -> Vec<(&str, &BTreeMap<String, String>)> {
+    fn of(q: &QuerySpec) -> (&str, &BTreeMap<String, String>) {
+        (q.metric.as_str(), &q.matchers)
+    }
+    match &rule.kind {
+        RuleKind::Threshold { query, ratio, .. } => match (query, ratio) {
+            (Some(q), _) => vec![of(q)],
+            (None, Some(r)) => vec![of(&r.numerator), of(&r.denominator)],
+            (None, None) => Vec::new(),
+        },
+        RuleKind::BurnRate { good, total, .. } => vec![of(good), of(total)],
+        RuleKind::Drift {
+            metric, matchers, ..
+        } => vec![(metric.as_str(), matchers)],
+        RuleKind::CanaryQuality { .. } => Vec::new(),
+    }
+}
+
+/// The collector items that ask whether it holds any series `rule` reads, updated within the
+/// last hour (the latest value of each, all in one group).
+fn presence_plan(rule: &Rule, at: i64) -> Vec<pb::BatchItem> {
+    selectors(rule)
+        .into_iter()
+        .map(|(metric, spec)| pb::BatchItem {
+            item: Some(pb::batch_item::Item::Query(pb::QueryRequest {
+                selector: selector(metric, spec),
+                function: pb::Function::Last as i32,
+                window_seconds: PRESENCE_WINDOW_SECONDS,
+                quantile: 0.0,
+                group_by: Vec::new(),
+                at_unix_seconds: at,
+            })),
+        })
+        .collect()
+}
+
+/// Whether the answers to a [`presence_plan`] show any series.
+fn holds_any(answers: &[pb::BatchResult], asked: usize) -> Result<bool, String> {
+    if answers.len() != asked {
+        return Err(format!(
+            "the collector answered {} of {asked} items",
+            answers.len()
+        ));
+    }
+    let mut failed = None;
+    for answer in answers {
+        match samples(answer) {
+            Ok(found) if !found.is_empty() => return Ok(true),
+            Ok(_) => {}
+            Err(why) => failed = Some(why),
+        }
+    }
+    failed.map_or(Ok(false), Err)
+}
+
+/// Reads every rule at Unix second `at` (0 = now); `active` names the rules that have a
+/// pending or firing alert.
+///
+/// No data, and not an answer, is:
+/// - a query that failed: the collector unreachable or restarting (`UNAVAILABLE`, a timeout),
+///   or an error for the item;
+/// - an empty answer for a rule in `active`, when the collector holds none of the series the
+///   rule reads updated within the last hour: it restarted without them (no data directory,
+///   or a lost one) and the senders have not exported since. One more batch call asks, only
+///   for such rules.
+///
+/// Every other empty answer is an answer, as it always was: a rule without alerts has nothing
+/// to keep (an error counter with no series because nothing failed reads as nothing holding),
+/// and a group that left while the collector still holds the metric's series (a replica that
+/// went away, a label value no longer seen) resolves its alert as before. A canary-quality
+/// rule reads the prediction–feedback join, not series: its empty answers are taken as they
+/// are.
+pub async fn read_all(
+    client: &mut MetricsQueryClient<Channel>,
+    rules: &[Rule],
+    active: &std::collections::HashSet<String>,
+    at: i64,
+) -> Vec<Reading> {
+    let observed = observe_all(client, rules, at).await;
+    let suspects: Vec<(usize, Vec<pb::BatchItem>)> = observed
+        .iter()
+        .zip(rules)
+        .enumerate()
+        .filter(|(_, (result, rule))| {
+            matches!(result, Ok(o) if o.is_empty()) && active.contains(&rule.name)
+        })
+        .map(|(i, (_, rule))| (i, presence_plan(rule, at)))
+        .filter(|(_, probe)| !probe.is_empty())
+        .collect();
+    let mut readings: Vec<Reading> = observed
+        .into_iter()
+        .map(|result| match result {
+            Ok(observations) => Reading::Observed(observations),
+            Err(why) => Reading::NoData(why),
+        })
+        .collect();
+    if suspects.is_empty() {
+        return readings;
+    }
+    let items: Vec<pb::BatchItem> = suspects.iter().flat_map(|(_, p)| p.clone()).collect();
+    let answers = batch(client, &items).await;
+    let mut offset = 0;
+    for (i, probe) in &suspects {
+        let held = match &answers {
+            Ok(results) => holds_any(
+                results.get(offset..offset + probe.len()).unwrap_or(&[]),
+                probe.len(),
+            ),
+            Err(why) => Err(why.clone()),
+        };
+        offset += probe.len();
+        match held {
+            Ok(true) => {}
+            Ok(false) => {
+                let metrics: Vec<&str> =
+                    selectors(&rules[*i]).into_iter().map(|(m, _)| m).collect();
+                readings[*i] = Reading::NoData(format!(
+                    "the collector holds no series of {} from the last hour: restarted without its data?",
+                    metrics.join(", ")
+                ));
+            }
+            Err(why) => readings[*i] = Reading::NoData(why),
+        }
+    }
+    readings
 }
 
 /// Evaluates one rule at Unix second `at` (0 = now).
@@ -378,6 +532,64 @@ pub struct Alerts {
 }
 
 impl Alerts {
+    /// Takes what the collector told of `rule` at `now_ms`; returns what fired and what
+    /// resolved.
+    ///
+    /// Missing data is no verdict, either way (see [`read_all`] for what counts as missing):
+    /// the rule's pending and firing alerts keep their state, nothing fires and nothing
+    /// resolves, and each says since when it has had no data, and why. The clocks stop too:
+    /// when data returns, a pending alert's `for` and a firing one's `keep_firing_for` go on
+    /// from where they stood, so that neither the one fires nor the other resolves on time
+    /// that nobody saw (a pending alert needs its `for` of observed holding). Evaluation then
+    /// goes on from the kept state: a breach that lasted through the gap is the same alert,
+    /// and the same incident, with no resolved-then-fired pair.
+    pub fn take(&mut self, rule: &Rule, reading: Reading, now_ms: i64) -> Vec<Transition> {
+        match reading {
+            Reading::Observed(observations) => {
+                self.resume(rule, now_ms);
+                self.apply(rule, observations, now_ms)
+            }
+            Reading::NoData(why) => {
+                for alert in self.alerts.values_mut() {
+                    if alert.rule == rule.name && alert.state != State::Resolved {
+                        if alert.no_data_since_ms == 0 {
+                            alert.no_data_since_ms = now_ms;
+                        }
+                        alert.no_data_reason.clone_from(&why);
+                    }
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    /// Data about `rule` again at `now_ms`: its alerts' clocks move on by the time without
+    /// data, so that they count only time with data.
+    fn resume(&mut self, rule: &Rule, now_ms: i64) {
+        for alert in self.alerts.values_mut() {
+            if alert.rule != rule.name || alert.no_data_since_ms == 0 {
+                continue;
+            }
+            let gap = (now_ms - alert.no_data_since_ms).max(0);
+            match alert.state {
+                State::Pending => alert.active_since_ms += gap,
+                State::Firing => alert.last_held_ms += gap,
+                State::Resolved => {}
+            }
+            alert.no_data_since_ms = 0;
+            alert.no_data_reason.clear();
+        }
+    }
+
+    /// Names of the rules that have a pending or firing alert.
+    pub fn active_rules(&self) -> std::collections::HashSet<String> {
+        self.alerts
+            .values()
+            .filter(|a| a.state != State::Resolved)
+            .map(|a| a.rule.clone())
+            .collect()
+    }
+
     /// Applies a rule's observations at `now_ms`; returns what fired and what resolved.
     pub fn apply(
         &mut self,
@@ -415,6 +627,8 @@ impl Alerts {
                 resolved_at_ms: 0,
                 last_held_ms: now_ms,
                 fingerprint: fp.clone(),
+                no_data_since_ms: 0,
+                no_data_reason: String::new(),
             });
             if alert.state == State::Resolved {
                 // It holds again: a new episode.
@@ -507,6 +721,7 @@ impl Alerts {
                     a.active_since_ms,
                     a.fired_at_ms,
                     a.resolved_at_ms,
+                    a.no_data_since_ms,
                 )
             })
             .collect();
@@ -647,6 +862,134 @@ mod tests {
         alerts.apply(&rule, vec![obs("b", 5.0)], 20_000);
         assert!(alerts.apply(&rule, vec![], 21_000).is_empty());
         assert_eq!(alerts.list(false).len(), 0);
+    }
+
+    const NO_ANSWER: &str = "Unavailable: tcp connect error: Connection refused";
+
+    #[test]
+    fn a_firing_alert_keeps_firing_without_data_and_says_since_when() {
+        let rule = rule(0, 0);
+        let mut alerts = Alerts::default();
+        let fired = alerts.take(&rule, Reading::Observed(vec![obs("a", 2.0)]), 1_000);
+        assert!(
+            matches!(fired.as_slice(), [Transition::Fired(_)]),
+            "{fired:?}"
+        );
+        // The collector restarts: a minute without an answer. Nothing resolves, nothing fires.
+        for at in (2_000..=61_000).step_by(1_000) {
+            let changed = alerts.take(&rule, Reading::NoData(NO_ANSWER.into()), at);
+            assert!(changed.is_empty(), "at {at} ms without data: {changed:?}");
+        }
+        let [alert] = alerts.list(false).try_into().expect("one alert");
+        assert_eq!(alert.state, State::Firing);
+        assert_eq!(
+            alert.no_data_since_ms, 2_000,
+            "since the first evaluation without data"
+        );
+        assert_eq!(
+            alert.state_text(),
+            format!("firing; no data since 1970-01-01T00:00:02.000Z ({NO_ANSWER})")
+        );
+        // The collector answers again and the breach goes on: no second firing, and the alert
+        // says it has data again.
+        let back = alerts.take(&rule, Reading::Observed(vec![obs("a", 3.0)]), 62_000);
+        assert!(back.is_empty(), "{back:?}");
+        let [alert] = alerts.list(false).try_into().expect("one alert");
+        assert_eq!((alert.state, alert.fired_at_ms), (State::Firing, 1_000));
+        assert_eq!(
+            (alert.no_data_since_ms, alert.state_text().as_str()),
+            (0, "firing")
+        );
+    }
+
+    #[test]
+    fn a_pending_alert_does_not_count_its_for_through_missing_data() {
+        let rule = rule(10, 0);
+        let mut alerts = Alerts::default();
+        assert!(
+            alerts
+                .take(&rule, Reading::Observed(vec![obs("a", 2.0)]), 0)
+                .is_empty()
+        );
+        assert!(
+            alerts
+                .take(&rule, Reading::Observed(vec![obs("a", 2.0)]), 5_000)
+                .is_empty()
+        );
+        // No data from 6 s to 60 s: the pending alert is neither forgotten nor fired.
+        for at in [6_000, 30_000, 60_000] {
+            assert!(
+                alerts
+                    .take(&rule, Reading::NoData(NO_ANSWER.into()), at)
+                    .is_empty()
+            );
+            assert_eq!(alerts.list(false)[0].state, State::Pending, "at {at} ms");
+        }
+        // Data again at 61 s, still holding: 6 s of its 10 s `for` were seen, so it fires 4 s
+        // later, not at once on the strength of the 55 s nobody saw.
+        for at in [61_000, 64_000] {
+            let changed = alerts.take(&rule, Reading::Observed(vec![obs("a", 2.0)]), at);
+            assert!(
+                changed.is_empty(),
+                "fired at {at} ms on missing data: {changed:?}"
+            );
+            assert_eq!(alerts.list(false)[0].state, State::Pending);
+        }
+        let fired = alerts.take(&rule, Reading::Observed(vec![obs("a", 2.0)]), 65_000);
+        assert!(
+            matches!(fired.as_slice(), [Transition::Fired(_)]),
+            "{fired:?}"
+        );
+    }
+
+    #[test]
+    fn keep_firing_for_does_not_run_out_while_the_collector_is_away() {
+        let rule = rule(0, 5);
+        let mut alerts = Alerts::default();
+        alerts.take(&rule, Reading::Observed(vec![obs("a", 2.0)]), 0);
+        for at in (1_000..=100_000).step_by(1_000) {
+            assert!(
+                alerts
+                    .take(&rule, Reading::NoData(NO_ANSWER.into()), at)
+                    .is_empty()
+            );
+        }
+        // Back, and the condition no longer holds: `keep_firing_for` (5 s) starts counting
+        // from the data, as it would have without the gap.
+        for at in [101_000, 104_000] {
+            let changed = alerts.take(&rule, Reading::Observed(vec![obs("a", 0.5)]), at);
+            assert!(changed.is_empty(), "resolved at {at} ms: {changed:?}");
+        }
+        let resolved = alerts.take(&rule, Reading::Observed(vec![obs("a", 0.5)]), 105_000);
+        assert!(
+            matches!(resolved.as_slice(), [Transition::Resolved(_)]),
+            "{resolved:?}"
+        );
+    }
+
+    #[test]
+    fn no_data_touches_only_its_rules_alerts() {
+        let (first, mut second) = (rule(0, 0), rule(0, 0));
+        second.name = "Other".into();
+        let mut alerts = Alerts::default();
+        alerts.take(&first, Reading::Observed(vec![obs("a", 2.0)]), 0);
+        alerts.take(&second, Reading::Observed(vec![obs("a", 2.0)]), 0);
+        alerts.take(&first, Reading::NoData(NO_ANSWER.into()), 1_000);
+        let listed = alerts.list(false);
+        let since = |name: &str| {
+            listed
+                .iter()
+                .find(|a| a.rule == name)
+                .map(|a| a.no_data_since_ms)
+        };
+        assert_eq!(
+            (since("HighErrors"), since("Other")),
+            (Some(1_000), Some(0))
+        );
+        assert_eq!(
+            alerts.active_rules(),
+            ["HighErrors".to_owned(), "Other".to_owned()].into()
+        );
     }
 
     #[test]

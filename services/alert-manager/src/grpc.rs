@@ -85,6 +85,8 @@ fn incident(i: Incident) -> pb::Incident {
 fn alert(a: Alert) -> pb::Alert {
     pb::Alert {
         severity: a.severity().to_owned(),
+        state_text: a.state_text(),
+        no_data_since_unix_ms: a.no_data_since_ms,
         rule: a.rule,
         labels: a.labels.into_iter().collect(),
         annotations: a.annotations.into_iter().collect(),

@@ -7,11 +7,11 @@
 //! [`crate::incidents::IncidentStore::deliver_to_receiver`], at least once.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::alert::{Alert, Silence, State};
+use crate::alert::{Alert, Silence, State, rfc3339};
 use crate::evaluator;
 use crate::labels::LabelSet;
 use crate::rules::{Format, Receiver, RuleSet};
@@ -169,13 +169,6 @@ impl Notifier {
     }
 }
 
-fn rfc3339(unix_ms: i64) -> String {
-    if unix_ms <= 0 {
-        return "0001-01-01T00:00:00Z".to_owned();
-    }
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms as u64)).to_string()
-}
-
 fn common(maps: &[&LabelSet]) -> LabelSet {
     let Some(first) = maps.first() else {
         return LabelSet::new();
@@ -276,6 +269,8 @@ mod tests {
             fired_at_ms: 1,
             resolved_at_ms: 0,
             last_held_ms: 1,
+            no_data_since_ms: 0,
+            no_data_reason: String::new(),
         }
     }
 

@@ -35,24 +35,30 @@ impl Engine {
         let set = self.rule_set();
         let mut transitions = Vec::new();
         let mut all_evaluated = true;
-        let observed = evaluator::observe_all(client, &set.rules, 0).await;
+        let active = self
+            .alerts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .active_rules();
+        let readings = evaluator::read_all(client, &set.rules, &active, 0).await;
         let now = now_ms();
         {
             let mut alerts = self.alerts.lock().unwrap_or_else(|p| p.into_inner());
-            for (rule, result) in set.rules.iter().zip(observed) {
-                match result {
-                    Ok(observations) => {
+            for (rule, reading) in set.rules.iter().zip(readings) {
+                match &reading {
+                    evaluator::Reading::Observed(observations) => {
                         if matches!(rule.kind, rules::RuleKind::Drift { .. }) {
-                            record_drift(&rule.name, &observations);
+                            record_drift(&rule.name, observations);
                         }
-                        transitions.extend(alerts.apply(rule, observations, now));
                     }
-                    // Unknown data is not a resolution: the rule's alerts stay as they are.
-                    Err(why) => {
+                    // Missing data is not a resolution: the rule's alerts keep their state
+                    // (and say since when they have no data).
+                    evaluator::Reading::NoData(why) => {
                         all_evaluated = false;
-                        tracing::warn!(rule = %rule.name, reason = %why, "rule not evaluated");
+                        tracing::warn!(rule = %rule.name, reason = %why, "rule not evaluated: no data");
                     }
                 }
+                transitions.extend(alerts.take(rule, reading, now));
             }
         }
         let names: HashSet<String> = set.rules.iter().map(|r| r.name.clone()).collect();
