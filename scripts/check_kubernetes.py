@@ -6,7 +6,8 @@ kustomize; every object it yields, and the demonstration Secrets, must validate 
 schemas of one Kubernetes release in strict mode (an unknown field fails). Then the rendered
 objects must hold what the mesh relies on: gRPC health probes on the served port, resources,
 the non-root security context, services that listen on 0.0.0.0, a headless Service behind the
-gateway's balancer, ConfigMaps and Secrets that exist, alert rules and model configuration in
+gateway's balancer, the alert-manager's spill log and the collector's data directory on volumes
+claimed by their StatefulSets, ConfigMaps and Secrets that exist, alert rules and model configuration in
 step with their sources, and a GPU overlay that asks for a GPU and the CUDA provider.
 """
 
@@ -236,6 +237,15 @@ def check_mesh(objects: list[dict], where: str, report: Report) -> dict:
         report.check(any(selects(s["spec"]["selector"], pods[name]["metadata"]["labels"])
                          for s in serving.values()) if name in pods else False,
                      where, f"no Service for {name}")
+    # A StatefulSet's serviceName is a Service of this rendering that selects its pods.
+    for name, workload in deployments.items():
+        if workload["kind"] != "StatefulSet":
+            continue
+        governing = services.get(workload["spec"].get("serviceName", ""), {})
+        report.check(selects(governing.get("spec", {}).get("selector", {}),
+                             pods[name]["metadata"]["labels"]), f"{where} {name_of(workload)}",
+                     f"serviceName {workload['spec'].get('serviceName')!r} is not a Service "
+                     "that selects its pods")
 
     # The gateway's balancer gets the headless Service's name and port.
     gateway = deployments.get("gateway")
@@ -266,6 +276,7 @@ def check_mesh(objects: list[dict], where: str, report: Report) -> dict:
     report.check(alert_manager.get("spec", {}).get("replicas") == 2, where,
                  "the alert-manager does not run 2 replicas")
     check_spill_volume(alert_manager, config_maps, where, report)
+    check_collector_volume(deployments.get("metrics-collector", {}), config_maps, where, report)
     check_network_policies(objects, where, report)
     check_sender_keys(deployments, config_maps, where, report)
 
@@ -279,21 +290,53 @@ def check_mesh(objects: list[dict], where: str, report: Report) -> dict:
     return {"container": container, "env": container_env(container, config_maps)}
 
 
+def check_claimed_dir(workload: dict, variable: str, name: str, config_maps: dict[str, dict],
+                      where: str, report: Report) -> None:
+    """`workload` is a StatefulSet whose folder `variable` is a volume claimed per replica
+    (ReadWriteOnce, with a size), mounted writable there; the pod's fsGroup lets the non-root
+    user write it."""
+    here = f"{where} {name}"
+    if not report.check(workload.get("kind") == "StatefulSet", here, "not a StatefulSet"):
+        return
+    claims = {t["metadata"]["name"]: t.get("spec", {})
+              for t in workload["spec"].get("volumeClaimTemplates", [])}
+    if not report.check(bool(claims), here, "has no volumeClaimTemplate"):
+        return
+    for claim, spec in claims.items():
+        report.check("ReadWriteOnce" in spec.get("accessModes", []), here,
+                     f"volumeClaimTemplate {claim} is not ReadWriteOnce")
+        report.check(bool(spec.get("resources", {}).get("requests", {}).get("storage")), here,
+                     f"volumeClaimTemplate {claim} requests no storage")
+    pod = workload["spec"]["template"]["spec"]
+    report.check(pod.get("securityContext", {}).get("fsGroup") == RUN_AS_USER, here,
+                 f"fsGroup is not {RUN_AS_USER}: the non-root user cannot write its volume")
+    container = pod["containers"][0]
+    folder = container_env(container, config_maps).get(variable)
+    if not report.check(bool(folder), here, f"{variable} is not set"):
+        return
+    report.check(any(m["mountPath"].rstrip("/") == folder.rstrip("/") and m["name"] in claims
+                     and not m.get("readOnly", False)
+                     for m in container.get("volumeMounts", [])), here,
+                 f"{variable}={folder} is not a volumeClaimTemplate mounted writable there")
+
+
 def check_spill_volume(alert_manager: dict, config_maps: dict[str, dict], where: str,
                        report: Report) -> None:
     """The alert-manager is a StatefulSet whose ALERT_MANAGER_SPILL_DIR is a volume claimed per
     replica (a pod's emptyDir would lose the waiting writes with the pod)."""
-    here = f"{where} alert-manager"
-    if not report.check(alert_manager.get("kind") == "StatefulSet", here, "not a StatefulSet"):
-        return
-    container = alert_manager["spec"]["template"]["spec"]["containers"][0]
-    spill = container_env(container, config_maps).get("ALERT_MANAGER_SPILL_DIR")
-    if not report.check(bool(spill), here, "ALERT_MANAGER_SPILL_DIR is not set"):
-        return
-    claims = {t["metadata"]["name"] for t in alert_manager["spec"].get("volumeClaimTemplates", [])}
-    report.check(any(m["mountPath"].rstrip("/") == spill.rstrip("/") and m["name"] in claims
-                     for m in container.get("volumeMounts", [])), here,
-                 f"ALERT_MANAGER_SPILL_DIR={spill} is not a mounted volumeClaimTemplate")
+    check_claimed_dir(alert_manager, "ALERT_MANAGER_SPILL_DIR", "alert-manager", config_maps,
+                      where, report)
+
+
+def check_collector_volume(collector: dict, config_maps: dict[str, dict], where: str,
+                           report: Report) -> None:
+    """The metrics-collector is a StatefulSet of one replica whose COLLECTOR_DATA_DIR (its
+    write-ahead log and snapshots) is a claimed volume, so that a restart reads its windows
+    back: one collector owns one volume, and the alert managers query that one source."""
+    check_claimed_dir(collector, "COLLECTOR_DATA_DIR", "metrics-collector", config_maps, where,
+                      report)
+    report.check(collector.get("spec", {}).get("replicas") == 1, f"{where} metrics-collector",
+                 "does not run exactly 1 replica")
 
 
 # Who may reach each service's port: the workloads (by app.kubernetes.io/name) or labels of
