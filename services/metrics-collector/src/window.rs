@@ -174,8 +174,13 @@ impl Columns {
 }
 
 impl Columns {
-    /// Writes the rows, for a snapshot.
-    pub fn encode(&self, w: &mut crate::durable::codec::Writer) {
+    /// Writes the rows, for a snapshot; `spill` is called after each row (to write out what
+    /// the writer holds, so that a snapshot never holds a whole tier in memory).
+    pub fn encode(
+        &self,
+        w: &mut crate::durable::codec::Writer,
+        spill: &mut dyn FnMut(&mut crate::durable::codec::Writer),
+    ) {
         w.len(self.width);
         match self.evicted_through {
             Some(step) => {
@@ -188,38 +193,54 @@ impl Columns {
         for row in &self.rows {
             w.i64(row.step);
             w.f64s(&row.values);
+            spill(w);
         }
     }
 
-    /// Reads what [`Columns::encode`] wrote, keeping `capacity` steps.
-    pub fn decode(
+    /// Reads the head of what [`Columns::encode`] wrote, keeping `capacity` steps; returns the
+    /// columns without rows and the number of rows that follow (read each with
+    /// [`Columns::decode_row`]).
+    pub fn decode_head(
         r: &mut crate::durable::codec::Reader<'_>,
         capacity: usize,
-    ) -> Result<Columns, crate::durable::codec::Malformed> {
+    ) -> Result<(Columns, usize), crate::durable::codec::Malformed> {
         let width = r.varint()? as usize;
         let evicted_through = match r.u8()? {
             0 => None,
             _ => Some(r.i64()?),
         };
-        let n = r.len(9)?;
-        let mut rows = VecDeque::with_capacity(n);
-        for _ in 0..n {
-            let step = r.i64()?;
-            let values = r.f64s()?;
-            if values.len() > width {
-                return Err(crate::durable::codec::Malformed {
-                    at: 0,
-                    what: "a row no wider than its columns",
-                });
-            }
-            rows.push_back(Row { step, values });
+        let n = r.varint()? as usize;
+        if n > capacity.saturating_mul(2) + 2 {
+            return Err(crate::durable::codec::Malformed {
+                at: 0,
+                what: "no more rows than a tier keeps",
+            });
         }
-        Ok(Columns {
-            rows,
+        let columns = Columns {
+            rows: VecDeque::with_capacity(n),
             capacity: capacity as i64,
             width,
             evicted_through,
-        })
+        };
+        Ok((columns, n))
+    }
+
+    /// Reads one row after [`Columns::decode_head`].
+    pub fn decode_row(
+        &mut self,
+        r: &mut crate::durable::codec::Reader<'_>,
+    ) -> Result<(), crate::durable::codec::Malformed> {
+        let step = r.i64()?;
+        let values = r.f64s()?;
+        let ordered = self.rows.back().is_none_or(|last| last.step < step);
+        if values.len() > self.width || !ordered {
+            return Err(crate::durable::codec::Malformed {
+                at: 0,
+                what: "rows in step order, no wider than their columns",
+            });
+        }
+        self.rows.push_back(Row { step, values });
+        Ok(())
     }
 }
 

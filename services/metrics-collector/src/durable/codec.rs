@@ -88,6 +88,16 @@ impl<'a> Reader<'a> {
         Reader { bytes, at: 0 }
     }
 
+    /// Reads `bytes` from byte `at`.
+    pub fn at(bytes: &'a [u8], at: usize) -> Reader<'a> {
+        Reader { bytes, at }
+    }
+
+    /// The next byte to read.
+    pub fn position(&self) -> usize {
+        self.at
+    }
+
     /// Whether every byte was read.
     pub fn is_empty(&self) -> bool {
         self.at >= self.bytes.len()

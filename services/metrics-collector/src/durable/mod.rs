@@ -416,6 +416,11 @@ impl Durable {
         }
     }
 
+    /// Writes and syncs the log appended so far (the flusher does so every 200 ms anyway).
+    pub fn sync_log(&self) {
+        self.wal.sync();
+    }
+
     /// As a SIGKILL after the log was written: no last snapshot.
     #[cfg(test)]
     fn abandon(&self) {

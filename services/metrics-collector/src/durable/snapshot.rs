@@ -26,6 +26,14 @@ pub const VERSION: u32 = 1;
 const END: u8 = 0;
 const FAMILY: u8 = 1;
 const JOIN: u8 = 2;
+/// More of the family before it: whole series or rows.
+const CHUNK: u8 = 3;
+
+/// Bytes of a chunk section, about (tests make many small ones).
+#[cfg(not(test))]
+const CHUNK_BYTES: usize = 1 << 20;
+#[cfg(test)]
+const CHUNK_BYTES: usize = 100;
 
 /// Why a snapshot cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +116,42 @@ pub fn read_header(path: &Path) -> Result<Option<Header>, SnapshotError> {
     parse_header(&bytes, path).map(Some)
 }
 
+/// A family written as it is encoded: its first section, then chunk sections of about a
+/// megabyte each, every one holding whole series or rows, so that neither writing nor reading
+/// a snapshot holds a whole family in memory.
+struct Chunked<'a> {
+    out: &'a mut BufWriter<File>,
+    kind: u8,
+    bytes: u64,
+    failed: Option<std::io::Error>,
+}
+
+impl Chunked<'_> {
+    /// Writes what `w` holds as a section once it reaches `at_least` bytes.
+    fn spill(&mut self, w: &mut Writer, at_least: usize) {
+        if w.bytes.len() < at_least || self.failed.is_some() {
+            return;
+        }
+        match write_section(self.out, self.kind, &w.bytes) {
+            Ok(n) => self.bytes += n,
+            Err(e) => self.failed = Some(e),
+        }
+        self.kind = CHUNK;
+        w.bytes.clear();
+    }
+
+    /// Writes the rest of `w`; returns the bytes of every section written.
+    fn finish(mut self, w: &mut Writer) -> std::io::Result<u64> {
+        if !w.bytes.is_empty() || self.kind != CHUNK {
+            self.spill(w, 0);
+        }
+        match self.failed {
+            Some(e) => Err(e),
+            None => Ok(self.bytes),
+        }
+    }
+}
+
 fn write_section(out: &mut impl Write, kind: u8, payload: &[u8]) -> std::io::Result<u64> {
     out.write_all(&[kind])?;
     out.write_all(&crc32fast::hash(payload).to_le_bytes())?;
@@ -157,7 +201,7 @@ fn read_value(r: &mut Reader<'_>) -> Result<Value, Malformed> {
     })
 }
 
-pub(crate) fn encode_family(w: &mut Writer, f: &Family) {
+pub(crate) fn encode_family(w: &mut Writer, f: &Family, spill: &mut dyn FnMut(&mut Writer)) {
     w.str(&f.creator);
     w.u8(kind_byte(f.kind));
     w.str(&f.description);
@@ -188,71 +232,116 @@ pub(crate) fn encode_family(w: &mut Writer, f: &Family) {
             w.i64(t);
         }
         w.u8(u8::from(s.retired));
+        spill(w);
     }
-    f.seconds.encode(w);
-    f.minutes.encode(w);
-    f.hours.encode(w);
+    f.seconds.encode(w, spill);
+    f.minutes.encode(w, spill);
+    f.hours.encode(w, spill);
 }
 
-fn decode_family(r: &mut Reader<'_>) -> Result<Family, Malformed> {
-    let creator = r.str()?;
-    let kind = kind_of(r.u8()?).ok_or(Malformed {
-        at: 0,
-        what: "a metric kind",
-    })?;
-    let description = r.str()?;
-    let unit = r.str()?;
-    let mut family = Family::new(kind, &description, &unit);
-    family.creator = creator;
-    family.refused = r.varint()?;
-    let n = r.len(16)?;
-    for i in 0..n {
-        let labels = (0..r.len(2)?)
-            .map(|_| Ok((r.str()?, r.str()?)))
-            .collect::<Result<Vec<_>, Malformed>>()?;
-        let value = read_value(r)?;
-        let last_raw = match r.u8()? {
-            0 => None,
-            _ => Some((r.u64()?, read_value(r)?)),
-        };
-        let origin = r.f64s()?;
-        let mut columns = [(0, 0); 3];
-        for c in &mut columns {
-            *c = (r.varint()? as usize, r.varint()? as usize);
+/// Bytes of a family read chunk by chunk: the family's section, then the chunk sections
+/// after it, each holding whole series or rows.
+struct Chunks<'a> {
+    bytes: Vec<u8>,
+    at: usize,
+    next: &'a mut dyn FnMut() -> Result<Vec<u8>, SnapshotError>,
+}
+
+impl Chunks<'_> {
+    /// Decodes one unit with `f`, from the next chunk when this one is used up.
+    fn unit<T>(
+        &mut self,
+        f: impl FnOnce(&mut Reader<'_>) -> Result<T, Malformed>,
+    ) -> Result<T, SnapshotError> {
+        if self.at >= self.bytes.len() {
+            self.bytes = (self.next)()?;
+            self.at = 0;
         }
-        let [first, updated, last_minute, last_hour] = [r.i64()?, r.i64()?, r.i64()?, r.i64()?];
-        let retired = r.u8()? != 0;
-        if !retired {
-            family.index.insert(labels.clone(), i);
-        }
-        family.series.push(Series {
-            labels,
-            value,
-            last_raw,
-            origin,
-            second_column: columns[0],
-            minute_column: columns[1],
-            hour_column: columns[2],
-            first,
-            updated,
-            last_minute,
-            last_hour,
-            retired,
-        });
+        let mut r = Reader::at(&self.bytes, self.at);
+        let out = f(&mut r)?;
+        self.at = r.position();
+        Ok(out)
     }
-    family.seconds = Columns::decode(r, SECOND_STEPS)?;
-    family.minutes = Columns::decode(r, MINUTE_STEPS)?;
-    family.hours = Columns::decode(r, HOUR_STEPS)?;
+}
+
+fn decode_series(r: &mut Reader<'_>) -> Result<Series, Malformed> {
+    let labels = (0..r.len(2)?)
+        .map(|_| Ok((r.str()?, r.str()?)))
+        .collect::<Result<Vec<_>, Malformed>>()?;
+    let value = read_value(r)?;
+    let last_raw = match r.u8()? {
+        0 => None,
+        _ => Some((r.u64()?, read_value(r)?)),
+    };
+    let origin = r.f64s()?;
+    let mut columns = [(0, 0); 3];
+    for c in &mut columns {
+        *c = (r.varint()? as usize, r.varint()? as usize);
+    }
+    let [first, updated, last_minute, last_hour] = [r.i64()?, r.i64()?, r.i64()?, r.i64()?];
+    let retired = r.u8()? != 0;
+    Ok(Series {
+        labels,
+        value,
+        last_raw,
+        origin,
+        second_column: columns[0],
+        minute_column: columns[1],
+        hour_column: columns[2],
+        first,
+        updated,
+        last_minute,
+        last_hour,
+        retired,
+    })
+}
+
+fn decode_family(chunks: &mut Chunks<'_>) -> Result<Family, SnapshotError> {
+    let (mut family, n) = chunks.unit(|r| {
+        let creator = r.str()?;
+        let kind = kind_of(r.u8()?).ok_or(Malformed {
+            at: 0,
+            what: "a metric kind",
+        })?;
+        let description = r.str()?;
+        let unit = r.str()?;
+        let mut family = Family::new(kind, &description, &unit);
+        family.creator = creator;
+        family.refused = r.varint()?;
+        Ok((family, r.varint()? as usize))
+    })?;
+    for i in 0..n {
+        let series = chunks.unit(decode_series)?;
+        if !series.retired {
+            family.index.insert(series.labels.clone(), i);
+        }
+        family.series.push(series);
+    }
+    for (tier, capacity) in [(0, SECOND_STEPS), (1, MINUTE_STEPS), (2, HOUR_STEPS)] {
+        let (mut columns, rows) = chunks.unit(|r| Columns::decode_head(r, capacity))?;
+        for _ in 0..rows {
+            chunks.unit(|r| columns.decode_row(r))?;
+        }
+        match tier {
+            0 => family.seconds = columns,
+            1 => family.minutes = columns,
+            _ => family.hours = columns,
+        }
+    }
+    if chunks.at < chunks.bytes.len() {
+        return Err(SnapshotError::Malformed(
+            "bytes after a family's last row".into(),
+        ));
+    }
     let fits = family.series.iter().all(|s| {
         s.second_column.0 + s.second_column.1 <= family.seconds.width()
             && s.minute_column.0 + s.minute_column.1 <= family.minutes.width()
             && s.hour_column.0 + s.hour_column.1 <= family.hours.width()
     });
     if !fits {
-        return Err(Malformed {
-            at: 0,
-            what: "series columns within their family's rows",
-        });
+        return Err(SnapshotError::Malformed(
+            "series columns beyond their family's rows".into(),
+        ));
     }
     family.generation = family.series.len() as u64;
     Ok(family)
@@ -276,19 +365,23 @@ pub fn write(
     out.write_all(&lsn.to_le_bytes())?;
     out.write_all(&store.refused().to_le_bytes())?;
     let mut bytes = HEADER_BYTES as u64;
+    let mut w = Writer::new();
     for (name, family) in store.families() {
-        let mut w = Writer::new();
+        w.bytes.clear();
+        let mut section = Chunked {
+            out: &mut out,
+            kind: FAMILY,
+            bytes: 0,
+            failed: None,
+        };
         w.str(&name);
-        let at = w.bytes.len();
-        w.u64(0);
-        {
-            let family = family.read().unwrap_or_else(|p| p.into_inner());
-            // Read while the family is locked: every change logged before is in it.
-            let family_lsn = wal.next_lsn();
-            w.bytes[at..at + 8].copy_from_slice(&family_lsn.to_le_bytes());
-            encode_family(&mut w, &family);
-        }
-        bytes += write_section(&mut out, FAMILY, &w.bytes)?;
+        // Written while the family is locked, straight to the file: every change logged
+        // before the LSN is in it, and only a megabyte at a time is held in memory.
+        let family = family.read().unwrap_or_else(|p| p.into_inner());
+        w.u64(wal.next_lsn());
+        encode_family(&mut w, &family, &mut |w| section.spill(w, CHUNK_BYTES));
+        drop(family);
+        bytes += section.finish(&mut w)?;
     }
     let (join_lsn, state) = join.encode(|| wal.next_lsn());
     let mut w = Writer::new();
@@ -332,8 +425,8 @@ pub fn load(
     };
     let mut families = Vec::new();
     let mut read = HEADER_BYTES as u64;
-    let mut payload = Vec::new();
-    loop {
+    // One section: its type and checked payload.
+    let mut section = || -> Result<(u8, Vec<u8>), SnapshotError> {
         let mut prefix = [0u8; 13];
         input
             .read_exact(&mut prefix)
@@ -347,7 +440,7 @@ pub fn load(
                 "a section longer than the file".into(),
             ));
         }
-        payload.resize(n as usize, 0);
+        let mut payload = vec![0; n as usize];
         input
             .read_exact(&mut payload)
             .map_err(|_| SnapshotError::Malformed("a section cut short".into()))?;
@@ -357,13 +450,29 @@ pub fn load(
                 "a section whose checksum does not match".into(),
             ));
         }
+        Ok((kind, payload))
+    };
+    loop {
+        let (kind, payload) = section()?;
         let mut r = Reader::new(&payload);
         match kind {
             END => break,
             FAMILY => {
                 let name = r.str()?;
                 let lsn = r.u64()?;
-                let family = decode_family(&mut r)?;
+                let at = r.position();
+                let mut next = || match section()? {
+                    (CHUNK, bytes) => Ok(bytes),
+                    _ => Err(SnapshotError::Malformed(
+                        "a family cut short by another section".into(),
+                    )),
+                };
+                let mut chunks = Chunks {
+                    bytes: payload,
+                    at,
+                    next: &mut next,
+                };
+                let family = decode_family(&mut chunks)?;
                 loaded.family_lsn.insert(name.clone(), lsn);
                 loaded.families.push(name.clone());
                 families.push((name, family));

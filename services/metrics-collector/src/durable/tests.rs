@@ -127,7 +127,7 @@ fn state(running: &Running) -> Vec<u8> {
     let mut w = Writer::new();
     for (name, family) in running.store.families() {
         w.str(&name);
-        snapshot::encode_family(&mut w, &family.read().unwrap());
+        snapshot::encode_family(&mut w, &family.read().unwrap(), &mut |_| {});
     }
     w.bytes.extend(running.join.encode(|| 0).1);
     w.u64(running.store.refused());

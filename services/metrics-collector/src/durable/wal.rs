@@ -296,6 +296,12 @@ impl Wal {
         Ok(())
     }
 
+    /// Writes and syncs everything appended so far.
+    pub fn sync(&self) {
+        let mut segment = self.segment.lock().unwrap_or_else(|p| p.into_inner());
+        self.write_pending(&mut segment, true);
+    }
+
     /// Writes and syncs everything appended, and stops the flusher.
     pub fn close(&self) {
         let mut segment = self.segment.lock().unwrap_or_else(|p| p.into_inner());
