@@ -56,6 +56,17 @@ pub struct Alert {
     /// Why its rule has no data, as last told (empty while data comes).
     #[serde(default)]
     pub no_data_reason: String,
+    /// When its rule had data again after a spell without, Unix ms (0 outside the grace that
+    /// follows): for one window of the rule after that, the first answers may still read the
+    /// gap (an empty window before the senders export again, a rate over a window that
+    /// covers it), so the alert is neither resolved nor forgotten on them (see
+    /// [`crate::evaluator::Alerts::take`]). Saved with the state, like `no_data_since_ms`.
+    #[serde(default)]
+    pub data_back_at_ms: i64,
+    /// Until when that grace lasts, Unix ms (0 outside it): `data_back_at_ms` plus the rule's
+    /// longest window ([`crate::evaluator::data_back_grace`]).
+    #[serde(default)]
+    pub data_back_grace_until_ms: i64,
 }
 
 impl Alert {
@@ -64,8 +75,10 @@ impl Alert {
         self.labels.get("severity").map_or("", String::as_str)
     }
 
-    /// The state in words, for people: `firing`, `pending`, `resolved`, and while its rule has
-    /// no data `firing; no data since 2025-06-01T12:00:00.000Z (UNAVAILABLE: …)`.
+    /// The state in words, for people: `firing`, `pending`, `resolved`; while its rule has no
+    /// data `firing; no data since 2025-06-01T12:00:00.000Z (UNAVAILABLE: …)`; and for a
+    /// window after data returns `firing; data back since 2025-06-01T12:05:00.000Z, resolving
+    /// waits for a full window until 2025-06-01T12:10:00.000Z`.
     pub fn state_text(&self) -> String {
         let state = match self.state {
             State::Pending => "pending",
@@ -73,6 +86,13 @@ impl Alert {
             State::Resolved => "resolved",
         };
         if self.no_data_since_ms <= 0 {
+            if self.data_back_grace_until_ms > 0 && self.state != State::Resolved {
+                return format!(
+                    "{state}; data back since {}, resolving waits for a full window until {}",
+                    rfc3339(self.data_back_at_ms),
+                    rfc3339(self.data_back_grace_until_ms)
+                );
+            }
             return state.to_owned();
         }
         let since = rfc3339(self.no_data_since_ms);

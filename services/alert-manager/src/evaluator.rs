@@ -5,7 +5,9 @@
 //! [`Alerts`] turns observations into alert states (pending → firing → resolved, with `for`
 //! and `keep_firing_for`) and reports the transitions that incidents are made of. A rule
 //! without data (its query failed, or the collector restarted without its series: see
-//! [`read_all`]) changes no state: its alerts say since when they have had none.
+//! [`read_all`]) changes no state: its alerts say since when they have had none. For one
+//! window after its data returns ([`data_back_grace`]), a rule resolves none of the alerts it
+//! kept through the gap: its first answers may still read the gap.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -525,6 +527,39 @@ fn human(d: std::time::Duration) -> String {
 /// How long a resolved alert stays listed.
 const KEEP_RESOLVED_MS: i64 = 3_600_000;
 
+/// The longest grace after data returns, whatever a rule's windows (a burn rate's long window
+/// can be days).
+const DATA_BACK_GRACE_MAX: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// How long after its data returns a rule resolves none of the alerts it kept through the
+/// gap: its longest query window, at most 10 minutes.
+///
+/// Until then its answers may still read the gap rather than the system: a collector back
+/// with its data, before the senders export again, holds the rule's series but none of their
+/// points within the window (an empty answer, every group missing), and a rate or an average
+/// over a window that covers the gap reads low. After one window every answer is made of
+/// points from after the return. A canary-quality rule has none: it reads the
+/// prediction–feedback join, whose window is of predictions, not of time the collector was up.
+pub fn data_back_grace(rule: &Rule) -> std::time::Duration {
+    let longest = match &rule.kind {
+        RuleKind::Threshold { query, ratio, .. } => query
+            .iter()
+            .map(|q| q.window.0)
+            .chain(
+                ratio
+                    .iter()
+                    .flat_map(|r| [r.numerator.window.0, r.denominator.window.0]),
+            )
+            .max(),
+        RuleKind::BurnRate { windows, .. } => {
+            windows.iter().flat_map(|p| [p.long.0, p.short.0]).max()
+        }
+        RuleKind::Drift { window, .. } => Some(window.0),
+        RuleKind::CanaryQuality { .. } => None,
+    };
+    longest.unwrap_or_default().min(DATA_BACK_GRACE_MAX)
+}
+
 /// Every alert, by fingerprint.
 #[derive(Debug, Default)]
 pub struct Alerts {
@@ -543,6 +578,16 @@ impl Alerts {
     /// that nobody saw (a pending alert needs its `for` of observed holding). Evaluation then
     /// goes on from the kept state: a breach that lasted through the gap is the same alert,
     /// and the same incident, with no resolved-then-fired pair.
+    ///
+    /// For [`data_back_grace`] (one window of the rule) after data returns, the alerts kept
+    /// through the gap are not resolved (nor, if pending, forgotten) on what the first answers
+    /// say: their group missing, or their condition no longer holding, may be the gap still
+    /// in the window. They keep their state and say until when
+    /// ([`Alert::data_back_grace_until_ms`]). Everything else goes on as usual: values update,
+    /// a condition that holds keeps an alert firing (or fires a pending one, whose `for` ran
+    /// on through the low reads: they were no verdict), new groups go pending and fire. After
+    /// the grace, evaluation is as before: a firing alert whose group is still missing, or
+    /// whose condition has not held for `keep_firing_for`, resolves; a pending one goes.
     pub fn take(&mut self, rule: &Rule, reading: Reading, now_ms: i64) -> Vec<Transition> {
         match reading {
             Reading::Observed(observations) => {
@@ -556,6 +601,9 @@ impl Alerts {
                             alert.no_data_since_ms = now_ms;
                         }
                         alert.no_data_reason.clone_from(&why);
+                        // A new gap: its own grace starts when data returns.
+                        alert.data_back_at_ms = 0;
+                        alert.data_back_grace_until_ms = 0;
                     }
                 }
                 Vec::new()
@@ -564,11 +612,24 @@ impl Alerts {
     }
 
     /// Data about `rule` again at `now_ms`: its alerts' clocks move on by the time without
-    /// data, so that they count only time with data.
+    /// data, so that they count only time with data, and the grace of those it kept through
+    /// the gap starts (see [`data_back_grace`]); a grace that has run out ends.
     fn resume(&mut self, rule: &Rule, now_ms: i64) {
+        let grace_ms = data_back_grace(rule).as_millis() as i64;
         for alert in self.alerts.values_mut() {
-            if alert.rule != rule.name || alert.no_data_since_ms == 0 {
+            if alert.rule != rule.name {
                 continue;
+            }
+            if alert.data_back_grace_until_ms != 0 && now_ms >= alert.data_back_grace_until_ms {
+                alert.data_back_at_ms = 0;
+                alert.data_back_grace_until_ms = 0;
+            }
+            if alert.no_data_since_ms == 0 {
+                continue;
+            }
+            if grace_ms > 0 && alert.state != State::Resolved {
+                alert.data_back_at_ms = now_ms;
+                alert.data_back_grace_until_ms = now_ms + grace_ms;
             }
             let gap = (now_ms - alert.no_data_since_ms).max(0);
             match alert.state {
@@ -629,6 +690,8 @@ impl Alerts {
                 fingerprint: fp.clone(),
                 no_data_since_ms: 0,
                 no_data_reason: String::new(),
+                data_back_at_ms: 0,
+                data_back_grace_until_ms: 0,
             });
             if alert.state == State::Resolved {
                 // It holds again: a new episode.
@@ -649,6 +712,10 @@ impl Alerts {
         let keep_ms = rule.keep_firing_duration().as_millis() as i64;
         self.alerts.retain(|fp, alert| {
             if alert.rule != rule.name || seen.contains(fp) {
+                return true;
+            }
+            if alert.state != State::Resolved && now_ms < alert.data_back_grace_until_ms {
+                // Kept through a gap, and the window may still read it: no verdict yet.
                 return true;
             }
             match alert.state {
@@ -722,6 +789,7 @@ impl Alerts {
                     a.fired_at_ms,
                     a.resolved_at_ms,
                     a.no_data_since_ms,
+                    a.data_back_grace_until_ms,
                 )
             })
             .collect();
@@ -964,6 +1032,204 @@ mod tests {
         assert!(
             matches!(resolved.as_slice(), [Transition::Resolved(_)]),
             "{resolved:?}"
+        );
+    }
+
+    /// `rule(for_s, keep_s)` reading a gauge's minimum over `window_s` seconds.
+    fn windowed(for_s: u64, keep_s: u64, window_s: u64) -> Rule {
+        let mut rule = rule(for_s, keep_s);
+        rule.kind = RuleKind::Threshold {
+            query: Some(QuerySpec {
+                metric: "inference.queue.depth".into(),
+                matchers: BTreeMap::new(),
+                function: Function::Min,
+                window: Span(Duration::from_secs(window_s)),
+                quantile: None,
+            }),
+            ratio: None,
+            op: Op::Above,
+            threshold: 1.0,
+        };
+        rule
+    }
+
+    /// A firing alert of `rule`, then no data from 2 s to 10 s.
+    fn fired_then_away(rule: &Rule) -> Alerts {
+        let mut alerts = Alerts::default();
+        let fired = alerts.take(rule, Reading::Observed(vec![obs("a", 2.0)]), 1_000);
+        assert!(
+            matches!(fired.as_slice(), [Transition::Fired(_)]),
+            "{fired:?}"
+        );
+        for at in (2_000..=10_000).step_by(1_000) {
+            assert!(
+                alerts
+                    .take(rule, Reading::NoData(NO_ANSWER.into()), at)
+                    .is_empty()
+            );
+        }
+        alerts
+    }
+
+    #[test]
+    fn a_group_missing_right_after_data_returns_resolves_only_after_a_full_window() {
+        // The collector came back at 11 s with its data, but the rule's 10 s window is empty
+        // (its points are older, the senders have not exported yet): the answer has no group.
+        let rule = windowed(0, 0, 10);
+        let mut alerts = fired_then_away(&rule);
+        for at in [11_000, 15_000, 20_999] {
+            let changed = alerts.take(&rule, Reading::Observed(vec![]), at);
+            assert!(
+                changed.is_empty(),
+                "resolved at {at} ms, within a window of the data's return: {changed:?}"
+            );
+            let [alert] = alerts.list(false).try_into().expect("one alert");
+            assert_eq!((alert.state, alert.fired_at_ms), (State::Firing, 1_000));
+            assert_eq!(
+                alert.state_text(),
+                "firing; data back since 1970-01-01T00:00:11.000Z, resolving waits for a full \
+                 window until 1970-01-01T00:00:21.000Z"
+            );
+        }
+        // A full window of data since 11 s and the group is still missing: it left.
+        let resolved = alerts.take(&rule, Reading::Observed(vec![]), 21_000);
+        assert!(
+            matches!(resolved.as_slice(), [Transition::Resolved(_)]),
+            "{resolved:?}"
+        );
+    }
+
+    #[test]
+    fn a_condition_read_false_right_after_data_returns_resolves_only_after_a_full_window() {
+        // A window that covers the gap reads low for a while after the return.
+        let rule = windowed(0, 0, 10);
+        let mut alerts = fired_then_away(&rule);
+        for at in [11_000, 20_999] {
+            let changed = alerts.take(&rule, Reading::Observed(vec![obs("a", 0.5)]), at);
+            assert!(changed.is_empty(), "resolved at {at} ms: {changed:?}");
+            assert_eq!(alerts.list(false)[0].state, State::Firing, "at {at} ms");
+        }
+        let resolved = alerts.take(&rule, Reading::Observed(vec![obs("a", 0.5)]), 21_000);
+        assert!(
+            matches!(resolved.as_slice(), [Transition::Resolved(_)]),
+            "{resolved:?}"
+        );
+    }
+
+    #[test]
+    fn within_the_grace_evaluation_goes_on_except_resolving_what_the_gap_kept() {
+        let rule = windowed(5, 0, 10);
+        let mut alerts = Alerts::default();
+        // `a` fired before the gap; `b` was pending (3 s of its 5 s `for`).
+        alerts.take(&rule, Reading::Observed(vec![obs("a", 2.0)]), 0);
+        alerts.take(
+            &rule,
+            Reading::Observed(vec![obs("a", 2.0), obs("b", 2.0)]),
+            5_000,
+        );
+        alerts.take(
+            &rule,
+            Reading::Observed(vec![obs("a", 2.0), obs("b", 2.0)]),
+            8_000,
+        );
+        assert!(
+            alerts
+                .take(&rule, Reading::NoData(NO_ANSWER.into()), 9_000)
+                .is_empty()
+        );
+        // Back at 20 s: `a` holds (its value updates, no second firing), `b` reads low (kept
+        // pending, not forgotten), `c` is new and goes pending as usual.
+        let back = alerts.take(
+            &rule,
+            Reading::Observed(vec![obs("a", 7.0), obs("b", 0.5), obs("c", 2.0)]),
+            20_000,
+        );
+        assert!(back.is_empty(), "{back:?}");
+        let state = |alerts: &Alerts, model: &str| {
+            alerts
+                .list(false)
+                .into_iter()
+                .find(|a| a.labels["model"] == model)
+                .map(|a| (a.state, a.value))
+        };
+        assert_eq!(state(&alerts, "a"), Some((State::Firing, 7.0)));
+        assert_eq!(state(&alerts, "b"), Some((State::Pending, 2.0)));
+        assert_eq!(state(&alerts, "c"), Some((State::Pending, 2.0)));
+        // `c` stops holding within the grace: it was not kept through the gap, so it goes.
+        alerts.take(
+            &rule,
+            Reading::Observed(vec![obs("a", 7.0), obs("b", 0.5)]),
+            22_000,
+        );
+        assert_eq!(state(&alerts, "c"), None);
+        // `b` holds again: the low read within the grace was no verdict, so its `for` ran on
+        // (3 s before the gap, 3 s since the return): it fires.
+        let fired = alerts.take(
+            &rule,
+            Reading::Observed(vec![obs("a", 7.0), obs("b", 2.0)]),
+            23_000,
+        );
+        assert!(
+            matches!(fired.as_slice(), [Transition::Fired(f)] if f.labels["model"] == "b"),
+            "{fired:?}"
+        );
+        // After the grace (30 s), a group gone resolves at once.
+        let resolved = alerts.take(&rule, Reading::Observed(vec![obs("a", 7.0)]), 30_000);
+        assert!(
+            matches!(resolved.as_slice(), [Transition::Resolved(r)] if r.labels["model"] == "b"),
+            "{resolved:?}"
+        );
+        let [alert] = alerts.list(false).try_into().expect("one alert");
+        assert_eq!(alert.state_text(), "firing");
+    }
+
+    #[test]
+    fn the_grace_is_the_rules_longest_window_at_most_ten_minutes() {
+        assert_eq!(
+            data_back_grace(&windowed(0, 0, 120)),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            data_back_grace(&windowed(0, 0, 3600)),
+            Duration::from_secs(600)
+        );
+        let mut canary = rule(0, 0);
+        canary.kind = RuleKind::CanaryQuality {
+            model: "m".into(),
+            measure: rules::QualityMeasure::Auc,
+            min_samples: 10,
+            window: Span(Duration::from_secs(300)),
+            op: Op::Below,
+            threshold: -0.05,
+        };
+        assert_eq!(data_back_grace(&canary), Duration::ZERO);
+        // Without a grace, an alert whose group is missing when data returns resolves at once.
+        let mut alerts = fired_then_away(&canary);
+        let resolved = alerts.take(&canary, Reading::Observed(vec![]), 11_000);
+        assert!(
+            matches!(resolved.as_slice(), [Transition::Resolved(_)]),
+            "{resolved:?}"
+        );
+    }
+
+    #[test]
+    fn the_grace_is_saved_with_the_state() {
+        let rule = windowed(0, 0, 10);
+        let mut alerts = fired_then_away(&rule);
+        alerts.take(&rule, Reading::Observed(vec![]), 11_000);
+        // Another replica takes over from the saved state, within the grace.
+        let saved = serde_json::to_value(alerts.snapshot()).unwrap();
+        let mut next = Alerts::default();
+        next.restore(serde_json::from_value(saved).unwrap());
+        assert!(
+            next.take(&rule, Reading::Observed(vec![]), 12_000)
+                .is_empty()
+        );
+        assert_eq!(next.list(false)[0].data_back_grace_until_ms, 21_000);
+        assert_eq!(
+            next.take(&rule, Reading::Observed(vec![]), 21_000).len(),
+            1,
+            "resolved after the grace"
         );
     }
 

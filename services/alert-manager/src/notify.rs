@@ -271,6 +271,8 @@ mod tests {
             last_held_ms: 1,
             no_data_since_ms: 0,
             no_data_reason: String::new(),
+            data_back_at_ms: 0,
+            data_back_grace_until_ms: 0,
         }
     }
 
