@@ -10,10 +10,14 @@ use std::time::{Duration, Instant};
 use integration_tests::otlp_build::{attribute, counter, export_from, now_ns};
 use integration_tests::*;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, Sum,
     metric::Data, number_data_point,
 };
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use proto::monitoring::metrics::v1 as pb;
 use proto::monitoring::metrics::v1::Function;
 use proto::monitoring::metrics::v1::metrics_query_client::MetricsQueryClient;
@@ -294,6 +298,20 @@ async fn answers(addr: SocketAddr, at: i64) -> Vec<String> {
         .unwrap()
         .into_inner();
     out.push(format!("quality: {quality:?}"));
+    let exemplars = client
+        .exemplars(pb::ExemplarsRequest {
+            service: "gateway".into(),
+            model: String::new(),
+            version: 0,
+            status: pb::ExemplarStatus::Unspecified as i32,
+            since_seconds: 0,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(exemplars.exemplars.len(), 2, "{exemplars:?}");
+    out.push(format!("exemplars: {exemplars:?}"));
     let mut catalog = client
         .list_metrics(pb::ListMetricsRequest {})
         .await
@@ -382,6 +400,41 @@ async fn a_stopped_collector_answers_every_query_as_before() {
         .unwrap()
         .into_inner();
     assert_eq!(pushed.refused, 0);
+    // A failed span and a slow one: exemplars.
+    let end = now_ns();
+    let span = |id: u8, millis: u64, error: bool| Span {
+        trace_id: vec![id; 16],
+        span_id: vec![id; 8],
+        name: "gateway".into(),
+        start_time_unix_nano: end - millis * 1_000_000,
+        end_time_unix_nano: end,
+        attributes: vec![attribute("model", "minilm-l6")],
+        status: Some(Status {
+            code: if error { 2 } else { 1 },
+            message: if error {
+                "replica unavailable".into()
+            } else {
+                String::new()
+            },
+        }),
+        ..Default::default()
+    };
+    TraceServiceClient::new(connect(first.addr).await)
+        .export(ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![attribute("service.name", "gateway")],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![span(1, 5, true), span(2, 900, false)],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap();
     // A second that is over: its answers can no longer change.
     let at = unix_s();
     while unix_s() <= at {

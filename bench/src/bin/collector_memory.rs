@@ -73,7 +73,12 @@ fn main() -> anyhow::Result<()> {
     }));
     let join = std::sync::Arc::new(metrics_collector::join::FeedbackJoin::new(3_600_000, 1000));
     let durable = match recovery {
-        Some(recovery) => Some(recovery.finish(&store, &join)?),
+        Some(recovery) => {
+            let exemplars = std::sync::Arc::new(metrics_collector::exemplars::ExemplarRings::new(
+                1000, 64, 250.0,
+            ));
+            Some(recovery.finish(&store, &join, &exemplars)?)
+        }
         None => None,
     };
     let labels: Vec<Vec<(String, String)>> = (0..args.series)

@@ -4,6 +4,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
+pub mod log;
+
 /// A slow or failed span.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Exemplar {
@@ -52,6 +54,8 @@ pub struct ExemplarRings {
     per_service: usize,
     max_services: usize,
     slow_ms: f64,
+    /// Where every kept exemplar is logged, when the collector keeps its state on disk.
+    wal: std::sync::OnceLock<std::sync::Arc<crate::durable::wal::Wal>>,
 }
 
 impl ExemplarRings {
@@ -63,7 +67,12 @@ impl ExemplarRings {
             per_service: per_service.max(1),
             max_services,
             slow_ms,
+            wal: std::sync::OnceLock::new(),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Exemplar>>> {
+        self.rings.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether a span of this duration and status is kept.
@@ -74,21 +83,38 @@ impl ExemplarRings {
     /// Keeps `exemplar` (the oldest of its service goes when the ring is full). False when the
     /// service is new and the service limit is reached.
     pub fn offer(&self, exemplar: Exemplar) -> bool {
-        let mut rings = self.rings.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rings = self.lock();
         if !rings.contains_key(&exemplar.service) && rings.len() >= self.max_services {
             return false;
         }
+        self.log(&exemplar);
+        Self::push(&mut rings, exemplar, self.per_service);
+        true
+    }
+
+    /// Keeps a restored exemplar, within the limits, without logging it.
+    fn keep(&self, exemplar: Exemplar) {
+        let mut rings = self.lock();
+        if rings.contains_key(&exemplar.service) || rings.len() < self.max_services {
+            Self::push(&mut rings, exemplar, self.per_service);
+        }
+    }
+
+    fn push(
+        rings: &mut HashMap<String, VecDeque<Exemplar>>,
+        exemplar: Exemplar,
+        per_service: usize,
+    ) {
         let ring = rings.entry(exemplar.service.clone()).or_default();
-        if ring.len() == self.per_service {
+        while ring.len() >= per_service {
             ring.pop_front();
         }
         ring.push_back(exemplar);
-        true
     }
 
     /// Exemplars matching `filter`, newest first.
     pub fn find(&self, filter: &Filter) -> Vec<Exemplar> {
-        let rings = self.rings.lock().unwrap_or_else(|p| p.into_inner());
+        let rings = self.lock();
         let mut found: Vec<Exemplar> = rings
             .iter()
             .filter(|(service, _)| filter.service.is_empty() || **service == filter.service)

@@ -247,9 +247,9 @@ pub async fn serve(
             baselines
                 .keep_in(file.clone())
                 .map_err(|error| durable::DurableError::Io { dir: file, error })?;
-            let (store, join) = (store.clone(), join.clone());
+            let (store, join, exemplars) = (store.clone(), join.clone(), exemplars.clone());
             Some(
-                tokio::task::spawn_blocking(move || recovery.finish(&store, &join))
+                tokio::task::spawn_blocking(move || recovery.finish(&store, &join, &exemplars))
                     .await
                     .map_err(|e| std::io::Error::other(e.to_string()))??,
             )

@@ -2,7 +2,7 @@
 //! change ([`wal`]) and periodic snapshots of the whole state, in a data directory.
 //!
 //! - `snapshot.bin`: every metric family (series, their counter-reset offsets, windows of every
-//!   tier) and the prediction–feedback join, each with the LSN of the first logged change it
+//!   tier), the prediction–feedback join and the exemplars, each with the LSN of the first logged change it
 //!   does not hold. Written to `snapshot.tmp`, synced, then renamed over the old one.
 //! - `wal-<lsn>.log`: the changes since; segments older than the last snapshot are removed.
 //! - `baselines.bin`: the pinned drift baselines, rewritten at each pin
@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::exemplars::ExemplarRings;
 use crate::join::FeedbackJoin;
 use crate::store::MetricStore;
 
@@ -172,12 +173,13 @@ impl Recovery {
         self.started_ns
     }
 
-    /// Loads the snapshot and replays the log into `store` and `join`, then logs every change
-    /// from now on and takes snapshots in the background.
+    /// Loads the snapshot and replays the log into `store`, `join` and `exemplars`, then logs
+    /// every change from now on and takes snapshots in the background.
     pub fn finish(
         self,
         store: &Arc<MetricStore>,
         join: &Arc<FeedbackJoin>,
+        exemplars: &Arc<ExemplarRings>,
     ) -> Result<Arc<Durable>, DurableError> {
         let began = Instant::now();
         let dir = self.options.dir.clone();
@@ -186,7 +188,7 @@ impl Recovery {
             error,
         };
         let path = dir.join(snapshot::FILE);
-        let loaded = match snapshot::load(&path, store, join) {
+        let loaded = match snapshot::load(&path, store, join, exemplars) {
             Ok(loaded) => loaded,
             Err(snapshot::SnapshotError::Io(e)) => return Err(io(e)),
             Err(err) => {
@@ -196,10 +198,11 @@ impl Recovery {
             }
         };
         let snapshot_bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
-        let (next_lsn, replayed) = replay(&dir, &loaded, store, join).map_err(io)?;
+        let (next_lsn, replayed) = replay(&dir, &loaded, store, join, exemplars).map_err(io)?;
         let wal = wal::Wal::open(&dir, next_lsn, self.started_ns).map_err(io)?;
         store.attach_wal(wal.clone());
         join.attach_wal(wal.clone());
+        exemplars.attach_wal(wal.clone());
         tracing::info!(
             dir = %dir.display(),
             families = loaded.families.len(),
@@ -213,6 +216,7 @@ impl Recovery {
             wal,
             store: store.clone(),
             join: join.clone(),
+            exemplars: exemplars.clone(),
             snapshot_bytes: AtomicU64::new(snapshot_bytes),
             last_snapshot_lsn: AtomicU64::new(loaded.lsn),
             stopping: AtomicBool::new(false),
@@ -254,6 +258,7 @@ fn replay(
     loaded: &snapshot::Loaded,
     store: &MetricStore,
     join: &FeedbackJoin,
+    exemplars: &ExemplarRings,
 ) -> std::io::Result<(u64, u64)> {
     let segments = wal::segments(dir)?;
     let mut next_lsn = loaded.lsn;
@@ -270,7 +275,7 @@ fn replay(
             if lsn < loaded.lsn {
                 return;
             }
-            match apply(lsn, payload, loaded, store, join) {
+            match apply(lsn, payload, loaded, store, join, exemplars) {
                 Ok(true) => applied += 1,
                 Ok(false) => {}
                 Err(err) => {
@@ -315,6 +320,7 @@ fn apply(
     loaded: &snapshot::Loaded,
     store: &MetricStore,
     join: &FeedbackJoin,
+    exemplars: &ExemplarRings,
 ) -> Result<bool, codec::Malformed> {
     let mut r = codec::Reader::new(payload);
     let record = r.u8()?;
@@ -332,6 +338,13 @@ fn apply(
         store.replay(&mut r)?;
         return Ok(true);
     }
+    if record == crate::exemplars::log::RECORD_EXEMPLAR {
+        if lsn < loaded.exemplars_lsn {
+            return Ok(false);
+        }
+        exemplars.replay(&mut r)?;
+        return Ok(true);
+    }
     if lsn < loaded.join_lsn {
         return Ok(false);
     }
@@ -346,6 +359,7 @@ pub struct Durable {
     wal: Arc<wal::Wal>,
     store: Arc<MetricStore>,
     join: Arc<FeedbackJoin>,
+    exemplars: Arc<ExemplarRings>,
     snapshot_bytes: AtomicU64,
     last_snapshot_lsn: AtomicU64,
     stopping: AtomicBool,
@@ -396,6 +410,7 @@ impl Durable {
             boundary,
             &self.store,
             &self.join,
+            &self.exemplars,
             &self.wal,
         )?;
         self.snapshot_bytes.store(bytes, Ordering::Relaxed);

@@ -1,6 +1,6 @@
 //! The snapshot file: a header (magic, format version, when the state began, the log position
-//! it starts from, points refused so far), then one section per metric family and one for the
-//! join, each `[type u8][CRC-32 u32][length u64][payload]` and holding the LSN of the first
+//! it starts from, points refused so far), then sections for each metric family (a first one
+//! and chunks), the join and the exemplars, each `[type u8][CRC-32 u32][length u64][payload]` and holding the LSN of the first
 //! logged change it does not include; a section of type 0 ends the file.
 
 use std::collections::HashMap;
@@ -10,6 +10,7 @@ use std::path::Path;
 
 use super::codec::{Malformed, Reader, Writer};
 use super::wal::Wal;
+use crate::exemplars::ExemplarRings;
 use crate::join::FeedbackJoin;
 use crate::store::log::{kind_byte, kind_of};
 use crate::store::{Family, MetricStore, Series, Value};
@@ -28,6 +29,7 @@ const FAMILY: u8 = 1;
 const JOIN: u8 = 2;
 /// More of the family before it: whole series or rows.
 const CHUNK: u8 = 3;
+const EXEMPLARS: u8 = 4;
 
 /// Bytes of a chunk section, about (tests make many small ones).
 #[cfg(not(test))]
@@ -75,6 +77,8 @@ pub struct Loaded {
     pub family_lsn: HashMap<String, u64>,
     /// The same for the join.
     pub join_lsn: u64,
+    /// The same for the exemplars.
+    pub exemplars_lsn: u64,
     /// The families' names.
     pub families: Vec<String>,
 }
@@ -355,6 +359,7 @@ pub fn write(
     lsn: u64,
     store: &MetricStore,
     join: &FeedbackJoin,
+    exemplars: &ExemplarRings,
     wal: &Wal,
 ) -> std::io::Result<u64> {
     let tmp = path.with_extension("tmp");
@@ -388,6 +393,11 @@ pub fn write(
     w.u64(join_lsn);
     w.bytes.extend_from_slice(&state);
     bytes += write_section(&mut out, JOIN, &w.bytes)?;
+    let (exemplars_lsn, state) = exemplars.encode(|| wal.next_lsn());
+    let mut w = Writer::new();
+    w.u64(exemplars_lsn);
+    w.bytes.extend_from_slice(&state);
+    bytes += write_section(&mut out, EXEMPLARS, &w.bytes)?;
     bytes += write_section(&mut out, END, &[])?;
     let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
@@ -405,6 +415,7 @@ pub fn load(
     path: &Path,
     store: &MetricStore,
     join: &FeedbackJoin,
+    exemplars: &ExemplarRings,
 ) -> Result<Loaded, SnapshotError> {
     let file = match File::open(path) {
         Ok(f) => f,
@@ -421,6 +432,7 @@ pub fn load(
     let mut loaded = Loaded {
         lsn: header.lsn,
         join_lsn: header.lsn,
+        exemplars_lsn: header.lsn,
         ..Loaded::default()
     };
     let mut families = Vec::new();
@@ -480,6 +492,10 @@ pub fn load(
             JOIN => {
                 loaded.join_lsn = r.u64()?;
                 join.decode(&mut r)?;
+            }
+            EXEMPLARS => {
+                loaded.exemplars_lsn = r.u64()?;
+                exemplars.decode(&mut r)?;
             }
             other => {
                 return Err(SnapshotError::Malformed(format!(

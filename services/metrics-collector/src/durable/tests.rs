@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::codec::Writer;
 use super::*;
+use crate::exemplars::Exemplar;
 use crate::join::{Event, Feedback, Prediction, Task};
 use crate::store::tests::limits;
 use crate::store::{Kind, Limits, Point, Value};
@@ -13,6 +14,7 @@ use crate::store::{Kind, Limits, Point, Value};
 struct Running {
     store: Arc<MetricStore>,
     join: Arc<FeedbackJoin>,
+    exemplars: Arc<ExemplarRings>,
     durable: Arc<Durable>,
 }
 
@@ -31,10 +33,12 @@ fn open(dir: &Path) -> Running {
         ..limits(1000)
     }));
     let join = Arc::new(FeedbackJoin::new(3_600_000, 1000));
-    let durable = recovery.finish(&store, &join).unwrap();
+    let exemplars = Arc::new(ExemplarRings::new(3, 4, 100.0));
+    let durable = recovery.finish(&store, &join, &exemplars).unwrap();
     Running {
         store,
         join,
+        exemplars,
         durable,
     }
 }
@@ -120,6 +124,21 @@ fn traffic(running: &Running, from: i64) {
         item_id: "y".into(),
         event: Event::Click,
     });
+    // Five slow spans: the ring keeps the last three.
+    for i in 0..5 {
+        running.exemplars.offer(Exemplar {
+            trace_id: format!("{from:016x}{i:016x}"),
+            span_id: format!("{i:016x}"),
+            service: "gateway".into(),
+            span_name: "Embed".into(),
+            model: "m".into(),
+            version: 2,
+            error: i % 2 == 0,
+            status_message: String::new(),
+            duration_ms: 300.0 + f64::from(i),
+            end_unix_ms: from * 1000 + i64::from(i),
+        });
+    }
 }
 
 /// Everything the state holds, as bytes: equal bytes, equal answers to every query.
@@ -130,6 +149,7 @@ fn state(running: &Running) -> Vec<u8> {
         snapshot::encode_family(&mut w, &family.read().unwrap(), &mut |_| {});
     }
     w.bytes.extend(running.join.encode(|| 0).1);
+    w.bytes.extend(running.exemplars.encode(|| 0).1);
     w.u64(running.store.refused());
     w.u64(running.store.window_bytes());
     w.bytes
