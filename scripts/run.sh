@@ -101,6 +101,10 @@ export ALERT_MANAGER_INFERENCE_API_KEY=${ALERT_MANAGER_INFERENCE_API_KEY:-demo-a
 # Only senders with its key may write into it (OTLP, records, baseline pins); each service sends
 # the key the standard way, in OTEL_EXPORTER_OTLP_HEADERS, and the gateway's records with it.
 export COLLECTOR_API_KEYS=${COLLECTOR_API_KEYS:-demo-sender-key:mesh:client}
+# Its windows, join and baselines are kept in data/collector, so a restart of the mesh carries
+# on from them (COLLECTOR_DATA_DIR= keeps them in memory only).
+export COLLECTOR_DATA_DIR=${COLLECTOR_DATA_DIR-data/collector}
+[ -n "$COLLECTOR_DATA_DIR" ] || unset COLLECTOR_DATA_DIR
 OTEL_EXPORTER_OTLP_ENDPOINT= start metrics-collector
 export OTEL_EXPORTER_OTLP_ENDPOINT=${OTEL_EXPORTER_OTLP_ENDPOINT:-$scheme://127.0.0.1:4317}
 export OTEL_EXPORTER_OTLP_HEADERS=${OTEL_EXPORTER_OTLP_HEADERS:-authorization=Bearer%20demo-sender-key}

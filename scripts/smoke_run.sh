@@ -96,6 +96,13 @@ for _ in $(seq 1 600); do
 done
 grep -q "\[run\] alert-manager-2 is serving" "$LOG" || fail "the services were not healthy within 120 s"
 say "all four services are serving, two replicas of three of them"
+python3 - <<'PY' || fail "the collector keeps no state on disk (no collector_disk_bytes above 0 on /metrics)"
+import re, sys, urllib.request
+text = urllib.request.urlopen("http://127.0.0.1:9464/metrics").read().decode()
+found = re.search(r"^collector_disk_bytes (\d+)", text, re.M)
+sys.exit(0 if found and int(found.group(1)) > 0 else 1)
+PY
+say "the collector keeps its state in data/collector"
 
 # Over TLS, as a recommender service would call: trusting the mesh's CA, no certificate of its own.
 "$BIN/traffic" --once --gateway https://127.0.0.1:50051 --tls-ca data/tls/operator/ca.crt >&2 \
