@@ -109,6 +109,14 @@ pub struct Config {
     #[arg(long, env = "COLLECTOR_WAL_MAX_MB", default_value_t = 256)]
     pub wal_max_mb: u64,
 
+    /// Hours without a point after which a series is removed with its windows, so that the
+    /// room of replicas gone for good (each pod's series are its own) is given back; checked
+    /// every ten minutes. The default, a week, is the longest tier's reach: no query loses
+    /// anything it could still read. Lower it where pods come and go many times a week; 0
+    /// keeps every series until the collector's state is removed.
+    #[arg(long, env = "COLLECTOR_RETIRE_AFTER_HOURS", default_value_t = 168)]
+    pub retire_after_hours: u64,
+
     /// How long a prediction waits for its feedback in the prediction–feedback join, seconds.
     #[arg(long, env = "COLLECTOR_JOIN_WINDOW_SECONDS", default_value_t = 3600)]
     pub join_window_seconds: u32,
@@ -256,6 +264,25 @@ pub async fn serve(
         }
         None => None,
     };
+    if config.retire_after_hours > 0 {
+        let after =
+            i64::try_from(config.retire_after_hours.saturating_mul(3600)).unwrap_or(i64::MAX);
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(600));
+            loop {
+                every.tick().await;
+                let store = store.clone();
+                let cutoff = otlp::unix_now().saturating_sub(after);
+                let removed = tokio::task::spawn_blocking(move || store.retire_silent(cutoff))
+                    .await
+                    .unwrap_or(0);
+                if removed > 0 {
+                    tracing::info!(removed, "series silent for --retire-after-hours removed");
+                }
+            }
+        });
+    }
     let receiver = OtlpReceiver::new(store.clone(), exemplars.clone(), senders.clone());
     let (mut routes, health, health_only) = shared::grpc::base_routes().await?;
     let mut serving = Serving::new(

@@ -742,6 +742,67 @@ impl MetricStore {
         Ok(())
     }
 
+    /// Removes the series of every metric that have had no point since before Unix second
+    /// `cutoff`, with their columns in every tier, so that the room of replicas gone for good
+    /// is given back; returns the series removed. Logged, so that a replay removes the same.
+    pub fn retire_silent(&self, cutoff: i64) -> usize {
+        let mut removed = 0;
+        for (name, family) in self.families() {
+            let silent = |f: &Family| f.series.iter().any(|s| s.updated < cutoff);
+            if !silent(&family.read().unwrap_or_else(|p| p.into_inner())) {
+                continue;
+            }
+            let mut family = family.write().unwrap_or_else(|p| p.into_inner());
+            removed += self.retire_in(&mut family, cutoff);
+            if let Some(wal) = self.wal.get() {
+                wal.append(&log::retire_record(&name, cutoff));
+            }
+        }
+        removed
+    }
+
+    /// Applies a logged [`MetricStore::retire_silent`] to one metric.
+    pub(crate) fn replay_retire(&self, name: &str, cutoff: i64) {
+        if let Some(family) = self.family(name) {
+            self.retire_in(
+                &mut family.write().unwrap_or_else(|p| p.into_inner()),
+                cutoff,
+            );
+        }
+    }
+
+    fn retire_in(&self, family: &mut Family, cutoff: i64) -> usize {
+        let (keep, gone): (Vec<Series>, Vec<Series>) = std::mem::take(&mut family.series)
+            .into_iter()
+            .partition(|s| s.updated >= cutoff);
+        let freed: u64 = gone
+            .iter()
+            .map(|s| Self::series_bytes(family.kind, &s.value))
+            .sum();
+        self.window_bytes.fetch_sub(
+            freed.min(self.window_bytes.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+        let columns = |pick: fn(&Series) -> (usize, usize)| -> Vec<(usize, usize)> {
+            keep.iter().map(pick).collect()
+        };
+        let seconds = family.seconds.compact(&columns(|s| s.second_column));
+        let minutes = family.minutes.compact(&columns(|s| s.minute_column));
+        let hours = family.hours.compact(&columns(|s| s.hour_column));
+        family.series = keep;
+        family.index.clear();
+        for (i, series) in family.series.iter_mut().enumerate() {
+            series.second_column.0 = seconds[i];
+            series.minute_column.0 = minutes[i];
+            series.hour_column.0 = hours[i];
+            if !series.retired {
+                family.index.insert(series.labels.clone(), i);
+            }
+        }
+        family.generation += 1;
+        gone.len()
+    }
+
     /// Bytes a series of this kind and value reserves in the windows.
     pub fn series_bytes(kind: Kind, value: &Value) -> u64 {
         let (second, coarse) = widths(kind, value);
@@ -1089,6 +1150,65 @@ pub(crate) mod tests {
         assert_eq!(err.0, 2);
         assert!(matches!(err.1, Refused::Memory(..)));
         assert_eq!(store.window_bytes(), 3 * one);
+    }
+
+    #[test]
+    fn silent_series_give_their_room_back_and_the_others_keep_their_windows() {
+        let store = MetricStore::new(limits(10));
+        let labelled = |job: &str, v: f64| Point {
+            labels: vec![("job".into(), job.into())],
+            ..point(v, 2000, false)
+        };
+        for t in 100..110 {
+            let mut points = vec![labelled("a", t as f64), labelled("gone", 1.0)];
+            if t >= 105 {
+                points.pop();
+            }
+            store.record(t, "c", Kind::Counter, "", "", points).unwrap();
+        }
+        let one = MetricStore::series_bytes(Kind::Counter, &Value::Scalar(0.0));
+        assert_eq!(store.window_bytes(), 2 * one);
+        assert_eq!(store.retire_silent(104), 0, "both had a point at 104");
+        assert_eq!(store.retire_silent(105), 1);
+        assert_eq!(
+            store.window_bytes(),
+            one,
+            "the room of the silent series is back"
+        );
+        let family = store.family("c").unwrap();
+        {
+            let family = family.read().unwrap();
+            assert_eq!(family.series.len(), 1);
+            let a = &family.series[0];
+            assert_eq!(a.labels[0].1, "a");
+            for t in [100, 103, 107, 109] {
+                assert_eq!(family.at(a, Tier::Seconds, t), Some(&[t as f64][..]));
+            }
+            assert_eq!(family.at(a, Tier::Minutes, 1), Some(&[109.0][..]));
+        }
+        // A new series (the replica's successor) takes the room, and both write on.
+        store
+            .record(
+                110,
+                "c",
+                Kind::Counter,
+                "",
+                "",
+                vec![labelled("a", 110.0), labelled("new", 4.0)],
+            )
+            .unwrap();
+        let family = family.read().unwrap();
+        let new = &family.series[1];
+        assert_eq!(family.at(new, Tier::Seconds, 110), Some(&[4.0][..]));
+        assert_eq!(
+            family.at(new, Tier::Seconds, 105),
+            Some(&[0.0][..]),
+            "its origin before"
+        );
+        assert_eq!(
+            family.at(&family.series[0], Tier::Seconds, 110),
+            Some(&[110.0][..])
+        );
     }
 
     #[test]

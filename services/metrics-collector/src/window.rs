@@ -174,6 +174,33 @@ impl Columns {
 }
 
 impl Columns {
+    /// Keeps only the columns `keep` (offset and width, in offset order), packed from offset 0
+    /// in that order, in every row; returns their new offsets. A row that did not hold a column
+    /// yet (it predates the series) ends before it, as before.
+    pub fn compact(&mut self, keep: &[(usize, usize)]) -> Vec<usize> {
+        let mut offsets = Vec::with_capacity(keep.len());
+        let mut width = 0;
+        for (_, w) in keep {
+            offsets.push(width);
+            width += w;
+        }
+        let mut packed = Vec::with_capacity(width);
+        for row in &mut self.rows {
+            packed.clear();
+            for (offset, w) in keep {
+                if row.values.len() < offset + w {
+                    break;
+                }
+                packed.extend_from_slice(&row.values[*offset..offset + w]);
+            }
+            row.values.clear();
+            row.values.extend_from_slice(&packed);
+            row.values.shrink_to_fit();
+        }
+        self.width = width;
+        offsets
+    }
+
     /// Writes the rows, for a snapshot; `spill` is called after each row (to write out what
     /// the writer holds, so that a snapshot never holds a whole tier in memory).
     pub fn encode(

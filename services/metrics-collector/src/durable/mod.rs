@@ -338,6 +338,16 @@ fn apply(
         store.replay(&mut r)?;
         return Ok(true);
     }
+    if record == crate::store::log::RECORD_RETIRE {
+        let name = r.str()?;
+        let cutoff = r.i64()?;
+        let from = loaded.family_lsn.get(&name).copied().unwrap_or(loaded.lsn);
+        if lsn < from {
+            return Ok(false);
+        }
+        store.replay_retire(&name, cutoff);
+        return Ok(true);
+    }
     if record == crate::exemplars::log::RECORD_EXEMPLAR {
         if lsn < loaded.exemplars_lsn {
             return Ok(false);

@@ -190,6 +190,22 @@ fn the_log_alone_rebuilds_the_state_and_a_snapshot_taken_under_way_changes_nothi
     traffic(&running, 1_000);
     running.durable.snapshot().unwrap();
     traffic(&running, 1_060);
+    // Every series silent since 1_119 goes, its columns with it, and the log says so; the one
+    // written at 1_200 stays.
+    running
+        .store
+        .record_sent(
+            1_200,
+            "svc",
+            "queue",
+            Kind::Gauge,
+            "",
+            "",
+            vec![counter("b", 1.0)],
+        )
+        .unwrap();
+    assert_eq!(running.store.retire_silent(1_150), 4);
+    traffic(&running, 1_300);
     let before = state(&running);
     // As a SIGKILL after the log was written: no last snapshot.
     running.durable.abandon();

@@ -9,6 +9,18 @@ use crate::durable::codec::{Malformed, Reader, Writer};
 /// Record type of a batch of points.
 pub const RECORD_POINTS: u8 = 1;
 
+/// Record type of the removal of a metric's silent series.
+pub const RECORD_RETIRE: u8 = 6;
+
+/// The record of [`crate::store::MetricStore::retire_silent`] for one metric.
+pub fn retire_record(name: &str, cutoff: i64) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.u8(RECORD_RETIRE);
+    w.str(name);
+    w.i64(cutoff);
+    w.bytes
+}
+
 const NEW: u8 = 1;
 const DELTA: u8 = 2;
 const SAME_START: u8 = 4;
