@@ -391,6 +391,8 @@ impl Durable {
 
     fn snapshot_loop(&self) {
         let mut last = Instant::now();
+        // After a failure, the next try waits for the interval rather than the log's size.
+        let mut failing = false;
         while !self.stopping.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(250));
             let logged = self
@@ -398,11 +400,15 @@ impl Durable {
                 .next_lsn()
                 .saturating_sub(self.last_snapshot_lsn.load(Ordering::Relaxed));
             let due = last.elapsed() >= self.options.snapshot_every
-                || logged >= self.options.wal_max_bytes;
+                || (logged >= self.options.wal_max_bytes && !failing);
             if due && logged > 0 && !self.stopping.load(Ordering::Relaxed) {
-                if let Err(err) = self.snapshot() {
-                    tracing::error!(dir = %self.options.dir.display(), error = %err, "the snapshot could not be written; the log keeps growing until one is");
-                }
+                failing = match self.snapshot() {
+                    Ok(()) => false,
+                    Err(err) => {
+                        tracing::error!(dir = %self.options.dir.display(), error = %err, "the snapshot could not be written; the log keeps every change and grows until one is (tried again at the next interval)");
+                        true
+                    }
+                };
                 last = Instant::now();
             }
         }
