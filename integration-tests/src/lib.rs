@@ -951,6 +951,60 @@ pub async fn start_receiver() -> (
     (addr, received)
 }
 
+/// Notifications received so far with `status` (`firing` or `resolved`).
+pub fn received_with(received: &std::sync::Mutex<Vec<serde_json::Value>>, status: &str) -> usize {
+    received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|p| p["status"] == status)
+        .count()
+}
+
+/// Every incident the alert manager of `client` holds, all pages.
+pub async fn all_incidents(
+    client: &proto::monitoring::alerts::v1::alert_manager_client::AlertManagerClient<Channel>,
+) -> Vec<proto::monitoring::alerts::v1::Incident> {
+    use proto::monitoring::alerts::v1 as am;
+    let mut client = client.clone();
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_incidents(am::ListIncidentsRequest {
+                page_size: 500,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        out.extend(page.incidents);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// A metrics collector process listening on `listen` (`127.0.0.1:0` for a port the kernel
+/// picks; its `/metrics` on 127.0.0.2) and keeping its state in `data_dir`.
+pub async fn collector_process(listen: &str, data_dir: &Path) -> ServiceProcess {
+    ServiceProcess::start(
+        "metrics-collector",
+        &[
+            "--listen",
+            listen,
+            "--http-listen",
+            "127.0.0.2:0",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ],
+    )
+    .await
+    .expect("the collector starts on its data directory")
+}
+
 /// The alerts the alert manager at `address` lists (none while it cannot be reached).
 pub async fn list_alerts(
     address: std::net::SocketAddr,

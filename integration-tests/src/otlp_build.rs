@@ -5,10 +5,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+    AggregationTemporality, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
     metric::Data, number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{Span, Status};
 
 /// Unix nanoseconds now.
 pub fn now_ns() -> u64 {
@@ -109,4 +110,65 @@ pub fn delta_counts(
             ..Default::default()
         }],
     )
+}
+
+/// A gauge with one point of `value`, stamped now.
+pub fn gauge(name: &str, attributes: Vec<KeyValue>, value: f64) -> Metric {
+    Metric {
+        name: name.to_owned(),
+        data: Some(Data::Gauge(Gauge {
+            data_points: vec![NumberDataPoint {
+                attributes,
+                time_unix_nano: now_ns(),
+                value: Some(number_data_point::Value::AsDouble(value)),
+                ..Default::default()
+            }],
+        })),
+        ..Default::default()
+    }
+}
+
+/// A span named `gateway` of `millis` ending at `end_ns`, its trace and span ids `id` repeated,
+/// failed ("replica unavailable") or not.
+pub fn span(id: u8, end_ns: u64, millis: u64, error: bool, attributes: Vec<KeyValue>) -> Span {
+    Span {
+        trace_id: vec![id; 16],
+        span_id: vec![id; 8],
+        name: "gateway".into(),
+        start_time_unix_nano: end_ns - millis * 1_000_000,
+        end_time_unix_nano: end_ns,
+        attributes,
+        status: Some(Status {
+            code: if error { 2 } else { 1 },
+            message: if error {
+                "replica unavailable".into()
+            } else {
+                String::new()
+            },
+        }),
+        ..Default::default()
+    }
+}
+
+/// Exports `request` to the collector at `addr` on a connection of its own, as an SDK does
+/// after a failure (so a collector restarted at that address is reached as soon as it
+/// listens); whether it was acknowledged within `limit`.
+pub async fn export_once(
+    addr: std::net::SocketAddr,
+    request: ExportMetricsServiceRequest,
+    limit: std::time::Duration,
+) -> bool {
+    use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+    let answer = tokio::time::timeout(limit, async move {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await?;
+        MetricsServiceClient::new(channel)
+            .export(request)
+            .await
+            .map_err(anyhow::Error::from)
+    })
+    .await;
+    matches!(answer, Ok(Ok(_)))
 }

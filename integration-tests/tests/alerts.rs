@@ -432,28 +432,6 @@ fn models(range: std::ops::Range<usize>, replicas: usize) -> Vec<Vec<(&'static s
         .collect()
 }
 
-/// Every incident, all pages.
-async fn all_incidents(client: &mut AlertManagerClient<Channel>) -> Vec<pb::Incident> {
-    let mut out = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = client
-            .list_incidents(pb::ListIncidentsRequest {
-                page_size: 500,
-                page_token: token,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        out.extend(page.incidents);
-        if page.next_page_token.is_empty() {
-            return out;
-        }
-        token = page.next_page_token;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_alerts_make_ten_incidents_and_ten_notifications() {
     let db = TestDatabase::create().await;
@@ -466,7 +444,7 @@ async fn a_thousand_alerts_make_ten_incidents_and_ten_notifications() {
     )
     .unwrap();
     let manager = start_alert_manager(&collector.endpoint(), dir.path(), &db.url).await;
-    let mut client = AlertManagerClient::new(connect(manager.addr).await);
+    let client = AlertManagerClient::new(connect(manager.addr).await);
     let mut otlp = MetricsServiceClient::new(connect(collector.grpc).await);
     // 10 models × 100 replicas = 1,000 alerts, grouped by model: 10 incidents.
     let series = models(0..10, 100);
@@ -516,7 +494,7 @@ async fn a_thousand_alerts_make_ten_incidents_and_ten_notifications() {
         fps.dedup();
         assert_eq!(fps.len(), 100);
     }
-    let incidents = all_incidents(&mut client).await;
+    let incidents = all_incidents(&client).await;
     assert_eq!(incidents.len(), 10);
     let _ = otlp.export(errors_of(&series, 0.0)).await;
     let _ = manager.stop.send(());
@@ -543,12 +521,12 @@ async fn an_outage_of_postgres_loses_nothing_and_writes_nothing_twice() {
     // A storm: 20 models fire while the database is up…
     let first = models(0..20, 1);
     eventually("20 incidents", Duration::from_secs(20), || {
-        let mut client = client.clone();
+        let client = client.clone();
         let mut otlp = otlp.clone();
         let first = first.clone();
         async move {
             otlp.export(errors_of(&first, 10.0)).await.ok()?;
-            (all_incidents(&mut client).await.len() == 20).then_some(())
+            (all_incidents(&client).await.len() == 20).then_some(())
         }
     })
     .await;
@@ -577,9 +555,9 @@ async fn an_outage_of_postgres_loses_nothing_and_writes_nothing_twice() {
     // Everything arrives: 40 incidents, the first 20 resolved; the second 20 resolve too once
     // their errors stop.
     let done = eventually("40 resolved incidents", Duration::from_secs(30), || {
-        let mut client = client.clone();
+        let client = client.clone();
         async move {
-            let all = all_incidents(&mut client).await;
+            let all = all_incidents(&client).await;
             let resolved = all
                 .iter()
                 .filter(|i| i.state == pb::IncidentState::Resolved as i32)
@@ -678,16 +656,6 @@ async fn incident_when(
     .await
 }
 
-/// Notifications received so far with `status` (`firing` or `resolved`).
-fn received_with(received: &std::sync::Mutex<Vec<serde_json::Value>>, status: &str) -> usize {
-    received
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|p| p["status"] == status)
-        .count()
-}
-
 /// Keeps exporting 10 errors of model-000 every 100 ms until the returned flag is cleared.
 fn keep_storming(
     otlp: &MetricsServiceClient<Channel>,
@@ -755,7 +723,7 @@ async fn a_restart_keeps_pending_timers_and_continues_the_incident() {
     let _ = manager.stop.send(());
     manager.task.await.unwrap().unwrap();
     let manager = start_alert_manager(&collector.endpoint(), dir.path(), &db.url).await;
-    let mut client2 = AlertManagerClient::new(connect(manager.addr).await);
+    let client2 = AlertManagerClient::new(connect(manager.addr).await);
     let restored = eventually(
         "the firing alert restored",
         Duration::from_secs(10),
@@ -773,7 +741,7 @@ async fn a_restart_keeps_pending_timers_and_continues_the_incident() {
     // The errors stop: that incident resolves, and the receiver hears of it once.
     storming.store(false, std::sync::atomic::Ordering::Relaxed);
     storm.await.unwrap();
-    let all = all_incidents(&mut client2).await;
+    let all = all_incidents(&client2).await;
     assert_eq!(all.len(), 1, "no duplicate incident");
     let id = all[0].id;
     let done = incident_when(
@@ -793,7 +761,7 @@ async fn a_restart_keeps_pending_timers_and_continues_the_incident() {
     )
     .await;
     assert_eq!(received_with(&received, "firing"), 1, "notified twice");
-    assert_eq!(all_incidents(&mut client2).await.len(), 1);
+    assert_eq!(all_incidents(&client2).await.len(), 1);
     let _ = manager.stop.send(());
     manager.task.await.unwrap().unwrap();
     collector.stop().await.unwrap();
@@ -822,7 +790,7 @@ async fn two_replicas_notify_once_and_the_second_takes_over() {
     )
     .await;
     let second = start_alert_manager(&collector.endpoint(), dir.path(), &db.url).await;
-    let mut client = AlertManagerClient::new(connect(second.addr).await);
+    let client = AlertManagerClient::new(connect(second.addr).await);
     eventually(
         "one firing notification",
         Duration::from_secs(10),
@@ -831,7 +799,7 @@ async fn two_replicas_notify_once_and_the_second_takes_over() {
     .await;
     // Both serve the incidents (the database's) and the alerts (the follower from the leader's
     // saved state).
-    assert_eq!(all_incidents(&mut client).await.len(), 1);
+    assert_eq!(all_incidents(&client).await.len(), 1);
     let fired_at = list_alerts(first.addr).await[0].fired_at_unix_ms;
     let seen = eventually(
         "the follower lists the alert",
@@ -847,7 +815,7 @@ async fn two_replicas_notify_once_and_the_second_takes_over() {
     first.task.await.unwrap().unwrap();
     storming.store(false, std::sync::atomic::Ordering::Relaxed);
     storm.await.unwrap();
-    let id = all_incidents(&mut client).await[0].id;
+    let id = all_incidents(&client).await[0].id;
     let done = incident_when(
         &client,
         id,
@@ -865,7 +833,7 @@ async fn two_replicas_notify_once_and_the_second_takes_over() {
     assert_eq!(received_with(&received, "firing"), 1, "notified twice");
     let fired_events = done.timeline.iter().filter(|e| e.kind == "fired").count();
     assert_eq!(fired_events, 1, "{:?}", done.timeline);
-    assert_eq!(all_incidents(&mut client).await.len(), 1);
+    assert_eq!(all_incidents(&client).await.len(), 1);
     let _ = second.stop.send(());
     second.task.await.unwrap().unwrap();
     collector.stop().await.unwrap();

@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
     metric::Data, number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 use proto::monitoring::metrics::v1 as pb;
 use proto::monitoring::metrics::v1::Function;
 
@@ -616,25 +616,12 @@ async fn failed_and_slow_spans_are_kept_as_exemplars() {
         .await
         .unwrap();
     let end = now_ns();
-    let span = |id: u8, millis: u64, error: bool, version: &str| Span {
-        trace_id: vec![id; 16],
-        span_id: vec![id; 8],
-        name: "gateway".into(),
-        start_time_unix_nano: end - millis * 1_000_000,
-        end_time_unix_nano: end,
-        attributes: vec![
+    let span = |id: u8, millis: u64, error: bool, version: &str| {
+        let model = vec![
             attribute("model", "minilm-l6"),
             attribute("model_version", version),
-        ],
-        status: Some(Status {
-            code: if error { 2 } else { 1 },
-            message: if error {
-                "replica unavailable".into()
-            } else {
-                String::new()
-            },
-        }),
-        ..Default::default()
+        ];
+        otlp_build::span(id, end, millis, error, model)
     };
     TraceServiceClient::new(connect(collector.grpc).await)
         .export(ExportTraceServiceRequest {

@@ -7,17 +7,19 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use integration_tests::otlp_build::{attribute, counter, export_from, now_ns};
+use integration_tests::otlp_build::{
+    attribute, counter, export_from, export_once, gauge, now_ns, span,
+};
 use integration_tests::*;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, Sum,
+    AggregationTemporality, Histogram, HistogramDataPoint, Metric, NumberDataPoint, Sum,
     metric::Data, number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 use proto::monitoring::metrics::v1 as pb;
 use proto::monitoring::metrics::v1::Function;
 use proto::monitoring::metrics::v1::metrics_query_client::MetricsQueryClient;
@@ -35,19 +37,7 @@ fn data_dir(name: &str) -> PathBuf {
 }
 
 async fn start(dir: &Path) -> ServiceProcess {
-    ServiceProcess::start(
-        "metrics-collector",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.2:0",
-            "--data-dir",
-            dir.to_str().unwrap(),
-        ],
-    )
-    .await
-    .expect("the collector starts on its data directory")
+    collector_process("127.0.0.1:0", dir).await
 }
 
 fn unix_s() -> i64 {
@@ -126,18 +116,7 @@ async fn send(target: Arc<Mutex<SocketAddr>>, sent: Arc<Mutex<Sent>>, stop: Arc<
             ],
         );
         let addr = *target.lock().unwrap();
-        let answer = tokio::time::timeout(Duration::from_millis(300), async move {
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .connect()
-                .await?;
-            MetricsServiceClient::new(channel)
-                .export(request)
-                .await
-                .map_err(anyhow::Error::from)
-        })
-        .await;
-        if matches!(answer, Ok(Ok(_))) {
+        if export_once(addr, request, Duration::from_millis(300)).await {
             let mut s = sent.lock().unwrap();
             clicks += 2.0;
             s.acked.push((Instant::now(), cumulative, clicks));
@@ -237,17 +216,7 @@ fn score_histogram(counts: &[u64]) -> Metric {
 }
 
 fn queue_gauge(v: f64) -> Metric {
-    Metric {
-        name: "inference.queue.depth".into(),
-        data: Some(Data::Gauge(Gauge {
-            data_points: vec![NumberDataPoint {
-                time_unix_nano: now_ns(),
-                value: Some(number_data_point::Value::AsDouble(v)),
-                ..Default::default()
-            }],
-        })),
-        ..Default::default()
-    }
+    gauge("inference.queue.depth", vec![], v)
 }
 
 /// Every answer the collector gives about a fixed second: queries of each function, drift
@@ -402,23 +371,7 @@ async fn a_stopped_collector_answers_every_query_as_before() {
     assert_eq!(pushed.refused, 0);
     // A failed span and a slow one: exemplars.
     let end = now_ns();
-    let span = |id: u8, millis: u64, error: bool| Span {
-        trace_id: vec![id; 16],
-        span_id: vec![id; 8],
-        name: "gateway".into(),
-        start_time_unix_nano: end - millis * 1_000_000,
-        end_time_unix_nano: end,
-        attributes: vec![attribute("model", "minilm-l6")],
-        status: Some(Status {
-            code: if error { 2 } else { 1 },
-            message: if error {
-                "replica unavailable".into()
-            } else {
-                String::new()
-            },
-        }),
-        ..Default::default()
-    };
+    let model = || vec![attribute("model", "minilm-l6")];
     TraceServiceClient::new(connect(first.addr).await)
         .export(ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
@@ -427,7 +380,10 @@ async fn a_stopped_collector_answers_every_query_as_before() {
                     ..Default::default()
                 }),
                 scope_spans: vec![ScopeSpans {
-                    spans: vec![span(1, 5, true), span(2, 900, false)],
+                    spans: vec![
+                        span(1, end, 5, true, model()),
+                        span(2, end, 900, false, model()),
+                    ],
                     ..Default::default()
                 }],
                 ..Default::default()

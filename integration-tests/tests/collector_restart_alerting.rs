@@ -8,10 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use integration_tests::otlp_build::{attribute, export_from, now_ns};
+use integration_tests::otlp_build::{attribute, export_from, export_once, gauge};
 use integration_tests::*;
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
-use opentelemetry_proto::tonic::metrics::v1::{Gauge, Metric, NumberDataPoint, metric::Data};
+use opentelemetry_proto::tonic::metrics::v1::Metric;
 use proto::monitoring::alerts::v1 as am;
 use proto::monitoring::alerts::v1::alert_manager_client::AlertManagerClient;
 use tonic::transport::Channel;
@@ -46,22 +45,11 @@ const HEALTHY: f64 = 2.0;
 
 /// An inference replica's `inference.queue.depth` gauge for the model.
 fn queue_depth(value: f64) -> Metric {
-    Metric {
-        name: "inference.queue.depth".into(),
-        data: Some(Data::Gauge(Gauge {
-            data_points: vec![NumberDataPoint {
-                attributes: vec![attribute("model", MODEL)],
-                time_unix_nano: now_ns(),
-                value: Some(
-                    opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(
-                        value,
-                    ),
-                ),
-                ..Default::default()
-            }],
-        })),
-        ..Default::default()
-    }
+    gauge(
+        "inference.queue.depth",
+        vec![attribute("model", MODEL)],
+        value,
+    )
 }
 
 /// An inference replica reporting its queue depth to the collector at `target` every 200 ms,
@@ -90,19 +78,7 @@ impl QueueReporter {
                         Some("inference-0"),
                         vec![queue_depth(*depth.lock().unwrap())],
                     );
-                    let answer = tokio::time::timeout(Duration::from_millis(500), async {
-                        let channel =
-                            tonic::transport::Endpoint::from_shared(format!("http://{target}"))
-                                .unwrap()
-                                .connect()
-                                .await?;
-                        MetricsServiceClient::new(channel)
-                            .export(request)
-                            .await
-                            .map_err(anyhow::Error::from)
-                    })
-                    .await;
-                    if matches!(answer, Ok(Ok(_))) {
+                    if export_once(target, request, Duration::from_millis(500)).await {
                         acked.fetch_add(1, Ordering::Relaxed);
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -131,36 +107,6 @@ impl QueueReporter {
     }
 }
 
-/// A collector process on `listen` (`127.0.0.1:0` for a port the kernel picks) keeping its
-/// state in `data_dir`.
-async fn collector(listen: &str, data_dir: &std::path::Path) -> ServiceProcess {
-    ServiceProcess::start(
-        "metrics-collector",
-        &[
-            "--listen",
-            listen,
-            "--http-listen",
-            "127.0.0.2:0",
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-        ],
-    )
-    .await
-    .expect("the collector starts on its data directory")
-}
-
-async fn all_incidents(client: &AlertManagerClient<Channel>) -> Vec<am::Incident> {
-    client
-        .clone()
-        .list_incidents(am::ListIncidentsRequest {
-            page_size: 50,
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner().incidents)
-        .unwrap_or_default()
-}
-
 async fn incident(client: &AlertManagerClient<Channel>, id: i64) -> Option<am::Incident> {
     client
         .clone()
@@ -176,16 +122,6 @@ async fn backlog_alert(manager: SocketAddr) -> Option<am::Alert> {
         .await
         .into_iter()
         .find(|a| a.rule == "QueueBacklog")
-}
-
-/// Notifications received so far with `status` (`firing` or `resolved`).
-fn received_with(received: &Mutex<Vec<serde_json::Value>>, status: &str) -> usize {
-    received
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|p| p["status"] == status)
-        .count()
 }
 
 /// Asserts that the one incident is open, has fired once and has resolved nothing, and that
@@ -238,7 +174,7 @@ async fn still_one_open_incident(
 async fn an_incident_open_across_a_collector_restart_stays_one_incident() {
     let db = TestDatabase::create().await;
     let data_dir = tempfile::tempdir().unwrap();
-    let first = collector("127.0.0.1:0", data_dir.path()).await;
+    let first = collector_process("127.0.0.1:0", data_dir.path()).await;
     let collector_addr = first.addr;
 
     let rules_dir = tempfile::tempdir().unwrap();
@@ -324,7 +260,7 @@ async fn an_incident_open_across_a_collector_restart_stays_one_incident() {
     // The collector comes back at the same address on its data directory, with the replica's
     // points, all older than the rule's window. The alert has data again, and for a window it
     // is not resolved on the empty answers the alert manager gets before the replica exports.
-    let second = collector(&collector_addr.to_string(), data_dir.path()).await;
+    let second = collector_process(&collector_addr.to_string(), data_dir.path()).await;
     assert_eq!(second.addr, collector_addr);
     let back = eventually(
         "the alert has data again",
