@@ -219,14 +219,9 @@ pub async fn serve(
             None
         }
     };
-    let started_ns = recovery.as_ref().map_or_else(
-        || {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-        },
-        durable::Recovery::started_ns,
-    );
+    let started_ns = recovery
+        .as_ref()
+        .map_or_else(durable::now_ns, durable::Recovery::started_ns);
     let store = Arc::new(MetricStore::new(Limits {
         max_series: config.max_series,
         max_window_bytes: config.window_memory_mb.saturating_mul(1024 * 1024),

@@ -710,13 +710,14 @@ impl MetricStore {
         first_error.map_or(Ok(()), |err| Err((refused, err)))
     }
 
-    /// Applies a batch read back from the write-ahead log, as [`MetricStore::record_sent`]
-    /// applied it before the restart; limits are not checked again (the batch was admitted).
+    /// Applies a batch read back from the write-ahead log (its `header` already read), as
+    /// [`MetricStore::record_sent`] applied it before the restart; limits are not checked again
+    /// (the batch was admitted).
     pub(crate) fn replay(
         &self,
+        header: log::Header,
         reader: &mut crate::durable::codec::Reader<'_>,
     ) -> Result<(), crate::durable::codec::Malformed> {
-        let header = log::Header::read(reader)?;
         let exists = self.family(&header.name).is_some();
         let family = self.family_or_new(
             &header.sender,

@@ -70,17 +70,29 @@ pub fn read_if_exists(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file, synced and renamed over it.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Replaces `path` whole: `write` fills a temporary file beside it (buffered), which is then
+/// synced and renamed over `path`, and the directory synced; a crash leaves the old file or the
+/// new one, never a part.
+pub fn replace_file<T>(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<File>) -> std::io::Result<T>,
+) -> std::io::Result<T> {
     let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+    let written = write(&mut out)?;
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    drop(file);
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
         wal::sync_dir(dir);
     }
-    Ok(())
+    Ok(written)
+}
+
+/// Writes `bytes` to `path` as [`replace_file`] does.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace_file(path, |out| out.write_all(bytes))
 }
 
 /// Moves `path` into a `set-aside-<unix seconds>` folder beside it; returns where it went.
@@ -233,7 +245,8 @@ impl Recovery {
     }
 }
 
-fn now_ns() -> u64 {
+/// Unix nanoseconds now.
+pub fn now_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
@@ -324,25 +337,21 @@ fn apply(
 ) -> Result<bool, codec::Malformed> {
     let mut r = codec::Reader::new(payload);
     let record = r.u8()?;
+    // A family's records count from the snapshot's position for that family (or the
+    // snapshot's own, for a family created after it).
+    let family_from = |name: &str| loaded.family_lsn.get(name).copied().unwrap_or(loaded.lsn);
     if record == crate::store::log::RECORD_POINTS {
-        let mut peek = codec::Reader::new(&payload[1..]);
-        let header = crate::store::log::Header::read(&mut peek)?;
-        let from = loaded
-            .family_lsn
-            .get(&header.name)
-            .copied()
-            .unwrap_or(loaded.lsn);
-        if lsn < from {
+        let header = crate::store::log::Header::read(&mut r)?;
+        if lsn < family_from(&header.name) {
             return Ok(false);
         }
-        store.replay(&mut r)?;
+        store.replay(header, &mut r)?;
         return Ok(true);
     }
     if record == crate::store::log::RECORD_RETIRE {
         let name = r.str()?;
         let cutoff = r.i64()?;
-        let from = loaded.family_lsn.get(&name).copied().unwrap_or(loaded.lsn);
-        if lsn < from {
+        if lsn < family_from(&name) {
             return Ok(false);
         }
         store.replay_retire(&name, cutoff);

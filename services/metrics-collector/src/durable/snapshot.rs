@@ -351,8 +351,8 @@ fn decode_family(chunks: &mut Chunks<'_>) -> Result<Family, SnapshotError> {
     Ok(family)
 }
 
-/// Writes a snapshot of `store` and `join` to `path` (through a temporary file); returns its
-/// size in bytes.
+/// Writes a snapshot of `store`, `join` and `exemplars` to `path` (through a temporary file);
+/// returns its size in bytes.
 pub fn write(
     path: &Path,
     started_ns: u64,
@@ -362,55 +362,48 @@ pub fn write(
     exemplars: &ExemplarRings,
     wal: &Wal,
 ) -> std::io::Result<u64> {
-    let tmp = path.with_extension("tmp");
-    let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
-    out.write_all(MAGIC)?;
-    out.write_all(&VERSION.to_le_bytes())?;
-    out.write_all(&started_ns.to_le_bytes())?;
-    out.write_all(&lsn.to_le_bytes())?;
-    out.write_all(&store.refused().to_le_bytes())?;
-    let mut bytes = HEADER_BYTES as u64;
-    let mut w = Writer::new();
-    for (name, family) in store.families() {
-        w.bytes.clear();
-        let mut section = Chunked {
-            out: &mut out,
-            kind: FAMILY,
-            bytes: 0,
-            failed: None,
-        };
-        w.str(&name);
-        // Written while the family is locked, straight to the file: every change logged
-        // before the LSN is in it, and only a megabyte at a time is held in memory.
-        let family = family.read().unwrap_or_else(|p| p.into_inner());
-        w.u64(wal.next_lsn());
-        encode_family(&mut w, &family, &mut |w| section.spill(w, CHUNK_BYTES));
-        drop(family);
-        bytes += section.finish(&mut w)?;
-    }
-    let (join_lsn, state) = join.encode(|| wal.next_lsn());
-    let mut w = Writer::new();
-    w.u64(join_lsn);
-    w.bytes.extend_from_slice(&state);
-    bytes += write_section(&mut out, JOIN, &w.bytes)?;
-    let (exemplars_lsn, state) = exemplars.encode(|| wal.next_lsn());
-    let mut w = Writer::new();
-    w.u64(exemplars_lsn);
-    w.bytes.extend_from_slice(&state);
-    bytes += write_section(&mut out, EXEMPLARS, &w.bytes)?;
-    bytes += write_section(&mut out, END, &[])?;
-    let file = out.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        super::wal::sync_dir(dir);
-    }
-    Ok(bytes)
+    super::replace_file(path, |out| {
+        out.write_all(MAGIC)?;
+        out.write_all(&VERSION.to_le_bytes())?;
+        out.write_all(&started_ns.to_le_bytes())?;
+        out.write_all(&lsn.to_le_bytes())?;
+        out.write_all(&store.refused().to_le_bytes())?;
+        let mut bytes = HEADER_BYTES as u64;
+        let mut w = Writer::new();
+        for (name, family) in store.families() {
+            w.bytes.clear();
+            let mut section = Chunked {
+                out,
+                kind: FAMILY,
+                bytes: 0,
+                failed: None,
+            };
+            w.str(&name);
+            // Written while the family is locked, straight to the file: every change logged
+            // before the LSN is in it, and only a megabyte at a time is held in memory.
+            let family = family.read().unwrap_or_else(|p| p.into_inner());
+            w.u64(wal.next_lsn());
+            encode_family(&mut w, &family, &mut |w| section.spill(w, CHUNK_BYTES));
+            drop(family);
+            bytes += section.finish(&mut w)?;
+        }
+        // Each with the LSN it was encoded at, read while it was locked.
+        for (kind, (lsn, state)) in [
+            (JOIN, join.encode(|| wal.next_lsn())),
+            (EXEMPLARS, exemplars.encode(|| wal.next_lsn())),
+        ] {
+            let mut w = Writer::new();
+            w.u64(lsn);
+            w.bytes.extend_from_slice(&state);
+            bytes += write_section(out, kind, &w.bytes)?;
+        }
+        bytes += write_section(out, END, &[])?;
+        Ok(bytes)
+    })
 }
 
-/// Loads the snapshot at `path` into `store` and `join`; an empty [`Loaded`] when there is
-/// none.
+/// Loads the snapshot at `path` into `store`, `join` and `exemplars`; an empty [`Loaded`]
+/// when there is none.
 pub fn load(
     path: &Path,
     store: &MetricStore,
