@@ -281,7 +281,7 @@ pub fn interpret(rule: &Rule, results: &[pb::BatchResult]) -> Result<Vec<Observa
     }
 }
 
-/// Each version of a model with enough labelled predictions against the most-labelled one
+/// Each version of a model with enough samples of `measure` against the one with the most
 /// (the stable version, which most traffic goes to): its labels (`model`, `model_version`,
 /// `baseline_version`) and `measure(version) − measure(baseline)`.
 pub fn compare_versions(
@@ -289,17 +289,14 @@ pub fn compare_versions(
     measure: rules::QualityMeasure,
     min_samples: u64,
 ) -> Vec<(LabelSet, f64)> {
-    let value = |v: &pb::VersionQuality| match measure {
-        rules::QualityMeasure::Auc => v.auc,
-        rules::QualityMeasure::Accuracy => v.accuracy,
-    };
+    let value = |v: &pb::VersionQuality| measure.of(v);
     let ready: Vec<&pb::VersionQuality> = versions
         .iter()
-        .filter(|v| v.labelled >= min_samples && value(v).is_finite())
+        .filter(|v| measure.samples(v) >= min_samples && value(v).is_finite())
         .collect();
     let Some(baseline) = ready
         .iter()
-        .max_by_key(|v| (v.labelled, std::cmp::Reverse(v.version)))
+        .max_by_key(|v| (measure.samples(v), std::cmp::Reverse(v.version)))
     else {
         return Vec::new();
     };
@@ -869,6 +866,43 @@ mod tests {
         assert_eq!(labels["baseline_version"], "1");
         assert!((value - 0.4).abs() < 1e-12);
         assert!(compare_versions(&[v(1, 500, 0.5)], rules::QualityMeasure::Auc, 100).is_empty());
+    }
+
+    #[test]
+    fn ranking_versions_are_compared_by_ndcg_over_their_rankings() {
+        // An embedding model's versions have rankings, not labels.
+        let v = |version, ndcg_rankings, ndcg_at_k| pb::VersionQuality {
+            model: "minilm-l6".into(),
+            version,
+            rankings: ndcg_rankings * 2,
+            ndcg_rankings,
+            ndcg_at_k,
+            ctr: 0.25,
+            auc: f64::NAN,
+            accuracy: f64::NAN,
+            ..Default::default()
+        };
+        let found = compare_versions(
+            &[v(1, 900, 0.80), v(2, 250, 0.77), v(3, 20, 0.1)],
+            rules::QualityMeasure::Ndcg,
+            200,
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        let (labels, value) = &found[0];
+        assert_eq!(labels["model_version"], "2");
+        assert_eq!(labels["baseline_version"], "1");
+        assert!((value + 0.03).abs() < 1e-9, "{value}");
+        let ctr = compare_versions(
+            &[v(1, 900, 0.8), v(2, 250, 0.7)],
+            rules::QualityMeasure::Ctr,
+            400,
+        );
+        assert_eq!(
+            ctr.len(),
+            1,
+            "CTR counts rankings (500 for version 2): {ctr:?}"
+        );
+        assert_eq!(ctr[0].1, 0.0);
     }
 
     use super::*;

@@ -30,10 +30,11 @@
 //!     baseline: {snapshot: launch}     # or {offset: 1h}
 //!     psi_above: 0.25
 //!   - name: CanaryWorse
-//!     kind: canary_quality             # online AUC/accuracy of each version vs the most-served
+//!     kind: canary_quality             # online quality of each version vs the most-served
 //!     model: purchase-intent
-//!     measure: auc                     # or accuracy (from the collector's feedback join)
-//!     min_samples: 200                 # labelled predictions per version before comparing
+//!     measure: auc                     # or accuracy; ndcg or ctr for a ranking model (from
+//!                                      # the collector's prediction-feedback join)
+//!     min_samples: 200                 # labelled predictions (rankings) per version first
 //!     window: 30m
 //!     op: "<"                          # version − baseline below −0.05: worse
 //!     threshold: -0.05
@@ -49,6 +50,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use proto::monitoring::metrics::v1::VersionQuality;
 use serde::Deserialize;
 
 /// The longest window the collector answers (its 1 h tier keeps 7 days).
@@ -288,6 +290,32 @@ pub enum QualityMeasure {
     Auc,
     /// Share of labelled predictions on the right side of 0.5.
     Accuracy,
+    /// Mean NDCG@k of a ranking model's rankings (clicks, add-to-carts and purchases as gains).
+    Ndcg,
+    /// Share of a ranking model's rankings with at least one click.
+    Ctr,
+}
+
+impl QualityMeasure {
+    /// The measure of one version.
+    pub fn of(self, v: &VersionQuality) -> f64 {
+        match self {
+            QualityMeasure::Auc => v.auc,
+            QualityMeasure::Accuracy => v.accuracy,
+            QualityMeasure::Ndcg => v.ndcg_at_k,
+            QualityMeasure::Ctr => v.ctr,
+        }
+    }
+
+    /// How many samples the measure of one version stands on: labelled predictions for a
+    /// classifier's, rankings (with a relevant item, for NDCG) for a ranking model's.
+    pub fn samples(self, v: &VersionQuality) -> u64 {
+        match self {
+            QualityMeasure::Auc | QualityMeasure::Accuracy => v.labelled,
+            QualityMeasure::Ndcg => v.ndcg_rankings,
+            QualityMeasure::Ctr => v.rankings,
+        }
+    }
 }
 
 /// A rule.
@@ -959,9 +987,24 @@ rules:
     fn the_example_rules_of_deploy_load() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/rules");
         let set = load(&[root]).unwrap();
-        assert_eq!(set.rules.len(), 9);
+        assert_eq!(set.rules.len(), 11);
         assert_eq!(set.inhibit_rules.len(), 2);
         assert_eq!(set.rules[1].actions.len(), 1);
+        let ranking = set
+            .rules
+            .iter()
+            .find(|r| r.name == "CanaryRankingWorse")
+            .unwrap();
+        assert!(
+            matches!(
+                ranking.kind,
+                RuleKind::CanaryQuality {
+                    measure: QualityMeasure::Ndcg,
+                    ..
+                }
+            ),
+            "{ranking:?}"
+        );
         assert_eq!(set.group_by, ["alertname", "model"]);
     }
 
