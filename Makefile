@@ -9,7 +9,7 @@ MODELS := $(ROOT)/models
 export ORT_DYLIB_PATH ?= $(ROOT)/.deps/onnxruntime/lib/libonnxruntime.so
 export MODEL_REPOSITORY ?= $(MODELS)
 
-MODEL_FILES := $(MODELS)/minilm-l6/1/model.onnx $(MODELS)/purchase-intent/1/model.onnx
+MODEL_FILES := $(foreach m,minilm-l6 purchase-intent,$(MODELS)/$(m)/1/model.onnx $(MODELS)/$(m)/1/model.fp16.onnx $(MODELS)/$(m)/2/model.onnx)
 
 .PHONY: help preflight deps model build run demo-incident test lint fmt bench bench-tls bench-collector bench-anchors clean
 
@@ -22,7 +22,7 @@ preflight: ## Check ports, folder permissions, disk and PostgreSQL before instal
 deps: ## Install the ONNX Runtime library and the Python tools (registries only; idempotent)
 	@bash scripts/deps.sh
 
-$(MODEL_FILES) &: scripts/build_model.py scripts/requirements.txt
+$(MODEL_FILES) &: scripts/build_model.py scripts/quantize_model.py scripts/model_gate.py $(wildcard scripts/heldout/*) scripts/requirements.txt
 	@bash scripts/deps.sh
 	$(PY) scripts/build_model.py --out $(MODELS)
 

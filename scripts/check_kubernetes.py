@@ -447,7 +447,9 @@ def check_model_config(inference: dict, config_maps: dict[str, dict], where: str
         built = ROOT / "models" / model / "config.toml"
         if built.exists():
             graph = tomllib.loads(built.read_text())
-            for part in ("input", "output"):
+            # version_policy too: with the int8 version beside the fp32 one in the image, a
+            # policy that picks the newest would serve int8 to every caller.
+            for part in ("input", "output", "version_policy"):
                 report.check(config.get(part) == graph.get(part), here,
                              f"its {part} differs from {built.relative_to(ROOT)}")
     report.check(mounted > 0, f"{where} Deployment/inference", "no model config mounted")

@@ -69,10 +69,6 @@ if [ "${1:-}" = "--bench" ]; then
         say "installing perf_analyzer's CUDA runtime library (nvidia-cuda-runtime-cu12)"
         "$VENV/bin/pip" install -q --disable-pip-version-check nvidia-cuda-runtime-cu12==12.9.79
     fi
-    if ! "$VENV/bin/python" -c 'import tokenizers' >/dev/null 2>&1; then
-        say "installing tokenizers (PyPI) for the plain baseline server"
-        "$VENV/bin/pip" install -q --disable-pip-version-check tokenizers==0.23.3
-    fi
     if ! command -v prometheus-alertmanager >/dev/null 2>&1; then
         say "installing prometheus-alertmanager (Debian), the alerting benchmark's anchor"
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-alertmanager >/dev/null

@@ -1026,23 +1026,33 @@ pub async fn list_alerts(
 
 /// A repository whose `minilm-l6` serves versions 1 and 2 (links to the built model).
 pub fn two_version_repository() -> tempfile::TempDir {
+    repository_serving("minilm-l6", &[(1, 1), (2, 1)])
+}
+
+/// A model repository whose `model` serves the given versions, each a link to a version of
+/// the project's `models/` (`(version, built_version)`): e.g. `[(1, 1), (2, 2)]` for fp32 and
+/// its int8 form side by side, both loaded.
+pub fn repository_serving(model: &str, versions: &[(i64, i64)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let source = models_dir().join("minilm-l6");
-    let model = dir.path().join("minilm-l6");
-    std::fs::create_dir(&model).unwrap();
+    let source = models_dir().join(model);
+    let folder = dir.path().join(model);
+    std::fs::create_dir(&folder).unwrap();
     let config = std::fs::read_to_string(source.join("config.toml")).unwrap();
+    let served: Vec<String> = versions.iter().map(|(v, _)| v.to_string()).collect();
+    let policy = format!("specific = [{}]", served.join(", "));
+    assert!(config.contains("specific = [1]"), "{config}");
     std::fs::write(
-        model.join("config.toml"),
-        config.replace("latest = 1", "latest = 2"),
+        folder.join("config.toml"),
+        config.replace("specific = [1]", &policy),
     )
     .unwrap();
-    std::os::unix::fs::symlink(source.join("tokenizer.json"), model.join("tokenizer.json"))
+    std::os::unix::fs::symlink(source.join("tokenizer.json"), folder.join("tokenizer.json"))
         .unwrap();
-    for version in ["1", "2"] {
-        std::fs::create_dir(model.join(version)).unwrap();
+    for (version, built) in versions {
+        std::fs::create_dir(folder.join(version.to_string())).unwrap();
         std::os::unix::fs::symlink(
-            source.join("1/model.onnx"),
-            model.join(version).join("model.onnx"),
+            source.join(built.to_string()).join("model.onnx"),
+            folder.join(version.to_string()).join("model.onnx"),
         )
         .unwrap();
     }
