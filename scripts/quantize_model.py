@@ -99,8 +99,12 @@ def card_markdown(model: str, version: int, parent: int, size: int, digest: str,
     return "\n".join(lines) + "\n" + model_gate.card_section(figures, thresholds)
 
 
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def make_int8_version(model_dir: Path, parent: int, version: int | None, thresholds: dict,
-                      log=print) -> tuple[int, bool]:
+                      log=_to_stderr) -> tuple[int, bool]:
     """Quantize `model_dir/<parent>` into `model_dir/<version>` if the gate accepts it.
 
     Returns (version, whether a file changed). Raises `GateRefused` with the figures when the

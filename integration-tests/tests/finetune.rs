@@ -53,6 +53,113 @@ async fn finetune_async(args: &[&str]) -> (bool, String, String) {
     .unwrap()
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_trains_on_the_fp32_version_is_gated_and_its_int8_form_follows() {
+    let repo = repository();
+    // The int8 form of version 1 as `make model` builds it: never a parent by default.
+    let int8 = repo.path().join("purchase-intent/2");
+    std::fs::create_dir_all(&int8).unwrap();
+    for file in ["model.onnx", "card.json"] {
+        std::os::unix::fs::symlink(
+            models_dir().join("purchase-intent/2").join(file),
+            int8.join(file),
+        )
+        .unwrap();
+    }
+    let mut inference = RunningInference::start(inference_config(
+        repo.path(),
+        &["minilm-l6", "purchase-intent"],
+    ))
+    .await
+    .unwrap();
+    let endpoint = format!("http://{}", inference.addr);
+    let python = venv_bin("python");
+    let scripts = repo_root().join("scripts");
+    let run = |extra: &'static [&'static str]| {
+        let mut args = vec![
+            "--demo-examples".to_owned(),
+            "1200".into(),
+            "--inference".into(),
+            endpoint.clone(),
+            "--repository".into(),
+            repo.path().display().to_string(),
+            "--report-dir".into(),
+            repo.path().join("report").display().to_string(),
+            "--python".into(),
+            python.display().to_string(),
+            "--scripts".into(),
+            scripts.display().to_string(),
+            "--gate".into(),
+        ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        async move { finetune_async(&args.iter().map(String::as_str).collect::<Vec<_>>()).await }
+    };
+
+    let (ok, stdout, stderr) = run(&["--int8"]).await;
+    assert!(ok, "finetune failed:\n{stderr}");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["3", "4"],
+        "the new version and its int8 form are printed"
+    );
+    let card =
+        std::fs::read_to_string(repo.path().join("purchase-intent/3/MODEL_CARD.md")).unwrap();
+    assert!(card.contains("parent version 1"), "trained on fp32: {card}");
+    assert!(
+        card.contains("## Offline gate") && card.contains("**Accepted.**"),
+        "{card}"
+    );
+    let int8_card = read_json(&repo.path().join("purchase-intent/4/card.json"));
+    assert_eq!(int8_card["precision"], "int8");
+    assert_eq!(int8_card["parent_version"], 3);
+
+    // Both serve, and agree on the held-out rule's examples.
+    serve_versions(inference.addr, &[1, 3, 4]).await;
+    let report = read_json(&repo.path().join("report/report.json"));
+    let texts: Vec<String> = report["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["text"].as_str().unwrap().to_owned())
+        .collect();
+    let channel = inference.channel().await;
+    let classify = |version| {
+        let mut client = InferenceTasksClient::new(channel.clone());
+        let request = tasks::ClassifyRequest {
+            model: Some(tasks::ModelRef {
+                name: "purchase-intent".into(),
+                version,
+            }),
+            texts: texts.clone(),
+        };
+        async move { client.classify(request).await.unwrap().into_inner() }
+    };
+    let fp32 = classify(3).await;
+    let quantized = classify(4).await;
+    for ((text, a), b) in texts
+        .iter()
+        .zip(&fp32.classifications)
+        .zip(&quantized.classifications)
+    {
+        assert!(
+            (a.probabilities[1] - b.probabilities[1]).abs() < 0.1,
+            "{text}: fp32 {} int8 {}",
+            a.probabilities[1],
+            b.probabilities[1]
+        );
+    }
+
+    // A head trained on flipped labels is refused by the gate, and not kept.
+    let (ok, _, stderr) = run(&["--flip-labels"]).await;
+    assert!(!ok, "a flipped head passed the gate");
+    assert!(
+        stderr.contains("AUC") && stderr.contains("refused"),
+        "{stderr}"
+    );
+    assert!(!repo.path().join("purchase-intent/5").exists());
+    inference.stop().await.unwrap();
+}
+
 /// Has the inference service at `addr` serve exactly `versions` of purchase-intent.
 async fn serve_versions(addr: std::net::SocketAddr, versions: &[i64]) {
     let policy = serde_json::json!({"version_policy": {"specific": {"versions": versions}}});

@@ -187,6 +187,15 @@ pub fn versions(model_dir: &Path) -> Result<Vec<i64>, ExportError> {
     Ok(out)
 }
 
+/// Whether the version in `version_dir` is the int8 form of another (its `card.json`, as
+/// scripts/quantize_model.py writes it, says `"precision": "int8"`).
+pub fn is_int8(version_dir: &Path) -> bool {
+    std::fs::read(version_dir.join("card.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .is_some_and(|card| card["precision"] == "int8")
+}
+
 /// Writes `bytes` to `path` through a temporary file and a rename, so that a reader never
 /// sees half a file.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {

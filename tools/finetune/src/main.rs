@@ -13,6 +13,7 @@ mod embed;
 mod export;
 mod gathered;
 mod report;
+mod tools;
 mod train;
 
 use std::path::PathBuf;
@@ -123,6 +124,27 @@ struct Args {
     #[arg(long)]
     no_export: bool,
 
+    /// Check the new version against its parent with the offline gate (scripts/model_gate.py:
+    /// accuracy and AUC on the held-out messages of scripts/heldout) before it is kept; a
+    /// version under the gate's thresholds is removed again and finetune fails with the
+    /// figures. The figures go into the model card.
+    #[arg(long)]
+    gate: bool,
+
+    /// Also write the int8 form of the new version as the version after it
+    /// (scripts/quantize_model.py: ONNX Runtime's quantizer, the head kept fp32), kept only
+    /// if the offline gate accepts it against the new version.
+    #[arg(long)]
+    int8: bool,
+
+    /// The Python of the project's tools (`make deps` installs it), for --gate and --int8.
+    #[arg(long, env = "FINETUNE_PYTHON", default_value = ".venv/bin/python")]
+    python: PathBuf,
+
+    /// The folder of scripts/model_gate.py and scripts/quantize_model.py.
+    #[arg(long, default_value = "scripts")]
+    scripts: PathBuf,
+
     /// TLS towards the inference service and the collector (`https://` addresses): the mesh's
     /// CA, and a certificate it signed (the collector asks for one).
     #[command(flatten)]
@@ -196,9 +218,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
             );
             v
         }
+        // An int8 version is the quantized form of another: the newest full-precision one is
+        // the parent, so that a head is never trained on top of a quantized encoder.
         None => *versions
-            .last()
-            .with_context(|| format!("{} has no version with a model.onnx", model_dir.display()))?,
+            .iter()
+            .rev()
+            .find(|v| !export::is_int8(&model_dir.join(v.to_string())))
+            .with_context(|| {
+                format!(
+                    "{} has no full-precision version with a model.onnx",
+                    model_dir.display()
+                )
+            })?,
     };
     let parent_file = model_dir.join(parent.to_string()).join("model.onnx");
     let parent_bytes = std::fs::read(&parent_file)
@@ -353,11 +384,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )?;
     let bytes = export::write_head(&parent_bytes, &trained.head)?;
     export::write_atomically(&version_dir.join("model.onnx"), &bytes)?;
+    if args.gate {
+        let gated = tools::gate(&args, &parent_file, &version_dir);
+        if let Err(err) = gated {
+            std::fs::remove_dir_all(&version_dir)
+                .with_context(|| format!("removing {}", version_dir.display()))?;
+            return Err(err.context(format!("version {version} is not kept")));
+        }
+    }
     eprintln!(
         "finetune: wrote {} (load it with RepositoryModelLoad, then roll it out as a canary)",
         version_dir.join("model.onnx").display()
     );
     println!("{version}");
+    if args.int8 {
+        let int8 = tools::quantize(&args, &model_dir, version)?;
+        eprintln!(
+            "finetune: wrote {}, its int8 form (see its MODEL_CARD.md)",
+            model_dir
+                .join(int8.to_string())
+                .join("model.onnx")
+                .display()
+        );
+        println!("{int8}");
+    }
     Ok(())
 }
 
