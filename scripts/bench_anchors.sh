@@ -10,6 +10,10 @@
 #   us         target/release/inference
 #   gateway    target/release/gateway in front of target/release/inference
 #
+# and SYSTEM-int8 (us-int8, triton-int8, mlserver-int8, plain-int8): the same server on the
+# int8 form of the model (models/minilm-l6/2/model.onnx, as `make model` builds it), so that
+# the table shows what the model gains and what the server does.
+#
 # Each anchor is installed from the registries into its own throwaway environment under
 # target/anchors/envs (Triton's from Debian's /usr/bin/python3: the bundled server links
 # Debian's libpython). Two load generators, each run REPEATS times per system and concurrency
@@ -23,7 +27,8 @@
 # Plus ONNX Runtime in-process (target/release/inprocess): the ceiling at concurrency 64.
 # Results: target/anchors/results.json and table.md; the plot bench/anchors/throughput-p99.png.
 # Knobs: ANCHORS_REPEATS (3), ANCHORS_INTERVAL_MS (4000, perf_analyzer's window),
-# ANCHORS_SECS (6, loadgen's measured seconds), ANCHORS_SYSTEMS ("us gateway triton mlserver plain"),
+# ANCHORS_SECS (6, loadgen's measured seconds), ANCHORS_SYSTEMS ("us gateway triton mlserver plain
+# us-int8 triton-int8 mlserver-int8 plain-int8"),
 # ANCHORS_KEEP (1: keep the results already in target/anchors and run only ANCHORS_SYSTEMS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +44,7 @@ TEXTS=bench/product_searches.json
 REPEATS=${ANCHORS_REPEATS:-3}
 INTERVAL_MS=${ANCHORS_INTERVAL_MS:-4000}
 SECS=${ANCHORS_SECS:-6}
-SYSTEMS=${ANCHORS_SYSTEMS:-us gateway triton mlserver plain}
+SYSTEMS=${ANCHORS_SYSTEMS:-us gateway triton mlserver plain us-int8 triton-int8 mlserver-int8 plain-int8}
 export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$PWD/.deps/onnxruntime/lib/libonnxruntime.so}
 
 BENCH_TAG=anchors
@@ -48,7 +53,15 @@ BENCH_TAG=anchors
 for bin in inference gateway loadgen inprocess; do
     [ -x "$BIN/$bin" ] || die "$BIN/$bin is missing: run \`cargo build --release --workspace --bins --benches\`"
 done
-[ -f "models/$MODEL/1/model.onnx" ] || die "models/$MODEL is missing: run \`make model\`"
+[ -f "models/$MODEL/1/model.onnx" ] && [ -f "models/$MODEL/2/model.onnx" ] \
+    || die "models/$MODEL is missing its fp32 or int8 version: run \`make model\`"
+# The int8 model as a repository of its own, where it is version 1: every server loads
+# <model dir>/1/model.onnx.
+INT8_REPO=$OUT/int8-models
+mkdir -p "$INT8_REPO/$MODEL/1"
+cp "models/$MODEL/config.toml" "$INT8_REPO/$MODEL/config.toml"
+ln -sf "$PWD/models/$MODEL/tokenizer.json" "$INT8_REPO/$MODEL/tokenizer.json"
+ln -sf "$PWD/models/$MODEL/2/model.onnx" "$INT8_REPO/$MODEL/1/model.onnx"
 [ -x "$VENV/bin/perf_analyzer" ] || die "perf_analyzer is missing in $VENV: run \`make deps\`"
 cuda_lib=$(perf_analyzer_cuda_lib)
 mkdir -p "$OUT" "$ENVS"
@@ -108,13 +121,15 @@ trap 'exit 130' INT TERM
 # Starts SYSTEM; sets addr (host:port) and pa (whether perf_analyzer can drive it).
 start_system() {
     local system=$1 log=$OUT/$1-server.log
-    local port
+    local port repo=models
     port=$(free_port)
     addr=127.0.0.1:$port
     pa=1
-    case $system in
+    case $system in *-int8) repo=$INT8_REPO ;; esac
+    local model_dir=$repo/$MODEL
+    case ${system%-int8} in
         us)
-            "$BIN/inference" --listen "$addr" --model-repository models --models "$MODEL" \
+            "$BIN/inference" --listen "$addr" --model-repository "$repo" --models "$MODEL" \
                 </dev/null >"$log" 2>&1 &
             pids+=($!) ;;
         gateway)
@@ -130,7 +145,7 @@ start_system() {
             pids+=($!) ;;
         triton)
             "$ENVS/triton/bin/python" bench/anchors/triton_server.py --grpc-port "$port" \
-                --http-port "$(free_port)" --metrics-port "$(free_port)" --model-dir "models/$MODEL" \
+                --http-port "$(free_port)" --metrics-port "$(free_port)" --model-dir "$model_dir" \
                 </dev/null >"$log" 2>&1 &
             pids+=($!) ;;
         mlserver)
@@ -138,7 +153,7 @@ start_system() {
             local dir=$OUT/mlserver-models
             rm -rf "$dir" && mkdir -p "$dir/minilm-l6"
             cp bench/anchors/mlserver/runtime.py bench/anchors/mlserver/settings.json "$dir/"
-            sed "s|MODEL_DIR|$PWD/models/$MODEL|" bench/anchors/mlserver/model-settings.json.in \
+            sed "s|MODEL_DIR|$(realpath "$model_dir")|" bench/anchors/mlserver/model-settings.json.in \
                 >"$dir/minilm-l6/model-settings.json"
             cp bench/anchors/mlserver/runtime.py "$dir/minilm-l6/"
             local http_port metrics_port
@@ -149,7 +164,7 @@ start_system() {
                 </dev/null >"$PWD/../mlserver-server.log" 2>&1) &
             pids+=($!) ;;
         plain)
-            "$VENV/bin/python" bench/plain_server.py --port "$port" --model-dir "models/$MODEL" \
+            "$VENV/bin/python" bench/plain_server.py --port "$port" --model-dir "$model_dir" \
                 </dev/null >"$log" 2>&1 &
             pids+=($!) ;;
         *) die "unknown system $system" ;;
@@ -163,6 +178,9 @@ else
     rm -f "$OUT"/pa-*.csv "$OUT"/pa-*.log "$OUT"/loadgen-*.json "$OUT"/inprocess-adjacent-*.json
     say "ONNX Runtime in-process: the ceiling"
     "$BIN/inprocess" >"$OUT/inprocess.json" 2>"$OUT/inprocess.log" || die "inprocess: see $OUT/inprocess.log"
+    say "ONNX Runtime in-process on the int8 model"
+    "$BIN/inprocess" --model "models/$MODEL/2/model.onnx" >"$OUT/inprocess-int8.json" 2>>"$OUT/inprocess.log" \
+        || die "inprocess: see $OUT/inprocess.log"
 fi
 
 for system in $SYSTEMS; do
@@ -183,12 +201,12 @@ for system in $SYSTEMS; do
                     -f "$OUT/pa-$system-c$c-r$r.csv" >"$OUT/pa-$system-c$c-r$r.log" 2>&1 \
                     || die "perf_analyzer against $system at $c: see $OUT/pa-$system-c$c-r$r.log"
             fi
-            if [ "$system" = us ] && [ "$c" = 64 ]; then
+            if { [ "$system" = us ] || [ "$system" = us-int8 ]; } && [ "$c" = 64 ]; then
                 # The ceiling again, right after this run: the machine drifts by more than
                 # the gap between the two over a whole run of the harness.
                 say "in-process ceiling after run $r (batch 32 and 64)"
                 "$BIN/inprocess" --batch-sizes 32,64 --secs-per-batch 4 --latency-runs 10 \
-                    >"$OUT/inprocess-adjacent-r$r.json" 2>>"$OUT/inprocess.log" \
+                    >"$OUT/inprocess-adjacent-${system}-r$r.json" 2>>"$OUT/inprocess.log" \
                     || die "inprocess: see $OUT/inprocess.log"
             fi
         done
@@ -197,5 +215,5 @@ for system in $SYSTEMS; do
 done
 
 "$ENVS/plot/bin/python" bench/anchors/summarize.py --results "$OUT" \
-    --systems "${ANCHORS_REPORT:-us gateway triton mlserver plain}" \
+    --systems "${ANCHORS_REPORT:-$SYSTEMS}" --card "models/$MODEL/2/card.json" \
     --plot bench/anchors/throughput-p99.png

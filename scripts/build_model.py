@@ -436,6 +436,7 @@ def main(argv: list[str] | None = None) -> None:
         path = model_dir / "1" / "model.fp16.onnx"
         summary.append((path, len(fp16), hashlib.sha256(fp16).hexdigest(), write_atomic(path, fp16)))
         try:
+            quantize_model.check_fp16(model_dir, thresholds)
             _, changed = quantize_model.make_int8_version(model_dir, parent=1, version=2, thresholds=thresholds)
         except quantize_model.GateRefused as refused:
             sys.exit(f"error: {refused}")

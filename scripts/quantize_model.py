@@ -53,12 +53,43 @@ def quantize_int8(fp32_path: Path) -> bytes:
 
 def convert_fp16(fp32_path: Path) -> bytes:
     """The fp16 form of the model at `fp32_path` (fp32 inputs and outputs kept), as bytes."""
+    from onnx import TensorProto, helper
     from onnxconverter_common import float16
 
     model = onnx.load(str(fp32_path))
+    # The converter types a graph output that nodes also read as fp32 for both (keep_io_types)
+    # and leaves the graph ill-typed: such an output gets an Identity of its own first.
+    outputs = {o.name for o in model.graph.output}
+    read = {i for node in model.graph.node for i in node.input}
+    for name in sorted(outputs & read):
+        inner = f"{name}/inner"
+        for node in model.graph.node:
+            node.output[:] = [inner if o == name else o for o in node.output]
+            node.input[:] = [inner if i == name else i for i in node.input]
+        model.graph.node.append(helper.make_node("Identity", [inner], [name], name=f"{name}/output"))
+    casts = {node.name for node in model.graph.node if node.op_type == "Cast"}
     # keep_io_types: clients and the service keep exchanging fp32; casts sit at the edges.
     converted = float16.convert_float_to_float16(model, keep_io_types=True)
+    # Nor does it retarget the graph's own Casts to float (the attention and pooling masks),
+    # whose outputs it has typed fp16.
+    for node in converted.graph.node:
+        if node.name in casts:
+            for attribute in node.attribute:
+                if attribute.name == "to" and attribute.i == TensorProto.FLOAT:
+                    attribute.i = TensorProto.FLOAT16
+    onnx.checker.check_model(converted)
     return converted.SerializeToString(deterministic=True)
+
+
+def check_fp16(model_dir: Path, thresholds: dict, log=None) -> None:
+    """The offline gate on `model_dir/1/model.fp16.onnx` against `model.onnx` (run on the CPU
+    provider here: the figures are the conversion's, not the GPU's arithmetic)."""
+    parent = model_dir / "1" / "model.onnx"
+    figures = model_gate.evaluate(parent, model_dir / "1" / "model.fp16.onnx", model_dir / "tokenizer.json")
+    failures = model_gate.verdict(figures, thresholds)
+    if failures:
+        raise GateRefused(model_dir.name, 1, figures, failures, form="fp16")
+    (log or _to_stderr)(f"{model_dir.name} version 1: fp16 form accepted by the gate ({model_gate.summary(figures)})")
 
 
 def write_atomic(path: Path, data: bytes) -> bool:
@@ -147,8 +178,8 @@ def make_int8_version(model_dir: Path, parent: int, version: int | None, thresho
 class GateRefused(Exception):
     """The offline gate refused a candidate; the message holds every failing figure."""
 
-    def __init__(self, model: str, parent: int, figures: dict, failures: list[str]) -> None:
-        super().__init__(f"{model}: the int8 candidate of version {parent} is refused by the offline gate: "
+    def __init__(self, model: str, parent: int, figures: dict, failures: list[str], form: str = "int8") -> None:
+        super().__init__(f"{model}: the {form} candidate of version {parent} is refused by the offline gate: "
                          + "; ".join(failures))
         self.figures = figures
         self.failures = failures

@@ -3,8 +3,13 @@ latency per system, concurrency and load generator; the ratios of ours to each a
 ceiling of ONNX Runtime in-process. Writes results.json and table.md into --results and the plot
 of throughput against p99 (one line per system, points at concurrency 1, 8, 64) to --plot.
 
-Usage: summarize.py --results target/anchors --systems "us gateway triton mlserver plain"
-       --plot bench/anchors/throughput-p99.png
+A system named SYSTEM-int8 is SYSTEM serving the int8 form of the model; anchors are compared
+with ours on the same form. The goals of the quantized-serving work are judged at the end (int8
+served against fp32 in-process; fp32 served against the in-process best and, at concurrency 1,
+against the plain server), beside the offline gate's accuracy figures (--card).
+
+Usage: summarize.py --results target/anchors --systems "us gateway triton mlserver plain us-int8"
+       --plot bench/anchors/throughput-p99.png [--card models/minilm-l6/2/card.json]
 """
 
 import argparse
@@ -30,6 +35,38 @@ COLORS = {"us": "tab:blue", "gateway": "tab:orange", "triton": "tab:green", "mls
           "plain": "tab:purple"}
 ANCHORS = ["triton", "mlserver", "plain"]
 CONCURRENCY = [1, 8, 64]
+
+
+def base(system):
+    """The server of a system name (`triton-int8` -> `triton`)."""
+    return system.removesuffix("-int8")
+
+
+def name(system):
+    return NAMES[base(system)] + (", int8 model" if system.endswith("-int8") else "")
+
+
+def ours_for(system):
+    """Our inference service on the same model form as `system`."""
+    return "us-int8" if system.endswith("-int8") else "us"
+
+
+def adjacent_ceilings(results, system):
+    """The fp32 in-process ceiling measured right after each of `system`'s c=64 runs, by repeat."""
+    found = {}
+    for path in sorted(glob.glob(f"{results}/inprocess-adjacent-{system}-r*.json")):
+        repeat = path.rsplit("-r", 1)[1].removesuffix(".json")
+        with open(path) as f:
+            found[repeat] = json.load(f)["best"]["sentences_per_sec"]
+    return found
+
+
+def run_of(results, generator, system, c, repeat):
+    if generator == "perf_analyzer":
+        path = f"{results}/pa-{system}-c{c}-r{repeat}.csv"
+        return perf_analyzer(path) if os.path.exists(path) else None
+    path = f"{results}/loadgen-{system}-c{c}-r{repeat}.json"
+    return loadgen(path) if os.path.exists(path) else None
 
 
 def median(values):
@@ -76,6 +113,7 @@ def main():
     parser.add_argument("--results", required=True)
     parser.add_argument("--systems", required=True)
     parser.add_argument("--plot", required=True)
+    parser.add_argument("--card", help="card.json of the int8 version: the offline gate's figures")
     args = parser.parse_args()
     systems = args.systems.split()
 
@@ -89,12 +127,13 @@ def main():
     with open(f"{args.results}/inprocess.json") as f:
         inprocess = json.load(f)
     ceiling = inprocess["best"]["sentences_per_sec"]
+    inprocess_int8 = None
+    if os.path.exists(f"{args.results}/inprocess-int8.json"):
+        with open(f"{args.results}/inprocess-int8.json") as f:
+            inprocess_int8 = json.load(f)["best"]
     # The ceiling measured right after each of our concurrency-64 runs, by repeat.
-    adjacent = {}
-    for path in sorted(glob.glob(f"{args.results}/inprocess-adjacent-r*.json")):
-        repeat = path.rsplit("-r", 1)[1].removesuffix(".json")
-        with open(path) as f:
-            adjacent[repeat] = json.load(f)["best"]["sentences_per_sec"]
+    adjacent = adjacent_ceilings(args.results, "us")
+    adjacent_int8 = adjacent_ceilings(args.results, "us-int8")
 
     lines = []
     for generator, by_system in table.items():
@@ -106,13 +145,13 @@ def main():
                 r = by_system.get(system, {}).get(str(c))
                 if not r:
                     continue
-                ours = by_system.get("us", {}).get(str(c))
+                ours = by_system.get(ours_for(system), {}).get(str(c))
                 ratio = p99_ratio = ""
-                if system in ANCHORS and ours:
+                if base(system) in ANCHORS and ours:
                     ratio = f"{ours['throughput'] / r['throughput']:.2f}×"
                     p99_ratio = f"{r['p99_ms'] / ours['p99_ms']:.2f}×"
                 lines.append(
-                    f"| {NAMES[system]} | {c} | {r['throughput']:.1f} | {r['p50_ms']:.2f} | "
+                    f"| {name(system)} | {c} | {r['throughput']:.1f} | {r['p50_ms']:.2f} | "
                     f"{r['p99_ms']:.2f} | {ratio} | {p99_ratio} |"
                 )
         ours64 = by_system.get("us", {}).get("64")
@@ -124,23 +163,53 @@ def main():
             )
             ratios = []
             for repeat, best in sorted(adjacent.items()):
-                if generator == "perf_analyzer":
-                    run = perf_analyzer(f"{args.results}/pa-us-c64-r{repeat}.csv")
-                else:
-                    run = loadgen(f"{args.results}/loadgen-us-c64-r{repeat}.json")
+                run = run_of(args.results, generator, "us", 64, repeat)
                 if run is not None:
                     ratios.append((run[0] / best, run[0], best))
             if ratios:
                 lines.append(
                     "Against the ceiling measured right after each run (same minutes): "
                     + ", ".join(f"{o:.1f} / {b:.1f} = {100 * r:.1f}%" for r, o, b in ratios)
-                    + f"; median **{100 * median([r for r, _, _ in ratios]):.1f}%**."
+                    + f"; median **{100 * median([r for r, _, _ in ratios]):.1f}%** (goal ≥ 90%)."
                 )
+        int8_64 = by_system.get("us-int8", {}).get("64")
+        if int8_64:
+            ratios = []
+            for repeat, best in sorted(adjacent_int8.items()):
+                run = run_of(args.results, generator, "us-int8", 64, repeat)
+                if run is not None:
+                    ratios.append((run[0] / best, run[0], best))
+            lines.append(
+                f"\nOurs on the int8 model at concurrency 64: {int8_64['throughput']:.1f} infer/s"
+                + (f" (int8 in-process best {inprocess_int8['sentences_per_sec']:.1f} at batch "
+                   f"{inprocess_int8['batch']})" if inprocess_int8 else "")
+                + ". Against the fp32 in-process ceiling measured right after each run: "
+                + ", ".join(f"{o:.1f} / {b:.1f} = {r:.2f}×" for r, o, b in ratios)
+                + (f"; median **{median([r for r, _, _ in ratios]):.2f}×** (goal ≥ 1.8×)." if ratios else ".")
+            )
+        ours1, plain1 = by_system.get("us", {}).get("1"), by_system.get("plain", {}).get("1")
+        if ours1 and plain1:
+            lines.append(
+                f"\nConcurrency 1, fp32, ours against the plain Python server: throughput "
+                f"**{ours1['throughput'] / plain1['throughput']:.2f}×** (goal ≥ 1.0×), p50 "
+                f"{ours1['p50_ms']:.2f} vs {plain1['p50_ms']:.2f} ms, p99 {ours1['p99_ms']:.2f} vs "
+                f"{plain1['p99_ms']:.2f} ms (goal: no worse)."
+            )
+    if args.card and os.path.exists(args.card):
+        with open(args.card) as f:
+            figures = json.load(f)["gate"]["figures"]
+        cos, ndcg = figures["cosine"], figures["ndcg_at_10"]
+        lines.append(
+            f"\nAccuracy of the int8 model (offline gate, held-out set): embedding cosine to fp32 min "
+            f"{cos['min']:.4f}, mean {cos['mean']:.4f}; NDCG@10 of Rank {ndcg['parent']:.4f} (fp32) → "
+            f"{ndcg['candidate']:.4f} (int8)."
+        )
     text = "\n".join(lines).lstrip("\n") + "\n"
     with open(f"{args.results}/table.md", "w") as f:
         f.write(text)
     with open(f"{args.results}/results.json", "w") as f:
-        json.dump({"table": table, "inprocess_best": inprocess["best"], "inprocess_adjacent": adjacent},
+        json.dump({"table": table, "inprocess_best": inprocess["best"], "inprocess_adjacent": adjacent,
+                   "inprocess_int8_best": inprocess_int8, "inprocess_adjacent_int8": adjacent_int8},
                   f, indent=2)
     print(text)
 
@@ -152,7 +221,8 @@ def main():
             ys = [p["throughput"] for p in points if p]
             if not xs:
                 continue
-            ax.plot(xs, ys, marker="o", label=NAMES[system], color=COLORS[system])
+            ax.plot(xs, ys, marker="o", label=name(system), color=COLORS[base(system)],
+                    linestyle="--" if system.endswith("-int8") else "-")
             for c, p in zip(CONCURRENCY, points):
                 if p:
                     ax.annotate(f"c={c}", (p["p99_ms"], p["throughput"]), fontsize=7,

@@ -24,7 +24,7 @@ fn built_onnx_files_have_the_pinned_hashes() {
         ),
         (
             "minilm-l6/1/model.fp16.onnx",
-            "9743af11274c546bdb2af92de96089ae39410bcc83d937ff4e009119af37d314",
+            "d060e0380866b17cb9585463fc42ee3c6f285dc85a4fe46ba44d6f9fa60633d2",
         ),
         (
             "minilm-l6/2/model.onnx",
@@ -36,7 +36,7 @@ fn built_onnx_files_have_the_pinned_hashes() {
         ),
         (
             "purchase-intent/1/model.fp16.onnx",
-            "ae218f5b265c967c082a58e0bffb23b1bbabccb6d05d7ca84e7d73d0c7328ad4",
+            "b763d1837d5871ff470a14c0a107b0f4b562840a108bb894e5557e0d3b0d76f5",
         ),
         (
             "purchase-intent/2/model.onnx",
