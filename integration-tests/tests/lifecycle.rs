@@ -21,7 +21,15 @@ fn temp_repository(versions: &[i64]) -> tempfile::TempDir {
     let source = models_dir().join("minilm-l6");
     let model = dir.path().join("minilm-l6");
     std::fs::create_dir(&model).unwrap();
-    std::fs::copy(source.join("config.toml"), model.join("config.toml")).unwrap();
+    // The built config serves version 1 only (its version 2 is the int8 form, a canary); these
+    // tests follow Triton's default policy instead: the newest version on disk.
+    let config = std::fs::read_to_string(source.join("config.toml")).unwrap();
+    assert!(config.contains("specific = [1]"), "{config}");
+    std::fs::write(
+        model.join("config.toml"),
+        config.replace("specific = [1]", "latest = 1"),
+    )
+    .unwrap();
     std::os::unix::fs::symlink(source.join("tokenizer.json"), model.join("tokenizer.json"))
         .unwrap();
     for version in versions {

@@ -90,6 +90,7 @@ fn main() -> anyhow::Result<()> {
         device: Some(Device::Cpu),
         intra_op_threads: args.intra_op_threads,
         optimization_level: args.optimization_level,
+        fp16: false,
         spin: args.spin,
     };
     let (mut backend, provider) = OrtBackend::load(&args.model, Device::Cpu, &options)

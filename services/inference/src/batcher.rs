@@ -1,11 +1,16 @@
 //! Dynamic batching: one bounded queue and one model thread per loaded model version.
 //!
-//! The model thread owns the runtime session. It blocks until a request arrives; while it
-//! runs a batch, new requests accumulate in the queue; when it is free again it takes
-//! everything queued, up to the max batch size (rows) and the token budget (rows × longest
-//! row, padding included). An idle model therefore serves a lone request at once, and a busy
-//! one forms full batches without a fixed delay window. A request whose deadline passed, or
-//! whose caller went away, is dropped before compute.
+//! The model thread blocks until a request arrives; while a batch runs, new requests
+//! accumulate in the queue; when the model is free again the thread takes everything queued,
+//! up to the max batch size (rows) and the token budget (rows × longest row, padding
+//! included). A busy model therefore forms full batches without a fixed delay window. A
+//! request whose deadline passed, or whose caller went away, is dropped before compute.
+//!
+//! An idle model (nothing queued, no batch running) serves a lone request on the caller's
+//! own thread ([`DynamicBatcher::run_or_queue`]): handing it to the model thread and the
+//! answer back costs two thread wake-ups, a measurable share of a single request's latency
+//! on a small machine. The caller holds the model while it runs, so whatever arrives
+//! meanwhile queues and runs as the model thread's next batch, exactly as behind a batch.
 //!
 //! Admission control is a semaphore of `max_queue_size` permits per version: a request that
 //! finds none left is refused at once with RESOURCE_EXHAUSTED, so the queue never grows
@@ -13,11 +18,12 @@
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
+use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::error::InferError;
@@ -37,6 +43,9 @@ pub struct BatchLimits {
     pub max_queue_size: usize,
     /// How long an idle model waits for companions of a lone request (0: not at all).
     pub idle_delay: Duration,
+    /// Whether an idle model runs a lone request on the caller's thread instead of the model
+    /// thread's. Only without an `idle_delay` (a model told to wait for companions waits).
+    pub run_idle_on_caller: bool,
 }
 
 /// A tokenized request waiting for its batch.
@@ -77,8 +86,15 @@ pub struct DynamicBatcher {
     sender: SyncSender<QueuedRequest>,
     attributes: [opentelemetry::KeyValue; 2],
     admission: Arc<Semaphore>,
+    /// Requests queued and not yet taken into a batch. The model thread takes them off only
+    /// while it holds `runner`, so 0 seen under that lock means nothing waits.
     depth: Arc<AtomicUsize>,
     label: Arc<str>,
+    /// The model, held by whoever runs it: the model thread for a batch, or a caller for a
+    /// lone request on an idle model.
+    runner: Arc<Mutex<BatchRunner>>,
+    /// [`BatchLimits::run_idle_on_caller`], off when the model waits for companions.
+    run_idle_on_caller: bool,
 }
 
 impl DynamicBatcher {
@@ -95,15 +111,20 @@ impl DynamicBatcher {
         let (sender, receiver) = mpsc::sync_channel(limits.max_queue_size);
         let depth = Arc::new(AtomicUsize::new(0));
         let label: Arc<str> = Arc::from(format!("model '{model}' version {version}"));
-        let worker = ModelWorker {
+        let runner = Arc::new(Mutex::new(BatchRunner {
             model: model.to_owned(),
             version,
             attributes: metrics::model_attributes(model, version),
             label: label.clone(),
             backend,
             outputs,
-            limits,
             stats,
+        }));
+        let worker = ModelWorker {
+            attributes: metrics::model_attributes(model, version),
+            label: label.clone(),
+            runner: runner.clone(),
+            limits,
             depth: depth.clone(),
             receiver,
             carried: VecDeque::new(),
@@ -120,6 +141,8 @@ impl DynamicBatcher {
             admission: Arc::new(Semaphore::new(limits.max_queue_size)),
             depth,
             label,
+            runner,
+            run_idle_on_caller: limits.run_idle_on_caller && limits.idle_delay.is_zero(),
         })
     }
 
@@ -134,7 +157,55 @@ impl DynamicBatcher {
         })
     }
 
-    /// Queues an admitted request.
+    /// Runs an admitted request at once on this thread when the model is idle (nothing
+    /// queued, no batch running) and this thread may block for it; queues it otherwise.
+    /// Either way the answer arrives through the request's reply channel.
+    ///
+    /// On a tokio worker the run blocks the worker itself: measured, that is cheaper than
+    /// [`tokio::task::block_in_place`], which wakes a thread to take over the worker and sends
+    /// the reply through the runtime's shared queue, one more wake-up than the model thread's
+    /// hand-off. Blocking is bounded instead: only a small request ([`CALLER_RUN_MAX_TOKENS`])
+    /// that is not due soon ([`CALLER_RUN_MIN_SLACK`]), only on a multi-threaded runtime, and
+    /// never on its last free worker, so the runtime keeps serving the other calls meanwhile.
+    pub fn run_or_queue(&self, request: QueuedRequest) -> Result<(), InferError> {
+        match self.claim_idle(&request) {
+            Some(idle) => {
+                idle.run(request);
+                Ok(())
+            }
+            None => self.submit(request),
+        }
+    }
+
+    /// Holds the model if it is idle and `request` may run on its caller's thread.
+    fn claim_idle(&self, request: &QueuedRequest) -> Option<IdleModel<'_>> {
+        // Cheap checks first: a busy model costs the caller no lock attempt.
+        let padded = request.tokens.len() * longest_row(request);
+        let due_soon = request.deadline.is_some_and(|deadline| {
+            deadline.saturating_duration_since(Instant::now()) < CALLER_RUN_MIN_SLACK
+        });
+        if !self.run_idle_on_caller
+            || padded > CALLER_RUN_MAX_TOKENS
+            || due_soon
+            || self.depth.load(Ordering::Relaxed) != 0
+        {
+            return None;
+        }
+        let slot = CallerRunSlot::take()?;
+        let runner = match self.runner.try_lock() {
+            Ok(runner) => runner,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        // Again under the lock: queued requests go first, and the model thread takes them off
+        // `depth` only while holding it.
+        (self.depth.load(Ordering::Relaxed) == 0).then_some(IdleModel {
+            runner,
+            _slot: slot,
+        })
+    }
+
+    /// Queues an admitted request for the model thread.
     pub fn submit(&self, request: QueuedRequest) -> Result<(), InferError> {
         self.depth.fetch_add(1, Ordering::Relaxed);
         match self.sender.try_send(request) {
@@ -165,15 +236,80 @@ impl DynamicBatcher {
     }
 }
 
+/// Largest request, in padded tokens (rows × longest row), that runs on its caller's thread:
+/// a search query or a few (the product searches are about 32 tokens each), milliseconds of
+/// compute. A bigger request goes to the model thread, where the hand-off is a negligible
+/// share of its compute and no tokio worker is held for long.
+pub const CALLER_RUN_MAX_TOKENS: usize = 128;
+
+/// A request due sooner than this goes to the model thread: while it waits there, the core
+/// can still answer DEADLINE_EXCEEDED before the caller's deadline, which a run on the
+/// caller's own thread could not interrupt.
+pub const CALLER_RUN_MIN_SLACK: Duration = Duration::from_millis(100);
+
+/// Callers of the process now running a request on their own tokio worker.
+static CALLER_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// Permission to block the current thread for one request's run: always outside a tokio
+/// runtime; on a multi-threaded runtime only while another worker stays free (counted across
+/// every model of the process); never on a current-thread runtime.
+struct CallerRunSlot {
+    counted: bool,
+}
+
+impl CallerRunSlot {
+    fn take() -> Option<CallerRunSlot> {
+        let Ok(handle) = Handle::try_current() else {
+            return Some(CallerRunSlot { counted: false });
+        };
+        if handle.runtime_flavor() != RuntimeFlavor::MultiThread {
+            return None;
+        }
+        let most = handle.metrics().num_workers().saturating_sub(1);
+        CALLER_RUNS
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
+                (running < most).then_some(running + 1)
+            })
+            .ok()
+            .map(|_| CallerRunSlot { counted: true })
+    }
+}
+
+impl Drop for CallerRunSlot {
+    fn drop(&mut self) {
+        if self.counted {
+            CALLER_RUNS.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// An idle model held by a caller: requests arriving meanwhile queue behind it.
+struct IdleModel<'a> {
+    runner: MutexGuard<'a, BatchRunner>,
+    _slot: CallerRunSlot,
+}
+
+impl IdleModel<'_> {
+    /// Runs `request` on this thread (it blocks for the whole execution).
+    fn run(mut self, request: QueuedRequest) {
+        self.runner.execute(vec![request]);
+    }
+}
+
+/// Locks the model, even if a thread panicked while holding it (runs catch the runtime's
+/// panics; what remains is bookkeeping that stays consistent).
+fn lock(runner: &Mutex<BatchRunner>) -> MutexGuard<'_, BatchRunner> {
+    runner
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The model thread: forms batches from the queue and runs them.
 struct ModelWorker {
-    model: String,
-    version: i64,
     attributes: [opentelemetry::KeyValue; 2],
     label: Arc<str>,
-    backend: Box<dyn Backend>,
-    outputs: Vec<String>,
+    runner: Arc<Mutex<BatchRunner>>,
     limits: BatchLimits,
-    stats: Arc<StatsRecorder>,
     depth: Arc<AtomicUsize>,
     receiver: Receiver<QueuedRequest>,
     /// Requests taken from the channel that did not fit the previous batch.
@@ -183,10 +319,23 @@ struct ModelWorker {
 impl ModelWorker {
     fn run(mut self) {
         tracing::debug!(model = %self.label, "model thread started");
-        while let Some(batch) = self.next_batch() {
-            self.execute(batch);
+        let runner = self.runner.clone();
+        while let Some(first) = self.next_request() {
+            // Waits here while a caller runs a lone request; what queues meanwhile joins the
+            // batch.
+            let mut runner = lock(&runner);
+            let batch = self.fill_batch(first);
+            runner.execute(batch);
         }
         tracing::debug!(model = %self.label, "model thread stopped: queue closed and drained");
+    }
+
+    /// Blocks for the next request; `None` once the queue is closed and drained.
+    fn next_request(&mut self) -> Option<QueuedRequest> {
+        match self.carried.pop_front() {
+            Some(request) => Some(request),
+            None => self.receiver.recv().ok(),
+        }
     }
 
     /// The next request already waiting, without blocking.
@@ -196,12 +345,9 @@ impl ModelWorker {
             .or_else(|| self.receiver.try_recv().ok())
     }
 
-    /// Blocks for the first request, then takes what is queued up to the limits.
-    fn next_batch(&mut self) -> Option<Vec<QueuedRequest>> {
-        let first = match self.carried.pop_front() {
-            Some(request) => request,
-            None => self.receiver.recv().ok()?,
-        };
+    /// Adds to `first` what is queued, up to the limits (waiting up to the idle delay for
+    /// companions), and takes the batch off the queue depth.
+    fn fill_batch(&mut self, first: QueuedRequest) -> Vec<QueuedRequest> {
         let idle_deadline = first.enqueued + self.limits.idle_delay;
         let mut batch = BatchBuilder::default();
         // The first request always goes, even when it alone exceeds the token budget.
@@ -231,9 +377,23 @@ impl ModelWorker {
         metrics::instruments()
             .queue_depth
             .add(-(batch.requests.len() as i64), &self.attributes);
-        Some(batch.requests)
+        batch.requests
     }
+}
 
+/// The model of one version and what running a batch needs: held by the model thread for a
+/// batch, or by a caller for a lone request on an idle model.
+struct BatchRunner {
+    model: String,
+    version: i64,
+    attributes: [opentelemetry::KeyValue; 2],
+    label: Arc<str>,
+    backend: Box<dyn Backend>,
+    outputs: Vec<String>,
+    stats: Arc<StatsRecorder>,
+}
+
+impl BatchRunner {
     fn execute(&mut self, batch: Vec<QueuedRequest>) {
         let started = Instant::now();
         // Drop what nobody waits for any more, before spending compute on it.
@@ -484,9 +644,10 @@ mod tests {
     use crate::runtime::BatchOutput;
 
     /// A backend that says when a batch starts, waits to be released, records the batch's
-    /// shape and echoes each row's length.
+    /// shape and whether the model thread ran it, and echoes each row's length.
     struct GatedBackend {
         batches: Arc<Mutex<Vec<(usize, usize)>>>,
+        on_model_thread: Arc<Mutex<Vec<bool>>>,
         started: Sender<()>,
         release: Receiver<()>,
     }
@@ -503,6 +664,11 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push((batch.rows, batch.seq_len));
+            let thread = std::thread::current();
+            self.on_model_thread
+                .lock()
+                .unwrap()
+                .push(thread.name().is_some_and(|name| name.starts_with("model ")));
             let values = (0..batch.rows)
                 .map(|row| {
                     batch.attention_mask[row * batch.seq_len..(row + 1) * batch.seq_len]
@@ -517,17 +683,22 @@ mod tests {
     struct Harness {
         batcher: DynamicBatcher,
         batches: Arc<Mutex<Vec<(usize, usize)>>>,
-        started: Receiver<()>,
+        on_model_thread: Arc<Mutex<Vec<bool>>>,
+        stats: Arc<StatsRecorder>,
+        started: Mutex<Receiver<()>>,
         release: Sender<()>,
     }
 
     impl Harness {
         fn new(limits: BatchLimits) -> Harness {
             let batches = Arc::new(Mutex::new(Vec::new()));
+            let on_model_thread = Arc::new(Mutex::new(Vec::new()));
+            let stats = Arc::new(StatsRecorder::default());
             let (started_tx, started) = std::sync::mpsc::channel();
             let (release, release_rx) = std::sync::mpsc::channel();
             let backend = GatedBackend {
                 batches: batches.clone(),
+                on_model_thread: on_model_thread.clone(),
                 started: started_tx,
                 release: release_rx,
             };
@@ -537,20 +708,22 @@ mod tests {
                 Box::new(backend),
                 vec!["len".into()],
                 limits,
-                Arc::default(),
+                stats.clone(),
             )
             .unwrap();
             Harness {
                 batcher,
                 batches,
-                started,
+                on_model_thread,
+                stats,
+                started: Mutex::new(started),
                 release,
             }
         }
 
-        /// Blocks until the model thread is inside a batch.
+        /// Blocks until a batch is running (on the model thread or a caller's).
         fn wait_until_running(&self) {
-            self.started.recv().unwrap();
+            self.started.lock().unwrap().recv().unwrap();
         }
 
         /// Lets every batch, current and future, finish.
@@ -560,29 +733,53 @@ mod tests {
             }
         }
 
+        /// Queues a request of one text of `tokens` tokens for the model thread.
         fn submit(
             &self,
             tokens: usize,
             deadline: Option<Instant>,
         ) -> oneshot::Receiver<Result<BatchReply, InferError>> {
-            let (reply, answer) = oneshot::channel();
-            self.batcher
-                .submit(QueuedRequest {
-                    tokens: vec![vec![7; tokens]],
-                    outputs: vec![0],
-                    deadline,
-                    enqueued: Instant::now(),
-                    reply,
-                    span: tracing::Span::none(),
-                    queue_span: tracing::Span::none(),
-                    permit: self.batcher.admit().unwrap(),
-                })
-                .unwrap();
+            let (request, answer) = self.request(tokens, deadline);
+            self.batcher.submit(request).unwrap();
             answer
+        }
+
+        /// Sends a request the way the core does: run here when idle, queued otherwise.
+        fn run_or_queue(&self, tokens: usize) -> oneshot::Receiver<Result<BatchReply, InferError>> {
+            let (request, answer) = self.request(tokens, None);
+            self.batcher.run_or_queue(request).unwrap();
+            answer
+        }
+
+        fn request(
+            &self,
+            tokens: usize,
+            deadline: Option<Instant>,
+        ) -> (
+            QueuedRequest,
+            oneshot::Receiver<Result<BatchReply, InferError>>,
+        ) {
+            let (reply, answer) = oneshot::channel();
+            let request = QueuedRequest {
+                tokens: vec![vec![7; tokens]],
+                outputs: vec![0],
+                deadline,
+                enqueued: Instant::now(),
+                reply,
+                span: tracing::Span::none(),
+                queue_span: tracing::Span::none(),
+                permit: self.batcher.admit().unwrap(),
+            };
+            (request, answer)
         }
 
         fn batches(&self) -> Vec<(usize, usize)> {
             self.batches.lock().unwrap().clone()
+        }
+
+        /// For each batch run so far, whether the model thread ran it.
+        fn on_model_thread(&self) -> Vec<bool> {
+            self.on_model_thread.lock().unwrap().clone()
         }
     }
 
@@ -592,6 +789,7 @@ mod tests {
             max_tokens: 1000,
             max_queue_size: 100,
             idle_delay: Duration::ZERO,
+            run_idle_on_caller: true,
         }
     }
 
@@ -702,5 +900,164 @@ mod tests {
         assert!(matches!(err, InferError::Overloaded(_)), "{err}");
         assert!(err.to_string().contains("full"), "{err}");
         h.release_all();
+    }
+
+    // The tests of the caller's run call from plain threads (outside any runtime, where
+    // blocking needs no leave) unless they test the leave itself: it is counted per process,
+    // and tests run in parallel.
+
+    #[test]
+    fn an_idle_model_runs_a_lone_request_on_the_callers_thread_and_counts_it() {
+        let h = Harness::new(limits());
+        h.release_all();
+        let mut answer = h.run_or_queue(5);
+        // Answered before the call returned: no hand-off to the model thread and back.
+        let reply = answer
+            .try_recv()
+            .expect("answered during the call")
+            .unwrap();
+        assert_eq!(reply.outputs, vec![vec![5.0]]);
+        assert_eq!(reply.batch_rows, 1);
+        assert_eq!(h.batches(), vec![(1, 5)]);
+        assert_eq!(
+            h.on_model_thread(),
+            vec![false],
+            "ran on the caller's thread"
+        );
+        assert_eq!(h.batcher.queue_depth(), 0);
+        let stats = h.stats.snapshot();
+        assert_eq!(
+            (stats.inference_count, stats.execution_count),
+            (1, 1),
+            "counted as one execution of one row"
+        );
+        assert_eq!((stats.success.count, stats.fail.count), (1, 0));
+        assert_eq!(stats.queue.count, 1);
+        assert_eq!(stats.batches.keys().copied().collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn a_busy_model_queues_and_what_queued_meanwhile_runs_as_one_batch() {
+        let h = Harness::new(limits());
+        let first = h.submit(4, None);
+        h.wait_until_running();
+        // The model thread holds the model: these return at once, queued.
+        let rest: Vec<_> = (0..3).map(|_| h.run_or_queue(4)).collect();
+        assert_eq!(h.batcher.queue_depth(), 3);
+        h.release_all();
+        first.blocking_recv().unwrap().unwrap();
+        for answer in rest {
+            assert_eq!(answer.blocking_recv().unwrap().unwrap().batch_rows, 3);
+        }
+        assert_eq!(h.batches(), vec![(1, 4), (3, 4)]);
+        assert_eq!(h.on_model_thread(), vec![true, true]);
+    }
+
+    #[test]
+    fn requests_arriving_while_a_caller_runs_one_wait_for_it_and_batch() {
+        let h = Arc::new(Harness::new(limits()));
+        let caller = {
+            let h = h.clone();
+            std::thread::spawn(move || {
+                let mut answer = h.run_or_queue(3);
+                answer
+                    .try_recv()
+                    .expect("answered during the call")
+                    .unwrap()
+            })
+        };
+        h.wait_until_running();
+        let rest: Vec<_> = (0..3).map(|_| h.run_or_queue(6)).collect();
+        assert_eq!(h.batcher.queue_depth(), 3, "queued behind the caller's run");
+        h.release_all();
+        assert_eq!(caller.join().unwrap().outputs, vec![vec![3.0]]);
+        for answer in rest {
+            assert_eq!(
+                answer.blocking_recv().unwrap().unwrap().outputs,
+                vec![vec![6.0]]
+            );
+        }
+        assert_eq!(h.batches(), vec![(1, 3), (3, 6)]);
+        assert_eq!(h.on_model_thread(), vec![false, true]);
+    }
+
+    #[test]
+    fn a_queued_request_is_never_overtaken_by_a_callers_run() {
+        let h = Harness::new(limits());
+        let (probe, _answer) = h.request(5, None);
+        let claim = h.batcher.claim_idle(&probe).expect("an idle model");
+        let queued = h.submit(5, None);
+        drop(claim);
+        // The model thread has the queued request or is about to take it: a caller that found
+        // the model free here would run ahead of it.
+        assert!(
+            h.batcher.claim_idle(&probe).is_none(),
+            "claimed ahead of a queued request"
+        );
+        h.release_all();
+        queued.blocking_recv().unwrap().unwrap();
+        assert_eq!(h.on_model_thread(), vec![true]);
+    }
+
+    #[test]
+    fn a_large_request_one_due_soon_or_an_idle_delay_stays_on_the_model_thread() {
+        let h = Harness::new(limits());
+        h.release_all();
+        // 2 rows × 65 tokens = 130 padded tokens: over the bound.
+        let (mut request, answer) = h.request(65, None);
+        request.tokens.push(vec![7; 65]);
+        h.batcher.run_or_queue(request).unwrap();
+        answer.blocking_recv().unwrap().unwrap();
+        // A request due soon waits where the core can still give up on it in time.
+        let (request, answer) = h.request(4, Some(Instant::now() + Duration::from_millis(50)));
+        h.batcher.run_or_queue(request).unwrap();
+        answer.blocking_recv().unwrap().unwrap();
+        // A model told to wait for companions waits for them on its own thread.
+        let delayed = Harness::new(BatchLimits {
+            idle_delay: Duration::from_millis(1),
+            ..limits()
+        });
+        delayed.release_all();
+        delayed.run_or_queue(4).blocking_recv().unwrap().unwrap();
+        assert_eq!(h.on_model_thread(), vec![true, true]);
+        assert_eq!(delayed.on_model_thread(), vec![true]);
+    }
+
+    #[tokio::test]
+    async fn a_current_thread_runtime_never_blocks_for_a_run() {
+        let h = Harness::new(limits());
+        h.release_all();
+        h.run_or_queue(4).await.unwrap().unwrap();
+        assert_eq!(h.on_model_thread(), vec![true]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn the_last_free_worker_of_a_runtime_never_blocks_for_a_run() {
+        let h = Harness::new(limits());
+        h.release_all();
+        let answer = tokio::spawn(async move {
+            let answer = h.run_or_queue(4);
+            (answer.await.unwrap().unwrap(), h)
+        });
+        let (_, h) = answer.await.unwrap();
+        assert_eq!(h.on_model_thread(), vec![true]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_of_a_runtime_with_another_free_runs_an_idle_models_request() {
+        let h = Harness::new(limits());
+        h.release_all();
+        let answer = tokio::spawn(async move {
+            let mut answer = h.run_or_queue(4);
+            (answer.try_recv().expect("answered during the call"), h)
+        });
+        let (reply, h) = answer.await.unwrap();
+        assert_eq!(reply.unwrap().outputs, vec![vec![4.0]]);
+        assert_eq!(h.on_model_thread(), vec![false]);
+        assert_eq!(
+            CALLER_RUNS.load(Ordering::Acquire),
+            0,
+            "the leave is given back"
+        );
     }
 }

@@ -182,7 +182,8 @@ impl InferenceCore {
         let rows = tokens.len() as i64;
 
         let (reply, answer) = oneshot::channel();
-        served.batcher.submit(QueuedRequest {
+        // An idle model runs the request here and now; a busy one queues it for its next batch.
+        served.batcher.run_or_queue(QueuedRequest {
             tokens,
             outputs: outputs.clone(),
             deadline: request.deadline,

@@ -402,6 +402,10 @@ impl ModelRepository {
                 max_tokens: config.batching.max_batch_tokens,
                 max_queue_size: config.batching.max_queue_size,
                 idle_delay: Duration::from_micros(config.batching.max_queue_delay_us),
+                // On CPU a session runs as well on any thread. The CUDA provider builds state
+                // per calling thread (library handles, workspaces) on its first run there, so
+                // a GPU model stays on its own thread.
+                run_idle_on_caller: provider == Provider::Cpu,
             },
             stats.clone(),
         )?;

@@ -82,6 +82,14 @@ pub struct RuntimeOptions {
     #[arg(long, env = "INFERENCE_OPT_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(u8).range(0..=3))]
     pub optimization_level: u8,
 
+    /// On the CUDA provider, serve a version's `model.fp16.onnx` (its fp16 form, as `make
+    /// model` builds it) in place of `model.onnx` when the folder has one: half the memory
+    /// and the GPU's fp16 units. Every GPU the CUDA provider runs on (compute capability 7.5
+    /// and up for CUDA 13) computes fp16 natively. `--no-fp16` keeps fp32 everywhere; the CPU
+    /// provider always runs `model.onnx`.
+    #[arg(long = "no-fp16", env = "INFERENCE_NO_FP16", action = clap::ArgAction::SetFalse)]
+    pub fp16: bool,
+
     /// Let ONNX Runtime's worker threads spin between the operators of a run (they stop when
     /// the run returns). Lower latency at low concurrency; on a small box it takes cycles
     /// that tokenization and gRPC need under heavy load (see BENCHMARKS.md).
@@ -208,7 +216,11 @@ impl OrtBackend {
                 }
             },
         };
-        let session = builder.commit_from_file(model_path).map_err(fail)?;
+        let file = model_file(model_path, provider, options.fp16);
+        if file != model_path {
+            tracing::info!(model = %model_path.display(), file = %file.display(), "serving the fp16 form on the CUDA provider");
+        }
+        let session = builder.commit_from_file(&file).map_err(fail)?;
         let has_token_type_ids = session
             .inputs()
             .iter()
@@ -220,6 +232,17 @@ impl OrtBackend {
             },
             provider,
         ))
+    }
+}
+
+/// The file a version runs from: its fp16 form (`model.fp16.onnx` beside `model_path`) on the
+/// CUDA provider when allowed and present, else `model_path` itself.
+pub fn model_file(model_path: &Path, provider: Provider, fp16: bool) -> PathBuf {
+    let half = model_path.with_file_name("model.fp16.onnx");
+    if provider == Provider::Cuda && fp16 && half.is_file() {
+        half
+    } else {
+        model_path.to_owned()
     }
 }
 
@@ -295,5 +318,28 @@ impl Backend for OrtBackend {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cuda_provider_serves_the_fp16_form_when_present_and_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let fp32 = dir.path().join("model.onnx");
+        let half = dir.path().join("model.fp16.onnx");
+        std::fs::write(&fp32, b"fp32").unwrap();
+        // No fp16 file: fp32 everywhere.
+        assert_eq!(model_file(&fp32, Provider::Cuda, true), fp32);
+        std::fs::write(&half, b"fp16").unwrap();
+        assert_eq!(model_file(&fp32, Provider::Cuda, true), half);
+        assert_eq!(model_file(&fp32, Provider::Cuda, false), fp32, "--no-fp16");
+        assert_eq!(
+            model_file(&fp32, Provider::Cpu, true),
+            fp32,
+            "never on the CPU"
+        );
     }
 }
