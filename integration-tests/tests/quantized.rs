@@ -1,6 +1,7 @@
 //! The int8 form of minilm-l6 (version 2, as `make model` builds it) served next to fp32
 //! (version 1) as a canary: each Rank call embeds its query and candidates with one version,
-//! and the embedding cache never hands one version's vectors to the other.
+//! the embedding cache never hands one version's vectors to the other, and the collector's join
+//! with the example ranking rule promotes the int8 canary when its online NDCG@10 holds.
 
 use integration_tests::*;
 use proto::ecommerce::gateway::v1 as pb;
@@ -138,4 +139,166 @@ async fn each_rank_call_uses_one_version_and_the_cache_keeps_versions_apart() {
     );
     gateway.stop().await.unwrap();
     inference.stop().await.unwrap();
+}
+
+/// The example rule of deploy/rules/mesh.yaml that promotes a ranking canary whose online
+/// NDCG@10 holds, with a short window and few samples.
+const RANKING_RULES: &str = r#"
+group_by: [alertname, model]
+route: {group_wait: 0s}
+rules:
+  - name: CanaryRankingHolds
+    kind: canary_quality
+    model: minilm-l6
+    measure: ndcg
+    min_samples: 20
+    window: 10m
+    op: ">="
+    threshold: -0.005
+    labels: {severity: info}
+    actions:
+      - {kind: promote_canary, model: "{{ $labels.model }}", version: "{{ $labels.model_version }}"}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_int8_canary_whose_online_ndcg_holds_is_promoted() {
+    use proto::monitoring::metrics::v1 as mq;
+    let repository = repository_serving("minilm-l6", &[(1, 1), (2, 2)]);
+    let mut inference =
+        RunningInference::start(inference_config(repository.path(), &["minilm-l6"]))
+            .await
+            .unwrap();
+    let mut collector = RunningCollector::start(&[]).await.unwrap();
+    let mut gateway = RunningGateway::start(gateway_config(
+        &[inference.addr],
+        &[
+            "--records-endpoint",
+            &collector.endpoint(),
+            "--rate-limit",
+            "100000",
+            "--rate-burst",
+            "100000",
+        ],
+    ))
+    .await
+    .unwrap();
+    let db = TestDatabase::create().await;
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(rules.path().join("ranking.yaml"), RANKING_RULES).unwrap();
+    let gateway_url = format!("http://{}", gateway.addr);
+    let manager = start_alert_manager_with(
+        &collector.endpoint(),
+        rules.path(),
+        &db.url,
+        &["--gateway", &gateway_url, "--gateway-api-key", "admin-key"],
+    )
+    .await;
+    let mut admin = GatewayAdminClient::new(connect(gateway.addr).await);
+    admin
+        .set_canary(with_key(
+            pb::SetCanaryRequest {
+                model: "minilm-l6".into(),
+                weights: vec![
+                    pb::VersionWeight {
+                        version: 1,
+                        weight: 70,
+                    },
+                    pb::VersionWeight {
+                        version: 2,
+                        weight: 30,
+                    },
+                ],
+            },
+            "admin-key",
+            None,
+        ))
+        .await
+        .unwrap();
+
+    // Shoppers rank the titles and click what they were shown first, on either version.
+    let request = pb::RankRequest {
+        query: QUERY.into(),
+        candidates: TITLES
+            .iter()
+            .enumerate()
+            .map(|(i, title)| pb::Candidate {
+                id: format!("item-{i}"),
+                text: (*title).into(),
+            })
+            .collect(),
+        top_k: 0,
+    };
+    let mut client = gateway_client(gateway.addr).await;
+    let mut promoted_after = None;
+    for sent in 0..2000 {
+        let shopper = format!("shopper-{sent}");
+        let ranked = client
+            .rank(with_key(request.clone(), "client-key", Some(&shopper)))
+            .await
+            .unwrap()
+            .into_inner();
+        client
+            .feedback(with_key(
+                pb::FeedbackRequest {
+                    request_id: ranked.request_id,
+                    item_id: ranked.ranked[0].id.clone(),
+                    event: pb::FeedbackEvent::Click as i32,
+                    label: 0,
+                },
+                "client-key",
+                Some(&shopper),
+            ))
+            .await
+            .unwrap();
+        if sent % 20 == 19 {
+            let split = admin
+                .get_canary(with_key(
+                    pb::GetCanaryRequest {
+                        model: "minilm-l6".into(),
+                    },
+                    "admin-key",
+                    None,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            let weights = &split.weights;
+            if weights.iter().any(|w| w.version == 2 && w.weight == 100)
+                && weights.iter().all(|w| w.version == 2 || w.weight == 0)
+            {
+                promoted_after = Some(sent + 1);
+                break;
+            }
+        }
+    }
+    let sent = promoted_after.expect("the int8 canary was not promoted within 2000 rankings");
+    eprintln!("int8 canary promoted after {sent} rankings");
+
+    // The join measured both versions on their own rankings.
+    let quality = mq::metrics_query_client::MetricsQueryClient::new(connect(collector.grpc).await)
+        .model_quality(mq::ModelQualityRequest {
+            model: "minilm-l6".into(),
+            window_seconds: 600,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let versions: Vec<(i64, u64)> = quality
+        .versions
+        .iter()
+        .map(|v| (v.version, v.ndcg_rankings))
+        .collect();
+    assert!(
+        versions.iter().any(|&(v, n)| v == 1 && n >= 20)
+            && versions.iter().any(|&(v, n)| v == 2 && n >= 20),
+        "{versions:?}"
+    );
+
+    let _ = manager.stop.send(());
+    manager.task.await.unwrap().unwrap();
+    gateway.stop().await.unwrap();
+    collector.stop().await.unwrap();
+    inference.stop().await.unwrap();
+    db.drop().await;
 }
