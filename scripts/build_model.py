@@ -42,9 +42,7 @@ import hashlib
 import importlib.util
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -365,29 +363,6 @@ def load_weights(package_dir: Path) -> dict[str, np.ndarray]:
     return w
 
 
-def write_atomic(path: Path, data: bytes) -> bool:
-    """Write `data` to `path` atomically; return False if the file already had that content.
-
-    Unchanged files are not rewritten so that their mtime stays put and a
-    server watching the model directory does not reload for nothing.
-    """
-    if path.is_file() and path.read_bytes() == data:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the server may run as another user.
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return True
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Build the minilm-l6 and purchase-intent ONNX models (plus tokenizer.json and "
@@ -426,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
             model_dir / "config.toml": config_toml(name, outputs).encode(),
         }
         for path, data in files.items():
-            changed = write_atomic(path, data)
+            changed = quantize_model.write_atomic(path, data)
             if path.suffix == ".onnx":
                 summary.append((path, len(data), hashlib.sha256(data).hexdigest(), changed))
 
@@ -434,14 +409,14 @@ def main(argv: list[str] | None = None) -> None:
         model_dir = args.out / name
         fp16 = quantize_model.convert_fp16(model_dir / "1" / "model.onnx")
         path = model_dir / "1" / "model.fp16.onnx"
-        summary.append((path, len(fp16), hashlib.sha256(fp16).hexdigest(), write_atomic(path, fp16)))
+        summary.append((path, len(fp16), hashlib.sha256(fp16).hexdigest(),
+                        quantize_model.write_atomic(path, fp16)))
         try:
             quantize_model.check_fp16(model_dir, thresholds)
-            _, changed = quantize_model.make_int8_version(model_dir, parent=1, version=2, thresholds=thresholds)
+            written = quantize_model.make_int8_version(model_dir, parent=1, version=2, thresholds=thresholds)
         except quantize_model.GateRefused as refused:
             sys.exit(f"error: {refused}")
-        data = (model_dir / "2" / "model.onnx").read_bytes()
-        summary.append((model_dir / "2" / "model.onnx", len(data), hashlib.sha256(data).hexdigest(), changed))
+        summary.append((model_dir / "2" / "model.onnx", written.size, written.sha256, written.changed))
 
     for path, size, digest, changed in summary:
         print(f"{digest}  {path}  ({size / 1e6:.1f} MB, {'written' if changed else 'unchanged'})")

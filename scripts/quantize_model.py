@@ -27,6 +27,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import onnx
 
@@ -93,7 +94,11 @@ def check_fp16(model_dir: Path, thresholds: dict, log=None) -> None:
 
 
 def write_atomic(path: Path, data: bytes) -> bool:
-    """Write `data` to `path` atomically; return False if the file already had that content."""
+    """Write `data` to `path` atomically; return False if the file already had that content.
+
+    Unchanged files are not rewritten so that their mtime stays put and a server watching the
+    model directory does not reload for nothing.
+    """
     if path.is_file() and path.read_bytes() == data:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,11 +139,21 @@ def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
 
+class Written(NamedTuple):
+    """An int8 version as written: its number, its model file's size and SHA-256, and whether
+    any of its files changed."""
+
+    version: int
+    size: int
+    sha256: str
+    changed: bool
+
+
 def make_int8_version(model_dir: Path, parent: int, version: int | None, thresholds: dict,
-                      log=_to_stderr) -> tuple[int, bool]:
+                      log=_to_stderr) -> Written:
     """Quantize `model_dir/<parent>` into `model_dir/<version>` if the gate accepts it.
 
-    Returns (version, whether a file changed). Raises `GateRefused` with the figures when the
+    Returns what was written. Raises `GateRefused` with the figures when the
     candidate falls under a threshold; nothing is written then.
     """
     parent_file = model_dir / str(parent) / "model.onnx"
@@ -172,7 +187,7 @@ def make_int8_version(model_dir: Path, parent: int, version: int | None, thresho
         model_dir.name, version, parent, len(data), digest, figures, thresholds).encode())
     log(f"{model_dir.name} version {version}: int8 of version {parent} accepted by the gate "
         f"({model_gate.summary(figures)})")
-    return version, changed
+    return Written(version, len(data), digest, changed)
 
 
 class GateRefused(Exception):
@@ -203,15 +218,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        version, _ = make_int8_version(args.model_dir, args.parent, args.version,
-                                       model_gate.thresholds_from_args(args))
+        written = make_int8_version(args.model_dir, args.parent, args.version,
+                                    model_gate.thresholds_from_args(args))
     except GateRefused as refused:
         print(f"error: {refused}", file=sys.stderr)
         return 1
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(version)
+    print(written.version)
     return 0
 
 

@@ -41,6 +41,37 @@ async fn direct_scores(addr: std::net::SocketAddr, version: i64) -> Vec<f32> {
         .collect()
 }
 
+/// Rank of `TITLES` (ids `item-<index>`) against `QUERY`, every candidate returned.
+fn rank_request() -> pb::RankRequest {
+    pb::RankRequest {
+        query: QUERY.into(),
+        candidates: TITLES
+            .iter()
+            .enumerate()
+            .map(|(i, title)| pb::Candidate {
+                id: format!("item-{i}"),
+                text: (*title).into(),
+            })
+            .collect(),
+        top_k: 0,
+    }
+}
+
+/// An admin's SetCanary of minilm-l6 with these `(version, weight)` pairs.
+fn split(weights: &[(i64, u32)]) -> tonic::Request<pb::SetCanaryRequest> {
+    with_key(
+        pb::SetCanaryRequest {
+            model: "minilm-l6".into(),
+            weights: weights
+                .iter()
+                .map(|&(version, weight)| pb::VersionWeight { version, weight })
+                .collect(),
+        },
+        "admin-key",
+        None,
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_rank_call_uses_one_version_and_the_cache_keeps_versions_apart() {
     let repository = repository_serving("minilm-l6", &[(1, 1), (2, 2)]);
@@ -66,38 +97,11 @@ async fn each_rank_call_uses_one_version_and_the_cache_keeps_versions_apart() {
         .await
         .unwrap();
     GatewayAdminClient::new(connect(gateway.addr).await)
-        .set_canary(with_key(
-            pb::SetCanaryRequest {
-                model: "minilm-l6".into(),
-                weights: vec![
-                    pb::VersionWeight {
-                        version: 1,
-                        weight: 50,
-                    },
-                    pb::VersionWeight {
-                        version: 2,
-                        weight: 50,
-                    },
-                ],
-            },
-            "admin-key",
-            None,
-        ))
+        .set_canary(split(&[(1, 50), (2, 50)]))
         .await
         .unwrap();
 
-    let request = pb::RankRequest {
-        query: QUERY.into(),
-        candidates: TITLES
-            .iter()
-            .enumerate()
-            .map(|(i, title)| pb::Candidate {
-                id: format!("item-{i}"),
-                text: (*title).into(),
-            })
-            .collect(),
-        top_k: 0,
-    };
+    let request = rank_request();
     let mut client = gateway_client(gateway.addr).await;
     let mut seen = [0_usize; 3];
     // Shoppers of both versions, twice each: the second round comes from the cache.
@@ -194,40 +198,10 @@ async fn an_int8_canary_whose_online_ndcg_holds_is_promoted() {
     )
     .await;
     let mut admin = GatewayAdminClient::new(connect(gateway.addr).await);
-    admin
-        .set_canary(with_key(
-            pb::SetCanaryRequest {
-                model: "minilm-l6".into(),
-                weights: vec![
-                    pb::VersionWeight {
-                        version: 1,
-                        weight: 70,
-                    },
-                    pb::VersionWeight {
-                        version: 2,
-                        weight: 30,
-                    },
-                ],
-            },
-            "admin-key",
-            None,
-        ))
-        .await
-        .unwrap();
+    admin.set_canary(split(&[(1, 70), (2, 30)])).await.unwrap();
 
     // Shoppers rank the titles and click what they were shown first, on either version.
-    let request = pb::RankRequest {
-        query: QUERY.into(),
-        candidates: TITLES
-            .iter()
-            .enumerate()
-            .map(|(i, title)| pb::Candidate {
-                id: format!("item-{i}"),
-                text: (*title).into(),
-            })
-            .collect(),
-        top_k: 0,
-    };
+    let request = rank_request();
     let mut client = gateway_client(gateway.addr).await;
     let mut promoted_after = None;
     for sent in 0..2000 {
