@@ -191,6 +191,11 @@ if [ "$replicas" = 2 ]; then
     replicas_note="two of the gateway, inference and alert manager (the second ones on 50061, 50062, 50064)"
     demo_note=$'\n[run]            (two replicas: DEMO_INFERENCE=127.0.0.1:50052,127.0.0.1:50062 make demo-incident)'
 fi
+if [ -n "$plaintext" ]; then
+    tls_note="off (MESH_PLAINTEXT)"
+else
+    tls_note="the mesh's CA and certificates in $TLS_DIR (a client needs only ca.crt for the gateway)"
+fi
 cat >&2 <<MSG
 [run] gateway:   grpc 127.0.0.1:50051 (ecommerce.gateway.v1 + Open Inference Protocol), API keys
 [run]            demo-client-key (role client) and demo-admin-key (role admin)
@@ -207,7 +212,7 @@ $alerts_line
 [run]         -d '{"texts": ["wireless headphones"]}' 127.0.0.1:50051 ecommerce.gateway.v1.Gateway/Embed
 [run] incidents: .venv/bin/grpcurl $grpcurl_tls \\
 [run]              -d '{}' 127.0.0.1:50054 monitoring.alerts.v1.AlertManager/ListIncidents
-[run] tls:       ${plaintext:+off (MESH_PLAINTEXT)}${plaintext:-the mesh's CA and certificates in $TLS_DIR (a client needs only ca.crt for the gateway)}
+[run] tls:       $tls_note
 [run] traffic:   ${MESH_TRAFFIC_RATE:-4} shopper actions a second (tools/traffic; MESH_TRAFFIC_RATE=0 for none)
 [run] a fault:   make demo-incident (in another terminal): a bad canary, caught, undone and resolved$demo_note
 [run] replicas:  $replicas_note

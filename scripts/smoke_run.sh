@@ -110,6 +110,10 @@ say "the collector keeps its state in data/collector"
 "$BIN/traffic" --once --gateway https://127.0.0.1:50061 --tls-ca data/tls/operator/ca.crt >&2 \
     || fail "one call of each kind through the second gateway"
 say "one call of each kind went through each gateway"
+# The banner tells a user how to call the mesh; a shell error in it once printed nothing of it.
+grep -q "^\[run\] tls:       the mesh's CA and certificates" "$LOG" && grep -q "^\[run\] stop: Ctrl-C" "$LOG" \
+    && ! grep -q "bad substitution" "$LOG" || fail "run.sh did not print its banner (how to call the mesh)"
+say "run.sh printed its banner"
 
 .venv/bin/python scripts/demo_incident.py --bin "$BIN" --timeout 120 \
     --inference 127.0.0.1:50052,127.0.0.1:50062 >&2 \
