@@ -29,7 +29,9 @@
 # Knobs: ANCHORS_REPEATS (3), ANCHORS_INTERVAL_MS (4000, perf_analyzer's window),
 # ANCHORS_SECS (6, loadgen's measured seconds), ANCHORS_SYSTEMS ("us gateway triton mlserver plain
 # us-int8 triton-int8 mlserver-int8 plain-int8"),
-# ANCHORS_KEEP (1: keep the results already in target/anchors and run only ANCHORS_SYSTEMS).
+# ANCHORS_KEEP (1: keep the results already in target/anchors and run only ANCHORS_SYSTEMS),
+# ANCHORS_HEAD_TO_HEAD (1: when SYSTEMS has both `us` and `plain`, also run the two at
+# concurrency 1 head to head, both up at once and driven in turn; 0 to skip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The services run without TLS here (its cost is measured apart, by scripts/bench_tls.sh).
@@ -103,6 +105,22 @@ PY
 # Waits (120 s at most) until the system NAME at ADDR is ready; fails if PID exits.
 wait_ready() {
     wait_until "$1" "$3" "$4" 120 model_ready "$2"
+}
+
+# perf_analyzer at one concurrency: ADDR CONCURRENCY CSV LOG. On this shared host a window
+# sometimes moves by more than the 20% that perf_analyzer calls stable; such a run is tried
+# once more with twice the windows before the harness gives up.
+perf_analyzer_run() {
+    local addr=$1 c=$2 csv=$3 log=$4 trials
+    for trials in 6 12; do
+        LD_LIBRARY_PATH="$cuda_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$VENV/bin/perf_analyzer" \
+            -m "$MODEL" -i grpc -u "$addr" -b 1 --shape TEXT:1 --input-data "$TEXTS" \
+            --concurrency-range "$c" --measurement-interval "$INTERVAL_MS" \
+            --stability-percentage 20 --max-trials "$trials" -f "$csv" >"$log" 2>&1 && return 0
+        grep -q "Failed to obtain stable measurement" "$log" || return 1
+        say "perf_analyzer found no stable window in $trials tries; once more with $((trials * 2))"
+    done
+    return 1
 }
 
 pids=()
@@ -194,11 +212,7 @@ for system in $SYSTEMS; do
                 || die "loadgen against $system: see $OUT/loadgen.log"
             if [ "$pa" = 1 ]; then
                 say "$system c=$c run $r: perf_analyzer"
-                LD_LIBRARY_PATH="$cuda_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$VENV/bin/perf_analyzer" \
-                    -m "$MODEL" -i grpc -u "$addr" -b 1 --shape TEXT:1 --input-data "$TEXTS" \
-                    --concurrency-range "$c" --measurement-interval "$INTERVAL_MS" \
-                    --stability-percentage 20 --max-trials 6 \
-                    -f "$OUT/pa-$system-c$c-r$r.csv" >"$OUT/pa-$system-c$c-r$r.log" 2>&1 \
+                perf_analyzer_run "$addr" "$c" "$OUT/pa-$system-c$c-r$r.csv" "$OUT/pa-$system-c$c-r$r.log" \
                     || die "perf_analyzer against $system at $c: see $OUT/pa-$system-c$c-r$r.log"
             fi
             if { [ "$system" = us ] || [ "$system" = us-int8 ]; } && [ "$c" = 64 ]; then
@@ -213,6 +227,35 @@ for system in $SYSTEMS; do
     done
     stop_all
 done
+
+# Concurrency 1, ours against the plain server, head to head: both servers up at once and
+# driven in turn, so that the host's drift (larger than the gap between the two) cancels.
+# loadgen alternates request by request (--versus); perf_analyzer alternates runs, the order
+# swapped each round.
+if [ "${ANCHORS_HEAD_TO_HEAD:-1}" = 1 ] && [[ " $SYSTEMS " == *" us "* ]] && [[ " $SYSTEMS " == *" plain "* ]]; then
+    rm -f "$OUT"/h2h-*
+    say "head to head at concurrency 1: ours and the plain server up at once"
+    start_system plain
+    plain_addr=$addr
+    start_system us
+    us_addr=$addr
+    for r in $(seq 1 "$REPEATS"); do
+        say "head to head run $r: loadgen, requests alternating ($((SECS + 2)) s)"
+        "$BIN/loadgen" --addr "$plain_addr" --versus "$us_addr" --concurrency 1 --duration-secs "$SECS" \
+            --warmup-secs 2 --texts-per-request 1 >"$OUT/h2h-loadgen-r$r.json" 2>>"$OUT/loadgen.log" \
+            || die "loadgen head to head: see $OUT/loadgen.log"
+        order="us plain"
+        [ $((r % 2)) = 0 ] && order="plain us"
+        for system in $order; do
+            target=$us_addr
+            [ "$system" = plain ] && target=$plain_addr
+            say "head to head run $r: perf_analyzer against $system"
+            perf_analyzer_run "$target" 1 "$OUT/h2h-pa-$system-r$r.csv" "$OUT/h2h-pa-$system-r$r.log" \
+                || die "perf_analyzer head to head against $system: see $OUT/h2h-pa-$system-r$r.log"
+        done
+    done
+    stop_all
+fi
 
 "$ENVS/plot/bin/python" bench/anchors/summarize.py --results "$OUT" \
     --systems "${ANCHORS_REPORT:-$SYSTEMS}" --card "models/$MODEL/2/card.json" \

@@ -6,7 +6,8 @@ of throughput against p99 (one line per system, points at concurrency 1, 8, 64) 
 A system named SYSTEM-int8 is SYSTEM serving the int8 form of the model; anchors are compared
 with ours on the same form. The goals of the quantized-serving work are judged at the end (int8
 served against fp32 in-process; fp32 served against the in-process best and, at concurrency 1,
-against the plain server), beside the offline gate's accuracy figures (--card).
+against the plain server, in the separate runs and head to head with both servers up at once),
+beside the offline gate's accuracy figures (--card).
 
 Usage: summarize.py --results target/anchors --systems "us gateway triton mlserver plain us-int8"
        --plot bench/anchors/throughput-p99.png [--card models/minilm-l6/2/card.json]
@@ -108,6 +109,45 @@ def collect(results, system, c, generator):
     }
 
 
+def head_to_head_lines(results):
+    """The concurrency-1 comparison of ours with the plain server, both up at once: loadgen
+    alternating request by request (throughput as 1 / mean latency of each side), and
+    perf_analyzer runs alternating, by round. Empty when the harness did not run it."""
+    rows = []
+    for path in sorted(glob.glob(f"{results}/h2h-loadgen-r*.json")):
+        with open(path) as f:
+            r = json.load(f)
+        if r["errors"] or r["versus"]["errors"]:
+            continue
+        plain, ours = r["latency"], r["versus"]["latency"]
+        rows.append(("loadgen, requests alternating", path.rsplit("-r", 1)[1].removesuffix(".json"),
+                     1000.0 / ours["mean_ms"], ours["p50_ms"], ours["p99_ms"],
+                     1000.0 / plain["mean_ms"], plain["p50_ms"], plain["p99_ms"]))
+    for path in sorted(glob.glob(f"{results}/h2h-pa-us-r*.csv")):
+        repeat = path.rsplit("-r", 1)[1].removesuffix(".csv")
+        other = f"{results}/h2h-pa-plain-r{repeat}.csv"
+        if os.path.exists(other):
+            rows.append(("perf_analyzer, runs alternating", repeat, *perf_analyzer(path), *perf_analyzer(other)))
+    if not rows:
+        return []
+    lines = ["| generator | round | ours infer/s | p50 ms | p99 ms | plain infer/s | p50 ms | p99 ms | ours/plain |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for generator, repeat, ot, o50, o99, pt, p50, p99 in rows:
+        lines.append(f"| {generator} | {repeat} | {ot:.1f} | {o50:.2f} | {o99:.2f} | {pt:.1f} | {p50:.2f} | "
+                     f"{p99:.2f} | {ot / pt:.2f}× |")
+    for generator in sorted({row[0] for row in rows}):
+        mine = [row for row in rows if row[0] == generator]
+        ratio = median([row[2] / row[5] for row in mine])
+        o50, p50 = median([row[3] for row in mine]), median([row[6] for row in mine])
+        o99, p99 = median([row[4] for row in mine]), median([row[7] for row in mine])
+        met = ratio >= 1.0 and o50 <= p50 and o99 <= p99
+        lines.append(
+            f"\n{generator}, medians: throughput **{ratio:.2f}×** (goal ≥ 1.0×), p50 {o50:.2f} vs {p50:.2f} ms, "
+            f"p99 {o99:.2f} vs {p99:.2f} ms (goal: no worse): **{'met' if met else 'missed'}**."
+        )
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--results", required=True)
@@ -195,6 +235,10 @@ def main():
                 f"{ours1['p50_ms']:.2f} vs {plain1['p50_ms']:.2f} ms, p99 {ours1['p99_ms']:.2f} vs "
                 f"{plain1['p99_ms']:.2f} ms (goal: no worse)."
             )
+    head_to_head = head_to_head_lines(args.results)
+    if head_to_head:
+        lines.append("\n### Concurrency 1 head to head: ours and the plain server up at once, driven in turn\n")
+        lines.extend(head_to_head)
     if args.card and os.path.exists(args.card):
         with open(args.card) as f:
             figures = json.load(f)["gate"]["figures"]
