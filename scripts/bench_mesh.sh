@@ -85,12 +85,13 @@ ceiling() {
         >"$OUT/$1.json" 2>>"$OUT/inprocess.log" || die "inprocess: see $OUT/inprocess.log"
 }
 
-# ROUNDS rounds against one setting (mesh or bare): SETTING INFERENCE_URL [TLS flags...]
+# ROUNDS rounds against one setting (mesh or bare): SETTING INFERENCE_URL (https: with the
+# operator's certificate, as the mesh's services present theirs)
 rounds() {
     local setting=$1 url=$2; shift 2
     local addr=${url#*://}
     local pa_tls=() lg_tls=()
-    if [ "$setting" = mesh ]; then
+    if [[ $url == https://* ]]; then
         pa_tls=(--ssl-grpc-use-ssl --ssl-grpc-root-certifications-file "$TLS_DIR/operator/ca.crt"
             --ssl-grpc-certificate-chain-file "$TLS_DIR/operator/tls.crt"
             --ssl-grpc-private-key-file "$TLS_DIR/operator/tls.key")
@@ -119,8 +120,12 @@ rounds() {
 }
 
 # 1. The mesh, as `make run` runs it.
+mesh_url=https://127.0.0.1:50052
 if serving 127.0.0.1:50052 1; then
     say "a mesh is running: measuring it as it is (and leaving it running)"
+elif serving 127.0.0.1:50052 0; then
+    say "a mesh is running without TLS (MESH_PLAINTEXT): measuring it as it is (and leaving it running)"
+    mesh_url=http://127.0.0.1:50052
 else
     say "starting the mesh (scripts/run.sh; its log: $OUT/run.log)"
     unset MESH_PLAINTEXT
@@ -137,7 +142,7 @@ else
     say "the mesh is up; 10 s of its traffic before measuring"
     sleep 10
 fi
-rounds mesh https://127.0.0.1:50052
+rounds mesh "$mesh_url"
 if [ -n "$mesh_pid" ]; then
     say "stopping the mesh"
     kill -TERM "$mesh_pid" 2>/dev/null || true
@@ -154,10 +159,11 @@ bare_pid=$!
 wait_until "the bare inference service" "$bare_pid" "$OUT/bare-inference.log" 120 serving "127.0.0.1:$port" 0
 rounds bare "http://127.0.0.1:$port"
 
-"$VENV/bin/python" - "$OUT" "$ROUNDS" <<'PY'
+"$VENV/bin/python" - "$OUT" "$ROUNDS" "$mesh_url" <<'PY'
 import csv, json, statistics, sys
 
 out, rounds = sys.argv[1], int(sys.argv[2])
+mesh_tls = "with TLS" if sys.argv[3].startswith("https://") else "without TLS (MESH_PLAINTEXT)"
 
 
 def pa(name):
@@ -198,7 +204,8 @@ for setting in ("mesh", "bare"):
         lines.append(f"| {setting} | {r} | {best:.1f} | {share(row['perf_analyzer'], best)} | {share(row['loadgen'], best)} | "
                      f"{share(row['loadgen_uniform'], best)} | " + (share(row["gateway"], best) if row["gateway"] else "") + " |")
     results[f"{setting}_median_ratio"] = {k: statistics.median(v) if v else None for k, v in ratios.items()}
-for setting, label in (("mesh", "with `make run`'s mesh up and its traffic on"), ("bare", "bare, nothing else running")):
+for setting, label in (("mesh", f"with `make run`'s mesh up ({mesh_tls}) and its traffic on"),
+                       ("bare", "bare, nothing else running")):
     m = results[f"{setting}_median_ratio"]
     pct = lambda v: f"**{100 * v:.1f}%**" if v else "errors"
     lines.append(f"\nfp32 at concurrency 64 against in-process's best, {label} (medians; goal ≥ 90%): "
