@@ -926,6 +926,77 @@ pub async fn start_alert_manager_with(
     RunningAlertManager { addr, stop, task }
 }
 
+/// The closed loop over a running inference service: a collector, a gateway that sends it
+/// every call's prediction record, and an alert manager (on a database of its own) whose rules
+/// act on that gateway with the admin key.
+pub struct ClosedLoop {
+    /// The collector: metrics, traces and the prediction-feedback join.
+    pub collector: RunningCollector,
+    /// The gateway in front of the inference service.
+    pub gateway: RunningGateway,
+    /// The alert manager.
+    pub manager: RunningAlertManager,
+    /// Its database.
+    pub db: TestDatabase,
+    _rules: tempfile::TempDir,
+}
+
+impl ClosedLoop {
+    /// Starts the loop over the inference service at `inference`, the alert manager with the
+    /// rules file `rules` (YAML), the gateway with `gateway_extra` flags.
+    pub async fn start(inference: SocketAddr, rules: &str, gateway_extra: &[&str]) -> ClosedLoop {
+        let collector = RunningCollector::start(&[]).await.unwrap();
+        let endpoint = collector.endpoint();
+        let mut flags = vec!["--records-endpoint", endpoint.as_str()];
+        flags.extend_from_slice(gateway_extra);
+        let gateway = RunningGateway::start(gateway_config(&[inference], &flags))
+            .await
+            .unwrap();
+        let db = TestDatabase::create().await;
+        let rules_dir = tempfile::tempdir().unwrap();
+        std::fs::write(rules_dir.path().join("rules.yaml"), rules).unwrap();
+        let gateway_url = format!("http://{}", gateway.addr);
+        let manager = start_alert_manager_with(
+            &endpoint,
+            rules_dir.path(),
+            &db.url,
+            &["--gateway", &gateway_url, "--gateway-api-key", "admin-key"],
+        )
+        .await;
+        ClosedLoop {
+            collector,
+            gateway,
+            manager,
+            db,
+            _rules: rules_dir,
+        }
+    }
+
+    /// Stops the alert manager, the gateway and the collector, and drops the database.
+    pub async fn stop(mut self) {
+        let _ = self.manager.stop.send(());
+        self.manager.task.await.unwrap().unwrap();
+        self.gateway.stop().await.unwrap();
+        self.collector.stop().await.unwrap();
+        self.db.drop().await;
+    }
+}
+
+/// A canary split of `model`: these `(version, weight)` pairs.
+pub fn canary_split(
+    model: &str,
+    weights: &[(i64, u32)],
+) -> proto::ecommerce::gateway::v1::SetCanaryRequest {
+    use proto::ecommerce::gateway::v1::{SetCanaryRequest, VersionWeight};
+    SetCanaryRequest {
+        model: model.to_owned(),
+        weights: weights
+            .iter()
+            .map(|&(version, weight)| VersionWeight { version, weight })
+            .collect(),
+    }
+}
+
 /// A webhook receiver that keeps every JSON body POSTed to `/hook`.
 pub async fn start_receiver() -> (
     std::net::SocketAddr,

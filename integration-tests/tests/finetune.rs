@@ -472,33 +472,11 @@ async fn a_worse_canary_is_rolled_back_and_a_better_one_promoted() {
     }
     serve_versions(inference.addr, &[1, 2, 3]).await;
 
-    let mut collector = RunningCollector::start(&[]).await.unwrap();
-    let mut gateway = RunningGateway::start(gateway_config(
-        &[inference.addr],
-        &["--records-endpoint", &collector.endpoint()],
-    ))
-    .await
-    .unwrap();
-    let db = TestDatabase::create().await;
-    let rules = tempfile::tempdir().unwrap();
-    std::fs::write(rules.path().join("canary.yaml"), CANARY_RULES).unwrap();
-    let gateway_url = format!("http://{}", gateway.addr);
-    let manager = start_alert_manager_with(
-        &collector.endpoint(),
-        rules.path(),
-        &db.url,
-        &["--gateway", &gateway_url, "--gateway-api-key", "admin-key"],
-    )
-    .await;
+    let mesh = ClosedLoop::start(inference.addr, CANARY_RULES, &[]).await;
+    let gateway = &mesh.gateway;
     let mut admin_client =
         gw::gateway_admin_client::GatewayAdminClient::new(connect(gateway.addr).await);
-    let split = |weights: &[(i64, u32)]| gw::SetCanaryRequest {
-        model: "purchase-intent".into(),
-        weights: weights
-            .iter()
-            .map(|&(version, weight)| gw::VersionWeight { version, weight })
-            .collect(),
-    };
+    let split = |weights: &[(i64, u32)]| canary_split("purchase-intent", weights);
 
     // The bad version on a fifth of the shoppers: rolled back.
     admin_client
@@ -524,7 +502,8 @@ async fn a_worse_canary_is_rolled_back_and_a_better_one_promoted() {
     eprintln!("good canary promoted after {sent} feedback events");
 
     // Both steps are on the deployment timeline, with the incidents behind them.
-    let mut alerts = am::alert_manager_client::AlertManagerClient::new(connect(manager.addr).await);
+    let mut alerts =
+        am::alert_manager_client::AlertManagerClient::new(connect(mesh.manager.addr).await);
     let timeline = alerts
         .list_deployments(am::ListDeploymentsRequest {
             model: "purchase-intent".into(),
@@ -545,12 +524,8 @@ async fn a_worse_canary_is_rolled_back_and_a_better_one_promoted() {
     );
     assert!(timeline.iter().all(|e| e.incident_id > 0));
 
-    let _ = manager.stop.send(());
-    manager.task.await.unwrap().unwrap();
-    gateway.stop().await.unwrap();
-    collector.stop().await.unwrap();
+    mesh.stop().await;
     inference.stop().await.unwrap();
-    db.drop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -59,17 +59,7 @@ fn rank_request() -> pb::RankRequest {
 
 /// An admin's SetCanary of minilm-l6 with these `(version, weight)` pairs.
 fn split(weights: &[(i64, u32)]) -> tonic::Request<pb::SetCanaryRequest> {
-    with_key(
-        pb::SetCanaryRequest {
-            model: "minilm-l6".into(),
-            weights: weights
-                .iter()
-                .map(|&(version, weight)| pb::VersionWeight { version, weight })
-                .collect(),
-        },
-        "admin-key",
-        None,
-    )
+    with_key(canary_split("minilm-l6", weights), "admin-key", None)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,31 +162,13 @@ async fn an_int8_canary_whose_online_ndcg_holds_is_promoted() {
         RunningInference::start(inference_config(repository.path(), &["minilm-l6"]))
             .await
             .unwrap();
-    let mut collector = RunningCollector::start(&[]).await.unwrap();
-    let mut gateway = RunningGateway::start(gateway_config(
-        &[inference.addr],
-        &[
-            "--records-endpoint",
-            &collector.endpoint(),
-            "--rate-limit",
-            "100000",
-            "--rate-burst",
-            "100000",
-        ],
-    ))
-    .await
-    .unwrap();
-    let db = TestDatabase::create().await;
-    let rules = tempfile::tempdir().unwrap();
-    std::fs::write(rules.path().join("ranking.yaml"), RANKING_RULES).unwrap();
-    let gateway_url = format!("http://{}", gateway.addr);
-    let manager = start_alert_manager_with(
-        &collector.endpoint(),
-        rules.path(),
-        &db.url,
-        &["--gateway", &gateway_url, "--gateway-api-key", "admin-key"],
+    let mesh = ClosedLoop::start(
+        inference.addr,
+        RANKING_RULES,
+        &["--rate-limit", "100000", "--rate-burst", "100000"],
     )
     .await;
+    let gateway = &mesh.gateway;
     let mut admin = GatewayAdminClient::new(connect(gateway.addr).await);
     admin.set_canary(split(&[(1, 70), (2, 30)])).await.unwrap();
 
@@ -249,15 +221,16 @@ async fn an_int8_canary_whose_online_ndcg_holds_is_promoted() {
     eprintln!("int8 canary promoted after {sent} rankings");
 
     // The join measured both versions on their own rankings.
-    let quality = mq::metrics_query_client::MetricsQueryClient::new(connect(collector.grpc).await)
-        .model_quality(mq::ModelQualityRequest {
-            model: "minilm-l6".into(),
-            window_seconds: 600,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let quality =
+        mq::metrics_query_client::MetricsQueryClient::new(connect(mesh.collector.grpc).await)
+            .model_quality(mq::ModelQualityRequest {
+                model: "minilm-l6".into(),
+                window_seconds: 600,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
     let versions: Vec<(i64, u64)> = quality
         .versions
         .iter()
@@ -269,10 +242,6 @@ async fn an_int8_canary_whose_online_ndcg_holds_is_promoted() {
         "{versions:?}"
     );
 
-    let _ = manager.stop.send(());
-    manager.task.await.unwrap().unwrap();
-    gateway.stop().await.unwrap();
-    collector.stop().await.unwrap();
+    mesh.stop().await;
     inference.stop().await.unwrap();
-    db.drop().await;
 }
