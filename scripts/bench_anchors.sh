@@ -107,20 +107,10 @@ wait_ready() {
     wait_until "$1" "$3" "$4" 120 model_ready "$2"
 }
 
-# perf_analyzer at one concurrency: ADDR CONCURRENCY CSV LOG. On this shared host a window
-# sometimes moves by more than the 20% that perf_analyzer calls stable; such a run is tried
-# once more with twice the windows before the harness gives up.
+# perf_analyzer at one concurrency: ADDR CONCURRENCY CSV LOG.
 perf_analyzer_run() {
-    local addr=$1 c=$2 csv=$3 log=$4 trials
-    for trials in 6 12; do
-        LD_LIBRARY_PATH="$cuda_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$VENV/bin/perf_analyzer" \
-            -m "$MODEL" -i grpc -u "$addr" -b 1 --shape TEXT:1 --input-data "$TEXTS" \
-            --concurrency-range "$c" --measurement-interval "$INTERVAL_MS" \
-            --stability-percentage 20 --max-trials "$trials" -f "$csv" >"$log" 2>&1 && return 0
-        grep -q "Failed to obtain stable measurement" "$log" || return 1
-        say "perf_analyzer found no stable window in $trials tries; once more with $((trials * 2))"
-    done
-    return 1
+    perf_analyzer_stable "$3" "$4" -m "$MODEL" -i grpc -u "$1" -b 1 --shape TEXT:1 \
+        --input-data "$TEXTS" --concurrency-range "$2" --measurement-interval "$INTERVAL_MS"
 }
 
 pids=()

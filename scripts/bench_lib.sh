@@ -29,3 +29,19 @@ perf_analyzer_cuda_lib() {
     [ -n "$lib" ] || die "perf_analyzer needs nvidia-cuda-runtime-cu12: run \`bash scripts/deps.sh --bench\`"
     echo "$lib"
 }
+
+# perf_analyzer with ARGS… (all but --stability-percentage, --max-trials and -f), its CSV to
+# CSV and its output to LOG. On a shared host a window sometimes moves by more than the 20%
+# that perf_analyzer calls stable; such a run is tried once more with twice the windows.
+# Needs VENV and cuda_lib (perf_analyzer_cuda_lib). Usage: perf_analyzer_stable CSV LOG ARGS…
+perf_analyzer_stable() {
+    local csv=$1 log=$2 trials
+    shift 2
+    for trials in 6 12; do
+        LD_LIBRARY_PATH="$cuda_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$VENV/bin/perf_analyzer" "$@" \
+            --stability-percentage 20 --max-trials "$trials" -f "$csv" >"$log" 2>&1 && return 0
+        grep -q "Failed to obtain stable measurement" "$log" || return 1
+        say "perf_analyzer found no stable window in $trials tries; once more with $((trials * 2))"
+    done
+    return 1
+}

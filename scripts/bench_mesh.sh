@@ -64,19 +64,12 @@ serving() {
 }
 
 # perf_analyzer at concurrency 64: NAME ADDR [perf_analyzer flags...]
-# (a run that finds no window stable within 20% is tried once more with twice the windows).
 perf64() {
-    local name=$1 addr=$2 trials; shift 2
-    for trials in 6 12; do
-        LD_LIBRARY_PATH="$cuda_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$VENV/bin/perf_analyzer" \
-            -m "$MODEL" -i grpc -u "$addr" -b 1 --shape TEXT:1 --input-data "$TEXTS" \
-            --concurrency-range 64 --measurement-interval "$INTERVAL_MS" \
-            --stability-percentage 20 --max-trials "$trials" "$@" \
-            -f "$OUT/$name.csv" >"$OUT/$name.log" 2>&1 && return 0
-        grep -q "Failed to obtain stable measurement" "$OUT/$name.log" || break
-        say "perf_analyzer ($name) found no stable window in $trials tries; once more with $((trials * 2))"
-    done
-    die "perf_analyzer ($name): see $OUT/$name.log"
+    local name=$1 addr=$2
+    shift 2
+    perf_analyzer_stable "$OUT/$name.csv" "$OUT/$name.log" -m "$MODEL" -i grpc -u "$addr" -b 1 \
+        --shape TEXT:1 --input-data "$TEXTS" --concurrency-range 64 \
+        --measurement-interval "$INTERVAL_MS" "$@" || die "perf_analyzer ($name): see $OUT/$name.log"
 }
 
 # The ceiling right after a served run, in the same conditions: NAME
