@@ -111,17 +111,18 @@ impl DynamicBatcher {
         let (sender, receiver) = mpsc::sync_channel(limits.max_queue_size);
         let depth = Arc::new(AtomicUsize::new(0));
         let label: Arc<str> = Arc::from(format!("model '{model}' version {version}"));
+        let attributes = metrics::model_attributes(model, version);
         let runner = Arc::new(Mutex::new(BatchRunner {
             model: model.to_owned(),
             version,
-            attributes: metrics::model_attributes(model, version),
+            attributes: attributes.clone(),
             label: label.clone(),
             backend,
             outputs,
             stats,
         }));
         let worker = ModelWorker {
-            attributes: metrics::model_attributes(model, version),
+            attributes: attributes.clone(),
             label: label.clone(),
             runner: runner.clone(),
             limits,
@@ -137,7 +138,7 @@ impl DynamicBatcher {
             })?;
         Ok(DynamicBatcher {
             sender,
-            attributes: metrics::model_attributes(model, version),
+            attributes,
             admission: Arc::new(Semaphore::new(limits.max_queue_size)),
             depth,
             label,
