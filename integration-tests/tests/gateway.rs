@@ -225,19 +225,8 @@ async fn a_canary_split_holds_its_weights_sticks_per_shopper_and_changes_at_run_
     .await
     .unwrap();
     let mut admin = GatewayAdminClient::new(connect(gateway.addr).await);
-    let split = |weights: &[(i64, u32)]| {
-        with_key(
-            pb::SetCanaryRequest {
-                model: "minilm-l6".into(),
-                weights: weights
-                    .iter()
-                    .map(|&(version, weight)| pb::VersionWeight { version, weight })
-                    .collect(),
-            },
-            "admin-key",
-            None,
-        )
-    };
+    let split =
+        |weights: &[(i64, u32)]| with_key(canary_split("minilm-l6", weights), "admin-key", None);
     admin.set_canary(split(&[(1, 90), (2, 10)])).await.unwrap();
     let state = admin
         .get_canary(with_key(

@@ -84,17 +84,7 @@ fn keep_calling(addr: std::net::SocketAddr, running: Arc<AtomicBool>, sent: Arc<
 }
 
 fn split(weights: &[(i64, u32)]) -> tonic::Request<pb::SetCanaryRequest> {
-    with_key(
-        pb::SetCanaryRequest {
-            model: MODEL.into(),
-            weights: weights
-                .iter()
-                .map(|&(version, weight)| pb::VersionWeight { version, weight })
-                .collect(),
-        },
-        "admin-key",
-        None,
-    )
+    with_key(canary_split(MODEL, weights), "admin-key", None)
 }
 
 async fn weights_on(addr: std::net::SocketAddr) -> Vec<(i64, u32)> {

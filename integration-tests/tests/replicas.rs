@@ -13,17 +13,7 @@ use tonic::Code;
 const MODEL: &str = "minilm-l6";
 
 fn split(weights: &[(i64, u32)], reason: &str) -> tonic::Request<pb::SetCanaryRequest> {
-    let mut request = with_key(
-        pb::SetCanaryRequest {
-            model: MODEL.into(),
-            weights: weights
-                .iter()
-                .map(|&(version, weight)| pb::VersionWeight { version, weight })
-                .collect(),
-        },
-        "admin-key",
-        None,
-    );
+    let mut request = with_key(canary_split(MODEL, weights), "admin-key", None);
     if !reason.is_empty() {
         request
             .metadata_mut()
