@@ -10,8 +10,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-# The mesh's ports: gateway, inference, alert manager, collector (OTLP + queries, /metrics).
+# The mesh's ports: gateway, inference, alert manager, collector (OTLP + queries, /metrics),
+# and with MESH_REPLICAS=2 the second gateway, inference service and alert manager.
 PORTS=(50051 50052 50054 4317 9464)
+[ "${MESH_REPLICAS:-1}" = 2 ] && PORTS+=(50061 50062 50064)
 MIN_FREE_GIB=${MESH_MIN_FREE_GIB:-6}
 
 problems=0

@@ -14,11 +14,12 @@ cd "$(dirname "$0")/.."
 # The mesh's fixed ports lie in Linux's ephemeral range (32768-60999): a client socket of the
 # mesh itself (the gateway connecting to 50052 before the inference service listens) can be
 # given one of them as its own port, and the service then cannot bind it (seen once in CI). As
-# root, the test reserves them for its run and puts the previous reservation back after.
+# root, the test reserves them for its run (the second replicas' 50061, 50062 and 50064 too,
+# since it runs two of each) and puts the previous reservation back after.
 reserved=/proc/sys/net/ipv4/ip_local_reserved_ports
 if [ "$(id -u)" = 0 ] && [ -z "${SMOKE_IN_PLACE:-}" ] && [ -w "$reserved" ]; then
     previous_reserved=$(cat "$reserved")
-    echo "${previous_reserved:+$previous_reserved,}4317,9464,50051,50052,50054,55432" >"$reserved" \
+    echo "${previous_reserved:+$previous_reserved,}4317,9464,50051,50052,50054,50061,50062,50064,55432" >"$reserved" \
         || unset previous_reserved
 fi
 restore_reserved() {
@@ -64,7 +65,7 @@ fail() {
     exit 1
 }
 
-bash scripts/preflight.sh --ports || { say "the smoke test needs the mesh's ports"; exit 1; }
+MESH_REPLICAS=2 bash scripts/preflight.sh --ports || { say "the smoke test needs the mesh's ports"; exit 1; }
 
 # The example rules, and a drift rule with windows short enough to be evaluated within the test
 # (the dashboard's drift panel needs its gauge).
