@@ -413,6 +413,12 @@ def main(argv: list[str] | None = None) -> None:
                         quantize_model.write_atomic(path, fp16)))
         try:
             quantize_model.check_fp16(model_dir, thresholds)
+        except quantize_model.GateRefused as refused:
+            # The CUDA provider serves model.fp16.onnx wherever it finds one: a refused form
+            # must not stay where a later start would load it.
+            path.unlink(missing_ok=True)
+            sys.exit(f"error: {refused} ({path} removed)")
+        try:
             written = quantize_model.make_int8_version(model_dir, parent=1, version=2, thresholds=thresholds)
         except quantize_model.GateRefused as refused:
             sys.exit(f"error: {refused}")

@@ -94,3 +94,28 @@ fn the_gate_accepts_a_model_against_itself_and_refuses_a_degraded_one() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_refused_fp16_form_is_not_left_where_the_cuda_provider_would_serve_it() {
+    // A gate that no candidate can pass (a cosine above 1), on a build into a folder of its own.
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(venv_bin("python"))
+        .arg(repo_root().join("scripts/build_model.py"))
+        .arg("--out")
+        .arg(out_dir.path())
+        .args(["--min-cosine", "1.01"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the build passed a refused model");
+    assert!(
+        stderr.contains("fp16 candidate of version 1 is refused"),
+        "{stderr}"
+    );
+    let version_1 = out_dir.path().join("minilm-l6/1");
+    assert!(version_1.join("model.onnx").is_file(), "{stderr}");
+    assert!(
+        !version_1.join("model.fp16.onnx").exists(),
+        "the refused fp16 form is still on disk, where the CUDA provider would load it"
+    );
+}
