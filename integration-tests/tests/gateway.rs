@@ -871,3 +871,94 @@ async fn without_span_export_the_caller_s_trace_context_reaches_the_replica() {
         "the replica continues the caller's span"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_pinned_before_a_load_keeps_every_shopper_on_the_serving_version() {
+    // Version 2 is on disk but not loaded: the model serves version 1 alone.
+    let repository = repository_serving("minilm-l6", &[(1, 1), (2, 1)]);
+    let config = repository.path().join("minilm-l6/config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("specific = [1, 2]", "specific = [1]")).unwrap();
+    let mut inference =
+        RunningInference::start(inference_config(repository.path(), &["minilm-l6"]))
+            .await
+            .unwrap();
+    let mut gateway = RunningGateway::start(gateway_config(
+        &[inference.addr],
+        &["--rate-limit", "100000", "--rate-burst", "100000"],
+    ))
+    .await
+    .unwrap();
+    let mut admin = GatewayAdminClient::new(connect(gateway.addr).await);
+    let mut client = gateway_client(gateway.addr).await;
+    let mut oip = oip_client(gateway.addr).await;
+    // The versions that ten shoppers' unversioned Embed and ModelInfer calls are served by.
+    let mut served_versions = async |round: &str| {
+        let mut versions = std::collections::BTreeSet::new();
+        for shopper in 0..10 {
+            let shopper = format!("shopper-{shopper}");
+            let texts = vec![format!("{round} kettle {shopper}")];
+            let embed = with_key(pb::EmbedRequest { texts }, "client-key", Some(&shopper));
+            let answer = client.embed(embed).await.unwrap().into_inner();
+            versions.insert(answer.served_by.unwrap().version);
+            let infer = with_key(
+                text_request("minilm-l6", &["kettle"]),
+                "client-key",
+                Some(&shopper),
+            );
+            let answer = oip.model_infer(infer).await.unwrap().into_inner();
+            versions.insert(answer.model_version.parse::<i64>().unwrap());
+        }
+        versions.into_iter().collect::<Vec<_>>()
+    };
+    assert_eq!(served_versions("before").await, [1]);
+
+    // The operator pins version 1, then loads version 2 next to it: no shopper moves.
+    admin
+        .set_canary(with_key(
+            canary_split("minilm-l6", &[(1, 100)]),
+            "admin-key",
+            None,
+        ))
+        .await
+        .unwrap();
+    let policy = serde_json::json!({"version_policy": {"specific": {"versions": [1, 2]}}});
+    oip_client(inference.addr)
+        .await
+        .repository_model_load(with_key(
+            proto::inference::RepositoryModelLoadRequest {
+                repository_name: String::new(),
+                model_name: "minilm-l6".into(),
+                parameters: [(
+                    "config".to_owned(),
+                    proto::inference::ModelRepositoryParameter {
+                        parameter_choice: Some(
+                            proto::inference::model_repository_parameter::ParameterChoice::StringParam(
+                                policy.to_string(),
+                            ),
+                        ),
+                    },
+                )]
+                .into(),
+            },
+            "admin-key",
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        served_versions("pinned").await,
+        [1],
+        "the load of version 2 moved shoppers off the pinned version"
+    );
+
+    // Unpinned (the empty split), the newest loaded version takes the unversioned calls: what
+    // the pin kept them from.
+    admin
+        .set_canary(with_key(canary_split("minilm-l6", &[]), "admin-key", None))
+        .await
+        .unwrap();
+    assert_eq!(served_versions("unpinned").await, [2]);
+    gateway.stop().await.unwrap();
+    inference.stop().await.unwrap();
+}
