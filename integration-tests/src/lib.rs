@@ -997,6 +997,32 @@ pub fn canary_split(
     }
 }
 
+/// Has the inference service at `addr` serve exactly `versions` of `model` (a load with a
+/// version policy, as an operator sends it; versions left out are unloaded).
+pub async fn serve_versions(addr: SocketAddr, model: &str, versions: &[i64]) {
+    let policy = serde_json::json!({"version_policy": {"specific": {"versions": versions}}});
+    let parameter = proto::inference::ModelRepositoryParameter {
+        parameter_choice: Some(
+            proto::inference::model_repository_parameter::ParameterChoice::StringParam(
+                policy.to_string(),
+            ),
+        ),
+    };
+    oip_client(addr)
+        .await
+        .repository_model_load(with_key(
+            proto::inference::RepositoryModelLoadRequest {
+                repository_name: String::new(),
+                model_name: model.into(),
+                parameters: [("config".to_owned(), parameter)].into(),
+            },
+            "admin-key",
+            None,
+        ))
+        .await
+        .unwrap_or_else(|status| panic!("serving versions {versions:?} of {model}: {status:?}"));
+}
+
 /// A webhook receiver that keeps every JSON body POSTed to `/hook`.
 pub async fn start_receiver() -> (
     std::net::SocketAddr,

@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 
 use integration_tests::*;
-use proto::inference::{ModelRepositoryParameter, RepositoryModelLoadRequest};
 use proto::serving::inference::v1 as tasks;
 use proto::serving::inference::v1::inference_tasks_client::InferenceTasksClient;
 
@@ -114,7 +113,7 @@ async fn a_head_trains_on_the_fp32_version_is_gated_and_its_int8_form_follows() 
     assert_eq!(int8_card["parent_version"], 3);
 
     // Both serve, and agree on the held-out rule's examples.
-    serve_versions(inference.addr, &[1, 3, 4]).await;
+    serve_versions(inference.addr, "purchase-intent", &[1, 3, 4]).await;
     let report = read_json(&repo.path().join("report/report.json"));
     let texts: Vec<String> = report["samples"]
         .as_array()
@@ -158,30 +157,6 @@ async fn a_head_trains_on_the_fp32_version_is_gated_and_its_int8_form_follows() 
     );
     assert!(!repo.path().join("purchase-intent/5").exists());
     inference.stop().await.unwrap();
-}
-
-/// Has the inference service at `addr` serve exactly `versions` of purchase-intent.
-async fn serve_versions(addr: std::net::SocketAddr, versions: &[i64]) {
-    let policy = serde_json::json!({"version_policy": {"specific": {"versions": versions}}});
-    oip_client(addr)
-        .await
-        .repository_model_load(with_key(RepositoryModelLoadRequest {
-            repository_name: String::new(),
-            model_name: "purchase-intent".into(),
-            parameters: [(
-                "config".to_owned(),
-                ModelRepositoryParameter {
-                    parameter_choice: Some(
-                        proto::inference::model_repository_parameter::ParameterChoice::StringParam(
-                            policy.to_string(),
-                        ),
-                    ),
-                },
-            )]
-            .into(),
-        }, "admin-key", None))
-        .await
-        .unwrap();
 }
 
 fn read_json(path: &Path) -> serde_json::Value {
@@ -247,7 +222,7 @@ async fn training_learns_the_rule_stops_early_and_the_export_serves_its_probabil
     assert!(card.contains("parent version 1"), "{card}");
 
     // The export serves: loaded next to version 1, it gives the trainer's probabilities.
-    serve_versions(inference.addr, &[1, 2]).await;
+    serve_versions(inference.addr, "purchase-intent", &[1, 2]).await;
     let samples = report["samples"].as_array().unwrap();
     let texts: Vec<String> = samples
         .iter()
@@ -470,7 +445,7 @@ async fn a_worse_canary_is_rolled_back_and_a_better_one_promoted() {
             finetune_async(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
         assert!(ok, "{stderr}");
     }
-    serve_versions(inference.addr, &[1, 2, 3]).await;
+    serve_versions(inference.addr, "purchase-intent", &[1, 2, 3]).await;
 
     let mesh = ClosedLoop::start(inference.addr, CANARY_RULES, &[]).await;
     let gateway = &mesh.gateway;

@@ -922,30 +922,7 @@ async fn a_split_pinned_before_a_load_keeps_every_shopper_on_the_serving_version
         ))
         .await
         .unwrap();
-    let policy = serde_json::json!({"version_policy": {"specific": {"versions": [1, 2]}}});
-    oip_client(inference.addr)
-        .await
-        .repository_model_load(with_key(
-            proto::inference::RepositoryModelLoadRequest {
-                repository_name: String::new(),
-                model_name: "minilm-l6".into(),
-                parameters: [(
-                    "config".to_owned(),
-                    proto::inference::ModelRepositoryParameter {
-                        parameter_choice: Some(
-                            proto::inference::model_repository_parameter::ParameterChoice::StringParam(
-                                policy.to_string(),
-                            ),
-                        ),
-                    },
-                )]
-                .into(),
-            },
-            "admin-key",
-            None,
-        ))
-        .await
-        .unwrap();
+    serve_versions(inference.addr, "minilm-l6", &[1, 2]).await;
     assert_eq!(
         served_versions("pinned").await,
         [1],

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use integration_tests::*;
 use proto::ecommerce::gateway::v1 as pb;
 use proto::ecommerce::gateway::v1::gateway_admin_client::GatewayAdminClient;
-use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use proto::monitoring::alerts::v1 as am;
 use proto::monitoring::alerts::v1::alert_manager_client::AlertManagerClient;
 use proto::monitoring::metrics::v1::Function;
@@ -202,34 +201,6 @@ async fn alert_manager(
     ServiceProcess::start("alert-manager", &args).await.unwrap()
 }
 
-/// Has `inference` serve exactly `versions` of the model.
-async fn serve_versions(inference: std::net::SocketAddr, versions: &[i64]) {
-    let policy = serde_json::json!({"version_policy": {"specific": {"versions": versions}}});
-    let mut parameters = std::collections::HashMap::new();
-    parameters.insert(
-        "config".to_owned(),
-        proto::inference::ModelRepositoryParameter {
-            parameter_choice: Some(
-                proto::inference::model_repository_parameter::ParameterChoice::StringParam(
-                    policy.to_string(),
-                ),
-            ),
-        },
-    );
-    GrpcInferenceServiceClient::new(connect(inference).await)
-        .repository_model_load(with_key(
-            proto::inference::RepositoryModelLoadRequest {
-                repository_name: String::new(),
-                model_name: MODEL.into(),
-                parameters,
-            },
-            "admin-key",
-            None,
-        ))
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_of_each_service_behave_as_one() {
     let db = TestDatabase::create().await;
@@ -340,7 +311,7 @@ async fn two_of_each_service_behave_as_one() {
     // The fault: version 2 leaves both inference replicas; half the shoppers' calls fail, on
     // both gateways.
     for replica in &inference {
-        serve_versions(replica.addr, &[1]).await;
+        serve_versions(replica.addr, MODEL, &[1]).await;
     }
     let all_incidents = |client: AlertManagerClient<tonic::transport::Channel>| async move {
         let mut client = client;
