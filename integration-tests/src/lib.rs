@@ -853,10 +853,20 @@ impl TestDatabase {
                 .subsec_nanos()
         );
         // A database name cannot be a bound parameter; this one is built here from digits.
-        sqlx::query(&format!("CREATE DATABASE {name}"))
+        // PostgreSQL refuses to copy template1 while another session is connected to it (as
+        // another test's CREATE DATABASE may be, for an instant): that one is tried again.
+        let mut tries = 0;
+        while let Err(err) = sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&admin)
             .await
-            .unwrap();
+        {
+            tries += 1;
+            assert!(
+                tries < 20 && err.to_string().contains("is being accessed by other users"),
+                "CREATE DATABASE {name} on {server}: {err}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
         TestDatabase {
             url: format!("{server}/{name}"),
             admin,

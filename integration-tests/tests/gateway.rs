@@ -939,3 +939,85 @@ async fn a_split_pinned_before_a_load_keeps_every_shopper_on_the_serving_version
     gateway.stop().await.unwrap();
     inference.stop().await.unwrap();
 }
+
+/// `CanaryVersionErrors` takes a failing version out of traffic with `set_canary_weight` to 0.
+/// When that version held all of it (a promoted version that fails, or one that a restarted
+/// replica no longer serves), every weight would be 0, which the gateway refuses: the
+/// rollback hands the traffic back to the split's other version instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_back_a_version_that_holds_all_traffic_hands_it_back() {
+    use alert_manager::actions::{ActionConfig, ActionRunner, Outcome};
+    use alert_manager::alert::ActionSpec;
+
+    let repository = two_version_repository();
+    let mut inference =
+        RunningInference::start(inference_config(repository.path(), &["minilm-l6"]))
+            .await
+            .unwrap();
+    let mut gateway = RunningGateway::start(gateway_config(
+        &[inference.addr],
+        &["--rate-limit", "100000", "--rate-burst", "100000"],
+    ))
+    .await
+    .unwrap();
+    let mut admin = GatewayAdminClient::new(connect(gateway.addr).await);
+    admin
+        .set_canary(with_key(
+            canary_split("minilm-l6", &[(1, 0), (2, 100)]),
+            "admin-key",
+            None,
+        ))
+        .await
+        .unwrap();
+    let runner = ActionRunner::new(ActionConfig {
+        tls: shared::tls::MeshTls::plaintext(),
+        gateway: Some(format!("http://{}", gateway.addr)),
+        gateway_api_key: Some("admin-key".into()),
+        inference: None,
+        inference_api_key: None,
+        min_interval: std::time::Duration::ZERO,
+        dry_run: false,
+    });
+    let rollback = ActionSpec::SetCanaryWeight {
+        model: "minilm-l6".into(),
+        version: "2".into(),
+        weight: 0,
+    };
+    let outcome = runner
+        .run("CanaryVersionErrors", &rollback, &Default::default())
+        .await;
+    assert_eq!(
+        outcome,
+        Outcome::Done("minilm-l6 split now v1=100, v2=0".into())
+    );
+    let split = admin
+        .get_canary(with_key(
+            pb::GetCanaryRequest {
+                model: "minilm-l6".into(),
+            },
+            "admin-key",
+            None,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        split.weights,
+        canary_split("minilm-l6", &[(1, 100), (2, 0)]).weights
+    );
+    let answer = gateway_client(gateway.addr)
+        .await
+        .embed(with_key(
+            pb::EmbedRequest {
+                texts: vec!["kettle".into()],
+            },
+            "client-key",
+            Some("shopper-1"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.served_by.unwrap().version, 1);
+    gateway.stop().await.unwrap();
+    inference.stop().await.unwrap();
+}

@@ -277,20 +277,7 @@ impl ActionRunner {
                         "{model} has no canary split with version {version}"
                     ));
                 }
-                let weights = current
-                    .weights
-                    .into_iter()
-                    .map(|w| gw::VersionWeight {
-                        weight: match (weight, w.version == version) {
-                            (Some(weight), true) => weight,
-                            (Some(_), false) => w.weight,
-                            // Promotion: the version takes all the traffic.
-                            (None, true) => 100,
-                            (None, false) => 0,
-                        },
-                        version: w.version,
-                    })
-                    .collect();
+                let weights = next_split(current.weights, version, weight);
                 let mut request = keyed(
                     key,
                     gw::SetCanaryRequest {
@@ -334,6 +321,46 @@ impl ActionRunner {
             }
         }
     }
+}
+
+/// The split after setting `version`'s weight to `weight`, or promoting it (`None`: it takes
+/// all the traffic). Taking the last version with traffic out of it (every weight 0, which the
+/// gateway refuses) rolls back instead: the newest of the split's other versions takes all the
+/// traffic, or, with no other version, the split is removed (the newest loaded version
+/// answers).
+fn next_split(
+    current: Vec<gw::VersionWeight>,
+    version: i64,
+    weight: Option<u32>,
+) -> Vec<gw::VersionWeight> {
+    let mut weights: Vec<gw::VersionWeight> = current
+        .into_iter()
+        .map(|w| gw::VersionWeight {
+            weight: match (weight, w.version == version) {
+                (Some(weight), true) => weight,
+                (Some(_), false) => w.weight,
+                (None, true) => 100,
+                (None, false) => 0,
+            },
+            version: w.version,
+        })
+        .collect();
+    if weights.iter().all(|w| w.weight == 0) {
+        let back_to = weights
+            .iter()
+            .map(|w| w.version)
+            .filter(|&v| v != version)
+            .max();
+        match back_to {
+            Some(back_to) => {
+                for w in &mut weights {
+                    w.weight = if w.version == back_to { 100 } else { 0 };
+                }
+            }
+            None => weights.clear(),
+        }
+    }
+    weights
 }
 
 #[cfg(test)]
@@ -381,6 +408,35 @@ mod tests {
         assert!(err.contains("no scheme"), "{err}");
         let err = replicas("http://no-such-host.invalid:1").await.unwrap_err();
         assert!(err.contains("does not resolve"), "{err}");
+    }
+
+    #[test]
+    fn taking_the_last_version_with_traffic_out_rolls_back_instead() {
+        let split = |w: &[(i64, u32)]| {
+            w.iter()
+                .map(|&(version, weight)| gw::VersionWeight { version, weight })
+                .collect::<Vec<_>>()
+        };
+        // A canary rolled back, a canary promoted: as asked.
+        assert_eq!(
+            next_split(split(&[(1, 90), (2, 10)]), 2, Some(0)),
+            split(&[(1, 90), (2, 0)])
+        );
+        assert_eq!(
+            next_split(split(&[(1, 90), (2, 10)]), 2, None),
+            split(&[(1, 0), (2, 100)])
+        );
+        // The promoted version fails: its traffic goes back to the newest other version.
+        assert_eq!(
+            next_split(split(&[(1, 0), (2, 100)]), 2, Some(0)),
+            split(&[(1, 100), (2, 0)])
+        );
+        assert_eq!(
+            next_split(split(&[(1, 0), (2, 0), (3, 100)]), 3, Some(0)),
+            split(&[(1, 0), (2, 100), (3, 0)])
+        );
+        // A split of one version: removed, so the newest loaded version answers.
+        assert_eq!(next_split(split(&[(2, 100)]), 2, Some(0)), split(&[]));
     }
 
     #[tokio::test]

@@ -144,7 +144,8 @@ pub fn fingerprint(labels: &LabelSet) -> String {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ActionSpec {
-    /// Sets a model version's weight in the gateway's canary split (0 takes it out).
+    /// Sets a model version's weight in the gateway's canary split (0 takes it out; taking out
+    /// the last version with traffic gives it all to the newest other version of the split).
     SetCanaryWeight {
         /// Model, e.g. `"{{ $labels.model }}"`.
         model: String,
