@@ -431,3 +431,82 @@ async fn two_of_each_service_behave_as_one() {
     collector.terminate().await;
     db.drop().await;
 }
+
+/// A gateway that starts into failing calls (the stored split sends them all to a version the
+/// replicas no longer serve, as after a restart of the mesh) counts them under the model's
+/// name: the rules group by model, and the rollback they trigger names the model it acts on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_starts_into_failing_calls_counts_them_under_the_model() {
+    let db = TestDatabase::create().await;
+    let collector = ServiceProcess::start(
+        "metrics-collector",
+        &["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.2:0"],
+    )
+    .await
+    .unwrap();
+    let envs = vec![
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://{}", collector.addr),
+        ),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "200".to_owned()),
+    ];
+    let repository = two_version_repository();
+    let mut inference = RunningInference::start(inference_config(repository.path(), &[MODEL]))
+        .await
+        .unwrap();
+    let replica = inference.addr.to_string();
+    let first = gateway(&replica, &db.url, &envs).await;
+    GatewayAdminClient::new(connect(first.addr).await)
+        .set_canary(split(&[(1, 0), (2, 100)]))
+        .await
+        .unwrap();
+    first.kill().await;
+    // The replica comes back with its configured version only; a new gateway reads the split.
+    serve_versions(inference.addr, MODEL, &[1]).await;
+    let gateway = gateway(&replica, &db.url, &envs).await;
+    let mut client = gateway_client(gateway.addr).await;
+    for i in 0..5 {
+        let request = with_key(
+            pb::EmbedRequest {
+                texts: vec![format!("kettle {i}")],
+            },
+            "client-key",
+            None,
+        );
+        let failed = client.embed(request).await.unwrap_err();
+        assert!(failed.message().contains("version 2"), "{failed:?}");
+    }
+    let query = proto::monitoring::metrics::v1::metrics_query_client::MetricsQueryClient::new(
+        connect(collector.addr).await,
+    );
+    let labels = eventually(
+        "the failed calls in the collector",
+        Duration::from_secs(10),
+        || {
+            let mut query = query.clone();
+            async move {
+                let samples = query
+                    .query(metric_query(
+                        "gateway.requests",
+                        Function::Increase,
+                        60,
+                        &["model", "model_version", "status"],
+                    ))
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .samples;
+                samples
+                    .into_iter()
+                    .map(|s| s.labels)
+                    .find(|l| l.get("status").map(String::as_str) == Some("UNAVAILABLE"))
+            }
+        },
+    )
+    .await;
+    assert_eq!(labels["model"], MODEL, "{labels:?}");
+    assert_eq!(labels["model_version"], "2", "{labels:?}");
+    gateway.kill().await;
+    inference.stop().await.unwrap();
+}

@@ -104,6 +104,8 @@ impl GatewayCore {
                 .into());
             }
         }
+        // Its versions are ready on the replicas: the model's name is a label from now on.
+        crate::metrics::name_model(model);
         match &self.deployed {
             Some(deployed) => {
                 let split = deployed

@@ -109,6 +109,9 @@ pub async fn serve(
             None
         }
     };
+    // The task API's models come from the configuration: labelled by name from the start.
+    metrics::name_model(&config.embed_model);
+    metrics::name_model(&config.classify_model);
     let mut core = GatewayCore::new(
         pool.clone(),
         config.cache_entries,

@@ -107,6 +107,17 @@ pub fn model_label(model: &str, answered: bool) -> String {
     "unknown".to_owned()
 }
 
+/// Labels `model` by its name from now on, before it has answered: a model that the gateway's
+/// configuration or a stored canary split names (not a caller), so that calls failing from the
+/// start (a split to a version the replicas no longer serve) count under the model the rules
+/// and their actions act on.
+pub fn name_model(model: &str) {
+    let mut known = answered_models().write().unwrap_or_else(|p| p.into_inner());
+    if known.len() < MAX_MODEL_LABELS {
+        known.insert(Box::from(model));
+    }
+}
+
 /// Records one finished call: `gateway.requests` by rpc, model, version, tenant and status
 /// (the gRPC code's canonical name, `OK`, `UNAVAILABLE`, … as in `inference.requests`), and
 /// its duration by rpc, model and version. `outcome` is the version that answered, or the
@@ -287,6 +298,13 @@ pub fn deployed_state_connected(connected: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_model_named_by_the_configuration_is_labelled_before_it_answers() {
+        assert_eq!(model_label("configured-model", false), "unknown");
+        name_model("configured-model");
+        assert_eq!(model_label("configured-model", false), "configured-model");
+    }
 
     #[test]
     fn made_up_model_names_never_become_label_values() {
