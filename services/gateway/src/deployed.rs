@@ -247,8 +247,8 @@ impl DeployedState {
         for (model, split) in self.load().await? {
             let weights = split.weights.clone();
             let revision = split.revision;
-            crate::metrics::name_model(&model);
             if table.apply(&model, split) {
+                crate::metrics::name_model(&model);
                 tracing::info!(%model, ?weights, revision, "canary split applied from the shared state");
             }
         }

@@ -79,7 +79,8 @@ pub fn instruments() -> &'static Instruments {
 /// up) is counted as `unknown`, so that no caller can grow the metrics' label sets.
 const MAX_MODEL_LABELS: usize = 256;
 
-/// Models that have answered at least once.
+/// Models labelled by name: those that have answered at least once, and those named by the
+/// configuration or a canary split (see [`name_model`]).
 fn answered_models() -> &'static std::sync::RwLock<std::collections::HashSet<Box<str>>> {
     static MODELS: std::sync::OnceLock<std::sync::RwLock<std::collections::HashSet<Box<str>>>> =
         std::sync::OnceLock::new();
@@ -87,35 +88,31 @@ fn answered_models() -> &'static std::sync::RwLock<std::collections::HashSet<Box
 }
 
 /// The label value of `model` for a call that `answered` (or not): the name of a model that
-/// has answered at least once (at most [`MAX_MODEL_LABELS`] of them), else `unknown`.
+/// has answered at least once or was named (at most [`MAX_MODEL_LABELS`] of them), else
+/// `unknown`.
 pub fn model_label(model: &str, answered: bool) -> String {
-    let known = answered_models();
-    if known
+    let known = answered_models()
         .read()
         .unwrap_or_else(|p| p.into_inner())
-        .contains(model)
-    {
-        return model.to_owned();
+        .contains(model);
+    if known || (answered && name_model(model)) {
+        model.to_owned()
+    } else {
+        "unknown".to_owned()
     }
-    if answered {
-        let mut known = known.write().unwrap_or_else(|p| p.into_inner());
-        if known.len() < MAX_MODEL_LABELS {
-            known.insert(Box::from(model));
-            return model.to_owned();
-        }
-    }
-    "unknown".to_owned()
 }
 
 /// Labels `model` by its name from now on, before it has answered: a model that the gateway's
 /// configuration or a stored canary split names (not a caller), so that calls failing from the
 /// start (a split to a version the replicas no longer serve) count under the model the rules
-/// and their actions act on.
-pub fn name_model(model: &str) {
+/// and their actions act on. Returns whether the name is a label (false once
+/// [`MAX_MODEL_LABELS`] names are).
+pub fn name_model(model: &str) -> bool {
     let mut known = answered_models().write().unwrap_or_else(|p| p.into_inner());
     if known.len() < MAX_MODEL_LABELS {
         known.insert(Box::from(model));
     }
+    known.contains(model)
 }
 
 /// Records one finished call: `gateway.requests` by rpc, model, version, tenant and status
