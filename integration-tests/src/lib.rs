@@ -1033,6 +1033,28 @@ pub async fn serve_versions(addr: SocketAddr, model: &str, versions: &[i64]) {
         .unwrap_or_else(|status| panic!("serving versions {versions:?} of {model}: {status:?}"));
 }
 
+/// The canary split of `model` on the gateway at `addr`, as `(version, weight)` pairs, read
+/// with the admin key.
+pub async fn canary_weights(
+    addr: SocketAddr,
+    model: &str,
+) -> Result<Vec<(i64, u32)>, tonic::Status> {
+    use proto::ecommerce::gateway::v1::GetCanaryRequest;
+    use proto::ecommerce::gateway::v1::gateway_admin_client::GatewayAdminClient;
+    let request = GetCanaryRequest {
+        model: model.to_owned(),
+    };
+    let split = GatewayAdminClient::new(connect(addr).await)
+        .get_canary(with_key(request, "admin-key", None))
+        .await?
+        .into_inner();
+    Ok(split
+        .weights
+        .iter()
+        .map(|w| (w.version, w.weight))
+        .collect())
+}
+
 /// A webhook receiver that keeps every JSON body POSTed to `/hook`.
 pub async fn start_receiver() -> (
     std::net::SocketAddr,

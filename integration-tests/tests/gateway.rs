@@ -214,32 +214,17 @@ async fn a_replica_killed_under_traffic_fails_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_split_holds_its_weights_sticks_per_shopper_and_changes_at_run_time() {
     let repository = two_version_repository();
-    let mut inference =
-        RunningInference::start(inference_config(repository.path(), &["minilm-l6"]))
-            .await
-            .unwrap();
-    let mut gateway = RunningGateway::start(gateway_config(
-        &[inference.addr],
-        &["--rate-limit", "100000", "--rate-burst", "100000"],
-    ))
-    .await
-    .unwrap();
-    let mut admin = GatewayAdminClient::new(connect(gateway.addr).await);
+    let (mut inference, mut gateway, mut admin) = canary_mesh(repository.path()).await;
     let split =
         |weights: &[(i64, u32)]| with_key(canary_split("minilm-l6", weights), "admin-key", None);
     admin.set_canary(split(&[(1, 90), (2, 10)])).await.unwrap();
-    let state = admin
-        .get_canary(with_key(
-            pb::GetCanaryRequest {
-                model: "minilm-l6".into(),
-            },
-            "admin-key",
-            None,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(state.weights.len(), 2);
+    assert_eq!(
+        canary_weights(gateway.addr, "minilm-l6")
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 
     // 2,000 shoppers; a few dozen distinct titles, so most answers come from the cache, which
     // is keyed by version and so reports the version the split chose.
@@ -879,17 +864,7 @@ async fn a_split_pinned_before_a_load_keeps_every_shopper_on_the_serving_version
     let config = repository.path().join("minilm-l6/config.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace("specific = [1, 2]", "specific = [1]")).unwrap();
-    let mut inference =
-        RunningInference::start(inference_config(repository.path(), &["minilm-l6"]))
-            .await
-            .unwrap();
-    let mut gateway = RunningGateway::start(gateway_config(
-        &[inference.addr],
-        &["--rate-limit", "100000", "--rate-burst", "100000"],
-    ))
-    .await
-    .unwrap();
-    let mut admin = GatewayAdminClient::new(connect(gateway.addr).await);
+    let (mut inference, mut gateway, mut admin) = canary_mesh(repository.path()).await;
     let mut client = gateway_client(gateway.addr).await;
     let mut oip = oip_client(gateway.addr).await;
     // The versions that ten shoppers' unversioned Embed and ModelInfer calls are served by.
@@ -950,17 +925,7 @@ async fn rolling_back_a_version_that_holds_all_traffic_hands_it_back() {
     use alert_manager::alert::ActionSpec;
 
     let repository = two_version_repository();
-    let mut inference =
-        RunningInference::start(inference_config(repository.path(), &["minilm-l6"]))
-            .await
-            .unwrap();
-    let mut gateway = RunningGateway::start(gateway_config(
-        &[inference.addr],
-        &["--rate-limit", "100000", "--rate-burst", "100000"],
-    ))
-    .await
-    .unwrap();
-    let mut admin = GatewayAdminClient::new(connect(gateway.addr).await);
+    let (mut inference, mut gateway, mut admin) = canary_mesh(repository.path()).await;
     admin
         .set_canary(with_key(
             canary_split("minilm-l6", &[(1, 0), (2, 100)]),
@@ -990,20 +955,9 @@ async fn rolling_back_a_version_that_holds_all_traffic_hands_it_back() {
         outcome,
         Outcome::Done("minilm-l6 split now v1=100, v2=0".into())
     );
-    let split = admin
-        .get_canary(with_key(
-            pb::GetCanaryRequest {
-                model: "minilm-l6".into(),
-            },
-            "admin-key",
-            None,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
     assert_eq!(
-        split.weights,
-        canary_split("minilm-l6", &[(1, 100), (2, 0)]).weights
+        canary_weights(gateway.addr, "minilm-l6").await.unwrap(),
+        [(1, 100), (2, 0)]
     );
     let answer = gateway_client(gateway.addr)
         .await
@@ -1020,4 +974,26 @@ async fn rolling_back_a_version_that_holds_all_traffic_hands_it_back() {
     assert_eq!(answer.served_by.unwrap().version, 1);
     gateway.stop().await.unwrap();
     inference.stop().await.unwrap();
+}
+
+/// An inference service serving minilm-l6 from `repository`, a gateway in front of it with a
+/// rate limit no test reaches, and the gateway's admin client.
+async fn canary_mesh(
+    repository: &std::path::Path,
+) -> (
+    RunningInference,
+    RunningGateway,
+    GatewayAdminClient<tonic::transport::Channel>,
+) {
+    let inference = RunningInference::start(inference_config(repository, &["minilm-l6"]))
+        .await
+        .unwrap();
+    let gateway = RunningGateway::start(gateway_config(
+        &[inference.addr],
+        &["--rate-limit", "100000", "--rate-burst", "100000"],
+    ))
+    .await
+    .unwrap();
+    let admin = GatewayAdminClient::new(connect(gateway.addr).await);
+    (inference, gateway, admin)
 }

@@ -87,23 +87,7 @@ fn split(weights: &[(i64, u32)]) -> tonic::Request<pb::SetCanaryRequest> {
 }
 
 async fn weights_on(addr: std::net::SocketAddr) -> Vec<(i64, u32)> {
-    GatewayAdminClient::new(connect(addr).await)
-        .get_canary(with_key(
-            pb::GetCanaryRequest {
-                model: MODEL.into(),
-            },
-            "admin-key",
-            None,
-        ))
-        .await
-        .map(|s| {
-            s.into_inner()
-                .weights
-                .iter()
-                .map(|w| (w.version, w.weight))
-                .collect()
-        })
-        .unwrap_or_default()
+    canary_weights(addr, MODEL).await.unwrap_or_default()
 }
 
 /// `gateway.requests` counted by the collector over the last `window` seconds, all replicas.
@@ -144,6 +128,28 @@ async fn counts_match(collector: std::net::SocketAddr, sent: u64, when: &str) {
         error <= 0.05,
         "{when}: the collector counts {got} calls, the clients sent {sent}"
     );
+}
+
+/// A metrics collector on ephemeral ports (its `/metrics` on 127.0.0.2).
+async fn start_collector() -> ServiceProcess {
+    ServiceProcess::start(
+        "metrics-collector",
+        &["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.2:0"],
+    )
+    .await
+    .unwrap()
+}
+
+/// A process's telemetry: to `collector`, every 200 ms, under the instance name `instance`.
+fn otlp(collector: &ServiceProcess, instance: &str) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://{}", collector.addr),
+        ),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "200".to_owned()),
+        ("SERVICE_INSTANCE_ID", instance.to_owned()),
+    ]
 }
 
 async fn gateway(inference: &str, db: &str, envs: &[(&'static str, String)]) -> ServiceProcess {
@@ -204,21 +210,9 @@ async fn alert_manager(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_of_each_service_behave_as_one() {
     let db = TestDatabase::create().await;
-    let collector = ServiceProcess::start(
-        "metrics-collector",
-        &["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.2:0"],
-    )
-    .await
-    .unwrap();
+    let collector = start_collector().await;
     let endpoint = format!("http://{}", collector.addr);
-    // Each process's telemetry: to the collector, every 200 ms, under its own instance name.
-    let otlp = |instance: &str| -> Vec<(&'static str, String)> {
-        vec![
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "200".to_owned()),
-            ("SERVICE_INSTANCE_ID", instance.to_owned()),
-        ]
-    };
+    let otlp = |instance: &str| otlp(&collector, instance);
     let repository = two_version_repository();
     let mut inference = Vec::new();
     for name in ["inference-1", "inference-2"] {
@@ -438,19 +432,8 @@ async fn two_of_each_service_behave_as_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_that_starts_into_failing_calls_counts_them_under_the_model() {
     let db = TestDatabase::create().await;
-    let collector = ServiceProcess::start(
-        "metrics-collector",
-        &["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.2:0"],
-    )
-    .await
-    .unwrap();
-    let envs = vec![
-        (
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://{}", collector.addr),
-        ),
-        ("OTEL_METRIC_EXPORT_INTERVAL", "200".to_owned()),
-    ];
+    let collector = start_collector().await;
+    let envs = otlp(&collector, "gateway");
     let repository = two_version_repository();
     let mut inference = RunningInference::start(inference_config(repository.path(), &[MODEL]))
         .await
@@ -507,6 +490,8 @@ async fn a_gateway_that_starts_into_failing_calls_counts_them_under_the_model() 
     .await;
     assert_eq!(labels["model"], MODEL, "{labels:?}");
     assert_eq!(labels["model_version"], "2", "{labels:?}");
-    gateway.kill().await;
+    gateway.terminate().await;
     inference.stop().await.unwrap();
+    collector.terminate().await;
+    db.drop().await;
 }

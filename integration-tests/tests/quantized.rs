@@ -197,21 +197,8 @@ async fn an_int8_canary_whose_online_ndcg_holds_is_promoted() {
             .await
             .unwrap();
         if sent % 20 == 19 {
-            let split = admin
-                .get_canary(with_key(
-                    pb::GetCanaryRequest {
-                        model: "minilm-l6".into(),
-                    },
-                    "admin-key",
-                    None,
-                ))
-                .await
-                .unwrap()
-                .into_inner();
-            let weights = &split.weights;
-            if weights.iter().any(|w| w.version == 2 && w.weight == 100)
-                && weights.iter().all(|w| w.version == 2 || w.weight == 0)
-            {
+            let weights = canary_weights(gateway.addr, "minilm-l6").await.unwrap();
+            if weights.contains(&(2, 100)) && weights.iter().all(|&(v, w)| v == 2 || w == 0) {
                 promoted_after = Some(sent + 1);
                 break;
             }
