@@ -826,7 +826,8 @@ where
 }
 
 /// A database of its own on the PostgreSQL at 127.0.0.1:5432 (or `TEST_POSTGRES_URL`), dropped
-/// at the end.
+/// at the end. A test that panics or is killed leaves its database behind; the next one
+/// created on this machine drops it (its name holds the pid of a process that is gone).
 pub struct TestDatabase {
     admin: sqlx::PgPool,
     name: String,
@@ -844,8 +845,11 @@ impl TestDatabase {
             .unwrap_or_else(|e| {
                 panic!("PostgreSQL at {server} (set TEST_POSTGRES_URL to another): {e}")
             });
+        if on_this_machine(&server) {
+            sweep_orphans(&admin).await;
+        }
         let name = format!(
-            "alerts_test_{}_{}",
+            "{TEST_DATABASE_PREFIX}{}_{}",
             std::process::id(),
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -879,6 +883,45 @@ impl TestDatabase {
         let _ = sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
             .execute(&self.admin)
             .await;
+    }
+}
+
+/// The start of every test database's name, followed by the creating process's pid.
+const TEST_DATABASE_PREFIX: &str = "alerts_test_";
+
+/// Whether the server at `url` (`postgres://[user@]host[:port]`) runs on this machine, where
+/// the pids in test databases' names mean something.
+fn on_this_machine(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    matches!(host, "127.0.0.1" | "localhost" | "::1")
+}
+
+/// Drops the test databases whose creating process no longer runs on this machine (tests
+/// that panicked or were killed before dropping theirs).
+async fn sweep_orphans(admin: &sqlx::PgPool) {
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
+            .bind(TEST_DATABASE_PREFIX)
+            .fetch_all(admin)
+            .await
+            .unwrap_or_default();
+    for name in names {
+        let pid = name[TEST_DATABASE_PREFIX.len()..].split('_').next();
+        let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let gone = !std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if gone && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(admin)
+                .await;
+        }
     }
 }
 

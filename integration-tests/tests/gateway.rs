@@ -953,7 +953,11 @@ async fn rolling_back_a_version_that_holds_all_traffic_hands_it_back() {
         .await;
     assert_eq!(
         outcome,
-        Outcome::Done("minilm-l6 split now v1=100, v2=0".into())
+        Outcome::Done(
+            "minilm-l6 split now v1=100, v2=0 (v2 held all the traffic: no earlier split on the \
+             timeline, so the newest other version, v1)"
+                .into()
+        )
     );
     assert_eq!(
         canary_weights(gateway.addr, "minilm-l6").await.unwrap(),

@@ -227,3 +227,76 @@ async fn without_the_database_gateways_serve_what_they_hold_refuse_changes_and_c
     b.stop().await.unwrap();
     inference.stop().await.unwrap();
 }
+
+/// A version rolled back once stays out when a later canary, promoted to all the traffic,
+/// fails in turn: the alert manager's rollback reads the deployment timeline and returns the
+/// traffic to the split that served before the promotion, not to the newest other version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_back_a_promoted_canary_returns_to_the_split_before_it_not_to_an_older_failure() {
+    use alert_manager::actions::{ActionConfig, ActionRunner, Outcome};
+    use alert_manager::alert::ActionSpec;
+
+    let db = TestDatabase::create().await;
+    let repository = repository_serving(MODEL, &[(1, 1), (2, 1), (3, 1)]);
+    let mut inference = RunningInference::start(inference_config(repository.path(), &[MODEL]))
+        .await
+        .unwrap();
+    let mut gateway = gateway_on(&inference, &db.url).await;
+    let mut admin = GatewayAdminClient::new(connect(gateway.addr).await);
+    let runner = ActionRunner::new(ActionConfig {
+        tls: shared::tls::MeshTls::plaintext(),
+        gateway: Some(format!("http://{}", gateway.addr)),
+        gateway_api_key: Some("admin-key".into()),
+        inference: None,
+        inference_api_key: None,
+        min_interval: Duration::ZERO,
+        dry_run: false,
+    });
+    let roll_back = |version: &str| ActionSpec::SetCanaryWeight {
+        model: MODEL.into(),
+        version: version.into(),
+        weight: 0,
+    };
+
+    // Version 2's canary fails and is rolled back.
+    admin
+        .set_canary(split(&[(1, 90), (2, 10)], "canary of v2"))
+        .await
+        .unwrap();
+    let outcome = runner
+        .run("CanaryVersionErrors", &roll_back("2"), &Default::default())
+        .await;
+    assert_eq!(
+        outcome,
+        Outcome::Done(format!("{MODEL} split now v1=90, v2=0"))
+    );
+
+    // Version 3's canary does well and is promoted; then it fails.
+    admin
+        .set_canary(split(&[(1, 90), (2, 0), (3, 10)], "canary of v3"))
+        .await
+        .unwrap();
+    let before_promotion = weights_on(&gateway).await.1;
+    admin
+        .set_canary(split(&[(1, 0), (2, 0), (3, 100)], "v3 promoted"))
+        .await
+        .unwrap();
+    let outcome = runner
+        .run("CanaryVersionErrors", &roll_back("3"), &Default::default())
+        .await;
+    assert_eq!(
+        outcome,
+        Outcome::Done(format!(
+            "{MODEL} split now v1=90, v2=0, v3=0 (v3 held all the traffic: back to the split \
+             of revision {before_promotion})"
+        ))
+    );
+    assert_eq!(weights_on(&gateway).await.0, [(1, 90), (2, 0), (3, 0)]);
+    for shopper in ["s-1", "s-2", "s-3", "s-4"] {
+        assert_eq!(served_version(&gateway, shopper).await, 1, "{shopper}");
+    }
+
+    gateway.stop().await.unwrap();
+    inference.stop().await.unwrap();
+    db.drop().await;
+}

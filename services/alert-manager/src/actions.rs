@@ -277,7 +277,32 @@ impl ActionRunner {
                         "{model} has no canary split with version {version}"
                     ));
                 }
-                let weights = next_split(current.weights, version, weight);
+                let mut weights = next_split(current.weights, version, weight);
+                let mut rolled_back = String::new();
+                if weights.iter().all(|w| w.weight == 0) {
+                    let history = match client
+                        .list_canary_changes(keyed(
+                            key,
+                            gw::ListCanaryChangesRequest {
+                                model: model.clone(),
+                                limit: HISTORY_LIMIT,
+                            },
+                        ))
+                        .await
+                    {
+                        Ok(response) => response.into_inner().changes,
+                        // A gateway that keeps no timeline (no database): no history.
+                        Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                            Vec::new()
+                        }
+                        Err(status) => {
+                            return Err(format!("ListCanaryChanges: {}", status.message()));
+                        }
+                    };
+                    let (split, how) = roll_back(weights, version, &history);
+                    weights = split;
+                    rolled_back = format!(" (v{version} held all the traffic: {how})");
+                }
                 let mut request = keyed(
                     key,
                     gw::SetCanaryRequest {
@@ -300,7 +325,10 @@ impl ActionRunner {
                     .iter()
                     .map(|w| format!("v{}={}", w.version, w.weight))
                     .collect();
-                Ok(format!("{model} split now {}", split.join(", ")))
+                Ok(format!(
+                    "{model} split now {}{rolled_back}",
+                    split.join(", ")
+                ))
             }
             ActionSpec::ReloadModel { .. } | ActionSpec::UnloadModel { .. } => {
                 unreachable!("run sends model actions to every replica")
@@ -323,17 +351,18 @@ impl ActionRunner {
     }
 }
 
+/// How many changes of the deployment timeline a rollback looks back over.
+const HISTORY_LIMIT: u32 = 100;
+
 /// The split after setting `version`'s weight to `weight`, or promoting it (`None`: it takes
-/// all the traffic). Taking the last version with traffic out of it (every weight 0, which the
-/// gateway refuses) rolls back instead: the newest of the split's other versions takes all the
-/// traffic, or, with no other version, the split is removed (the newest loaded version
-/// answers).
+/// all the traffic). Taking the last version with traffic out of it leaves every weight 0,
+/// which the gateway refuses: see [`roll_back`].
 fn next_split(
     current: Vec<gw::VersionWeight>,
     version: i64,
     weight: Option<u32>,
 ) -> Vec<gw::VersionWeight> {
-    let mut weights: Vec<gw::VersionWeight> = current
+    current
         .into_iter()
         .map(|w| gw::VersionWeight {
             weight: match (weight, w.version == version) {
@@ -344,23 +373,69 @@ fn next_split(
             },
             version: w.version,
         })
-        .collect();
-    if weights.iter().all(|w| w.weight == 0) {
-        let back_to = weights
+        .collect()
+}
+
+/// Where the traffic goes when `version`, the only version of `split` with any, is taken out
+/// of it (a promoted version that fails): back to the split that served before it took it
+/// all, with a line saying which. That is the latest split on the deployment timeline
+/// (`history`, newest first) in which another version had traffic; its weights come back,
+/// `version` at 0, and the versions it did not name stay at 0 (a version rolled back earlier
+/// stays out). Without such a split (a gateway keeping no timeline, or one with a single
+/// version on it) the newest of the split's other versions takes all the traffic; with no
+/// other version the split is removed, so the newest loaded version answers.
+fn roll_back(
+    split: Vec<gw::VersionWeight>,
+    version: i64,
+    history: &[gw::CanaryChange],
+) -> (Vec<gw::VersionWeight>, String) {
+    let earlier = history.iter().find(|change| {
+        change
+            .weights
             .iter()
-            .map(|w| w.version)
-            .filter(|&v| v != version)
-            .max();
-        match back_to {
-            Some(back_to) => {
-                for w in &mut weights {
-                    w.weight = if w.version == back_to { 100 } else { 0 };
-                }
-            }
-            None => weights.clear(),
+            .any(|w| w.version != version && w.weight > 0)
+    });
+    if let Some(earlier) = earlier {
+        let mut weights: std::collections::BTreeMap<i64, u32> =
+            split.iter().map(|w| (w.version, 0)).collect();
+        for w in &earlier.weights {
+            weights.insert(w.version, if w.version == version { 0 } else { w.weight });
         }
+        let weights = weights
+            .into_iter()
+            .map(|(version, weight)| gw::VersionWeight { version, weight })
+            .collect();
+        return (
+            weights,
+            format!("back to the split of revision {}", earlier.revision),
+        );
     }
-    weights
+    let newest_other = split
+        .iter()
+        .map(|w| w.version)
+        .filter(|&v| v != version)
+        .max();
+    match newest_other {
+        Some(back_to) => {
+            let weights = split
+                .into_iter()
+                .map(|w| gw::VersionWeight {
+                    weight: if w.version == back_to { 100 } else { 0 },
+                    version: w.version,
+                })
+                .collect();
+            (
+                weights,
+                format!(
+                    "no earlier split on the timeline, so the newest other version, v{back_to}"
+                ),
+            )
+        }
+        None => (
+            Vec::new(),
+            "split removed, so the newest loaded version answers".to_owned(),
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -410,14 +485,23 @@ mod tests {
         assert!(err.contains("does not resolve"), "{err}");
     }
 
+    fn split(w: &[(i64, u32)]) -> Vec<gw::VersionWeight> {
+        w.iter()
+            .map(|&(version, weight)| gw::VersionWeight { version, weight })
+            .collect()
+    }
+
+    fn change(revision: i64, w: &[(i64, u32)]) -> gw::CanaryChange {
+        gw::CanaryChange {
+            model: "m".into(),
+            weights: split(w),
+            revision,
+            ..Default::default()
+        }
+    }
+
     #[test]
-    fn taking_the_last_version_with_traffic_out_rolls_back_instead() {
-        let split = |w: &[(i64, u32)]| {
-            w.iter()
-                .map(|&(version, weight)| gw::VersionWeight { version, weight })
-                .collect::<Vec<_>>()
-        };
-        // A canary rolled back, a canary promoted: as asked.
+    fn a_canary_is_rolled_back_or_promoted_as_asked() {
         assert_eq!(
             next_split(split(&[(1, 90), (2, 10)]), 2, Some(0)),
             split(&[(1, 90), (2, 0)])
@@ -426,17 +510,36 @@ mod tests {
             next_split(split(&[(1, 90), (2, 10)]), 2, None),
             split(&[(1, 0), (2, 100)])
         );
-        // The promoted version fails: its traffic goes back to the newest other version.
-        assert_eq!(
-            next_split(split(&[(1, 0), (2, 100)]), 2, Some(0)),
-            split(&[(1, 100), (2, 0)])
-        );
-        assert_eq!(
-            next_split(split(&[(1, 0), (2, 0), (3, 100)]), 3, Some(0)),
-            split(&[(1, 0), (2, 100), (3, 0)])
-        );
+    }
+
+    #[test]
+    fn a_promoted_version_that_fails_hands_the_traffic_back_to_the_split_before_it() {
+        // v2 failed as a canary and was rolled back; v3 was promoted, then failed.
+        let history = [
+            change(5, &[(1, 0), (2, 0), (3, 100)]),
+            change(4, &[(1, 90), (2, 0), (3, 10)]),
+            change(3, &[(1, 90), (2, 0)]),
+            change(2, &[(1, 90), (2, 10)]),
+        ];
+        let (weights, how) = roll_back(split(&[(1, 0), (2, 0), (3, 0)]), 3, &history);
+        assert_eq!(weights, split(&[(1, 90), (2, 0), (3, 0)]));
+        assert_eq!(how, "back to the split of revision 4");
+        // A version of that split no longer in the current one comes back too.
+        let (weights, _) = roll_back(split(&[(2, 0), (3, 0)]), 3, &history);
+        assert_eq!(weights, split(&[(1, 90), (2, 0), (3, 0)]));
+    }
+
+    #[test]
+    fn without_a_timeline_the_newest_other_version_takes_the_traffic() {
+        let (weights, how) = roll_back(split(&[(1, 0), (2, 0)]), 2, &[]);
+        assert_eq!(weights, split(&[(1, 100), (2, 0)]));
+        assert!(how.contains("newest other version, v1"), "{how}");
+        // A timeline on which the failing version always had all the traffic says nothing.
+        let only = [change(1, &[(3, 100)])];
+        let (weights, _) = roll_back(split(&[(1, 0), (2, 0), (3, 0)]), 3, &only);
+        assert_eq!(weights, split(&[(1, 0), (2, 100), (3, 0)]));
         // A split of one version: removed, so the newest loaded version answers.
-        assert_eq!(next_split(split(&[(2, 100)]), 2, Some(0)), split(&[]));
+        assert_eq!(roll_back(split(&[(2, 0)]), 2, &[]).0, split(&[]));
     }
 
     #[tokio::test]

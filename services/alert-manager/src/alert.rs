@@ -145,7 +145,8 @@ pub fn fingerprint(labels: &LabelSet) -> String {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ActionSpec {
     /// Sets a model version's weight in the gateway's canary split (0 takes it out; taking out
-    /// the last version with traffic gives it all to the newest other version of the split).
+    /// the last version with traffic brings back the split that served before it, from the
+    /// gateways' deployment timeline).
     SetCanaryWeight {
         /// Model, e.g. `"{{ $labels.model }}"`.
         model: String,
