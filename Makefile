@@ -11,7 +11,7 @@ export MODEL_REPOSITORY ?= $(MODELS)
 
 MODEL_FILES := $(foreach m,minilm-l6 purchase-intent,$(MODELS)/$(m)/1/model.onnx $(MODELS)/$(m)/1/model.fp16.onnx $(MODELS)/$(m)/2/model.onnx)
 
-.PHONY: help preflight deps model build run demo-incident test lint fmt bench bench-tls bench-collector bench-anchors bench-mesh clean
+.PHONY: help preflight deps model build run demo-incident test lint fmt bench bench-share bench-tls bench-collector bench-anchors bench-mesh clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -73,6 +73,10 @@ bench-mesh: model ## Concurrency 64 with `make run`'s mesh up and its traffic on
 	@bash scripts/deps.sh --bench
 	cargo build --release --workspace --bins --benches
 	@bash scripts/bench_mesh.sh
+
+bench-share: model ## The gateway's own share of its added latency at c=1, against two relays, interleaved (~4 min)
+	cargo build --release --workspace --bins
+	@bash scripts/bench_share.sh
 
 bench-tls: ## The cost of TLS between the services: added p50 at c=1, throughput at c=64 (~2 min)
 	cargo build --release --workspace --bins
