@@ -637,6 +637,7 @@ async fn a_split_naming_an_unserved_version_is_refused() {
                 weight: 10,
             },
         ],
+        expected_revision: 0,
     };
     let status = admin
         .set_canary(with_key(request, "admin-key", None))
@@ -954,7 +955,7 @@ async fn rolling_back_a_version_that_holds_all_traffic_hands_it_back() {
     assert_eq!(
         outcome,
         Outcome::Done(
-            "minilm-l6 split now v1=100, v2=0 (v2 held all the traffic: no earlier split on the \
+            "minilm-l6 split now v1=100, v2=0 (v2 held all the traffic: this gateway keeps no \
              timeline, so the newest other version, v1)"
                 .into()
         )

@@ -42,6 +42,23 @@ async fn weights_on(gateway: &RunningGateway) -> (Vec<(i64, u32)>, i64) {
     (weights, state.revision)
 }
 
+/// The deployment timeline of the model, newest first, read through `gateway`.
+async fn timeline(gateway: &RunningGateway) -> Vec<pb::CanaryChange> {
+    GatewayAdminClient::new(connect(gateway.addr).await)
+        .list_canary_changes(with_key(
+            pb::ListCanaryChangesRequest {
+                model: MODEL.into(),
+                limit: 100,
+            },
+            "admin-key",
+            None,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .changes
+}
+
 /// The version that served an Embed for `shopper` through `gateway`.
 async fn served_version(gateway: &RunningGateway, shopper: &str) -> i64 {
     gateway_client(gateway.addr)
@@ -113,6 +130,47 @@ async fn a_split_set_through_one_gateway_is_applied_by_every_replica_and_survive
     assert_eq!(weights_on(&a2).await.0, [(1, 0), (2, 100)]);
     assert_eq!(served_version(&a2, "s-4").await, 2);
 
+    // The split in force set again (a reconciler re-applying it) is no change: same revision,
+    // nothing added to the timeline.
+    let revision = weights_on(&a2).await.1;
+    let again = GatewayAdminClient::new(connect(a2.addr).await)
+        .set_canary(split(&[(1, 0), (2, 100)], "reconciler: re-applied"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.revision, revision);
+    assert_eq!(timeline(&b).await.len(), 1, "only the first change");
+
+    // Compare and set: a change computed from the revision in force is made; one computed
+    // from a split read before that change is aborted, through any replica, and nothing
+    // changes.
+    let mut current = split(&[(1, 10), (2, 90)], "computed from the revision in force");
+    current.get_mut().expected_revision = revision;
+    let made = GatewayAdminClient::new(connect(b.addr).await)
+        .set_canary(current)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(made.revision, revision + 1);
+    let mut stale = split(&[(1, 100), (2, 0)], "computed from an older revision");
+    stale.get_mut().expected_revision = revision;
+    let aborted = GatewayAdminClient::new(connect(a2.addr).await)
+        .set_canary(stale)
+        .await
+        .unwrap_err();
+    assert_eq!(aborted.code(), Code::Aborted, "{aborted:?}");
+    assert!(
+        aborted
+            .message()
+            .contains(&format!("at revision {}, not {revision}", revision + 1)),
+        "{}",
+        aborted.message()
+    );
+    assert_eq!(
+        weights_on(&b).await,
+        ([(1, 10), (2, 90)].into(), revision + 1)
+    );
+
     // Two operators changing the split at once, through either gateway: every replica ends
     // with one of their states, the last one committed, never a mix.
     let mut writers = Vec::new();
@@ -152,21 +210,14 @@ async fn a_split_set_through_one_gateway_is_applied_by_every_replica_and_survive
         "{agreed:?}"
     );
 
-    // The timeline says who changed what, through which gateway, and why.
-    let changes = GatewayAdminClient::new(connect(b.addr).await)
-        .list_canary_changes(with_key(
-            pb::ListCanaryChangesRequest {
-                model: MODEL.into(),
-                limit: 100,
-            },
-            "admin-key",
-            None,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .changes;
-    assert_eq!(changes.len(), 21, "one change per accepted SetCanary");
+    // The timeline says who changed what, through which gateway, and why: one entry per
+    // SetCanary that changed the split in force.
+    let changes = timeline(&b).await;
+    assert!((3..=22).contains(&changes.len()), "{changes:?}");
+    for pair in changes.windows(2) {
+        assert_ne!(pair[0].weights, pair[1].weights, "{changes:?}");
+        assert_eq!(pair[0].revision, pair[1].revision + 1, "{changes:?}");
+    }
     let first = changes.last().unwrap();
     assert_eq!(first.reason, "canary of the new fine-tune");
     assert!(first.changed_by.starts_with("ops (key "), "{first:?}");

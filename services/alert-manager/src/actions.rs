@@ -261,74 +261,26 @@ impl ActionRunner {
                     .parse()
                     .map_err(|_| format!("version '{version}' is not a number"))?;
                 let mut client = GatewayAdminClient::new(channel(&self.config.tls, url)?);
-                let key = self.config.gateway_api_key.as_deref();
-                let current = client
-                    .get_canary(keyed(
-                        key,
-                        gw::GetCanaryRequest {
-                            model: model.clone(),
-                        },
-                    ))
-                    .await
-                    .map_err(|s| format!("GetCanary: {}", s.message()))?
-                    .into_inner();
-                if !current.weights.iter().any(|w| w.version == version) {
-                    return Err(format!(
-                        "{model} has no canary split with version {version}"
-                    ));
-                }
-                let mut weights = next_split(current.weights, version, weight);
-                let mut rolled_back = String::new();
-                if weights.iter().all(|w| w.weight == 0) {
-                    let history = match client
-                        .list_canary_changes(keyed(
-                            key,
-                            gw::ListCanaryChangesRequest {
-                                model: model.clone(),
-                                limit: HISTORY_LIMIT,
-                            },
-                        ))
+                let reason = format!("alert-manager: rule {rule}, {}", action.describe(labels));
+                let mut attempt = 1;
+                loop {
+                    match self
+                        .change_split(&mut client, &model, version, weight, &reason)
                         .await
                     {
-                        Ok(response) => response.into_inner().changes,
-                        // A gateway that keeps no timeline (no database): no history.
-                        Err(status) if status.code() == tonic::Code::FailedPrecondition => {
-                            Vec::new()
+                        Err(SplitError::Stale(_)) if attempt < SPLIT_ATTEMPTS => {
+                            // Changed since it was read (or read from a gateway a moment
+                            // behind the others): read it again.
+                            tokio::time::sleep(STALE_RETRY * attempt).await;
+                            attempt += 1;
                         }
-                        Err(status) => {
-                            return Err(format!("ListCanaryChanges: {}", status.message()));
+                        Err(SplitError::Stale(why)) => {
+                            return Err(format!("{why} ({attempt} tries)"));
                         }
-                    };
-                    let (split, how) = roll_back(weights, version, &history);
-                    weights = split;
-                    rolled_back = format!(" (v{version} held all the traffic: {how})");
+                        Err(SplitError::Failed(why)) => return Err(why),
+                        Ok(outcome) => return Ok(outcome),
+                    }
                 }
-                let mut request = keyed(
-                    key,
-                    gw::SetCanaryRequest {
-                        model: model.clone(),
-                        weights,
-                    },
-                );
-                // The gateways' deployment timeline says why.
-                let reason = format!("alert-manager: rule {rule}, {}", action.describe(labels));
-                if let Ok(value) = reason.chars().take(256).collect::<String>().parse() {
-                    request.metadata_mut().insert("x-change-reason", value);
-                }
-                let after = client
-                    .set_canary(request)
-                    .await
-                    .map_err(|s| format!("SetCanary: {}", s.message()))?
-                    .into_inner();
-                let split: Vec<String> = after
-                    .weights
-                    .iter()
-                    .map(|w| format!("v{}={}", w.version, w.weight))
-                    .collect();
-                Ok(format!(
-                    "{model} split now {}{rolled_back}",
-                    split.join(", ")
-                ))
             }
             ActionSpec::ReloadModel { .. } | ActionSpec::UnloadModel { .. } => {
                 unreachable!("run sends model actions to every replica")
@@ -349,10 +301,111 @@ impl ActionRunner {
             }
         }
     }
+
+    /// Reads `model`'s split, computes the change (`weight`, or `None`: promote `version`;
+    /// a version that held all the traffic rolled back as [`roll_back`] says) and sends it
+    /// over the revision read, so that a change made meanwhile aborts it instead of being
+    /// overwritten. Returns the outcome's line.
+    async fn change_split(
+        &self,
+        client: &mut GatewayAdminClient<tonic::transport::Channel>,
+        model: &str,
+        version: i64,
+        weight: Option<u32>,
+        reason: &str,
+    ) -> Result<String, SplitError> {
+        let failed = |rpc: &str, s: tonic::Status| {
+            let why = format!("{rpc}: {}", s.message());
+            if s.code() == tonic::Code::Aborted {
+                SplitError::Stale(why)
+            } else {
+                SplitError::Failed(why)
+            }
+        };
+        let key = self.config.gateway_api_key.as_deref();
+        let current = client
+            .get_canary(keyed(
+                key,
+                gw::GetCanaryRequest {
+                    model: model.to_owned(),
+                },
+            ))
+            .await
+            .map_err(|s| failed("GetCanary", s))?
+            .into_inner();
+        if !current.weights.iter().any(|w| w.version == version) {
+            return Err(SplitError::Failed(format!(
+                "{model} has no canary split with version {version}"
+            )));
+        }
+        let mut weights = next_split(current.weights, version, weight);
+        let mut rolled_back = String::new();
+        if weights.iter().all(|w| w.weight == 0) {
+            let history = match client
+                .list_canary_changes(keyed(
+                    key,
+                    gw::ListCanaryChangesRequest {
+                        model: model.to_owned(),
+                        limit: HISTORY_LIMIT,
+                    },
+                ))
+                .await
+            {
+                Ok(response) => Some(response.into_inner().changes),
+                // A gateway that keeps no timeline (no database).
+                Err(status) if status.code() == tonic::Code::FailedPrecondition => None,
+                Err(status) => return Err(failed("ListCanaryChanges", status)),
+            };
+            let (split, how) = roll_back(weights, version, history.as_deref());
+            weights = split;
+            rolled_back = format!(" (v{version} held all the traffic: {how})");
+        }
+        let mut request = keyed(
+            key,
+            gw::SetCanaryRequest {
+                model: model.to_owned(),
+                weights,
+                expected_revision: current.revision,
+            },
+        );
+        // The gateways' deployment timeline says why.
+        if let Ok(value) = reason.chars().take(256).collect::<String>().parse() {
+            request.metadata_mut().insert("x-change-reason", value);
+        }
+        let after = client
+            .set_canary(request)
+            .await
+            .map_err(|s| failed("SetCanary", s))?
+            .into_inner();
+        let split: Vec<String> = after
+            .weights
+            .iter()
+            .map(|w| format!("v{}={}", w.version, w.weight))
+            .collect();
+        Ok(format!(
+            "{model} split now {}{rolled_back}",
+            split.join(", ")
+        ))
+    }
 }
 
-/// How many changes of the deployment timeline a rollback looks back over.
-const HISTORY_LIMIT: u32 = 100;
+/// Why a canary change was not made.
+enum SplitError {
+    /// The split changed after it was read: worth reading it again.
+    Stale(String),
+    /// Anything else.
+    Failed(String),
+}
+
+/// How many times a canary change is computed and sent when the split changed meanwhile.
+const SPLIT_ATTEMPTS: u32 = 3;
+
+/// Wait before reading a split that changed meanwhile again (times the attempt).
+const STALE_RETRY: Duration = Duration::from_millis(400);
+
+/// How many changes of the deployment timeline a rollback looks back over (the most
+/// `ListCanaryChanges` returns; a split set again unchanged adds none).
+const HISTORY_LIMIT: u32 = 1000;
 
 /// The split after setting `version`'s weight to `weight`, or promoting it (`None`: it takes
 /// all the traffic). Taking the last version with traffic out of it leaves every weight 0,
@@ -379,17 +432,18 @@ fn next_split(
 /// Where the traffic goes when `version`, the only version of `split` with any, is taken out
 /// of it (a promoted version that fails): back to the split that served before it took it
 /// all, with a line saying which. That is the latest split on the deployment timeline
-/// (`history`, newest first) in which another version had traffic; its weights come back,
-/// `version` at 0, and the versions it did not name stay at 0 (a version rolled back earlier
-/// stays out). Without such a split (a gateway keeping no timeline, or one with a single
-/// version on it) the newest of the split's other versions takes all the traffic; with no
-/// other version the split is removed, so the newest loaded version answers.
+/// (`history`, newest first; `None`: a gateway that keeps none) in which another version
+/// had traffic; its weights come back, `version` at 0, and the versions it did not name stay
+/// at 0 (a version rolled back before that split stays out; one whose rollback left `version`
+/// alone comes back, being what served before). Without such a split the newest of the
+/// split's other versions takes all the traffic; with no other version the split is removed,
+/// so the newest loaded version answers.
 fn roll_back(
     split: Vec<gw::VersionWeight>,
     version: i64,
-    history: &[gw::CanaryChange],
+    history: Option<&[gw::CanaryChange]>,
 ) -> (Vec<gw::VersionWeight>, String) {
-    let earlier = history.iter().find(|change| {
+    let earlier = history.unwrap_or_default().iter().find(|change| {
         change
             .weights
             .iter()
@@ -415,6 +469,16 @@ fn roll_back(
         .map(|w| w.version)
         .filter(|&v| v != version)
         .max();
+    let why = match history {
+        None => "this gateway keeps no timeline".to_owned(),
+        Some(history) if history.len() >= HISTORY_LIMIT as usize => {
+            format!(
+                "no earlier split in the timeline's last {} changes",
+                history.len()
+            )
+        }
+        Some(_) => "no earlier split on the timeline".to_owned(),
+    };
     match newest_other {
         Some(back_to) => {
             let weights = split
@@ -426,9 +490,7 @@ fn roll_back(
                 .collect();
             (
                 weights,
-                format!(
-                    "no earlier split on the timeline, so the newest other version, v{back_to}"
-                ),
+                format!("{why}, so the newest other version, v{back_to}"),
             )
         }
         None => (
@@ -521,25 +583,51 @@ mod tests {
             change(3, &[(1, 90), (2, 0)]),
             change(2, &[(1, 90), (2, 10)]),
         ];
-        let (weights, how) = roll_back(split(&[(1, 0), (2, 0), (3, 0)]), 3, &history);
+        let (weights, how) = roll_back(split(&[(1, 0), (2, 0), (3, 0)]), 3, Some(&history));
         assert_eq!(weights, split(&[(1, 90), (2, 0), (3, 0)]));
         assert_eq!(how, "back to the split of revision 4");
         // A version of that split no longer in the current one comes back too.
-        let (weights, _) = roll_back(split(&[(2, 0), (3, 0)]), 3, &history);
+        let (weights, _) = roll_back(split(&[(2, 0), (3, 0)]), 3, Some(&history));
         assert_eq!(weights, split(&[(1, 90), (2, 0), (3, 0)]));
+        // v1 was rolled back, leaving v2 (a canary) alone; when v2 fails too, what served
+        // before it took all the traffic comes back.
+        let history = [
+            change(7, &[(1, 0), (2, 10)]),
+            change(6, &[(1, 90), (2, 10)]),
+        ];
+        let (weights, how) = roll_back(split(&[(1, 0), (2, 0)]), 2, Some(&history));
+        assert_eq!(weights, split(&[(1, 90), (2, 0)]));
+        assert_eq!(how, "back to the split of revision 6");
     }
 
     #[test]
     fn without_a_timeline_the_newest_other_version_takes_the_traffic() {
-        let (weights, how) = roll_back(split(&[(1, 0), (2, 0)]), 2, &[]);
+        let (weights, how) = roll_back(split(&[(1, 0), (2, 0)]), 2, None);
         assert_eq!(weights, split(&[(1, 100), (2, 0)]));
-        assert!(how.contains("newest other version, v1"), "{how}");
+        assert_eq!(
+            how,
+            "this gateway keeps no timeline, so the newest other version, v1"
+        );
         // A timeline on which the failing version always had all the traffic says nothing.
         let only = [change(1, &[(3, 100)])];
-        let (weights, _) = roll_back(split(&[(1, 0), (2, 0), (3, 0)]), 3, &only);
+        let (weights, how) = roll_back(split(&[(1, 0), (2, 0), (3, 0)]), 3, Some(&only));
         assert_eq!(weights, split(&[(1, 0), (2, 100), (3, 0)]));
+        assert_eq!(
+            how,
+            "no earlier split on the timeline, so the newest other version, v2"
+        );
+        // Nor does one whose every change the rollback read gave it all the traffic.
+        let full: Vec<_> = (1..=i64::from(HISTORY_LIMIT))
+            .rev()
+            .map(|revision| change(revision, &[(1, 0), (2, 100)]))
+            .collect();
+        let (_, how) = roll_back(split(&[(1, 0), (2, 0)]), 2, Some(&full));
+        assert!(
+            how.starts_with("no earlier split in the timeline's last 1000 changes"),
+            "{how}"
+        );
         // A split of one version: removed, so the newest loaded version answers.
-        assert_eq!(roll_back(split(&[(2, 0)]), 2, &[]).0, split(&[]));
+        assert_eq!(roll_back(split(&[(2, 0)]), 2, None).0, split(&[]));
     }
 
     #[tokio::test]

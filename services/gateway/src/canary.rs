@@ -41,15 +41,41 @@ pub struct CanaryTable {
 
 /// Why a split was refused.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct CanaryError(String);
+pub enum CanaryError {
+    /// The split itself is wrong.
+    #[error("{0}")]
+    Invalid(String),
+    /// The change expected another revision than the one in force.
+    #[error("the split in force is at revision {current}")]
+    Stale {
+        /// The revision in force.
+        current: i64,
+    },
+}
 
 impl CanaryTable {
-    /// Sets (or, with no weights, removes) the split of `model`, at the next revision.
-    pub fn set(&self, model: &str, weights: Vec<VersionWeight>) -> Result<(), CanaryError> {
+    /// Sets (or, with no weights, removes) the split of `model`, at the next revision; when
+    /// `expected` is given, only over that revision. The split in force set again keeps its
+    /// revision.
+    pub fn set(
+        &self,
+        model: &str,
+        weights: Vec<VersionWeight>,
+        expected: Option<i64>,
+    ) -> Result<(), CanaryError> {
         validate(model, &weights)?;
         let mut splits = self.splits.write().unwrap_or_else(|p| p.into_inner());
         let split = splits.entry(model.to_owned()).or_default();
+        if let Some(expected) = expected
+            && expected != split.revision
+        {
+            return Err(CanaryError::Stale {
+                current: split.revision,
+            });
+        }
+        if split.revision > 0 && split.weights == weights {
+            return Ok(());
+        }
         split.weights = weights;
         split.revision += 1;
         split.changed_by = "local".to_owned();
@@ -119,10 +145,10 @@ pub fn unix_ms() -> i64 {
 /// Checks a split of `model` before it is stored: positive versions, each once, some weight.
 pub fn validate(model: &str, weights: &[VersionWeight]) -> Result<(), CanaryError> {
     if model.is_empty() {
-        return Err(CanaryError("model is empty".to_owned()));
+        return Err(CanaryError::Invalid("model is empty".to_owned()));
     }
     if let Some(bad) = weights.iter().find(|w| w.version <= 0) {
-        return Err(CanaryError(format!(
+        return Err(CanaryError::Invalid(format!(
             "version {} is not a positive model version",
             bad.version
         )));
@@ -131,12 +157,12 @@ pub fn validate(model: &str, weights: &[VersionWeight]) -> Result<(), CanaryErro
     versions.sort_unstable();
     versions.dedup();
     if versions.len() != weights.len() {
-        return Err(CanaryError(
+        return Err(CanaryError::Invalid(
             "a version appears twice in the split".to_owned(),
         ));
     }
     if !weights.is_empty() && weights.iter().all(|w| w.weight == 0) {
-        return Err(CanaryError(
+        return Err(CanaryError::Invalid(
             "every weight is 0: no version would take traffic".to_owned(),
         ));
     }
@@ -179,6 +205,7 @@ mod tests {
                         weight: 10,
                     },
                 ],
+                None,
             )
             .unwrap();
         let canary = (0..10_000)
@@ -226,7 +253,8 @@ mod tests {
                     vec![VersionWeight {
                         version: 0,
                         weight: 1
-                    }]
+                    }],
+                    None
                 )
                 .is_err()
         );
@@ -237,7 +265,8 @@ mod tests {
                     vec![VersionWeight {
                         version: 1,
                         weight: 0
-                    }]
+                    }],
+                    None
                 )
                 .is_err()
         );
@@ -251,7 +280,7 @@ mod tests {
                 weight: 2,
             },
         ];
-        assert!(table.set("m", twice).is_err());
+        assert!(table.set("m", twice, None).is_err());
         table
             .set(
                 "m",
@@ -259,9 +288,29 @@ mod tests {
                     version: 3,
                     weight: 1,
                 }],
+                None,
             )
             .unwrap();
-        table.set("m", vec![]).unwrap();
+        table.set("m", vec![], None).unwrap();
         assert!(table.get("m").is_empty());
+    }
+
+    #[test]
+    fn a_change_made_over_another_revision_than_expected_is_refused_and_a_repeat_changes_nothing() {
+        let table = CanaryTable::default();
+        let one = |version| vec![VersionWeight { version, weight: 1 }];
+        table.set("m", one(1), Some(0)).unwrap();
+        assert_eq!(table.split("m").revision, 1);
+        // Read at revision 1; someone else changes it meanwhile.
+        table.set("m", one(2), None).unwrap();
+        let stale = table.set("m", one(3), Some(1)).unwrap_err();
+        assert!(
+            matches!(stale, CanaryError::Stale { current: 2 }),
+            "{stale:?}"
+        );
+        assert_eq!(table.get("m"), one(2));
+        // The split in force set again keeps its revision.
+        table.set("m", one(2), Some(2)).unwrap();
+        assert_eq!(table.split("m").revision, 2);
     }
 }

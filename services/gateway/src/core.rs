@@ -14,8 +14,8 @@ use tonic::Status;
 
 use crate::cache::EmbeddingCache;
 use crate::call::CallContext;
-use crate::canary::{self, CanaryTable, VersionWeight};
-use crate::deployed::DeployedState;
+use crate::canary::{self, CanaryError, CanaryTable, VersionWeight};
+use crate::deployed::{DeployedState, Written};
 use crate::error::GatewayError;
 use crate::payload::PayloadLogger;
 use crate::records::{Record, RecordBuffer, RecordKind, Task};
@@ -67,12 +67,14 @@ impl GatewayCore {
     /// Sets `model`'s canary split to `weights`, on behalf of `changed_by` for `reason`. A
     /// split that would send traffic to a version that is not ready on every replica is
     /// refused (part of the canary's traffic would fail), as is a malformed one; with a shared
-    /// state, a change it cannot store is refused as unavailable. Either way the split in
-    /// force stays, on every replica.
+    /// state, a change it cannot store is refused as unavailable; with `expected`, a change
+    /// over another revision than that one is aborted. Either way the split in force stays,
+    /// on every replica.
     pub async fn set_canary(
         &self,
         model: &str,
         weights: Vec<VersionWeight>,
+        expected: Option<i64>,
         changed_by: &str,
         reason: &str,
     ) -> Result<(), Status> {
@@ -108,18 +110,39 @@ impl GatewayCore {
         crate::metrics::name_model(model);
         match &self.deployed {
             Some(deployed) => {
-                let split = deployed
-                    .write(model, &weights, changed_by, reason)
+                let written = deployed
+                    .write(model, &weights, expected, changed_by, reason)
                     .await
                     .map_err(GatewayError::from)?;
+                let (split, what) = match written {
+                    Written::Changed(split) => (split, "canary split changed (shared)"),
+                    Written::Unchanged(split) => (split, "canary split set again, unchanged"),
+                    Written::Stale { current } => {
+                        return Err(GatewayError::StaleSplit {
+                            model: model.to_owned(),
+                            expected: expected.unwrap_or_default(),
+                            current,
+                        }
+                        .into());
+                    }
+                };
                 let revision = split.revision;
                 self.canary.apply(model, split);
-                tracing::info!(%model, ?weights, revision, %changed_by, %reason, "canary split changed (shared)");
+                tracing::info!(%model, ?weights, revision, %changed_by, %reason, "{what}");
             }
             None => {
-                self.canary.set(model, weights.clone()).map_err(|err| {
-                    GatewayError::Invalid(format!("canary of model '{model}': {err}"))
-                })?;
+                self.canary
+                    .set(model, weights.clone(), expected)
+                    .map_err(|err| match err {
+                        CanaryError::Invalid(err) => {
+                            GatewayError::Invalid(format!("canary of model '{model}': {err}"))
+                        }
+                        CanaryError::Stale { current } => GatewayError::StaleSplit {
+                            model: model.to_owned(),
+                            expected: expected.unwrap_or_default(),
+                            current,
+                        },
+                    })?;
                 tracing::info!(%model, ?weights, %changed_by, %reason, "canary split changed (this gateway only)");
             }
         }

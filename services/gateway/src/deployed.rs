@@ -3,7 +3,9 @@
 //! A change (`SetCanary`, from an operator or an alert-manager action) is written in one
 //! transaction: the model's row in `gateway_canary_splits` at the next revision, a row of
 //! `gateway_canary_changes` (the deployment timeline: who, through which gateway, why) and a
-//! `NOTIFY` on [`CHANNEL`]. Every replica listens and re-reads the table on each notification,
+//! `NOTIFY` on [`CHANNEL`]; setting the split in force again changes nothing (as `kubectl
+//! apply` of an unchanged object), so a reconciler re-applying it every few minutes does not
+//! bury the timeline's real changes. Every replica listens and re-reads the table on each notification,
 //! and once a second in case one was missed; a split is applied only over an older revision
 //! (see [`CanaryTable::apply`]), so replicas converge on the last committed change whatever
 //! order the news arrives in. Calls read the in-memory table only, never the database.
@@ -55,13 +57,36 @@ const SCHEMA_LOCK: i64 = 0x6777_6361_6e61_7279;
 /// The longest reason kept on the timeline, in characters.
 pub const MAX_REASON_CHARS: usize = 256;
 
-/// Why a change could not be stored.
+/// Why the shared state could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "the canary split could not be stored in PostgreSQL ({0}); nothing changed on any gateway, \
-     which keep serving the split in force: retry when the database is back"
-)]
-pub struct Unavailable(String);
+pub enum Unavailable {
+    /// A change could not be stored.
+    #[error(
+        "the canary split could not be stored in PostgreSQL ({0}); nothing changed on any \
+         gateway, which keep serving the split in force: retry when the database is back"
+    )]
+    NotStored(String),
+    /// The timeline could not be read.
+    #[error(
+        "the deployment timeline could not be read from PostgreSQL ({0}); the gateways keep \
+         serving the split in force: retry when the database is back"
+    )]
+    NotRead(String),
+}
+
+/// What a write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    /// Stored at the next revision, on the timeline, announced.
+    Changed(Split),
+    /// The split in force, set again: nothing stored.
+    Unchanged(Split),
+    /// Nothing stored: the change expected another revision than the one in force.
+    Stale {
+        /// The revision in force.
+        current: i64,
+    },
+}
 
 /// One entry of the deployment timeline.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,43 +156,77 @@ impl DeployedState {
         })
     }
 
-    /// Stores `weights` as `model`'s split (empty: removed) and announces it; returns the
-    /// split as stored. Either all of it is committed or nothing is.
+    /// Stores `weights` as `model`'s split (empty: removed) and announces it; when `expected`
+    /// is given, only over that revision (compare and set). Either all of it is committed or
+    /// nothing is. The split in force set again is no change: it keeps its revision and adds
+    /// nothing to the timeline.
     pub async fn write(
         &self,
         model: &str,
         weights: &[VersionWeight],
+        expected: Option<i64>,
         changed_by: &str,
         reason: &str,
-    ) -> Result<Split, Unavailable> {
-        let result = self.try_write(model, weights, changed_by, reason).await;
+    ) -> Result<Written, Unavailable> {
+        let result = self
+            .try_write(model, weights, expected, changed_by, reason)
+            .await;
         match &result {
             Ok(_) => self.set_connected(true),
             Err(err) if is_connection_error(err) => self.set_connected(false),
             Err(_) => {}
         }
-        result.map_err(|err| Unavailable(err.to_string()))
+        result.map_err(|err| Unavailable::NotStored(err.to_string()))
     }
 
     fn try_write<'a>(
         &'a self,
         model: &'a str,
         weights: &'a [VersionWeight],
+        expected: Option<i64>,
         changed_by: &'a str,
         reason: &'a str,
-    ) -> BoxFuture<'a, Result<Split, sqlx::Error>> {
-        Box::pin(self.write_transaction(model, weights, changed_by, reason))
+    ) -> BoxFuture<'a, Result<Written, sqlx::Error>> {
+        Box::pin(self.write_transaction(model, weights, expected, changed_by, reason))
     }
 
     async fn write_transaction(
         &self,
         model: &str,
         weights: &[VersionWeight],
+        expected: Option<i64>,
         changed_by: &str,
         reason: &str,
-    ) -> Result<Split, sqlx::Error> {
+    ) -> Result<Written, sqlx::Error> {
         let json = serde_json::to_value(weights).map_err(|e| sqlx::Error::Encode(e.into()))?;
         let mut tx = self.pool.begin().await?;
+        // The row is locked first, so that a change committed meanwhile is the one compared.
+        let in_force = sqlx::query(
+            "SELECT weights = $2 AS same, revision, changed_by,
+                    (extract(epoch from changed_at) * 1000)::BIGINT AS at_ms
+             FROM gateway_canary_splits WHERE model = $1 FOR UPDATE",
+        )
+        .bind(model)
+        .bind(&json)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let current = in_force
+            .as_ref()
+            .map_or(0, |row| row.get::<i64, _>("revision"));
+        if expected.is_some_and(|expected| expected != current) {
+            return Ok(Written::Stale { current });
+        }
+        // The split in force, set again (a reconciler re-applying it): no change to record.
+        if let Some(row) = in_force.filter(|row| row.get::<bool, _>("same")) {
+            tx.commit().await?;
+            let split = Split {
+                weights: weights.to_vec(),
+                revision: row.get("revision"),
+                changed_by: row.get("changed_by"),
+                changed_at_ms: row.get("at_ms"),
+            };
+            return Ok(Written::Unchanged(split));
+        }
         let row = sqlx::query(
             "INSERT INTO gateway_canary_splits (model, weights, revision, changed_by)
              VALUES ($1, $2, 1, $3)
@@ -203,12 +262,13 @@ impl DeployedState {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(Split {
+        let split = Split {
             weights: weights.to_vec(),
             revision,
             changed_by: changed_by.to_owned(),
             changed_at_ms: at_ms,
-        })
+        };
+        Ok(Written::Changed(split))
     }
 
     /// Every stored split.
@@ -268,7 +328,7 @@ impl DeployedState {
         .bind(limit)
         .fetch_all(&self.pool)
         .await
-        .map_err(|err| Unavailable(err.to_string()))?;
+        .map_err(|err| Unavailable::NotRead(err.to_string()))?;
         Ok(rows
             .into_iter()
             .map(|row| Change {

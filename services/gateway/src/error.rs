@@ -74,6 +74,20 @@ pub enum GatewayError {
         /// The version not ready.
         version: i64,
     },
+    /// A change made over another revision of the split than the one in force.
+    #[error(
+        "the canary split of model '{model}' is at revision {current}, not {expected} as the change \
+         expected: someone changed it since it was read; nothing changed: read it again \
+         (GetCanary) and decide anew"
+    )]
+    StaleSplit {
+        /// The model.
+        model: String,
+        /// The revision the change expected.
+        expected: i64,
+        /// The revision in force.
+        current: i64,
+    },
     /// The shared deployed state (PostgreSQL) could not store a change.
     #[error("{0}")]
     StateUnavailable(#[from] crate::deployed::Unavailable),
@@ -138,6 +152,7 @@ impl ServiceError for GatewayError {
             GatewayError::VersionNotReady { .. } | GatewayError::NoTimeline => {
                 ErrorKind::FailedPrecondition
             }
+            GatewayError::StaleSplit { .. } => ErrorKind::Aborted,
             GatewayError::NoReplica
             | GatewayError::ReplicaUnreachable { .. }
             | GatewayError::StateUnavailable(_) => ErrorKind::Unavailable,

@@ -73,8 +73,9 @@ impl GatewayAdmin for AdminService {
                 weight: w.weight,
             })
             .collect();
+        let expected = (request.expected_revision > 0).then_some(request.expected_revision);
         self.core
-            .set_canary(&request.model, weights, &changed_by, &reason)
+            .set_canary(&request.model, weights, expected, &changed_by, &reason)
             .await?;
         Ok(Response::new(self.state(&request.model)))
     }
