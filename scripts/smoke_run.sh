@@ -57,7 +57,7 @@ say() { echo "[smoke] $*" >&2; }
 fail() {
     say "FAILED: $*"
     say "errors in $LOG (a service's own, before the shutdown lines below):"
-    grep -E "^Error:|^Caused by:|^    [0-9]+: |panicked|ERROR|exited with status" "$LOG" \
+    grep -E "^Error:|^Caused by:|^    [0-9]+: |^    [A-Za-z]|panicked|ERROR|WARN.*port in use|exited with status" "$LOG" \
         | grep -v ExportError | head -n 20 >&2
     say "last lines of $LOG:"
     tail -n 40 "$LOG" >&2

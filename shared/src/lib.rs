@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod error;
 pub mod grpc;
+pub mod listen;
 pub mod report;
 pub mod serving;
 pub mod shutdown;

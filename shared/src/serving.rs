@@ -87,7 +87,9 @@ impl Serving {
         addr: std::net::SocketAddr,
         health_only: tonic::service::Routes,
     ) -> std::io::Result<()> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let listener = crate::listen::listen(addr)
+            .await
+            .map_err(std::io::Error::other)?;
         tracing::info!(service = self.service, %addr, "plaintext health checks listening");
         let stop = self.stop.clone();
         self.also_drain(

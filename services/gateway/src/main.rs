@@ -20,9 +20,7 @@ fn main() -> Result<(), shared::report::Report> {
 
 async fn run(config: GatewayConfig) -> Result<(), shared::report::Report> {
     let _telemetry = shared::telemetry::init("gateway", &config.telemetry, &config.tls)?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = shared::listen::listen(config.listen).await?;
     gateway::serve(listener, config, shared::shutdown::signal()).await?;
     Ok(())
 }

@@ -1,6 +1,5 @@
 //! `inference` binary: parses configuration and runs [`inference::serve`].
 
-use anyhow::Context;
 use clap::Parser;
 use inference::InferenceConfig;
 
@@ -8,9 +7,7 @@ use inference::InferenceConfig;
 async fn main() -> Result<(), shared::report::Report> {
     let config = InferenceConfig::parse();
     let _telemetry = shared::telemetry::init("inference", &config.telemetry, &config.tls)?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = shared::listen::listen(config.listen).await?;
     inference::serve(listener, config, shared::shutdown::signal()).await?;
     Ok(())
 }

@@ -1,6 +1,5 @@
 //! `metrics-collector` binary: parses configuration and runs [`metrics_collector::serve`].
 
-use anyhow::Context;
 use clap::Parser;
 
 /// mimalloc: decoding OTLP allocates and frees many small strings from several threads, where
@@ -12,12 +11,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> Result<(), shared::report::Report> {
     let config = metrics_collector::Config::parse();
     let _telemetry = shared::telemetry::init("metrics-collector", &config.telemetry, &config.tls)?;
-    let grpc = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let http = tokio::net::TcpListener::bind(config.http_listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.http_listen))?;
+    let grpc = shared::listen::listen(config.listen).await?;
+    let http = shared::listen::listen(config.http_listen).await?;
     metrics_collector::serve(grpc, http, config, shared::shutdown::signal()).await?;
     Ok(())
 }

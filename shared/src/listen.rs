@@ -1,0 +1,165 @@
+//! Opening a service's listening port.
+//!
+//! A port can be held for a moment by a socket that is on its way out: a connection that
+//! happened to get it as its local port before it was reserved, closing. A service that
+//! starts then waits for it, saying so, for up to [`BUSY_PATIENCE`], and if it stays held,
+//! fails naming what holds it (on Linux, from `/proc/net/tcp`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+/// How long a service waits for its port to be given up.
+pub const BUSY_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Why a port could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}{held}")]
+pub struct ListenError {
+    addr: SocketAddr,
+    source: std::io::Error,
+    /// What holds the port, when known (with a leading separator).
+    held: String,
+}
+
+/// Listens on `addr`; while another socket holds it, tries again every 250 ms for up to
+/// [`BUSY_PATIENCE`].
+pub async fn listen(addr: SocketAddr) -> Result<TcpListener, ListenError> {
+    let started = Instant::now();
+    let mut warned = false;
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(err)
+                if err.kind() == std::io::ErrorKind::AddrInUse
+                    && started.elapsed() < BUSY_PATIENCE =>
+            {
+                if !warned {
+                    tracing::warn!(
+                        %addr,
+                        held_by = holders(addr.port()).as_deref().unwrap_or("unknown"),
+                        "port in use; trying again for up to {} s",
+                        BUSY_PATIENCE.as_secs()
+                    );
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(source) => {
+                let held = if source.kind() == std::io::ErrorKind::AddrInUse {
+                    holders(addr.port())
+                        .map(|h| format!(" (held by {h})"))
+                        .unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                return Err(ListenError { addr, source, held });
+            }
+        }
+    }
+}
+
+/// The TCP sockets with `port` as their local port, from `/proc/net/tcp` and `tcp6`: "a
+/// listener", or "a connection to 127.0.0.1:5432 (ESTABLISHED)"; `None` where unknown.
+fn holders(port: u16) -> Option<String> {
+    let mut found = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        found.extend(text.lines().skip(1).filter_map(|line| holder(line, port)));
+    }
+    found.dedup();
+    (!found.is_empty()).then(|| found.join(", "))
+}
+
+/// One line of `/proc/net/tcp`, described when its local port is `port`.
+fn holder(line: &str, port: u16) -> Option<String> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (local, remote, state) = (fields.get(1)?, fields.get(2)?, fields.get(3)?);
+    let (_, local_port) = local.rsplit_once(':')?;
+    if u16::from_str_radix(local_port, 16).ok()? != port {
+        return None;
+    }
+    let state = match *state {
+        "01" => "ESTABLISHED",
+        "02" => "SYN_SENT",
+        "03" => "SYN_RECV",
+        "04" => "FIN_WAIT1",
+        "05" => "FIN_WAIT2",
+        "06" => "TIME_WAIT",
+        "07" => "CLOSE",
+        "08" => "CLOSE_WAIT",
+        "09" => "LAST_ACK",
+        "0A" => return Some("a listener".to_owned()),
+        "0B" => "CLOSING",
+        other => other,
+    };
+    Some(format!("a connection to {} ({state})", remote_addr(remote)))
+}
+
+/// `0100007F:1538` (IPv4, little-endian hex) as `127.0.0.1:5432`; IPv6 addresses as their
+/// port only.
+fn remote_addr(hex: &str) -> String {
+    let Some((ip, port)) = hex.rsplit_once(':') else {
+        return hex.to_owned();
+    };
+    let port = u16::from_str_radix(port, 16).unwrap_or(0);
+    match u32::from_str_radix(ip, 16) {
+        Ok(ip) if hex.len() == "0100007F:1538".len() => {
+            format!("{}:{port}", std::net::Ipv4Addr::from(ip.swap_bytes()))
+        }
+        _ => format!("port {port}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_proc_net_tcp_line_names_the_connection_that_holds_a_port() {
+        let established = "   3: 0100007F:C3A0 0100007F:1538 01 00000000:00000000 00:00000000 \
+                           00000000     0        0 12345 1 0000000000000000 20 4 30 10 -1";
+        assert_eq!(
+            holder(established, 50080).as_deref(),
+            Some("a connection to 127.0.0.1:5432 (ESTABLISHED)")
+        );
+        assert_eq!(holder(established, 50081), None);
+        let listening = "   0: 0100007F:C3A0 00000000:0000 0A 00000000:00000000 00:00000000 \
+                         00000000     0        0 1 1 0000000000000000 100 0 0 10 0";
+        assert_eq!(holder(listening, 50080).as_deref(), Some("a listener"));
+    }
+
+    #[tokio::test]
+    async fn a_port_held_by_a_listener_fails_after_the_wait_and_says_by_what() {
+        let held = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = held.local_addr().unwrap();
+        tokio::time::pause();
+        let err = listen(addr).await.unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&format!("cannot listen on {addr}: ")),
+            "{message}"
+        );
+        if std::path::Path::new("/proc/net/tcp").exists() {
+            assert!(message.ends_with("(held by a listener)"), "{message}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_port_given_up_while_waiting_is_taken() {
+        let held = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = held.local_addr().unwrap();
+        tokio::time::pause();
+        let waiting = tokio::spawn(listen(addr));
+        // On this one-thread runtime the task runs until it waits: its first try failed.
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(held);
+        let listener = waiting.await.unwrap().unwrap();
+        assert_eq!(listener.local_addr().unwrap(), addr);
+    }
+}
