@@ -924,7 +924,14 @@ async fn sweep_orphans(admin: &sqlx::PgPool) {
             continue;
         };
         let gone = !std::path::Path::new(&format!("/proc/{pid}")).exists();
-        if gone && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        // One with a session is skipped rather than waited for (DROP waits 5 s, then fails).
+        let sessions: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
+                .bind(&name)
+                .fetch_one(admin)
+                .await
+                .unwrap_or(1);
+        if gone && sessions == 0 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\""))
                 .execute(admin)
                 .await;
@@ -1054,7 +1061,7 @@ pub fn canary_split(
             .iter()
             .map(|&(version, weight)| VersionWeight { version, weight })
             .collect(),
-        expected_revision: 0,
+        expected_revision: None,
     }
 }
 

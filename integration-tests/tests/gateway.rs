@@ -637,7 +637,7 @@ async fn a_split_naming_an_unserved_version_is_refused() {
                 weight: 10,
             },
         ],
-        expected_revision: 0,
+        expected_revision: None,
     };
     let status = admin
         .set_canary(with_key(request, "admin-key", None))

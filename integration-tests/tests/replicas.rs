@@ -145,15 +145,29 @@ async fn a_split_set_through_one_gateway_is_applied_by_every_replica_and_survive
     // from a split read before that change is aborted, through any replica, and nothing
     // changes.
     let mut current = split(&[(1, 10), (2, 90)], "computed from the revision in force");
-    current.get_mut().expected_revision = revision;
+    current.get_mut().expected_revision = Some(revision);
     let made = GatewayAdminClient::new(connect(b.addr).await)
         .set_canary(current)
         .await
         .unwrap()
         .into_inner();
     assert_eq!(made.revision, revision + 1);
+    let mut never_set = split(&[(1, 100), (2, 0)], "computed before the first split");
+    never_set.get_mut().expected_revision = Some(0);
+    let aborted = GatewayAdminClient::new(connect(b.addr).await)
+        .set_canary(never_set)
+        .await
+        .unwrap_err();
+    assert_eq!(aborted.code(), Code::Aborted, "{aborted:?}");
+    let mut negative = split(&[(1, 100), (2, 0)], "");
+    negative.get_mut().expected_revision = Some(-1);
+    let refused = GatewayAdminClient::new(connect(b.addr).await)
+        .set_canary(negative)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     let mut stale = split(&[(1, 100), (2, 0)], "computed from an older revision");
-    stale.get_mut().expected_revision = revision;
+    stale.get_mut().expected_revision = Some(revision);
     let aborted = GatewayAdminClient::new(connect(a2.addr).await)
         .set_canary(stale)
         .await

@@ -71,7 +71,9 @@ fn holders(port: u16) -> Option<String> {
         };
         found.extend(text.lines().skip(1).filter_map(|line| holder(line, port)));
     }
+    found.sort();
     found.dedup();
+    found.truncate(4);
     (!found.is_empty()).then(|| found.join(", "))
 }
 
@@ -109,7 +111,8 @@ fn remote_addr(hex: &str) -> String {
     let port = u16::from_str_radix(port, 16).unwrap_or(0);
     match u32::from_str_radix(ip, 16) {
         Ok(ip) if hex.len() == "0100007F:1538".len() => {
-            format!("{}:{port}", std::net::Ipv4Addr::from(ip.swap_bytes()))
+            // The kernel writes the address's bytes in memory order.
+            format!("{}:{port}", std::net::Ipv4Addr::from(ip.to_ne_bytes()))
         }
         _ => format!("port {port}"),
     }

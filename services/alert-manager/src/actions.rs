@@ -365,7 +365,7 @@ impl ActionRunner {
             gw::SetCanaryRequest {
                 model: model.to_owned(),
                 weights,
-                expected_revision: current.revision,
+                expected_revision: Some(current.revision),
             },
         );
         // The gateways' deployment timeline says why.

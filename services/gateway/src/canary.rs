@@ -65,14 +65,11 @@ impl CanaryTable {
     ) -> Result<(), CanaryError> {
         validate(model, &weights)?;
         let mut splits = self.splits.write().unwrap_or_else(|p| p.into_inner());
-        let split = splits.entry(model.to_owned()).or_default();
-        if let Some(expected) = expected
-            && expected != split.revision
-        {
-            return Err(CanaryError::Stale {
-                current: split.revision,
-            });
+        let current = splits.get(model).map_or(0, |split| split.revision);
+        if expected.is_some_and(|expected| expected != current) {
+            return Err(CanaryError::Stale { current });
         }
+        let split = splits.entry(model.to_owned()).or_default();
         if split.revision > 0 && split.weights == weights {
             return Ok(());
         }
@@ -299,6 +296,12 @@ mod tests {
     fn a_change_made_over_another_revision_than_expected_is_refused_and_a_repeat_changes_nothing() {
         let table = CanaryTable::default();
         let one = |version| vec![VersionWeight { version, weight: 1 }];
+        // A change over a revision of a model never set: refused, and nothing held for it.
+        assert!(matches!(
+            table.set("m", one(1), Some(3)),
+            Err(CanaryError::Stale { current: 0 })
+        ));
+        assert_eq!(table.models(), 0);
         table.set("m", one(1), Some(0)).unwrap();
         assert_eq!(table.split("m").revision, 1);
         // Read at revision 1; someone else changes it meanwhile.

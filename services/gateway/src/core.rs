@@ -117,7 +117,13 @@ impl GatewayCore {
                 let (split, what) = match written {
                     Written::Changed(split) => (split, "canary split changed (shared)"),
                     Written::Unchanged(split) => (split, "canary split set again, unchanged"),
-                    Written::Stale { current } => {
+                    Written::Stale(in_force) => {
+                        let current = in_force.revision;
+                        // A replica behind the database catches up now, so that the
+                        // caller's next GetCanary reads what is in force.
+                        if current > 0 {
+                            self.canary.apply(model, in_force);
+                        }
                         return Err(GatewayError::StaleSplit {
                             model: model.to_owned(),
                             expected: expected.unwrap_or_default(),
@@ -143,7 +149,7 @@ impl GatewayCore {
                             current,
                         },
                     })?;
-                tracing::info!(%model, ?weights, %changed_by, %reason, "canary split changed (this gateway only)");
+                tracing::info!(%model, ?weights, %changed_by, %reason, "canary split set (this gateway only)");
             }
         }
         Ok(())

@@ -81,11 +81,9 @@ pub enum Written {
     Changed(Split),
     /// The split in force, set again: nothing stored.
     Unchanged(Split),
-    /// Nothing stored: the change expected another revision than the one in force.
-    Stale {
-        /// The revision in force.
-        current: i64,
-    },
+    /// Nothing stored: the change expected another revision than the one in force, which
+    /// comes back (revision 0: never set), so that a replica behind catches up.
+    Stale(Split),
 }
 
 /// One entry of the deployment timeline.
@@ -202,7 +200,7 @@ impl DeployedState {
         let mut tx = self.pool.begin().await?;
         // The row is locked first, so that a change committed meanwhile is the one compared.
         let in_force = sqlx::query(
-            "SELECT weights = $2 AS same, revision, changed_by,
+            "SELECT weights = $2 AS same, weights, revision, changed_by,
                     (extract(epoch from changed_at) * 1000)::BIGINT AS at_ms
              FROM gateway_canary_splits WHERE model = $1 FOR UPDATE",
         )
@@ -214,7 +212,17 @@ impl DeployedState {
             .as_ref()
             .map_or(0, |row| row.get::<i64, _>("revision"));
         if expected.is_some_and(|expected| expected != current) {
-            return Ok(Written::Stale { current });
+            tx.rollback().await?;
+            let split = match in_force {
+                Some(row) => Split {
+                    weights: serde_json::from_value(row.get("weights")).unwrap_or_default(),
+                    revision: current,
+                    changed_by: row.get("changed_by"),
+                    changed_at_ms: row.get("at_ms"),
+                },
+                None => Split::default(),
+            };
+            return Ok(Written::Stale(split));
         }
         // The split in force, set again (a reconciler re-applying it): no change to record.
         if let Some(row) = in_force.filter(|row| row.get::<bool, _>("same")) {

@@ -364,7 +364,7 @@ async fn bad_canary(channel: Channel, admin_key: &str, percent: u32) -> anyhow::
                 weight: percent,
             },
         ],
-        expected_revision: 0,
+        expected_revision: None,
     });
     set.metadata_mut()
         .insert("authorization", format!("Bearer {admin_key}").parse()?);

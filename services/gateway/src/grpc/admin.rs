@@ -73,7 +73,14 @@ impl GatewayAdmin for AdminService {
                 weight: w.weight,
             })
             .collect();
-        let expected = (request.expected_revision > 0).then_some(request.expected_revision);
+        let expected = request.expected_revision;
+        if expected.is_some_and(|revision| revision < 0) {
+            return Err(GatewayError::Invalid(format!(
+                "expected_revision {} is negative: give a revision GetCanary returned, or leave it out",
+                expected.unwrap_or_default()
+            ))
+            .into());
+        }
         self.core
             .set_canary(&request.model, weights, expected, &changed_by, &reason)
             .await?;
