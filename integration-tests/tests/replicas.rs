@@ -42,6 +42,20 @@ async fn weights_on(gateway: &RunningGateway) -> (Vec<(i64, u32)>, i64) {
     (weights, state.revision)
 }
 
+/// Sets `weights` through `gateway` only over revision `expected` (compare and set).
+async fn set_over(
+    gateway: &RunningGateway,
+    weights: &[(i64, u32)],
+    expected: i64,
+) -> Result<pb::CanaryState, tonic::Status> {
+    let mut request = split(weights, &format!("computed from revision {expected}"));
+    request.get_mut().expected_revision = Some(expected);
+    GatewayAdminClient::new(connect(gateway.addr).await)
+        .set_canary(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 /// The deployment timeline of the model, newest first, read through `gateway`.
 async fn timeline(gateway: &RunningGateway) -> Vec<pb::CanaryChange> {
     GatewayAdminClient::new(connect(gateway.addr).await)
@@ -144,32 +158,14 @@ async fn a_split_set_through_one_gateway_is_applied_by_every_replica_and_survive
     // Compare and set: a change computed from the revision in force is made; one computed
     // from a split read before that change is aborted, through any replica, and nothing
     // changes.
-    let mut current = split(&[(1, 10), (2, 90)], "computed from the revision in force");
-    current.get_mut().expected_revision = Some(revision);
-    let made = GatewayAdminClient::new(connect(b.addr).await)
-        .set_canary(current)
-        .await
-        .unwrap()
-        .into_inner();
+    let made = set_over(&b, &[(1, 10), (2, 90)], revision).await.unwrap();
     assert_eq!(made.revision, revision + 1);
-    let mut never_set = split(&[(1, 100), (2, 0)], "computed before the first split");
-    never_set.get_mut().expected_revision = Some(0);
-    let aborted = GatewayAdminClient::new(connect(b.addr).await)
-        .set_canary(never_set)
-        .await
-        .unwrap_err();
+    // Computed before the first split (revision 0).
+    let aborted = set_over(&b, &[(1, 100), (2, 0)], 0).await.unwrap_err();
     assert_eq!(aborted.code(), Code::Aborted, "{aborted:?}");
-    let mut negative = split(&[(1, 100), (2, 0)], "");
-    negative.get_mut().expected_revision = Some(-1);
-    let refused = GatewayAdminClient::new(connect(b.addr).await)
-        .set_canary(negative)
-        .await
-        .unwrap_err();
+    let refused = set_over(&b, &[(1, 100), (2, 0)], -1).await.unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
-    let mut stale = split(&[(1, 100), (2, 0)], "computed from an older revision");
-    stale.get_mut().expected_revision = Some(revision);
-    let aborted = GatewayAdminClient::new(connect(a2.addr).await)
-        .set_canary(stale)
+    let aborted = set_over(&a2, &[(1, 100), (2, 0)], revision)
         .await
         .unwrap_err();
     assert_eq!(aborted.code(), Code::Aborted, "{aborted:?}");

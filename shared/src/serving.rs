@@ -86,10 +86,8 @@ impl Serving {
         &mut self,
         addr: std::net::SocketAddr,
         health_only: tonic::service::Routes,
-    ) -> std::io::Result<()> {
-        let listener = crate::listen::listen(addr)
-            .await
-            .map_err(std::io::Error::other)?;
+    ) -> Result<(), crate::listen::ListenError> {
+        let listener = crate::listen::listen(addr).await?;
         tracing::info!(service = self.service, %addr, "plaintext health checks listening");
         let stop = self.stop.clone();
         self.also_drain(

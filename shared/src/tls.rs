@@ -288,11 +288,10 @@ pub async fn health_port(
 ) -> Result<(), TlsError> {
     match args.plaintext_health_listen {
         None => Ok(()),
-        Some(addr) => serving.health_port(addr, health_only).await.map_err(|err| {
-            TlsError(format!(
-                "cannot listen on {addr} for plaintext health checks: {err}"
-            ))
-        }),
+        Some(addr) => serving
+            .health_port(addr, health_only)
+            .await
+            .map_err(|err| TlsError(format!("plaintext health checks: {err}"))),
     }
 }
 

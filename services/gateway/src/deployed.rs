@@ -208,32 +208,24 @@ impl DeployedState {
         .bind(&json)
         .fetch_optional(&mut *tx)
         .await?;
-        let current = in_force
-            .as_ref()
-            .map_or(0, |row| row.get::<i64, _>("revision"));
-        if expected.is_some_and(|expected| expected != current) {
-            tx.rollback().await?;
-            let split = match in_force {
-                Some(row) => Split {
-                    weights: serde_json::from_value(row.get("weights")).unwrap_or_default(),
-                    revision: current,
-                    changed_by: row.get("changed_by"),
-                    changed_at_ms: row.get("at_ms"),
-                },
-                None => Split::default(),
-            };
-            return Ok(Written::Stale(split));
-        }
-        // The split in force, set again (a reconciler re-applying it): no change to record.
-        if let Some(row) = in_force.filter(|row| row.get::<bool, _>("same")) {
-            tx.commit().await?;
+        // The split in force (revision 0: never set), and whether it is the one being set.
+        let (same, in_force) = in_force.map_or((false, Split::default()), |row| {
             let split = Split {
-                weights: weights.to_vec(),
+                weights: serde_json::from_value(row.get("weights")).unwrap_or_default(),
                 revision: row.get("revision"),
                 changed_by: row.get("changed_by"),
                 changed_at_ms: row.get("at_ms"),
             };
-            return Ok(Written::Unchanged(split));
+            (row.get::<bool, _>("same"), split)
+        });
+        if expected.is_some_and(|expected| expected != in_force.revision) {
+            tx.rollback().await?;
+            return Ok(Written::Stale(in_force));
+        }
+        // The split in force, set again (a reconciler re-applying it): no change to record.
+        if same {
+            tx.commit().await?;
+            return Ok(Written::Unchanged(in_force));
         }
         let row = sqlx::query(
             "INSERT INTO gateway_canary_splits (model, weights, revision, changed_by)

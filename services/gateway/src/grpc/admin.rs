@@ -74,10 +74,9 @@ impl GatewayAdmin for AdminService {
             })
             .collect();
         let expected = request.expected_revision;
-        if expected.is_some_and(|revision| revision < 0) {
+        if let Some(negative) = expected.filter(|revision| *revision < 0) {
             return Err(GatewayError::Invalid(format!(
-                "expected_revision {} is negative: give a revision GetCanary returned, or leave it out",
-                expected.unwrap_or_default()
+                "expected_revision {negative} is negative: give a revision GetCanary returned, or leave it out"
             ))
             .into());
         }
