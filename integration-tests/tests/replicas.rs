@@ -361,3 +361,72 @@ async fn rolling_back_a_promoted_canary_returns_to_the_split_before_it_not_to_an
     inference.stop().await.unwrap();
     db.drop().await;
 }
+
+#[tokio::test]
+async fn a_rollback_passes_over_an_earlier_split_whose_version_no_replica_serves_now() {
+    use alert_manager::actions::{ActionConfig, ActionRunner, Outcome};
+    use alert_manager::alert::ActionSpec;
+
+    let db = TestDatabase::create().await;
+    let repository = repository_serving(MODEL, &[(1, 1), (2, 1), (3, 1)]);
+    let mut inference = RunningInference::start(inference_config(repository.path(), &[MODEL]))
+        .await
+        .unwrap();
+    let mut gateway = gateway_on(&inference, &db.url).await;
+    let mut admin = GatewayAdminClient::new(connect(gateway.addr).await);
+    let runner = ActionRunner::new(ActionConfig {
+        tls: shared::tls::MeshTls::plaintext(),
+        gateway: Some(format!("http://{}", gateway.addr)),
+        gateway_api_key: Some("admin-key".into()),
+        inference: None,
+        inference_api_key: None,
+        min_interval: Duration::ZERO,
+        dry_run: false,
+    });
+
+    // v2 is canaried over v1 and promoted; then v3 is canaried over v2 and promoted.
+    admin
+        .set_canary(split(&[(1, 90), (2, 10)], "canary of v2"))
+        .await
+        .unwrap();
+    let v2_canary = weights_on(&gateway).await.1;
+    for (weights, reason) in [
+        (&[(1, 0), (2, 100)][..], "v2 promoted"),
+        (&[(1, 0), (2, 90), (3, 10)][..], "canary of v3"),
+        (&[(1, 0), (2, 0), (3, 100)][..], "v3 promoted"),
+    ] {
+        admin.set_canary(split(weights, reason)).await.unwrap();
+    }
+    // The operator retires v2 (a defect found in it later); v1 stays loaded.
+    serve_versions(inference.addr, MODEL, &[1, 3]).await;
+
+    // v3 fails. The split before its promotion gave v2 the traffic, which is not served
+    // now: the gateway would refuse it, and v3 would keep all the traffic. The rollback goes
+    // back to the latest split whose traffic a served version can take: v2's canary, less v2.
+    let outcome = runner
+        .run(
+            "CanaryVersionErrors",
+            &ActionSpec::SetCanaryWeight {
+                model: MODEL.into(),
+                version: "3".into(),
+                weight: 0,
+            },
+            &Default::default(),
+        )
+        .await;
+    assert_eq!(
+        outcome,
+        Outcome::Done(format!(
+            "{MODEL} split now v1=90, v2=0, v3=0 (v3 held all the traffic: back to the split \
+             of revision {v2_canary}, less v2, which is not served now)"
+        ))
+    );
+    assert_eq!(weights_on(&gateway).await.0, [(1, 90), (2, 0), (3, 0)]);
+    for shopper in ["s-1", "s-2", "s-3", "s-4"] {
+        assert_eq!(served_version(&gateway, shopper).await, 1, "{shopper}");
+    }
+
+    gateway.stop().await.unwrap();
+    inference.stop().await.unwrap();
+    db.drop().await;
+}

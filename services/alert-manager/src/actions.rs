@@ -260,12 +260,13 @@ impl ActionRunner {
                 let version: i64 = version
                     .parse()
                     .map_err(|_| format!("version '{version}' is not a number"))?;
-                let mut client = GatewayAdminClient::new(channel(&self.config.tls, url)?);
+                let channel = channel(&self.config.tls, url)?;
+                let mut client = GatewayAdminClient::new(channel.clone());
                 let reason = format!("alert-manager: rule {rule}, {}", action.describe(labels));
                 let mut attempt = 1;
                 loop {
                     match self
-                        .change_split(&mut client, &model, version, weight, &reason)
+                        .change_split(&channel, &mut client, &model, version, weight, &reason)
                         .await
                     {
                         Err(SplitError::Stale(_)) if attempt < SPLIT_ATTEMPTS => {
@@ -308,6 +309,7 @@ impl ActionRunner {
     /// overwritten. Returns the outcome's line.
     async fn change_split(
         &self,
+        channel: &tonic::transport::Channel,
         client: &mut GatewayAdminClient<tonic::transport::Channel>,
         model: &str,
         version: i64,
@@ -356,7 +358,14 @@ impl ActionRunner {
                 Err(status) if status.code() == tonic::Code::FailedPrecondition => None,
                 Err(status) => return Err(failed("ListCanaryChanges", status)),
             };
-            let (split, how) = roll_back(weights, version, history.as_deref());
+            let candidates = rollback_candidates(&weights, version, history.as_deref());
+            let served = self
+                .served_versions(channel, model, candidates)
+                .await
+                .map_err(SplitError::Failed)?;
+            let (split, how) = roll_back(weights, version, history.as_deref(), |v| {
+                served.get(&v).copied().unwrap_or(true)
+            });
             weights = split;
             rolled_back = format!(" (v{version} held all the traffic: {how})");
         }
@@ -387,6 +396,52 @@ impl ActionRunner {
             split.join(", ")
         ))
     }
+
+    /// Whether each of `versions` of `model` is served now, as the replica that the gateway
+    /// asks answers `ModelReady`: a rollback gives traffic only to served versions, since the
+    /// gateway refuses a split that gives any to a version its replicas do not all serve. A
+    /// version the replica does not know (NOT_FOUND, INVALID_ARGUMENT) is not served; any
+    /// other failure fails the rollback, which cannot tell.
+    async fn served_versions(
+        &self,
+        channel: &tonic::transport::Channel,
+        model: &str,
+        versions: Vec<i64>,
+    ) -> Result<std::collections::BTreeMap<i64, bool>, String> {
+        let key = self.config.gateway_api_key.as_deref();
+        let mut served = std::collections::BTreeMap::new();
+        for version in versions {
+            let request = keyed(
+                key,
+                oip::ModelReadyRequest {
+                    name: model.to_owned(),
+                    version: version.to_string(),
+                },
+            );
+            let ready = match GrpcInferenceServiceClient::new(channel.clone())
+                .model_ready(request)
+                .await
+            {
+                Ok(answer) => answer.into_inner().ready,
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::NotFound | tonic::Code::InvalidArgument
+                    ) =>
+                {
+                    false
+                }
+                Err(status) => {
+                    return Err(format!(
+                        "ModelReady of {model} v{version}: {}",
+                        status.message()
+                    ));
+                }
+            };
+            served.insert(version, ready);
+        }
+        Ok(served)
+    }
 }
 
 /// Why a canary change was not made.
@@ -406,6 +461,30 @@ const STALE_RETRY: Duration = Duration::from_millis(400);
 /// How many changes of the deployment timeline a rollback looks back over (the most
 /// `ListCanaryChanges` returns; a split set again unchanged adds none).
 const HISTORY_LIMIT: u32 = 1000;
+
+/// The most versions a rollback asks the gateway about (the newest); older ones count as
+/// served, and the gateway's own check on the split stands for them.
+const READINESS_CHECKS: usize = 16;
+
+/// The versions other than `version` that a rollback might give traffic to, newest first:
+/// those of `split` and those with traffic in `history`, at most [`READINESS_CHECKS`].
+fn rollback_candidates(
+    split: &[gw::VersionWeight],
+    version: i64,
+    history: Option<&[gw::CanaryChange]>,
+) -> Vec<i64> {
+    let named = split.iter().map(|w| w.version).chain(
+        history
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|change| change.weights.iter())
+            .filter(|w| w.weight > 0)
+            .map(|w| w.version),
+    );
+    let distinct: std::collections::BTreeSet<i64> =
+        named.filter(|&v| v != version && v > 0).collect();
+    distinct.into_iter().rev().take(READINESS_CHECKS).collect()
+}
 
 /// The split after setting `version`'s weight to `weight`, or promoting it (`None`: it takes
 /// all the traffic). Taking the last version with traffic out of it leaves every weight 0,
@@ -435,40 +514,59 @@ fn next_split(
 /// (`history`, newest first; `None`: a gateway that keeps none) in which another version
 /// had traffic; its weights come back, `version` at 0, and the versions it did not name stay
 /// at 0 (a version rolled back before that split stays out; one whose rollback left `version`
-/// alone comes back, being what served before). Without such a split the newest of the
-/// split's other versions takes all the traffic; with no other version the split is removed,
-/// so the newest loaded version answers.
+/// alone comes back, being what served before). Only versions that are `served` now take
+/// traffic: a split whose other versions are not served any more is passed over, and in
+/// the one restored such a version is set to 0. Without such a split the newest of the
+/// split's other served versions takes all the traffic; with none the split is removed, so
+/// the newest loaded version answers.
 fn roll_back(
     split: Vec<gw::VersionWeight>,
     version: i64,
     history: Option<&[gw::CanaryChange]>,
+    served: impl Fn(i64) -> bool,
 ) -> (Vec<gw::VersionWeight>, String) {
+    let takes_traffic = |w: &gw::VersionWeight| w.version != version && w.weight > 0;
     let earlier = history.unwrap_or_default().iter().find(|change| {
         change
             .weights
             .iter()
-            .any(|w| w.version != version && w.weight > 0)
+            .any(|w| takes_traffic(w) && served(w.version))
     });
     if let Some(earlier) = earlier {
         let mut weights: std::collections::BTreeMap<i64, u32> =
             split.iter().map(|w| (w.version, 0)).collect();
+        let mut retired = Vec::new();
         for w in &earlier.weights {
-            weights.insert(w.version, if w.version == version { 0 } else { w.weight });
+            let weight = if !takes_traffic(w) {
+                0
+            } else if served(w.version) {
+                w.weight
+            } else {
+                retired.push(format!("v{}", w.version));
+                0
+            };
+            weights.insert(w.version, weight);
         }
         let weights = weights
             .into_iter()
             .map(|(version, weight)| gw::VersionWeight { version, weight })
             .collect();
+        let less = match retired.as_slice() {
+            [] => String::new(),
+            [one] => format!(", less {one}, which is not served now"),
+            many => format!(", less {}, which are not served now", many.join(" and ")),
+        };
         return (
             weights,
-            format!("back to the split of revision {}", earlier.revision),
+            format!("back to the split of revision {}{less}", earlier.revision),
         );
     }
-    let newest_other = split
-        .iter()
-        .map(|w| w.version)
-        .filter(|&v| v != version)
-        .max();
+    let others = || split.iter().map(|w| w.version).filter(|&v| v != version);
+    let newest_other = others().filter(|&v| served(v)).max();
+    let passed_over: Vec<String> = others()
+        .filter(|&v| !served(v) && newest_other.is_none_or(|n| v > n))
+        .map(|v| format!("v{v}"))
+        .collect();
     let why = match history {
         None => "this gateway keeps no timeline".to_owned(),
         Some(history) if history.len() >= HISTORY_LIMIT as usize => {
@@ -490,13 +588,28 @@ fn roll_back(
                 .collect();
             (
                 weights,
-                format!("{why}, so the newest other version, v{back_to}"),
+                format!(
+                    "{why}, so the newest other version, v{back_to}{}",
+                    unserved(&passed_over)
+                ),
             )
         }
         None => (
             Vec::new(),
-            "split removed, so the newest loaded version answers".to_owned(),
+            format!(
+                "split removed, so the newest loaded version answers{}",
+                unserved(&passed_over)
+            ),
         ),
+    }
+}
+
+/// The clause naming newer versions a rollback passed over because they are not served.
+fn unserved(versions: &[String]) -> String {
+    match versions {
+        [] => String::new(),
+        [one] => format!(" ({one}, newer, is not served now)"),
+        many => format!(" ({}, newer, are not served now)", many.join(" and ")),
     }
 }
 
@@ -583,11 +696,13 @@ mod tests {
             change(3, &[(1, 90), (2, 0)]),
             change(2, &[(1, 90), (2, 10)]),
         ];
-        let (weights, how) = roll_back(split(&[(1, 0), (2, 0), (3, 0)]), 3, Some(&history));
+        let (weights, how) = roll_back(split(&[(1, 0), (2, 0), (3, 0)]), 3, Some(&history), |_| {
+            true
+        });
         assert_eq!(weights, split(&[(1, 90), (2, 0), (3, 0)]));
         assert_eq!(how, "back to the split of revision 4");
         // A version of that split no longer in the current one comes back too.
-        let (weights, _) = roll_back(split(&[(2, 0), (3, 0)]), 3, Some(&history));
+        let (weights, _) = roll_back(split(&[(2, 0), (3, 0)]), 3, Some(&history), |_| true);
         assert_eq!(weights, split(&[(1, 90), (2, 0), (3, 0)]));
         // v1 was rolled back, leaving v2 (a canary) alone; when v2 fails too, what served
         // before it took all the traffic comes back.
@@ -595,14 +710,52 @@ mod tests {
             change(7, &[(1, 0), (2, 10)]),
             change(6, &[(1, 90), (2, 10)]),
         ];
-        let (weights, how) = roll_back(split(&[(1, 0), (2, 0)]), 2, Some(&history));
+        let (weights, how) = roll_back(split(&[(1, 0), (2, 0)]), 2, Some(&history), |_| true);
         assert_eq!(weights, split(&[(1, 90), (2, 0)]));
         assert_eq!(how, "back to the split of revision 6");
     }
 
     #[test]
+    fn a_rollback_gives_traffic_only_to_versions_a_replica_serves_now() {
+        // v2 was promoted over v1, v3 over v2; then v2 was retired, and v3 fails.
+        let history = [
+            change(4, &[(1, 0), (2, 0), (3, 100)]),
+            change(3, &[(1, 0), (2, 90), (3, 10)]),
+            change(2, &[(1, 0), (2, 100)]),
+            change(1, &[(1, 90), (2, 10)]),
+        ];
+        let served = |v| v != 2;
+        let (weights, how) = roll_back(split(&[(1, 0), (2, 0), (3, 0)]), 3, Some(&history), served);
+        assert_eq!(weights, split(&[(1, 90), (2, 0), (3, 0)]));
+        assert_eq!(
+            how,
+            "back to the split of revision 1, less v2, which is not served now"
+        );
+        // Without a timeline, the newest other version that is served.
+        let (weights, how) = roll_back(split(&[(1, 0), (2, 0), (3, 0)]), 3, None, served);
+        assert_eq!(weights, split(&[(1, 100), (2, 0), (3, 0)]));
+        assert_eq!(
+            how,
+            "this gateway keeps no timeline, so the newest other version, v1 (v2, newer, is not \
+             served now)"
+        );
+        // With no other version served, the split goes, as with no other version.
+        let (weights, how) = roll_back(split(&[(2, 0), (3, 0)]), 3, None, served);
+        assert_eq!(weights, split(&[]));
+        assert_eq!(
+            how,
+            "split removed, so the newest loaded version answers (v2, newer, is not served now)"
+        );
+        // The versions asked about: the split's and those with traffic on the timeline.
+        assert_eq!(
+            rollback_candidates(&split(&[(2, 0), (3, 0)]), 3, Some(&history)),
+            [2, 1]
+        );
+    }
+
+    #[test]
     fn without_a_timeline_the_newest_other_version_takes_the_traffic() {
-        let (weights, how) = roll_back(split(&[(1, 0), (2, 0)]), 2, None);
+        let (weights, how) = roll_back(split(&[(1, 0), (2, 0)]), 2, None, |_| true);
         assert_eq!(weights, split(&[(1, 100), (2, 0)]));
         assert_eq!(
             how,
@@ -610,7 +763,7 @@ mod tests {
         );
         // A timeline on which the failing version always had all the traffic says nothing.
         let only = [change(1, &[(3, 100)])];
-        let (weights, how) = roll_back(split(&[(1, 0), (2, 0), (3, 0)]), 3, Some(&only));
+        let (weights, how) = roll_back(split(&[(1, 0), (2, 0), (3, 0)]), 3, Some(&only), |_| true);
         assert_eq!(weights, split(&[(1, 0), (2, 100), (3, 0)]));
         assert_eq!(
             how,
@@ -621,13 +774,13 @@ mod tests {
             .rev()
             .map(|revision| change(revision, &[(1, 0), (2, 100)]))
             .collect();
-        let (_, how) = roll_back(split(&[(1, 0), (2, 0)]), 2, Some(&full));
+        let (_, how) = roll_back(split(&[(1, 0), (2, 0)]), 2, Some(&full), |_| true);
         assert!(
             how.starts_with("no earlier split in the timeline's last 1000 changes"),
             "{how}"
         );
         // A split of one version: removed, so the newest loaded version answers.
-        assert_eq!(roll_back(split(&[(2, 0)]), 2, None).0, split(&[]));
+        assert_eq!(roll_back(split(&[(2, 0)]), 2, None, |_| true).0, split(&[]));
     }
 
     #[tokio::test]
