@@ -402,7 +402,7 @@ async fn a_rollback_passes_over_an_earlier_split_whose_version_no_replica_serves
 
     // v3 fails. The split before its promotion gave v2 the traffic, which is not served
     // now: the gateway would refuse it, and v3 would keep all the traffic. The rollback goes
-    // back to the latest split whose traffic a served version can take: v2's canary, less v2.
+    // back to the latest split whose traffic a served version can take: v2's canary, without v2.
     let outcome = runner
         .run(
             "CanaryVersionErrors",
@@ -418,7 +418,7 @@ async fn a_rollback_passes_over_an_earlier_split_whose_version_no_replica_serves
         outcome,
         Outcome::Done(format!(
             "{MODEL} split now v1=90, v2=0, v3=0 (v3 held all the traffic: back to the split \
-             of revision {v2_canary}, less v2, which is not served now)"
+             of revision {v2_canary}, v2 left out as not served now)"
         ))
     );
     assert_eq!(weights_on(&gateway).await.0, [(1, 90), (2, 0), (3, 0)]);

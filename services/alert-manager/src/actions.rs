@@ -516,9 +516,9 @@ fn next_split(
 /// at 0 (a version rolled back before that split stays out; one whose rollback left `version`
 /// alone comes back, being what served before). Only versions that are `served` now take
 /// traffic: a split whose other versions are not served any more is passed over, and in
-/// the one restored such a version is set to 0. Without such a split the newest of the
-/// split's other served versions takes all the traffic; with none the split is removed, so
-/// the newest loaded version answers.
+/// the one restored such a version is set to 0; the line names every version so left out.
+/// Without such a split the newest of the split's other served versions takes all the
+/// traffic; with none the split is removed, so the newest loaded version answers.
 fn roll_back(
     split: Vec<gw::VersionWeight>,
     version: i64,
@@ -526,23 +526,31 @@ fn roll_back(
     served: impl Fn(i64) -> bool,
 ) -> (Vec<gw::VersionWeight>, String) {
     let takes_traffic = |w: &gw::VersionWeight| w.version != version && w.weight > 0;
-    let earlier = history.unwrap_or_default().iter().find(|change| {
-        change
+    // Versions that had traffic in a split the rollback looked at but are not served now.
+    let mut left_out = std::collections::BTreeSet::new();
+    let mut earlier = None;
+    let mut another_had_traffic = false;
+    for change in history.unwrap_or_default() {
+        let others: Vec<i64> = change
             .weights
             .iter()
-            .any(|w| takes_traffic(w) && served(w.version))
-    });
+            .filter(|w| takes_traffic(w))
+            .map(|w| w.version)
+            .collect();
+        another_had_traffic |= !others.is_empty();
+        left_out.extend(others.iter().copied().filter(|&v| !served(v)));
+        if others.iter().any(|&v| served(v)) {
+            earlier = Some(change);
+            break;
+        }
+    }
     if let Some(earlier) = earlier {
         let mut weights: std::collections::BTreeMap<i64, u32> =
             split.iter().map(|w| (w.version, 0)).collect();
-        let mut retired = Vec::new();
         for w in &earlier.weights {
-            let weight = if !takes_traffic(w) {
-                0
-            } else if served(w.version) {
+            let weight = if takes_traffic(w) && served(w.version) {
                 w.weight
             } else {
-                retired.push(format!("v{}", w.version));
                 0
             };
             weights.insert(w.version, weight);
@@ -551,31 +559,32 @@ fn roll_back(
             .into_iter()
             .map(|(version, weight)| gw::VersionWeight { version, weight })
             .collect();
-        let less = match retired.as_slice() {
-            [] => String::new(),
-            [one] => format!(", less {one}, which is not served now"),
-            many => format!(", less {}, which are not served now", many.join(" and ")),
-        };
         return (
             weights,
-            format!("back to the split of revision {}{less}", earlier.revision),
+            format!(
+                "back to the split of revision {}{}",
+                earlier.revision,
+                not_served(&left_out)
+            ),
         );
     }
     let others = || split.iter().map(|w| w.version).filter(|&v| v != version);
+    left_out.extend(others().filter(|&v| !served(v)));
     let newest_other = others().filter(|&v| served(v)).max();
-    let passed_over: Vec<String> = others()
-        .filter(|&v| !served(v) && newest_other.is_none_or(|n| v > n))
-        .map(|v| format!("v{v}"))
-        .collect();
+    let with_a_served = if another_had_traffic {
+        " with a served version"
+    } else {
+        ""
+    };
     let why = match history {
         None => "this gateway keeps no timeline".to_owned(),
         Some(history) if history.len() >= HISTORY_LIMIT as usize => {
             format!(
-                "no earlier split in the timeline's last {} changes",
+                "no earlier split{with_a_served} in the timeline's last {} changes",
                 history.len()
             )
         }
-        Some(_) => "no earlier split on the timeline".to_owned(),
+        Some(_) => format!("no earlier split{with_a_served} on the timeline"),
     };
     match newest_other {
         Some(back_to) => {
@@ -590,7 +599,7 @@ fn roll_back(
                 weights,
                 format!(
                     "{why}, so the newest other version, v{back_to}{}",
-                    unserved(&passed_over)
+                    not_served(&left_out)
                 ),
             )
         }
@@ -598,19 +607,19 @@ fn roll_back(
             Vec::new(),
             format!(
                 "split removed, so the newest loaded version answers{}",
-                unserved(&passed_over)
+                not_served(&left_out)
             ),
         ),
     }
 }
 
-/// The clause naming newer versions a rollback passed over because they are not served.
-fn unserved(versions: &[String]) -> String {
-    match versions {
-        [] => String::new(),
-        [one] => format!(" ({one}, newer, is not served now)"),
-        many => format!(" ({}, newer, are not served now)", many.join(" and ")),
+/// The clause naming the versions a rollback left out because they are not served now.
+fn not_served(versions: &std::collections::BTreeSet<i64>) -> String {
+    if versions.is_empty() {
+        return String::new();
     }
+    let named: Vec<String> = versions.iter().map(|v| format!("v{v}")).collect();
+    format!(", {} left out as not served now", named.join(" and "))
 }
 
 #[cfg(test)]
@@ -729,22 +738,42 @@ mod tests {
         assert_eq!(weights, split(&[(1, 90), (2, 0), (3, 0)]));
         assert_eq!(
             how,
-            "back to the split of revision 1, less v2, which is not served now"
+            "back to the split of revision 1, v2 left out as not served now"
         );
         // Without a timeline, the newest other version that is served.
         let (weights, how) = roll_back(split(&[(1, 0), (2, 0), (3, 0)]), 3, None, served);
         assert_eq!(weights, split(&[(1, 100), (2, 0), (3, 0)]));
         assert_eq!(
             how,
-            "this gateway keeps no timeline, so the newest other version, v1 (v2, newer, is not \
-             served now)"
+            "this gateway keeps no timeline, so the newest other version, v1, v2 left out as not \
+             served now"
         );
         // With no other version served, the split goes, as with no other version.
         let (weights, how) = roll_back(split(&[(2, 0), (3, 0)]), 3, None, served);
         assert_eq!(weights, split(&[]));
         assert_eq!(
             how,
-            "split removed, so the newest loaded version answers (v2, newer, is not served now)"
+            "split removed, so the newest loaded version answers, v2 left out as not served now"
+        );
+        // A split skipped on the way back is named too.
+        let skipped = [
+            change(3, &[(3, 100)]),
+            change(2, &[(2, 100)]),
+            change(1, &[(1, 100)]),
+        ];
+        let (weights, how) = roll_back(split(&[(3, 0)]), 3, Some(&skipped), served);
+        assert_eq!(weights, split(&[(1, 100), (3, 0)]));
+        assert_eq!(
+            how,
+            "back to the split of revision 1, v2 left out as not served now"
+        );
+        // A timeline whose earlier splits name only versions not served says so.
+        let (weights, how) = roll_back(split(&[(1, 0), (3, 0)]), 3, Some(&skipped[..2]), served);
+        assert_eq!(weights, split(&[(1, 100), (3, 0)]));
+        assert_eq!(
+            how,
+            "no earlier split with a served version on the timeline, so the newest other \
+             version, v1, v2 left out as not served now"
         );
         // The versions asked about: the split's and those with traffic on the timeline.
         assert_eq!(
