@@ -1065,6 +1065,20 @@ pub fn canary_split(
     }
 }
 
+/// The alert manager's action runner as the closed loop runs it against the gateway at `addr`
+/// (plaintext, the admin key `admin-key`), without the least interval between two runs.
+pub fn canary_action_runner(addr: SocketAddr) -> alert_manager::actions::ActionRunner {
+    alert_manager::actions::ActionRunner::new(alert_manager::actions::ActionConfig {
+        tls: shared::tls::MeshTls::plaintext(),
+        gateway: Some(format!("http://{addr}")),
+        gateway_api_key: Some("admin-key".into()),
+        inference: None,
+        inference_api_key: None,
+        min_interval: std::time::Duration::ZERO,
+        dry_run: false,
+    })
+}
+
 /// Has the inference service at `addr` serve exactly `versions` of `model` (a load with a
 /// version policy, as an operator sends it; versions left out are unloaded).
 pub async fn serve_versions(addr: SocketAddr, model: &str, versions: &[i64]) {

@@ -922,7 +922,7 @@ async fn a_split_pinned_before_a_load_keeps_every_shopper_on_the_serving_version
 /// rollback hands the traffic back to the split's other version instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_back_a_version_that_holds_all_traffic_hands_it_back() {
-    use alert_manager::actions::{ActionConfig, ActionRunner, Outcome};
+    use alert_manager::actions::Outcome;
     use alert_manager::alert::ActionSpec;
 
     let repository = two_version_repository();
@@ -935,15 +935,7 @@ async fn rolling_back_a_version_that_holds_all_traffic_hands_it_back() {
         ))
         .await
         .unwrap();
-    let runner = ActionRunner::new(ActionConfig {
-        tls: shared::tls::MeshTls::plaintext(),
-        gateway: Some(format!("http://{}", gateway.addr)),
-        gateway_api_key: Some("admin-key".into()),
-        inference: None,
-        inference_api_key: None,
-        min_interval: std::time::Duration::ZERO,
-        dry_run: false,
-    });
+    let runner = canary_action_runner(gateway.addr);
     let rollback = ActionSpec::SetCanaryWeight {
         model: "minilm-l6".into(),
         version: "2".into(),

@@ -289,13 +289,21 @@ async fn without_the_database_gateways_serve_what_they_hold_refuse_changes_and_c
     inference.stop().await.unwrap();
 }
 
+/// The alert manager's action that takes `version` of the model out of traffic.
+fn roll_back(version: &str) -> alert_manager::alert::ActionSpec {
+    alert_manager::alert::ActionSpec::SetCanaryWeight {
+        model: MODEL.into(),
+        version: version.into(),
+        weight: 0,
+    }
+}
+
 /// A version rolled back once stays out when a later canary, promoted to all the traffic,
 /// fails in turn: the alert manager's rollback reads the deployment timeline and returns the
 /// traffic to the split that served before the promotion, not to the newest other version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_back_a_promoted_canary_returns_to_the_split_before_it_not_to_an_older_failure() {
-    use alert_manager::actions::{ActionConfig, ActionRunner, Outcome};
-    use alert_manager::alert::ActionSpec;
+    use alert_manager::actions::Outcome;
 
     let db = TestDatabase::create().await;
     let repository = repository_serving(MODEL, &[(1, 1), (2, 1), (3, 1)]);
@@ -304,20 +312,7 @@ async fn rolling_back_a_promoted_canary_returns_to_the_split_before_it_not_to_an
         .unwrap();
     let mut gateway = gateway_on(&inference, &db.url).await;
     let mut admin = GatewayAdminClient::new(connect(gateway.addr).await);
-    let runner = ActionRunner::new(ActionConfig {
-        tls: shared::tls::MeshTls::plaintext(),
-        gateway: Some(format!("http://{}", gateway.addr)),
-        gateway_api_key: Some("admin-key".into()),
-        inference: None,
-        inference_api_key: None,
-        min_interval: Duration::ZERO,
-        dry_run: false,
-    });
-    let roll_back = |version: &str| ActionSpec::SetCanaryWeight {
-        model: MODEL.into(),
-        version: version.into(),
-        weight: 0,
-    };
+    let runner = canary_action_runner(gateway.addr);
 
     // Version 2's canary fails and is rolled back.
     admin
@@ -364,8 +359,7 @@ async fn rolling_back_a_promoted_canary_returns_to_the_split_before_it_not_to_an
 
 #[tokio::test]
 async fn a_rollback_passes_over_an_earlier_split_whose_version_no_replica_serves_now() {
-    use alert_manager::actions::{ActionConfig, ActionRunner, Outcome};
-    use alert_manager::alert::ActionSpec;
+    use alert_manager::actions::Outcome;
 
     let db = TestDatabase::create().await;
     let repository = repository_serving(MODEL, &[(1, 1), (2, 1), (3, 1)]);
@@ -374,15 +368,7 @@ async fn a_rollback_passes_over_an_earlier_split_whose_version_no_replica_serves
         .unwrap();
     let mut gateway = gateway_on(&inference, &db.url).await;
     let mut admin = GatewayAdminClient::new(connect(gateway.addr).await);
-    let runner = ActionRunner::new(ActionConfig {
-        tls: shared::tls::MeshTls::plaintext(),
-        gateway: Some(format!("http://{}", gateway.addr)),
-        gateway_api_key: Some("admin-key".into()),
-        inference: None,
-        inference_api_key: None,
-        min_interval: Duration::ZERO,
-        dry_run: false,
-    });
+    let runner = canary_action_runner(gateway.addr);
 
     // v2 is canaried over v1 and promoted; then v3 is canaried over v2 and promoted.
     admin
@@ -404,15 +390,7 @@ async fn a_rollback_passes_over_an_earlier_split_whose_version_no_replica_serves
     // now: the gateway would refuse it, and v3 would keep all the traffic. The rollback goes
     // back to the latest split whose traffic a served version can take: v2's canary, without v2.
     let outcome = runner
-        .run(
-            "CanaryVersionErrors",
-            &ActionSpec::SetCanaryWeight {
-                model: MODEL.into(),
-                version: "3".into(),
-                weight: 0,
-            },
-            &Default::default(),
-        )
+        .run("CanaryVersionErrors", &roll_back("3"), &Default::default())
         .await;
     assert_eq!(
         outcome,
