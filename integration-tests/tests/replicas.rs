@@ -408,3 +408,122 @@ async fn a_rollback_passes_over_an_earlier_split_whose_version_no_replica_serves
     inference.stop().await.unwrap();
     db.drop().await;
 }
+
+/// Whether `version` of the model is ready, as the gateway answers `ModelReady`.
+async fn ready_through(gateway: &RunningGateway, version: i64) -> bool {
+    oip_client(gateway.addr)
+        .await
+        .model_ready(with_key(
+            proto::inference::ModelReadyRequest {
+                name: MODEL.into(),
+                version: version.to_string(),
+            },
+            "client-key",
+            None,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .ready
+}
+
+/// A version one replica of two lacks (a pod restarted with its configured versions) is not
+/// ready through the gateway, whichever replica a call would reach: `ModelReady` and
+/// `SetCanary` agree, and the rollback passes the version over. A replica that is gone does
+/// not count: a split can still be set while it is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_through_the_gateway_means_ready_on_every_replica_that_can_answer() {
+    use alert_manager::actions::Outcome;
+
+    let db = TestDatabase::create().await;
+    let repository = repository_serving(MODEL, &[(1, 1), (2, 1), (3, 1)]);
+    let mut a = RunningInference::start(inference_config(repository.path(), &[MODEL]))
+        .await
+        .unwrap();
+    let mut b = RunningInference::start(inference_config(repository.path(), &[MODEL]))
+        .await
+        .unwrap();
+    let mut gateway = RunningGateway::start(gateway_config(
+        &[a.addr, b.addr],
+        &["--database-url", &db.url, "--rate-limit", "100000"],
+    ))
+    .await
+    .unwrap();
+    let mut admin = GatewayAdminClient::new(connect(gateway.addr).await);
+    admin
+        .set_canary(split(&[(1, 90), (2, 10)], "canary of v2"))
+        .await
+        .unwrap();
+    let v2_canary = weights_on(&gateway).await.1;
+    for (weights, reason) in [
+        (&[(1, 0), (2, 100)][..], "v2 promoted"),
+        (&[(1, 0), (2, 90), (3, 10)][..], "canary of v3"),
+        (&[(1, 0), (2, 0), (3, 100)][..], "v3 promoted"),
+    ] {
+        admin.set_canary(split(weights, reason)).await.unwrap();
+    }
+    // Replica B comes back serving v1 and v3 only; A still serves v2.
+    serve_versions(b.addr, MODEL, &[1, 3]).await;
+
+    // Each call would have reached one replica of the two, in turn: every answer is "not
+    // ready" now, as a call pinned to v2 could fail.
+    for call in 1..=4 {
+        assert!(
+            !ready_through(&gateway, 2).await,
+            "ModelReady of v2, call {call}"
+        );
+        assert!(
+            ready_through(&gateway, 1).await,
+            "ModelReady of v1, call {call}"
+        );
+    }
+    let refused = admin
+        .set_canary(split(&[(1, 0), (2, 50), (3, 50)], "v2 back"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains(&format!(
+            "version 2 of model '{MODEL}' is not ready on inference replica {} (1 of 2)",
+            b.addr
+        )),
+        "{refused:?}"
+    );
+
+    // v3 fails: the split before its promotion gave v2 the traffic, which B cannot take.
+    let outcome = canary_action_runner(gateway.addr)
+        .run("CanaryVersionErrors", &roll_back("3"), &Default::default())
+        .await;
+    assert_eq!(
+        outcome,
+        Outcome::Done(format!(
+            "{MODEL} split now v1=90, v2=0, v3=0 (v3 held all the traffic: back to the split \
+             of revision {v2_canary}, v2 left out as not served now)"
+        ))
+    );
+    assert_eq!(weights_on(&gateway).await.0, [(1, 90), (2, 0), (3, 0)]);
+
+    // B goes away (a pod gone for good). Once the health checks eject it, it stands in no
+    // split's way: A serves v2, and the traffic may go back to it.
+    b.stop().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready_through(&gateway, 2).await {
+        assert!(
+            Instant::now() < deadline,
+            "v2 still not ready through the gateway 10 s after replica B stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    admin
+        .set_canary(split(
+            &[(1, 50), (2, 50), (3, 0)],
+            "v2 back while B is down",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(weights_on(&gateway).await.0, [(1, 50), (2, 50), (3, 0)]);
+
+    gateway.stop().await.unwrap();
+    a.stop().await.unwrap();
+    db.drop().await;
+}

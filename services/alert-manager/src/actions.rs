@@ -397,11 +397,12 @@ impl ActionRunner {
         ))
     }
 
-    /// Whether each of `versions` of `model` is served now, as the replica that the gateway
-    /// asks answers `ModelReady`: a rollback gives traffic only to served versions, since the
-    /// gateway refuses a split that gives any to a version its replicas do not all serve. A
-    /// version the replica does not know (NOT_FOUND, INVALID_ARGUMENT) is not served; any
-    /// other failure fails the rollback, which cannot tell.
+    /// Whether each of `versions` of `model` is served now, as the gateway answers
+    /// `ModelReady`: ready on every inference replica, the same check by which it refuses a
+    /// split that gives traffic to a version its replicas do not all serve. A rollback gives
+    /// traffic only to served versions. A version the replicas do not know (NOT_FOUND,
+    /// INVALID_ARGUMENT) is not served; any other failure fails the rollback, which cannot
+    /// tell.
     async fn served_versions(
         &self,
         channel: &tonic::transport::Channel,

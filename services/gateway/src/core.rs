@@ -66,10 +66,11 @@ pub struct GatewayCore {
 impl GatewayCore {
     /// Sets `model`'s canary split to `weights`, on behalf of `changed_by` for `reason`. A
     /// split that would send traffic to a version that is not ready on every replica is
-    /// refused (part of the canary's traffic would fail), as is a malformed one; with a shared
-    /// state, a change it cannot store is refused as unavailable; with `expected`, a change
-    /// over another revision than that one is aborted. Either way the split in force stays,
-    /// on every replica.
+    /// refused, naming the replicas (part of the canary's traffic would fail;
+    /// [`GatewayCore::readiness`] says which replicas count), as is a malformed one; with a
+    /// shared state, a change it cannot store is refused as unavailable; with `expected`, a
+    /// change over another revision than that one is aborted. Either way the split in force
+    /// stays, on every replica.
     pub async fn set_canary(
         &self,
         model: &str,
@@ -81,30 +82,18 @@ impl GatewayCore {
         canary::validate(model, &weights)
             .map_err(|err| GatewayError::Invalid(format!("canary of model '{model}': {err}")))?;
         for w in weights.iter().filter(|w| w.weight > 0 && w.version > 0) {
-            let ready = oip::ModelReadyRequest {
-                name: model.to_owned(),
-                version: w.version.to_string(),
+            let version = w.version.to_string();
+            let not_ready = match self.readiness(model, &version, None).await {
+                Ok(readiness) if readiness.not_ready.is_empty() => continue,
+                Ok(readiness) => readiness.describe(),
+                Err(status) => format!("on any inference replica ({})", status.message()),
             };
-            let ready = self
-                .pool
-                .broadcast(|channel| {
-                    let request = outgoing(ready.clone(), None);
-                    async move {
-                        GrpcInferenceServiceClient::new(channel)
-                            .model_ready(request)
-                            .await
-                    }
-                })
-                .await
-                .map(|answers| answers.iter().all(|r| r.get_ref().ready))
-                .unwrap_or(false);
-            if !ready {
-                return Err(GatewayError::VersionNotReady {
-                    model: model.to_owned(),
-                    version: w.version,
-                }
-                .into());
+            return Err(GatewayError::VersionNotReady {
+                model: model.to_owned(),
+                version: w.version,
+                not_ready,
             }
+            .into());
         }
         // Its versions are ready on the replicas: the model's name is a label from now on.
         crate::metrics::name_model(model);
@@ -156,6 +145,38 @@ impl GatewayCore {
     }
 }
 
+/// The longest a readiness check waits for a replica's answer: a replica taking traffic that
+/// has not answered by then counts as not ready.
+pub const READINESS_WAIT: Duration = Duration::from_secs(5);
+
+/// Where a model version is ready, as [`GatewayCore::readiness`] found it.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    /// The replicas it is not ready on (they answered not ready, or failed while taking
+    /// traffic).
+    pub not_ready: Vec<std::net::SocketAddr>,
+    /// The replicas whose answer counts: those taking traffic, and any other that answered.
+    pub counted: usize,
+}
+
+impl Readiness {
+    /// Where it is not ready, in words: `on inference replica 10.0.0.7:50052 (1 of 2)`.
+    pub fn describe(&self) -> String {
+        let addrs: Vec<String> = self.not_ready.iter().map(ToString::to_string).collect();
+        let noun = if addrs.len() == 1 {
+            "replica"
+        } else {
+            "replicas"
+        };
+        format!(
+            "on inference {noun} {} ({} of {})",
+            addrs.join(", "),
+            addrs.len(),
+            self.counted
+        )
+    }
+}
+
 /// Builds an outgoing request that carries the caller's remaining deadline and the current
 /// trace context.
 pub fn outgoing<T>(message: T, deadline: Option<Instant>) -> tonic::Request<T> {
@@ -188,6 +209,66 @@ impl GatewayCore {
             classify_model: Arc::from(classify_model),
             current: Mutex::new(HashMap::new()),
             inference_key: None,
+        }
+    }
+
+    /// Whether `version` of `model` (`""`: its newest) is ready on every inference replica:
+    /// `ModelReady` asked of each at once, waiting [`READINESS_WAIT`] at most (less when
+    /// `deadline` comes sooner). A replica taking traffic counts whatever becomes of the call
+    /// (a failure, or no answer in time, counts as not ready); one the health checks ejected
+    /// counts only when it answers ready or not ready, so that a pod gone for good does not
+    /// stand in the way of a split (a rollback during an outage) while one that is up again
+    /// without the version does. This is the check of [`GatewayCore::set_canary`] and the
+    /// gateway's `ModelReady` answer alike. Fails when no replica answers, with the first
+    /// failure (NOT_FOUND for a model none knows).
+    pub async fn readiness(
+        &self,
+        model: &str,
+        version: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Readiness, Status> {
+        let request = oip::ModelReadyRequest {
+            name: model.to_owned(),
+            version: version.to_owned(),
+        };
+        let bound = Instant::now() + READINESS_WAIT;
+        let deadline = Some(deadline.map_or(bound, |d| d.min(bound)));
+        let answers = self
+            .pool
+            .ask_each(|channel| {
+                let request = outgoing(request.clone(), deadline);
+                async move {
+                    GrpcInferenceServiceClient::new(channel)
+                        .model_ready(request)
+                        .await
+                }
+            })
+            .await;
+        let mut readiness = Readiness::default();
+        let mut answered = false;
+        let mut first_failure = None;
+        for (replica, answer) in answers {
+            match answer {
+                Ok(answer) => {
+                    answered = true;
+                    readiness.counted += 1;
+                    if !answer.get_ref().ready {
+                        readiness.not_ready.push(replica.addr);
+                    }
+                }
+                Err(status) => {
+                    if replica.is_healthy() {
+                        readiness.counted += 1;
+                        readiness.not_ready.push(replica.addr);
+                    }
+                    first_failure.get_or_insert(status);
+                }
+            }
+        }
+        if answered {
+            Ok(readiness)
+        } else {
+            Err(first_failure.unwrap_or_else(|| GatewayError::NoReplica.into()))
         }
     }
 

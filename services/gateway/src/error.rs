@@ -65,14 +65,14 @@ pub enum GatewayError {
     #[error("the request could not be read: {0}")]
     RequestUnread(String),
     /// A canary names a version that the replicas do not serve.
-    #[error(
-        "version {version} of model '{model}' is not ready on the inference replicas; load it first"
-    )]
+    #[error("version {version} of model '{model}' is not ready {not_ready}; load it first")]
     VersionNotReady {
         /// The model.
         model: String,
         /// The version not ready.
         version: i64,
+        /// Where, in words (`on inference replica 10.0.0.7:50052 (1 of 2)`).
+        not_ready: String,
     },
     /// A change made over another revision of the split than the one in force.
     #[error(

@@ -434,6 +434,24 @@ impl ReplicaPool {
         results.into_iter().collect()
     }
 
+    /// Runs `call` on every replica at once and returns each replica with its answer, failures
+    /// included (readiness checks, which weigh each replica's answer by whether it takes
+    /// traffic).
+    pub async fn ask_each<T, F, Fut>(&self, call: F) -> Vec<(Arc<Replica>, Result<T, Status>)>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let replicas = self.replicas();
+        let answers = futures::future::join_all(replicas.iter().map(|r| async {
+            call(r.channel.clone())
+                .await
+                .map_err(|status| past_deadline(r.addr, status))
+        }))
+        .await;
+        replicas.iter().cloned().zip(answers).collect()
+    }
+
     /// Checks every replica's health every `interval` until `shutdown` resolves; ejects those
     /// that do not answer SERVING and re-admits them when they do again.
     ///

@@ -214,11 +214,17 @@ impl GrpcInferenceService for OipProxy {
         &self,
         request: Request<pb::ModelReadyRequest>,
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        // Ready through the gateway means ready on every replica it may send the call to,
+        // as for a canary split (`GatewayCore::readiness`).
         let call = call_context(&request);
-        self.forward(request.into_inner(), &call, |mut c, r| async move {
-            c.model_ready(r).await
-        })
-        .await
+        let request = request.into_inner();
+        let readiness = self
+            .core
+            .readiness(&request.name, &request.version, call.deadline)
+            .await?;
+        Ok(Response::new(pb::ModelReadyResponse {
+            ready: readiness.not_ready.is_empty(),
+        }))
     }
 
     async fn server_metadata(
