@@ -411,6 +411,11 @@ async fn a_rollback_passes_over_an_earlier_split_whose_version_no_replica_serves
 
 /// Whether `version` of the model is ready, as the gateway answers `ModelReady`.
 async fn ready_through(gateway: &RunningGateway, version: i64) -> bool {
+    ask_ready_through(gateway, version).await.unwrap()
+}
+
+/// The gateway's `ModelReady` answer about `version` of the model, or its status.
+async fn ask_ready_through(gateway: &RunningGateway, version: i64) -> Result<bool, tonic::Status> {
     oip_client(gateway.addr)
         .await
         .model_ready(with_key(
@@ -422,9 +427,7 @@ async fn ready_through(gateway: &RunningGateway, version: i64) -> bool {
             None,
         ))
         .await
-        .unwrap()
-        .into_inner()
-        .ready
+        .map(|answer| answer.into_inner().ready)
 }
 
 /// A version one replica of two lacks (a pod restarted with its configured versions) is not
@@ -465,8 +468,8 @@ async fn ready_through_the_gateway_means_ready_on_every_replica_that_can_answer(
     // Replica B comes back serving v1 and v3 only; A still serves v2.
     serve_versions(b.addr, MODEL, &[1, 3]).await;
 
-    // Each call would have reached one replica of the two, in turn: every answer is "not
-    // ready" now, as a call pinned to v2 could fail.
+    // Whichever replica a call would reach (the gateway's pick goes round them), every answer
+    // is "not ready", as a call pinned to v2 could fail.
     for call in 1..=4 {
         assert!(
             !ready_through(&gateway, 2).await,
@@ -503,11 +506,17 @@ async fn ready_through_the_gateway_means_ready_on_every_replica_that_can_answer(
     );
     assert_eq!(weights_on(&gateway).await.0, [(1, 90), (2, 0), (3, 0)]);
 
-    // B goes away (a pod gone for good). Once the health checks eject it, it stands in no
-    // split's way: A serves v2, and the traffic may go back to it.
+    // B goes away (a pod gone for good). Until the health checks eject it, the gateway cannot
+    // tell (UNAVAILABLE); once they have, B stands in no split's way: A serves v2, and the
+    // traffic may go back to it.
     b.stop().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !ready_through(&gateway, 2).await {
+    loop {
+        match ask_ready_through(&gateway, 2).await {
+            Ok(true) => break,
+            Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+            Ok(false) => panic!("v2 not ready through the gateway once replica B stopped"),
+        }
         assert!(
             Instant::now() < deadline,
             "v2 still not ready through the gateway 10 s after replica B stopped"

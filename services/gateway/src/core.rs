@@ -18,6 +18,7 @@ use crate::canary::{self, CanaryError, CanaryTable, VersionWeight};
 use crate::deployed::{DeployedState, Written};
 use crate::error::GatewayError;
 use crate::payload::PayloadLogger;
+use crate::readiness::{Answer, EJECTED_WAIT, READINESS_WAIT, Readiness};
 use crate::records::{Record, RecordBuffer, RecordKind, Task};
 use crate::routing::ReplicaPool;
 
@@ -67,10 +68,11 @@ impl GatewayCore {
     /// Sets `model`'s canary split to `weights`, on behalf of `changed_by` for `reason`. A
     /// split that would send traffic to a version that is not ready on every replica is
     /// refused, naming the replicas (part of the canary's traffic would fail;
-    /// [`GatewayCore::readiness`] says which replicas count), as is a malformed one; with a
-    /// shared state, a change it cannot store is refused as unavailable; with `expected`, a
-    /// change over another revision than that one is aborted. Either way the split in force
-    /// stays, on every replica.
+    /// [`GatewayCore::readiness`] says which replicas count), and one whose readiness the
+    /// replicas cannot tell is refused as unavailable, as is a malformed one; with a shared
+    /// state, a change it cannot store is refused as unavailable; with `expected`, a change
+    /// over another revision than that one is aborted. Either way the split in force stays,
+    /// on every replica.
     pub async fn set_canary(
         &self,
         model: &str,
@@ -81,16 +83,32 @@ impl GatewayCore {
     ) -> Result<(), Status> {
         canary::validate(model, &weights)
             .map_err(|err| GatewayError::Invalid(format!("canary of model '{model}': {err}")))?;
-        for w in weights.iter().filter(|w| w.weight > 0 && w.version > 0) {
-            let version = w.version.to_string();
-            let not_ready = match self.readiness(model, &version, None).await {
-                Ok(readiness) if readiness.not_ready.is_empty() => continue,
-                Ok(readiness) => readiness.describe(),
-                Err(status) => format!("on any inference replica ({})", status.message()),
+        let versions: Vec<String> = weights
+            .iter()
+            .filter(|w| w.weight > 0 && w.version > 0)
+            .map(|w| w.version.to_string())
+            .collect();
+        let checks = versions
+            .iter()
+            .map(|version| self.readiness(model, version, None));
+        for (version, readiness) in versions.iter().zip(futures::future::join_all(checks).await) {
+            let not_ready = match readiness.verdict(model, version) {
+                Ok(true) => continue,
+                Ok(false) => readiness.where_not_ready(),
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::NotFound | tonic::Code::InvalidArgument
+                    ) =>
+                {
+                    format!("on any inference replica ({})", status.message())
+                }
+                // The replicas could not tell: nothing is changed on a guess.
+                Err(status) => return Err(status),
             };
             return Err(GatewayError::VersionNotReady {
                 model: model.to_owned(),
-                version: w.version,
+                version: version.clone(),
                 not_ready,
             }
             .into());
@@ -145,38 +163,6 @@ impl GatewayCore {
     }
 }
 
-/// The longest a readiness check waits for a replica's answer: a replica taking traffic that
-/// has not answered by then counts as not ready.
-pub const READINESS_WAIT: Duration = Duration::from_secs(5);
-
-/// Where a model version is ready, as [`GatewayCore::readiness`] found it.
-#[derive(Debug, Default)]
-pub struct Readiness {
-    /// The replicas it is not ready on (they answered not ready, or failed while taking
-    /// traffic).
-    pub not_ready: Vec<std::net::SocketAddr>,
-    /// The replicas whose answer counts: those taking traffic, and any other that answered.
-    pub counted: usize,
-}
-
-impl Readiness {
-    /// Where it is not ready, in words: `on inference replica 10.0.0.7:50052 (1 of 2)`.
-    pub fn describe(&self) -> String {
-        let addrs: Vec<String> = self.not_ready.iter().map(ToString::to_string).collect();
-        let noun = if addrs.len() == 1 {
-            "replica"
-        } else {
-            "replicas"
-        };
-        format!(
-            "on inference {noun} {} ({} of {})",
-            addrs.join(", "),
-            addrs.len(),
-            self.counted
-        )
-    }
-}
-
 /// Builds an outgoing request that carries the caller's remaining deadline and the current
 /// trace context.
 pub fn outgoing<T>(message: T, deadline: Option<Instant>) -> tonic::Request<T> {
@@ -212,64 +198,48 @@ impl GatewayCore {
         }
     }
 
-    /// Whether `version` of `model` (`""`: its newest) is ready on every inference replica:
-    /// `ModelReady` asked of each at once, waiting [`READINESS_WAIT`] at most (less when
-    /// `deadline` comes sooner). A replica taking traffic counts whatever becomes of the call
-    /// (a failure, or no answer in time, counts as not ready); one the health checks ejected
-    /// counts only when it answers ready or not ready, so that a pod gone for good does not
-    /// stand in the way of a split (a rollback during an outage) while one that is up again
-    /// without the version does. This is the check of [`GatewayCore::set_canary`] and the
-    /// gateway's `ModelReady` answer alike. Fails when no replica answers, with the first
-    /// failure (NOT_FOUND for a model none knows).
+    /// Whether `version` of `model` (`""`: its newest) is ready on every inference replica
+    /// that counts, as [`crate::readiness`] says: `ModelReady` asked of each at once, waiting
+    /// [`READINESS_WAIT`] at most for a replica taking traffic and [`EJECTED_WAIT`] for one
+    /// the health checks ejected (less when `deadline` comes sooner). The check of
+    /// [`GatewayCore::set_canary`] and the gateway's `ModelReady` answer alike.
     pub async fn readiness(
         &self,
         model: &str,
         version: &str,
         deadline: Option<Instant>,
-    ) -> Result<Readiness, Status> {
+    ) -> Readiness {
         let request = oip::ModelReadyRequest {
             name: model.to_owned(),
             version: version.to_owned(),
         };
-        let bound = Instant::now() + READINESS_WAIT;
-        let deadline = Some(deadline.map_or(bound, |d| d.min(bound)));
         let answers = self
             .pool
-            .ask_each(|channel| {
-                let request = outgoing(request.clone(), deadline);
+            .ask_each(|replica| {
+                let taking_traffic = replica.is_healthy();
+                let most = if taking_traffic {
+                    READINESS_WAIT
+                } else {
+                    EJECTED_WAIT
+                };
+                let wait = deadline.map_or(most, |d| {
+                    d.saturating_duration_since(Instant::now()).min(most)
+                });
+                let request = outgoing(request.clone(), Some(Instant::now() + wait));
                 async move {
-                    GrpcInferenceServiceClient::new(channel)
-                        .model_ready(request)
-                        .await
+                    let mut client = GrpcInferenceServiceClient::new(replica.channel());
+                    let call = client.model_ready(request);
+                    let answer = match tokio::time::timeout(wait, call).await {
+                        Ok(result) => Answer::of(result.map(|r| r.into_inner().ready)),
+                        Err(_) => {
+                            Answer::Failed(format!("no answer within {} ms", wait.as_millis()))
+                        }
+                    };
+                    (replica.addr, taking_traffic, answer)
                 }
             })
             .await;
-        let mut readiness = Readiness::default();
-        let mut answered = false;
-        let mut first_failure = None;
-        for (replica, answer) in answers {
-            match answer {
-                Ok(answer) => {
-                    answered = true;
-                    readiness.counted += 1;
-                    if !answer.get_ref().ready {
-                        readiness.not_ready.push(replica.addr);
-                    }
-                }
-                Err(status) => {
-                    if replica.is_healthy() {
-                        readiness.counted += 1;
-                        readiness.not_ready.push(replica.addr);
-                    }
-                    first_failure.get_or_insert(status);
-                }
-            }
-        }
-        if answered {
-            Ok(readiness)
-        } else {
-            Err(first_failure.unwrap_or_else(|| GatewayError::NoReplica.into()))
-        }
+        Readiness::fold(answers)
     }
 
     /// Keeps canary splits in `deployed`, shared with every replica.

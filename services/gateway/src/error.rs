@@ -70,9 +70,17 @@ pub enum GatewayError {
         /// The model.
         model: String,
         /// The version not ready.
-        version: i64,
+        version: String,
         /// Where, in words (`on inference replica 10.0.0.7:50052 (1 of 2)`).
         not_ready: String,
+    },
+    /// Whether a model version is ready cannot be told: replicas did not answer.
+    #[error("could not tell whether {what} is ready: {why}")]
+    ReadinessUnknown {
+        /// The version asked about, in words (`version 2 of model 'minilm-l6'`).
+        what: String,
+        /// Which replicas did not answer, and why.
+        why: String,
     },
     /// A change made over another revision of the split than the one in force.
     #[error(
@@ -154,6 +162,7 @@ impl ServiceError for GatewayError {
             }
             GatewayError::StaleSplit { .. } => ErrorKind::Aborted,
             GatewayError::NoReplica
+            | GatewayError::ReadinessUnknown { .. }
             | GatewayError::ReplicaUnreachable { .. }
             | GatewayError::StateUnavailable(_) => ErrorKind::Unavailable,
             GatewayError::ReplicaTimedOut(_) => ErrorKind::DeadlineExceeded,

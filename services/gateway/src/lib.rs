@@ -24,6 +24,7 @@ pub mod model_infer;
 pub mod payload;
 pub mod pii;
 pub mod ranking;
+pub mod readiness;
 pub mod records;
 pub mod routing;
 pub mod shipper;

@@ -28,6 +28,11 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// Its channel, for calls other than the hot path's.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     /// Its connection for the hot path's unary calls.
     pub fn unary(&self) -> &UnaryClient {
         &self.unary
@@ -434,22 +439,15 @@ impl ReplicaPool {
         results.into_iter().collect()
     }
 
-    /// Runs `call` on every replica at once and returns each replica with its answer, failures
-    /// included (readiness checks, which weigh each replica's answer by whether it takes
+    /// Runs `call` on every replica at once and returns what each gave, in the replicas'
+    /// order (readiness checks, which weigh each replica's answer by whether it takes
     /// traffic).
-    pub async fn ask_each<T, F, Fut>(&self, call: F) -> Vec<(Arc<Replica>, Result<T, Status>)>
+    pub async fn ask_each<T, F, Fut>(&self, call: F) -> Vec<T>
     where
-        F: Fn(Channel) -> Fut,
-        Fut: Future<Output = Result<T, Status>>,
+        F: Fn(Arc<Replica>) -> Fut,
+        Fut: Future<Output = T>,
     {
-        let replicas = self.replicas();
-        let answers = futures::future::join_all(replicas.iter().map(|r| async {
-            call(r.channel.clone())
-                .await
-                .map_err(|status| past_deadline(r.addr, status))
-        }))
-        .await;
-        replicas.iter().cloned().zip(answers).collect()
+        futures::future::join_all(self.replicas().iter().cloned().map(call)).await
     }
 
     /// Checks every replica's health every `interval` until `shutdown` resolves; ejects those

@@ -218,13 +218,12 @@ impl GrpcInferenceService for OipProxy {
         // as for a canary split (`GatewayCore::readiness`).
         let call = call_context(&request);
         let request = request.into_inner();
-        let readiness = self
+        let ready = self
             .core
             .readiness(&request.name, &request.version, call.deadline)
-            .await?;
-        Ok(Response::new(pb::ModelReadyResponse {
-            ready: readiness.not_ready.is_empty(),
-        }))
+            .await
+            .verdict(&request.name, &request.version)?;
+        Ok(Response::new(pb::ModelReadyResponse { ready }))
     }
 
     async fn server_metadata(
