@@ -289,6 +289,25 @@ async fn without_the_database_gateways_serve_what_they_hold_refuse_changes_and_c
     inference.stop().await.unwrap();
 }
 
+/// Through `gateway`: v2 is canaried over v1 and promoted, then v3 over v2 and promoted.
+/// Returns the revision of v2's canary.
+async fn promote_v2_then_v3(gateway: &RunningGateway) -> i64 {
+    let mut admin = GatewayAdminClient::new(connect(gateway.addr).await);
+    admin
+        .set_canary(split(&[(1, 90), (2, 10)], "canary of v2"))
+        .await
+        .unwrap();
+    let v2_canary = weights_on(gateway).await.1;
+    for (weights, reason) in [
+        (&[(1, 0), (2, 100)][..], "v2 promoted"),
+        (&[(1, 0), (2, 90), (3, 10)][..], "canary of v3"),
+        (&[(1, 0), (2, 0), (3, 100)][..], "v3 promoted"),
+    ] {
+        admin.set_canary(split(weights, reason)).await.unwrap();
+    }
+    v2_canary
+}
+
 /// The alert manager's action that takes `version` of the model out of traffic.
 fn roll_back(version: &str) -> alert_manager::alert::ActionSpec {
     alert_manager::alert::ActionSpec::SetCanaryWeight {
@@ -367,22 +386,10 @@ async fn a_rollback_passes_over_an_earlier_split_whose_version_no_replica_serves
         .await
         .unwrap();
     let mut gateway = gateway_on(&inference, &db.url).await;
-    let mut admin = GatewayAdminClient::new(connect(gateway.addr).await);
     let runner = canary_action_runner(gateway.addr);
 
     // v2 is canaried over v1 and promoted; then v3 is canaried over v2 and promoted.
-    admin
-        .set_canary(split(&[(1, 90), (2, 10)], "canary of v2"))
-        .await
-        .unwrap();
-    let v2_canary = weights_on(&gateway).await.1;
-    for (weights, reason) in [
-        (&[(1, 0), (2, 100)][..], "v2 promoted"),
-        (&[(1, 0), (2, 90), (3, 10)][..], "canary of v3"),
-        (&[(1, 0), (2, 0), (3, 100)][..], "v3 promoted"),
-    ] {
-        admin.set_canary(split(weights, reason)).await.unwrap();
-    }
+    let v2_canary = promote_v2_then_v3(&gateway).await;
     // The operator retires v2 (a defect found in it later); v1 stays loaded.
     serve_versions(inference.addr, MODEL, &[1, 3]).await;
 
@@ -433,7 +440,8 @@ async fn ask_ready_through(gateway: &RunningGateway, version: i64) -> Result<boo
 /// A version one replica of two lacks (a pod restarted with its configured versions) is not
 /// ready through the gateway, whichever replica a call would reach: `ModelReady` and
 /// `SetCanary` agree, and the rollback passes the version over. A replica that is gone does
-/// not count: a split can still be set while it is down.
+/// not count once the health checks have ejected it: a split can still be set while it is
+/// down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_through_the_gateway_means_ready_on_every_replica_that_can_answer() {
     use alert_manager::actions::Outcome;
@@ -453,18 +461,7 @@ async fn ready_through_the_gateway_means_ready_on_every_replica_that_can_answer(
     .await
     .unwrap();
     let mut admin = GatewayAdminClient::new(connect(gateway.addr).await);
-    admin
-        .set_canary(split(&[(1, 90), (2, 10)], "canary of v2"))
-        .await
-        .unwrap();
-    let v2_canary = weights_on(&gateway).await.1;
-    for (weights, reason) in [
-        (&[(1, 0), (2, 100)][..], "v2 promoted"),
-        (&[(1, 0), (2, 90), (3, 10)][..], "canary of v3"),
-        (&[(1, 0), (2, 0), (3, 100)][..], "v3 promoted"),
-    ] {
-        admin.set_canary(split(weights, reason)).await.unwrap();
-    }
+    let v2_canary = promote_v2_then_v3(&gateway).await;
     // Replica B comes back serving v1 and v3 only; A still serves v2.
     serve_versions(b.addr, MODEL, &[1, 3]).await;
 
@@ -531,6 +528,70 @@ async fn ready_through_the_gateway_means_ready_on_every_replica_that_can_answer(
         .await
         .unwrap();
     assert_eq!(weights_on(&gateway).await.0, [(1, 50), (2, 50), (3, 0)]);
+
+    gateway.stop().await.unwrap();
+    a.stop().await.unwrap();
+    db.drop().await;
+}
+
+/// A replica that still takes traffic but does not answer (here: stopped, and not yet found
+/// out by a health check) leaves the gateway unable to tell whether a version is ready:
+/// `ModelReady` and `SetCanary` answer UNAVAILABLE naming it, and a rollback fails with that
+/// reason, the split unchanged, instead of acting on a guess.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_taking_traffic_that_cannot_answer_stops_a_change_instead_of_a_guess() {
+    use alert_manager::actions::Outcome;
+
+    let db = TestDatabase::create().await;
+    let repository = repository_serving(MODEL, &[(1, 1), (2, 1), (3, 1)]);
+    let mut a = RunningInference::start(inference_config(repository.path(), &[MODEL]))
+        .await
+        .unwrap();
+    let mut b = RunningInference::start(inference_config(repository.path(), &[MODEL]))
+        .await
+        .unwrap();
+    let mut config = gateway_config(
+        &[a.addr, b.addr],
+        &["--database-url", &db.url, "--rate-limit", "100000"],
+    );
+    // One health round at the start, the next a minute later: B counts as taking traffic
+    // for the whole test.
+    config.health_interval_ms = 60_000;
+    let mut gateway = RunningGateway::start(config).await.unwrap();
+    promote_v2_then_v3(&gateway).await;
+    let before = weights_on(&gateway).await;
+
+    b.stop().await.unwrap();
+    let status = ask_ready_through(&gateway, 1).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().starts_with(&format!(
+            "could not tell whether version 1 of model '{MODEL}' is ready: inference replica {}: ",
+            b.addr
+        )),
+        "{status:?}"
+    );
+    let refused = GatewayAdminClient::new(connect(gateway.addr).await)
+        .set_canary(split(&[(1, 100), (2, 0), (3, 0)], "v1 back"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains(&b.addr.to_string()),
+        "{refused:?}"
+    );
+
+    let outcome = canary_action_runner(gateway.addr)
+        .run("CanaryVersionErrors", &roll_back("3"), &Default::default())
+        .await;
+    let Outcome::Failed(why) = &outcome else {
+        panic!("the rollback did not fail: {outcome:?}");
+    };
+    assert!(
+        why.starts_with(&format!("ModelReady of {MODEL} v2: could not tell whether")),
+        "{why}"
+    );
+    assert_eq!(weights_on(&gateway).await, before);
 
     gateway.stop().await.unwrap();
     a.stop().await.unwrap();

@@ -91,7 +91,11 @@ impl GatewayCore {
         let checks = versions
             .iter()
             .map(|version| self.readiness(model, version, None));
-        for (version, readiness) in versions.iter().zip(futures::future::join_all(checks).await) {
+        let verdicts = futures::future::join_all(checks).await;
+        // A version surely not ready is the answer before one the replicas could not tell
+        // about (UNAVAILABLE, nothing changed: retrying may help, while loading is needed).
+        let mut cannot_tell = None;
+        for (version, readiness) in versions.iter().zip(verdicts) {
             let not_ready = match readiness.verdict(model, version) {
                 Ok(true) => continue,
                 Ok(false) => readiness.where_not_ready(),
@@ -103,8 +107,10 @@ impl GatewayCore {
                 {
                     format!("on any inference replica ({})", status.message())
                 }
-                // The replicas could not tell: nothing is changed on a guess.
-                Err(status) => return Err(status),
+                Err(status) => {
+                    cannot_tell.get_or_insert(status);
+                    continue;
+                }
             };
             return Err(GatewayError::VersionNotReady {
                 model: model.to_owned(),
@@ -112,6 +118,9 @@ impl GatewayCore {
                 not_ready,
             }
             .into());
+        }
+        if let Some(status) = cannot_tell {
+            return Err(status);
         }
         // Its versions are ready on the replicas: the model's name is a label from now on.
         crate::metrics::name_model(model);
@@ -225,7 +234,8 @@ impl GatewayCore {
                 let wait = deadline.map_or(most, |d| {
                     d.saturating_duration_since(Instant::now()).min(most)
                 });
-                let request = outgoing(request.clone(), Some(Instant::now() + wait));
+                // The caller's deadline goes on as with any call; the wait is the gateway's.
+                let request = outgoing(request.clone(), deadline);
                 async move {
                     let mut client = GrpcInferenceServiceClient::new(replica.channel());
                     let call = client.model_ready(request);

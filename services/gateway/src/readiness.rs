@@ -91,8 +91,9 @@ impl Readiness {
     /// The gateway's answer for `version` of `model` (`""`: the newest). When a replica
     /// answered ready or not ready: not ready if one that counts is not, else ready unless a
     /// replica taking traffic could not tell (UNAVAILABLE, naming it). When none did: the
-    /// replicas' own NOT_FOUND / INVALID_ARGUMENT if they do not know the model or version,
-    /// else UNAVAILABLE naming those that could not tell.
+    /// first replica's own NOT_FOUND / INVALID_ARGUMENT if they do not know the model or
+    /// version, else UNAVAILABLE naming those that could not tell (those taking traffic, or
+    /// else the ejected ones), or saying there is no replica at all.
     pub fn verdict(&self, model: &str, version: &str) -> Result<bool, Status> {
         if self.ready_answers > 0 {
             if !self.not_ready.is_empty() {
@@ -117,8 +118,9 @@ impl Readiness {
         Err(cannot_tell(model, version, silent))
     }
 
-    /// Where it is not ready, in words: `on inference replica 10.0.0.7:50052 (1 of 2)`; the
-    /// count is of the replicas that answered.
+    /// Where it is not ready, in words, counting the replicas that count: `on inference
+    /// replica 10.0.0.7:50052 (1 of 2)`, and those taking traffic that could not tell (`…
+    /// (1 of 3; 10.0.0.8:50052 could not tell: Unavailable: …)`).
     pub fn where_not_ready(&self) -> String {
         let addrs: Vec<String> = self.not_ready.iter().map(ToString::to_string).collect();
         let noun = if addrs.len() == 1 {
@@ -126,12 +128,17 @@ impl Readiness {
         } else {
             "replicas"
         };
-        format!(
-            "on inference {noun} {} ({} of {})",
+        let mut text = format!(
+            "on inference {noun} {} ({} of {}",
             addrs.join(", "),
             addrs.len(),
-            self.answered
-        )
+            self.answered + self.failed.len()
+        );
+        for (addr, why) in &self.failed {
+            text.push_str(&format!("; {addr} could not tell: {why}"));
+        }
+        text.push(')');
+        text
     }
 }
 
@@ -230,9 +237,16 @@ mod tests {
             "could not tell whether version 2 of model 'minilm-l6' is ready: inference replica \
              10.0.0.7:2: Unavailable: connection refused"
         );
-        // One that answered not ready settles it, whatever the others.
-        let (ready, _) = verdict(vec![(1, true, Answer::Ready(false)), (2, true, failed())]);
+        // One that answered not ready settles it, whatever the others; the silent one is
+        // named beside it.
+        let (ready, readiness) =
+            verdict(vec![(1, true, Answer::Ready(false)), (2, true, failed())]);
         assert!(!ready.unwrap());
+        assert_eq!(
+            readiness.where_not_ready(),
+            "on inference replica 10.0.0.7:1 (1 of 2; 10.0.0.7:2 could not tell: Unavailable: \
+             connection refused)"
+        );
     }
 
     #[test]
