@@ -308,6 +308,23 @@ async fn promote_v2_then_v3(gateway: &RunningGateway) -> i64 {
     v2_canary
 }
 
+/// Runs the alert manager's rollback of v3 (which holds all the traffic) through `gateway`
+/// and checks that it went back to v2's canary (revision `v2_canary`) with v2 left out as not
+/// served.
+async fn rolls_v3_back_to_v2s_canary_without_v2(gateway: &RunningGateway, v2_canary: i64) {
+    let outcome = canary_action_runner(gateway.addr)
+        .run("CanaryVersionErrors", &roll_back("3"), &Default::default())
+        .await;
+    assert_eq!(
+        outcome,
+        alert_manager::actions::Outcome::Done(format!(
+            "{MODEL} split now v1=90, v2=0, v3=0 (v3 held all the traffic: back to the split \
+             of revision {v2_canary}, v2 left out as not served now)"
+        ))
+    );
+    assert_eq!(weights_on(gateway).await.0, [(1, 90), (2, 0), (3, 0)]);
+}
+
 /// The alert manager's action that takes `version` of the model out of traffic.
 fn roll_back(version: &str) -> alert_manager::alert::ActionSpec {
     alert_manager::alert::ActionSpec::SetCanaryWeight {
@@ -378,15 +395,12 @@ async fn rolling_back_a_promoted_canary_returns_to_the_split_before_it_not_to_an
 
 #[tokio::test]
 async fn a_rollback_passes_over_an_earlier_split_whose_version_no_replica_serves_now() {
-    use alert_manager::actions::Outcome;
-
     let db = TestDatabase::create().await;
     let repository = repository_serving(MODEL, &[(1, 1), (2, 1), (3, 1)]);
     let mut inference = RunningInference::start(inference_config(repository.path(), &[MODEL]))
         .await
         .unwrap();
     let mut gateway = gateway_on(&inference, &db.url).await;
-    let runner = canary_action_runner(gateway.addr);
 
     // v2 is canaried over v1 and promoted; then v3 is canaried over v2 and promoted.
     let v2_canary = promote_v2_then_v3(&gateway).await;
@@ -396,17 +410,7 @@ async fn a_rollback_passes_over_an_earlier_split_whose_version_no_replica_serves
     // v3 fails. The split before its promotion gave v2 the traffic, which is not served
     // now: the gateway would refuse it, and v3 would keep all the traffic. The rollback goes
     // back to the latest split whose traffic a served version can take: v2's canary, without v2.
-    let outcome = runner
-        .run("CanaryVersionErrors", &roll_back("3"), &Default::default())
-        .await;
-    assert_eq!(
-        outcome,
-        Outcome::Done(format!(
-            "{MODEL} split now v1=90, v2=0, v3=0 (v3 held all the traffic: back to the split \
-             of revision {v2_canary}, v2 left out as not served now)"
-        ))
-    );
-    assert_eq!(weights_on(&gateway).await.0, [(1, 90), (2, 0), (3, 0)]);
+    rolls_v3_back_to_v2s_canary_without_v2(&gateway, v2_canary).await;
     for shopper in ["s-1", "s-2", "s-3", "s-4"] {
         assert_eq!(served_version(&gateway, shopper).await, 1, "{shopper}");
     }
@@ -414,6 +418,20 @@ async fn a_rollback_passes_over_an_earlier_split_whose_version_no_replica_serves
     gateway.stop().await.unwrap();
     inference.stop().await.unwrap();
     db.drop().await;
+}
+
+/// Two inference replicas serving versions 1, 2 and 3 of the model from one repository
+/// (kept while the replicas run).
+async fn two_replicas_of_three_versions() -> (tempfile::TempDir, RunningInference, RunningInference)
+{
+    let repository = repository_serving(MODEL, &[(1, 1), (2, 1), (3, 1)]);
+    let a = RunningInference::start(inference_config(repository.path(), &[MODEL]))
+        .await
+        .unwrap();
+    let b = RunningInference::start(inference_config(repository.path(), &[MODEL]))
+        .await
+        .unwrap();
+    (repository, a, b)
 }
 
 /// Whether `version` of the model is ready, as the gateway answers `ModelReady`.
@@ -444,16 +462,8 @@ async fn ask_ready_through(gateway: &RunningGateway, version: i64) -> Result<boo
 /// down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_through_the_gateway_means_ready_on_every_replica_that_can_answer() {
-    use alert_manager::actions::Outcome;
-
     let db = TestDatabase::create().await;
-    let repository = repository_serving(MODEL, &[(1, 1), (2, 1), (3, 1)]);
-    let mut a = RunningInference::start(inference_config(repository.path(), &[MODEL]))
-        .await
-        .unwrap();
-    let mut b = RunningInference::start(inference_config(repository.path(), &[MODEL]))
-        .await
-        .unwrap();
+    let (_repository, mut a, mut b) = two_replicas_of_three_versions().await;
     let mut gateway = RunningGateway::start(gateway_config(
         &[a.addr, b.addr],
         &["--database-url", &db.url, "--rate-limit", "100000"],
@@ -491,17 +501,7 @@ async fn ready_through_the_gateway_means_ready_on_every_replica_that_can_answer(
     );
 
     // v3 fails: the split before its promotion gave v2 the traffic, which B cannot take.
-    let outcome = canary_action_runner(gateway.addr)
-        .run("CanaryVersionErrors", &roll_back("3"), &Default::default())
-        .await;
-    assert_eq!(
-        outcome,
-        Outcome::Done(format!(
-            "{MODEL} split now v1=90, v2=0, v3=0 (v3 held all the traffic: back to the split \
-             of revision {v2_canary}, v2 left out as not served now)"
-        ))
-    );
-    assert_eq!(weights_on(&gateway).await.0, [(1, 90), (2, 0), (3, 0)]);
+    rolls_v3_back_to_v2s_canary_without_v2(&gateway, v2_canary).await;
 
     // B goes away (a pod gone for good). Until the health checks eject it, the gateway cannot
     // tell (UNAVAILABLE); once they have, B stands in no split's way: A serves v2, and the
@@ -543,13 +543,7 @@ async fn a_replica_taking_traffic_that_cannot_answer_stops_a_change_instead_of_a
     use alert_manager::actions::Outcome;
 
     let db = TestDatabase::create().await;
-    let repository = repository_serving(MODEL, &[(1, 1), (2, 1), (3, 1)]);
-    let mut a = RunningInference::start(inference_config(repository.path(), &[MODEL]))
-        .await
-        .unwrap();
-    let mut b = RunningInference::start(inference_config(repository.path(), &[MODEL]))
-        .await
-        .unwrap();
+    let (_repository, mut a, mut b) = two_replicas_of_three_versions().await;
     let mut config = gateway_config(
         &[a.addr, b.addr],
         &["--database-url", &db.url, "--rate-limit", "100000"],
