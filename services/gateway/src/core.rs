@@ -65,7 +65,9 @@ pub struct GatewayCore {
 }
 
 impl GatewayCore {
-    /// Sets `model`'s canary split to `weights`, on behalf of `changed_by` for `reason`. A
+    /// Sets `model`'s canary split to `weights`, on behalf of `changed_by` for `reason`; the
+    /// replicas' readiness is asked within the caller's `deadline` (a check it cuts short
+    /// changes nothing). A
     /// split that would send traffic to a version that is not ready on every replica is
     /// refused, naming the replicas (part of the canary's traffic would fail;
     /// [`GatewayCore::readiness`] says which replicas count), and one whose readiness the
@@ -80,6 +82,7 @@ impl GatewayCore {
         expected: Option<i64>,
         changed_by: &str,
         reason: &str,
+        deadline: Option<Instant>,
     ) -> Result<(), Status> {
         canary::validate(model, &weights)
             .map_err(|err| GatewayError::Invalid(format!("canary of model '{model}': {err}")))?;
@@ -90,7 +93,7 @@ impl GatewayCore {
             .collect();
         let checks = versions
             .iter()
-            .map(|version| self.readiness(model, version, None));
+            .map(|version| self.readiness(model, version, deadline));
         let verdicts = futures::future::join_all(checks).await;
         // A version surely not ready is the answer before one the replicas could not tell
         // about (UNAVAILABLE, nothing changed: retrying may help, while loading is needed).

@@ -64,6 +64,7 @@ impl GatewayAdmin for AdminService {
             .chars()
             .take(MAX_REASON_CHARS)
             .collect();
+        let deadline = super::call_context(&request).deadline;
         let request = request.into_inner();
         let weights = request
             .weights
@@ -81,7 +82,14 @@ impl GatewayAdmin for AdminService {
             .into());
         }
         self.core
-            .set_canary(&request.model, weights, expected, &changed_by, &reason)
+            .set_canary(
+                &request.model,
+                weights,
+                expected,
+                &changed_by,
+                &reason,
+                deadline,
+            )
             .await?;
         Ok(Response::new(self.state(&request.model)))
     }
