@@ -92,13 +92,21 @@ async fn served_version(gateway: &RunningGateway, shopper: &str) -> i64 {
         .version
 }
 
-async fn gateway_on(inference: &RunningInference, database: &str) -> RunningGateway {
-    RunningGateway::start(gateway_config(
-        &[inference.addr],
+/// A gateway's configuration over `replicas`, keeping its deployed state in `database`.
+fn shared_state_config(
+    replicas: &[std::net::SocketAddr],
+    database: &str,
+) -> gateway::GatewayConfig {
+    gateway_config(
+        replicas,
         &["--database-url", database, "--rate-limit", "100000"],
-    ))
-    .await
-    .unwrap()
+    )
+}
+
+async fn gateway_on(inference: &RunningInference, database: &str) -> RunningGateway {
+    RunningGateway::start(shared_state_config(&[inference.addr], database))
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -464,12 +472,9 @@ async fn ask_ready_through(gateway: &RunningGateway, version: i64) -> Result<boo
 async fn ready_through_the_gateway_means_ready_on_every_replica_that_can_answer() {
     let db = TestDatabase::create().await;
     let (_repository, mut a, mut b) = two_replicas_of_three_versions().await;
-    let mut gateway = RunningGateway::start(gateway_config(
-        &[a.addr, b.addr],
-        &["--database-url", &db.url, "--rate-limit", "100000"],
-    ))
-    .await
-    .unwrap();
+    let mut gateway = RunningGateway::start(shared_state_config(&[a.addr, b.addr], &db.url))
+        .await
+        .unwrap();
     let mut admin = GatewayAdminClient::new(connect(gateway.addr).await);
     let v2_canary = promote_v2_then_v3(&gateway).await;
     // Replica B comes back serving v1 and v3 only; A still serves v2.
@@ -544,10 +549,7 @@ async fn a_replica_taking_traffic_that_cannot_answer_stops_a_change_instead_of_a
 
     let db = TestDatabase::create().await;
     let (_repository, mut a, mut b) = two_replicas_of_three_versions().await;
-    let mut config = gateway_config(
-        &[a.addr, b.addr],
-        &["--database-url", &db.url, "--rate-limit", "100000"],
-    );
+    let mut config = shared_state_config(&[a.addr, b.addr], &db.url);
     // One health round at the start, the next a minute later: B counts as taking traffic
     // for the whole test.
     config.health_interval_ms = 60_000;

@@ -18,7 +18,7 @@ use crate::canary::{self, CanaryError, CanaryTable, VersionWeight};
 use crate::deployed::{DeployedState, Written};
 use crate::error::GatewayError;
 use crate::payload::PayloadLogger;
-use crate::readiness::{Answer, EJECTED_WAIT, READINESS_WAIT, Readiness};
+use crate::readiness::{Answer, EJECTED_WAIT, READINESS_WAIT, Readiness, says_unknown};
 use crate::records::{Record, RecordBuffer, RecordKind, Task};
 use crate::routing::ReplicaPool;
 
@@ -67,8 +67,7 @@ pub struct GatewayCore {
 impl GatewayCore {
     /// Sets `model`'s canary split to `weights`, on behalf of `changed_by` for `reason`; the
     /// replicas' readiness is asked within the caller's `deadline` (a check it cuts short
-    /// changes nothing). A
-    /// split that would send traffic to a version that is not ready on every replica is
+    /// changes nothing). A split that would send traffic to a version that is not ready on every replica is
     /// refused, naming the replicas (part of the canary's traffic would fail;
     /// [`GatewayCore::readiness`] says which replicas count), and one whose readiness the
     /// replicas cannot tell is refused as unavailable, as is a malformed one; with a shared
@@ -102,12 +101,7 @@ impl GatewayCore {
             let not_ready = match readiness.verdict(model, version) {
                 Ok(true) => continue,
                 Ok(false) => readiness.where_not_ready(),
-                Err(status)
-                    if matches!(
-                        status.code(),
-                        tonic::Code::NotFound | tonic::Code::InvalidArgument
-                    ) =>
-                {
+                Err(status) if says_unknown(&status) => {
                     format!("on any inference replica ({})", status.message())
                 }
                 Err(status) => {

@@ -38,12 +38,16 @@ impl Answer {
     pub fn of(result: Result<bool, Status>) -> Answer {
         match result {
             Ok(ready) => Answer::Ready(ready),
-            Err(status) if matches!(status.code(), Code::NotFound | Code::InvalidArgument) => {
-                Answer::Unknown(status)
-            }
+            Err(status) if says_unknown(&status) => Answer::Unknown(status),
             Err(status) => Answer::Failed(format!("{:?}: {}", status.code(), status.message())),
         }
     }
+}
+
+/// Whether `status` is a replica saying it does not know the model or the version
+/// (NOT_FOUND, INVALID_ARGUMENT), as opposed to failing to tell.
+pub fn says_unknown(status: &Status) -> bool {
+    matches!(status.code(), Code::NotFound | Code::InvalidArgument)
 }
 
 /// The replicas' answers about one version, folded.
@@ -157,7 +161,7 @@ fn cannot_tell(model: &str, version: &str, silent: &[(SocketAddr, String)]) -> S
 }
 
 /// `version 2 of model 'minilm-l6'`, or `the newest version of model 'minilm-l6'`.
-pub fn describe_version(model: &str, version: &str) -> String {
+fn describe_version(model: &str, version: &str) -> String {
     if version.is_empty() {
         format!("the newest version of model '{model}'")
     } else {

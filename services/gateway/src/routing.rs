@@ -433,10 +433,10 @@ impl ReplicaPool {
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        let replicas = self.replicas();
-        let results =
-            futures::future::join_all(replicas.iter().map(|r| call(r.channel.clone()))).await;
-        results.into_iter().collect()
+        self.ask_each(|replica| call(replica.channel()))
+            .await
+            .into_iter()
+            .collect()
     }
 
     /// Runs `call` on every replica at once and returns what each gave, in the replicas'
