@@ -593,3 +593,47 @@ async fn a_replica_taking_traffic_that_cannot_answer_stops_a_change_instead_of_a
     a.stop().await.unwrap();
     db.drop().await;
 }
+
+/// A malformed version is the caller's mistake, and the gateway says so itself
+/// (INVALID_ARGUMENT), even when no inference replica is there to say it: not UNAVAILABLE, which
+/// would send a client into retries that cannot succeed.
+#[tokio::test]
+async fn a_malformed_version_is_invalid_even_with_no_replica_to_say_so() {
+    let repository = repository_serving(MODEL, &[(1, 1)]);
+    let mut inference = RunningInference::start(inference_config(repository.path(), &[MODEL]))
+        .await
+        .unwrap();
+    let mut gateway = RunningGateway::start(gateway_config(&[inference.addr], &[]))
+        .await
+        .unwrap();
+    inference.stop().await.unwrap();
+
+    for version in ["latest", "0", "-2", "1.5"] {
+        let status = oip_client(gateway.addr)
+            .await
+            .model_ready(with_key(
+                proto::inference::ModelReadyRequest {
+                    name: MODEL.into(),
+                    version: version.into(),
+                },
+                "client-key",
+                None,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{version}: {status:?}"
+        );
+        assert_eq!(
+            status.message(),
+            format!("model '{MODEL}': version '{version}' is not a positive integer")
+        );
+    }
+    // A well-formed version: with no replica answering, the gateway cannot tell.
+    let status = ask_ready_through(&gateway, 1).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+    gateway.stop().await.unwrap();
+}

@@ -218,6 +218,14 @@ impl GrpcInferenceService for OipProxy {
         // as for a canary split (`GatewayCore::readiness`).
         let call = call_context(&request);
         let request = request.into_inner();
+        // The caller's mistake whether or not a replica is there to say so.
+        if !request.version.is_empty() && !request.version.parse::<i64>().is_ok_and(|v| v > 0) {
+            return Err(GatewayError::Invalid(format!(
+                "model '{}': version '{}' is not a positive integer",
+                request.name, request.version
+            ))
+            .into());
+        }
         let ready = self
             .core
             .readiness(&request.name, &request.version, call.deadline)
