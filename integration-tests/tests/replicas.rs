@@ -449,12 +449,17 @@ async fn ready_through(gateway: &RunningGateway, version: i64) -> bool {
 
 /// The gateway's `ModelReady` answer about `version` of the model, or its status.
 async fn ask_ready_through(gateway: &RunningGateway, version: i64) -> Result<bool, tonic::Status> {
+    ask_ready_about(gateway, &version.to_string()).await
+}
+
+/// The gateway's `ModelReady` answer about `version` (as sent, well-formed or not).
+async fn ask_ready_about(gateway: &RunningGateway, version: &str) -> Result<bool, tonic::Status> {
     oip_client(gateway.addr)
         .await
         .model_ready(with_key(
             proto::inference::ModelReadyRequest {
                 name: MODEL.into(),
-                version: version.to_string(),
+                version: version.into(),
             },
             "client-key",
             None,
@@ -609,18 +614,7 @@ async fn a_malformed_version_is_invalid_even_with_no_replica_to_say_so() {
     inference.stop().await.unwrap();
 
     for version in ["latest", "0", "-2", "1.5"] {
-        let status = oip_client(gateway.addr)
-            .await
-            .model_ready(with_key(
-                proto::inference::ModelReadyRequest {
-                    name: MODEL.into(),
-                    version: version.into(),
-                },
-                "client-key",
-                None,
-            ))
-            .await
-            .unwrap_err();
+        let status = ask_ready_about(&gateway, version).await.unwrap_err();
         assert_eq!(
             status.code(),
             Code::InvalidArgument,
