@@ -47,6 +47,21 @@ pub fn incoming(
     })
 }
 
+/// The version a protocol request names (`model_version` of the Open Inference Protocol):
+/// `None` for empty ("the newest"), else a positive integer; otherwise the message that says
+/// so, which every service answers as INVALID_ARGUMENT.
+pub fn parse_version(model: &str, version: &str) -> Result<Option<i64>, String> {
+    if version.is_empty() {
+        return Ok(None);
+    }
+    match version.parse::<i64>() {
+        Ok(v) if v > 0 => Ok(Some(v)),
+        _ => Err(format!(
+            "model '{model}': version '{version}' is not a positive integer"
+        )),
+    }
+}
+
 /// The caller's deadline from the `grpc-timeout` header, as an instant counted from `arrived`.
 pub fn deadline(
     metadata: &tonic::metadata::MetadataMap,

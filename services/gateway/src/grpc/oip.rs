@@ -219,13 +219,8 @@ impl GrpcInferenceService for OipProxy {
         let call = call_context(&request);
         let request = request.into_inner();
         // The caller's mistake whether or not a replica is there to say so.
-        if !request.version.is_empty() && !request.version.parse::<i64>().is_ok_and(|v| v > 0) {
-            return Err(GatewayError::Invalid(format!(
-                "model '{}': version '{}' is not a positive integer",
-                request.name, request.version
-            ))
-            .into());
-        }
+        shared::grpc::parse_version(&request.name, &request.version)
+            .map_err(GatewayError::Invalid)?;
         let ready = self
             .core
             .readiness(&request.name, &request.version, call.deadline)

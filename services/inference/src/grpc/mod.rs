@@ -10,17 +10,9 @@ use crate::error::InferError;
 
 pub use shared::grpc::deadline;
 
-/// Parses a protocol version string: empty means "newest".
+/// Parses a protocol version string ([`shared::grpc::parse_version`]): empty means "newest".
 pub fn parse_version(model: &str, version: &str) -> Result<Option<i64>, InferError> {
-    if version.is_empty() {
-        return Ok(None);
-    }
-    match version.parse::<i64>() {
-        Ok(v) if v > 0 => Ok(Some(v)),
-        _ => Err(InferError::Invalid(format!(
-            "model '{model}': version '{version}' is not a positive integer"
-        ))),
-    }
+    shared::grpc::parse_version(model, version).map_err(InferError::Invalid)
 }
 
 /// Records how a call ended on its `span`, which declares the fields `model_version`,
