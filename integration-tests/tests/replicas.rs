@@ -625,6 +625,30 @@ async fn a_malformed_version_is_invalid_even_with_no_replica_to_say_so() {
             format!("model '{MODEL}': version '{version}' is not a positive integer")
         );
     }
+    // A stranger's 100 KB version: the same answer, its message cut to the bound (a status
+    // message travels as a header), not a broken HTTP/2 exchange.
+    let status = ask_ready_about(&gateway, &"x".repeat(100_000))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::InvalidArgument,
+        "{:.200}",
+        status.message()
+    );
+    assert!(
+        status.message().len() <= shared::error::MAX_STATUS_MESSAGE_BYTES,
+        "a message of {} bytes",
+        status.message().len()
+    );
+    assert!(
+        status
+            .message()
+            .starts_with(&format!("model '{MODEL}': version 'xxxxxxxx")),
+        "{:.200}",
+        status.message()
+    );
+    assert!(status.message().ends_with(" more bytes)"), "{status:?}");
     // A well-formed version: with no replica answering, the gateway cannot tell.
     let status = ask_ready_through(&gateway, 1).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");

@@ -110,14 +110,36 @@ pub fn is_server_failure(code: Code) -> bool {
     )
 }
 
+/// The longest status message sent, in bytes. A message travels as the `grpc-message`
+/// header, percent-encoded (up to three times longer), and clients refuse header blocks past
+/// 8 to 16 KiB: a message that quotes a caller's 100 KB field would break the exchange
+/// instead of telling the caller what was wrong.
+pub const MAX_STATUS_MESSAGE_BYTES: usize = 2048;
+
+/// `message`, cut at a character boundary so that it fits [`MAX_STATUS_MESSAGE_BYTES`] with a
+/// note of how much was cut (`… (98000 more bytes)`).
+pub fn bounded_message(mut message: String) -> String {
+    /// Room for the note: `… (` and ` more bytes)` around up to 20 digits.
+    const NOTE_BYTES: usize = 40;
+    if message.len() <= MAX_STATUS_MESSAGE_BYTES {
+        return message;
+    }
+    let kept = message.floor_char_boundary(MAX_STATUS_MESSAGE_BYTES - NOTE_BYTES);
+    let cut = message.len() - kept;
+    message.truncate(kept);
+    message.push_str(&format!("… ({cut} more bytes)"));
+    message
+}
+
 /// An error that knows its [`ErrorKind`]; its `Display` text becomes the status message.
 pub trait ServiceError: std::error::Error {
     /// The kind of this error.
     fn kind(&self) -> ErrorKind;
 
-    /// Converts the error into the gRPC status that a client receives.
+    /// Converts the error into the gRPC status that a client receives, its message bounded
+    /// ([`bounded_message`]).
     fn to_status(&self) -> Status {
-        Status::new(self.kind().code(), self.to_string())
+        Status::new(self.kind().code(), bounded_message(self.to_string()))
     }
 }
 
@@ -151,6 +173,21 @@ mod tests {
             assert_eq!(code_name(Code::from_i32(number as i32)), name);
         }
         assert_eq!(ErrorKind::Unavailable.code_name(), "UNAVAILABLE");
+    }
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary_with_what_was_cut() {
+        let short = "model 'm': version 'x' is not a positive integer".to_owned();
+        assert_eq!(bounded_message(short.clone()), short);
+        let exact = "é".repeat(MAX_STATUS_MESSAGE_BYTES / 2);
+        assert_eq!(bounded_message(exact.clone()), exact);
+
+        let long = format!("version '{}'", "é".repeat(50_000));
+        let cut = bounded_message(long.clone());
+        assert!(cut.len() <= MAX_STATUS_MESSAGE_BYTES, "{} bytes", cut.len());
+        let (kept, note) = cut.split_once('…').unwrap();
+        assert!(long.starts_with(kept));
+        assert_eq!(note, format!(" ({} more bytes)", long.len() - kept.len()));
     }
 
     #[test]
