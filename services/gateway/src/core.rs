@@ -2,7 +2,7 @@
 //! the replicas, ranks, classifies, and records predictions and feedback.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -57,9 +57,11 @@ pub struct GatewayCore {
     pub embed_model: Arc<str>,
     /// Model of Classify.
     pub classify_model: Arc<str>,
-    /// Newest version each model answered with when no split pinned one (0: not known yet),
-    /// so that cache lookups know which version to look for.
-    current: Mutex<HashMap<String, Arc<AtomicI64>>>,
+    /// Newest version each model answered with when no split pinned one (absent: not known
+    /// yet), so that cache lookups know which version to look for. Only a model a replica
+    /// answered for gets an entry: a name a caller sends is looked up, never added, so that
+    /// made-up names cannot grow it.
+    current: Mutex<HashMap<String, i64>>,
     /// `Bearer <key>` for model loads and unloads on the replicas.
     inference_key: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
@@ -276,15 +278,33 @@ impl GatewayCore {
         request
     }
 
-    fn current_version(&self, model: &str) -> Arc<AtomicI64> {
+    /// How many models the newest-version map holds (the tests bound it).
+    #[cfg(test)]
+    pub(crate) fn models_tracked(&self) -> usize {
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// The newest version `model` answered with (0: none known yet); adds nothing.
+    fn current_version(&self, model: &str) -> i64 {
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        current.get(model).copied().unwrap_or_default()
+    }
+
+    /// Remembers `version` as the newest of `model`, which a replica just answered with.
+    fn answered_with(&self, model: &str, version: i64) {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        current.entry(model.to_owned()).or_default().clone()
+        match current.get_mut(model) {
+            Some(newest) => *newest = version,
+            None => {
+                current.insert(model.to_owned(), version);
+            }
+        }
     }
 
     /// The version a call should use: the canary's choice, or `None` for the newest.
     pub fn pinned_version(&self, model: &str, call: &CallContext) -> Option<i64> {
         let pinned = self.canary.choose(model, &call.routing_key);
-        let routed = pinned.unwrap_or_else(|| self.current_version(model).load(Ordering::Relaxed));
+        let routed = pinned.unwrap_or_else(|| self.current_version(model));
         call.routed_version.store(routed, Ordering::Relaxed);
         pinned
     }
@@ -295,7 +315,7 @@ impl GatewayCore {
         let model = self.embed_model.clone();
         let pinned = self.pinned_version(&model, call);
         let current = self.current_version(&model);
-        let known = pinned.or_else(|| Some(current.load(Ordering::Relaxed)).filter(|v| *v > 0));
+        let known = pinned.or_else(|| Some(current).filter(|v| *v > 0));
         let mut vectors: Vec<Option<Arc<[f32]>>> = match known {
             Some(version) => texts
                 .iter()
@@ -332,7 +352,7 @@ impl GatewayCore {
                 vectors[index] = Some(vector);
             }
             if pinned.is_none() {
-                current.store(version, Ordering::Relaxed);
+                self.answered_with(&model, version);
             }
         }
         let vectors = vectors

@@ -72,6 +72,8 @@ impl GatewayCore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
     use prost::Message;
     use proto::inference as pb;
     use proto::inference::model_infer_request::InferInputTensor;
@@ -90,6 +92,50 @@ mod tests {
             raw_input_contents: vec![Bytes::from_static(b"\x03\0\0\0tea")],
             ..Default::default()
         }
+    }
+
+    /// A gateway whose one replica refuses every connection.
+    async fn core_without_replicas() -> GatewayCore {
+        let pool = crate::routing::ReplicaPool::resolve(
+            &["127.0.0.1:1".to_owned()],
+            0.1,
+            shared::tls::MeshTls::plaintext(),
+        )
+        .await
+        .unwrap();
+        GatewayCore::new(Arc::new(pool), 16, 16, 0.0, "minilm-l6", "distilbert-sst2")
+    }
+
+    fn call() -> CallContext {
+        CallContext {
+            request_id: "call-7".into(),
+            tenant: "shop".into(),
+            routing_key: "shopper-1".into(),
+            deadline: None,
+            arrived: Instant::now(),
+            routed_version: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn model_names_callers_make_up_leave_nothing_behind() {
+        let core = core_without_replicas().await;
+        let before = core.models_tracked();
+        for i in 0..10_000 {
+            let mut message = request("");
+            message.model_name = format!("made-up-{i}");
+            let message = Bytes::from(message.encode_to_vec());
+            let head = InferHead::decode(message.clone()).unwrap();
+            let answer = core
+                .forward_infer(&head, message, &call(), http::HeaderMap::new())
+                .await;
+            assert!(answer.is_err(), "no replica serves '{}'", head.model_name);
+        }
+        assert_eq!(
+            core.models_tracked(),
+            before,
+            "the gateway keeps state for model names no replica served"
+        );
     }
 
     #[test]
