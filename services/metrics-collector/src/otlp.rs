@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 use opentelemetry_proto::tonic::trace::v1::{Span, status::StatusCode};
 
 use crate::exemplars::{Exemplar, ExemplarRings};
+use crate::prometheus;
 use crate::sanitize::{self, MAX_LABEL_VALUE_BYTES};
 use crate::store::{Kind, Labels, MetricStore, Point, Value};
 
@@ -153,11 +154,18 @@ fn owned_text(value: Option<AnyValue>) -> String {
     }
 }
 
-/// Labels of a point of metric `name`: its attributes plus the sender's `service.name` as `job`
-/// and its `service.instance.id` as `instance` (these two, when the sender gives them, replace
-/// attributes of the same names); refused when a label name or value holds a control character
-/// (see [`sanitize`]).
-fn labels(sender: &Sender, name: &str, attributes: Vec<KeyValue>) -> Result<Labels, String> {
+/// Labels of a point of metric `name`, of kind `kind`: its attributes plus the sender's
+/// `service.name` as `job` and its `service.instance.id` as `instance` (these two, when the
+/// sender gives them, replace attributes of the same names), with distinct Prometheus label
+/// names (see [`prometheus::distinct_label_names`]). Refused when a label name or value holds a
+/// control character (see [`sanitize`]), or when a histogram has an attribute `le`, the label
+/// Prometheus gives its bucket bounds.
+fn labels(
+    sender: &Sender,
+    name: &str,
+    kind: Kind,
+    attributes: Vec<KeyValue>,
+) -> Result<Labels, String> {
     let mut labels: Labels = Vec::with_capacity(attributes.len() + 2);
     for (key, value) in [("job", &sender.job), ("instance", &sender.instance)] {
         if !value.is_empty() {
@@ -166,6 +174,12 @@ fn labels(sender: &Sender, name: &str, attributes: Vec<KeyValue>) -> Result<Labe
     }
     for kv in attributes {
         sanitize::label_name(name, &kv.key)?;
+        if kind == Kind::Histogram && kv.key == "le" {
+            return Err(format!(
+                "metric '{}': a histogram may not have an attribute 'le', the label of its bucket bounds in Prometheus; rename the attribute",
+                sanitize::printable(name)
+            ));
+        }
         let value = owned_text(kv.value);
         sanitize::label_value(name, &kv.key, &value)?;
         labels.push((kv.key, value));
@@ -173,7 +187,7 @@ fn labels(sender: &Sender, name: &str, attributes: Vec<KeyValue>) -> Result<Labe
     // Stable: of two labels of one name, the first (the sender's identity) stays.
     labels.sort_by(|a, b| a.0.cmp(&b.0));
     labels.dedup_by(|a, b| a.0 == b.0);
-    Ok(labels)
+    Ok(prometheus::distinct_label_names(labels))
 }
 
 /// One metric's points as decoded: those that can be stored, and how many could not (with the
@@ -225,7 +239,7 @@ fn decode(sender: &Sender, name: &str, metric: Metric) -> Result<Decoded, String
             let delta = delta(sum.aggregation_temporality);
             let mut decoded = Decoded::new(kind, sum.data_points.len());
             for p in sum.data_points {
-                decoded.push(labels(sender, name, p.attributes), |labels| Point {
+                decoded.push(labels(sender, name, kind, p.attributes), |labels| Point {
                     start_time_ns: p.start_time_unix_nano,
                     delta,
                     value: Value::Scalar(number(&p.value)),
@@ -237,11 +251,13 @@ fn decode(sender: &Sender, name: &str, metric: Metric) -> Result<Decoded, String
         Some(Data::Gauge(gauge)) => {
             let mut decoded = Decoded::new(Kind::Gauge, gauge.data_points.len());
             for p in gauge.data_points {
-                decoded.push(labels(sender, name, p.attributes), |labels| Point {
-                    start_time_ns: p.start_time_unix_nano,
-                    delta: false,
-                    value: Value::Scalar(number(&p.value)),
-                    labels,
+                decoded.push(labels(sender, name, Kind::Gauge, p.attributes), |labels| {
+                    Point {
+                        start_time_ns: p.start_time_unix_nano,
+                        delta: false,
+                        value: Value::Scalar(number(&p.value)),
+                        labels,
+                    }
                 });
             }
             Ok(decoded)
@@ -250,17 +266,20 @@ fn decode(sender: &Sender, name: &str, metric: Metric) -> Result<Decoded, String
             let delta = delta(histogram.aggregation_temporality);
             let mut decoded = Decoded::new(Kind::Histogram, histogram.data_points.len());
             for p in histogram.data_points {
-                decoded.push(labels(sender, name, p.attributes), |labels| Point {
-                    start_time_ns: p.start_time_unix_nano,
-                    delta,
-                    value: Value::Histogram {
-                        sum: p.sum.unwrap_or(0.0),
-                        count: p.count,
-                        bounds: p.explicit_bounds,
-                        counts: p.bucket_counts,
+                decoded.push(
+                    labels(sender, name, Kind::Histogram, p.attributes),
+                    |labels| Point {
+                        start_time_ns: p.start_time_unix_nano,
+                        delta,
+                        value: Value::Histogram {
+                            sum: p.sum.unwrap_or(0.0),
+                            count: p.count,
+                            bounds: p.explicit_bounds,
+                            counts: p.bucket_counts,
+                        },
+                        labels,
                     },
-                    labels,
-                });
+                );
             }
             Ok(decoded)
         }
@@ -435,10 +454,15 @@ mod properties {
                     || sanitize::cut(v.clone(), MAX_LABEL_VALUE_BYTES).chars().any(char::is_control)
             });
             let sender = Sender { job: "svc".into(), instance: String::new() };
-            match labels(&sender, "m", attributes) {
+            match labels(&sender, "m", Kind::Gauge, attributes) {
                 Ok(labels) => {
                     prop_assert!(!bad);
                     prop_assert!(labels.windows(2).all(|w| w[0].0 < w[1].0), "sorted, one per name");
+                    let mut exposed: Vec<String> =
+                        labels.iter().map(|(k, _)| prometheus::sanitize(k, false)).collect();
+                    exposed.sort();
+                    prop_assert!(exposed.windows(2).all(|w| w[0] < w[1]), "one per Prometheus name: {:?}", labels);
+                    prop_assert!(!exposed.iter().any(|n| n.starts_with("__")), "{:?}", labels);
                     prop_assert!(labels.iter().all(|(_, v)| v.len() <= MAX_LABEL_VALUE_BYTES));
                     prop_assert!(labels.iter().any(|(k, v)| k == "job" && v == "svc") || pairs.iter().any(|(k, _)| k == "job"));
                 }
@@ -460,5 +484,164 @@ mod properties {
                 Err(_) => prop_assert!(name.is_empty() || sanitize::cut(name, sanitize::MAX_METRIC_NAME_BYTES).chars().any(char::is_control)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! What a sender sees of its exports: on `/metrics`, and in the answer to the export.
+
+    use super::*;
+    use crate::store::tests::limits;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        Gauge, Histogram, HistogramDataPoint, NumberDataPoint, ResourceMetrics, ScopeMetrics,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+
+    fn string(key: &str, value: &str) -> KeyValue {
+        KeyValue {
+            key: key.to_owned(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(value.to_owned())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn receiver() -> (OtlpReceiver, Arc<MetricStore>) {
+        let store = Arc::new(MetricStore::new(limits(100)));
+        let exemplars = Arc::new(ExemplarRings::new(10, 4, 100.0));
+        let receiver = OtlpReceiver::new(store.clone(), exemplars, Default::default());
+        (receiver, store)
+    }
+
+    fn gauge(name: &str, attributes: Vec<KeyValue>) -> Metric {
+        Metric {
+            name: name.to_owned(),
+            data: Some(Data::Gauge(Gauge {
+                data_points: vec![NumberDataPoint {
+                    attributes,
+                    value: Some(number_data_point::Value::AsDouble(1.0)),
+                    ..Default::default()
+                }],
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn histogram(name: &str, attributes: Vec<KeyValue>) -> Metric {
+        Metric {
+            name: name.to_owned(),
+            data: Some(Data::Histogram(Histogram {
+                data_points: vec![HistogramDataPoint {
+                    attributes,
+                    count: 3,
+                    sum: Some(2.0),
+                    bucket_counts: vec![2, 1],
+                    explicit_bounds: vec![1.0],
+                    ..Default::default()
+                }],
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            })),
+            ..Default::default()
+        }
+    }
+
+    async fn export(receiver: &OtlpReceiver, metrics: Vec<Metric>) -> ExportMetricsServiceResponse {
+        let request = ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(Resource {
+                    attributes: vec![string("service.name", "shop")],
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        MetricsService::export(receiver, Request::new(request))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// The label names of one exposition line, in order.
+    fn label_names(line: &str) -> Vec<String> {
+        let Some(open) = line.find('{') else {
+            return Vec::new();
+        };
+        let mut names = Vec::new();
+        let mut rest = &line[open + 1..];
+        while let Some(eq) = rest.find("=\"") {
+            names.push(rest[..eq].to_owned());
+            // Skip the quoted value (escaped quotes included) and the comma after it.
+            let value = &rest[eq + 2..];
+            let mut end = 0;
+            let mut escaped = false;
+            for (i, c) in value.char_indices() {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '"' => {
+                        end = i;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            rest = value[end + 1..].trim_start_matches(',');
+            if rest.starts_with('}') {
+                break;
+            }
+        }
+        names
+    }
+
+    #[tokio::test]
+    async fn no_exposition_line_repeats_a_label_name() {
+        let (receiver, store) = receiver();
+        let answer = export(
+            &receiver,
+            vec![
+                // `a.b` and `a_b` are both the Prometheus label `a_b`.
+                gauge(
+                    "shop.cart",
+                    vec![
+                        string("a_b", "2"),
+                        string("a.b", "1"),
+                        string("page", "home"),
+                    ],
+                ),
+                // `__name__` is Prometheus's own; `le` is the bucket label of a histogram.
+                gauge("shop.visits", vec![string("__name__", "x")]),
+                histogram("shop.latency", vec![string("le", "0.5")]),
+            ],
+        )
+        .await;
+        let text = crate::prometheus::render(&store.snapshot(i64::MIN), store.refused(), None);
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let names = label_names(line);
+            let mut unique = names.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(names.len(), unique.len(), "a label name repeats in: {line}");
+            assert!(
+                !names.iter().any(|n| n.starts_with("__")),
+                "a reserved label name in: {line}"
+            );
+        }
+        assert!(
+            text.contains("shop_cart{a_b=\"1;2\",job=\"shop\",page=\"home\"} 1"),
+            "the values of colliding attributes are joined in the order of their keys:\n{text}"
+        );
+        assert!(
+            text.contains("shop_visits{_name__=\"x\",job=\"shop\"} 1"),
+            "a reserved name loses its second underscore:\n{text}"
+        );
+        let refused = answer.partial_success.unwrap_or_default();
+        assert_eq!(refused.rejected_data_points, 1, "{refused:?}");
+        assert!(refused.error_message.contains("'le'"), "{refused:?}");
     }
 }

@@ -3,9 +3,11 @@
 //! becomes a suffix (`s` → `_seconds`), monotonic sums get `_total`, histograms become
 //! `_bucket{le=…}`, `_sum` and `_count`, and the sender's `service.name` is the `job` label.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::store::{FamilyValues, Kind, Value};
+use crate::sanitize::{MAX_LABEL_VALUE_BYTES, cut};
+use crate::store::{FamilyValues, Kind, Labels, Value};
 
 /// A metric or label name with every character outside `[a-zA-Z0-9_:]` replaced by `_`
 /// (and a leading digit prefixed by `_`).
@@ -23,6 +25,61 @@ pub fn sanitize(name: &str, allow_colon: bool) -> String {
     if out.starts_with(|c: char| c.is_ascii_digit()) || out.is_empty() {
         out.insert(0, '_');
     }
+    out
+}
+
+/// Whether `key` is a Prometheus label name as it is: only `[a-zA-Z0-9_]`, no leading digit, and
+/// not the reserved `__` prefix.
+fn is_label_name(key: &str) -> bool {
+    !key.is_empty()
+        && !key.starts_with(|c: char| c.is_ascii_digit())
+        && !key.starts_with("__")
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The Prometheus label name of an attribute key: [`sanitize`]d, with a leading `__` (reserved
+/// for Prometheus's own labels, such as `__name__`) cut to one `_`, as the Prometheus Java
+/// client does (OpenTelemetry's compatibility rules say nothing of reserved names).
+pub fn label_name(key: &str) -> String {
+    let name = sanitize(key, false);
+    if name.starts_with("__") {
+        format!("_{}", name.trim_start_matches('_'))
+    } else {
+        name
+    }
+}
+
+/// `labels` (sorted by key, one per key) with distinct Prometheus label names, sorted by key.
+///
+/// Keys that become the same label name (`a.b` and `a_b` are both `a_b`) would repeat a label
+/// name in one exposition line, and Prometheus refuses the whole scrape for it. As
+/// OpenTelemetry's Prometheus compatibility rules say, such labels become one, named by the
+/// label name, whose value is theirs joined with `;` in the order of their keys (cut to
+/// [`MAX_LABEL_VALUE_BYTES`]). A key that must be renamed (a reserved name) takes its label
+/// name; every other label is kept as it is, so that queries still find it by its key.
+pub fn distinct_label_names(labels: Labels) -> Labels {
+    if labels.iter().all(|(key, _)| is_label_name(key)) {
+        return labels;
+    }
+    let mut groups: BTreeMap<String, Labels> = BTreeMap::new();
+    for (key, value) in labels {
+        groups
+            .entry(label_name(&key))
+            .or_default()
+            .push((key, value));
+    }
+    let mut out: Labels = groups
+        .into_iter()
+        .map(|(name, mut group)| {
+            if group.len() == 1 && sanitize(&group[0].0, false) == name {
+                return group.swap_remove(0);
+            }
+            group.sort_by(|a, b| a.0.cmp(&b.0));
+            let values: Vec<String> = group.into_iter().map(|(_, value)| value).collect();
+            (name, cut(values.join(";"), MAX_LABEL_VALUE_BYTES))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
 
