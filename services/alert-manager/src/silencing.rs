@@ -1,12 +1,13 @@
-//! Creating a silence: what a new one must satisfy (1 to 32 matchers, valid regular
-//! expressions, a comment, an end in the future) and how it takes effect (stored, then the
-//! evaluation's copy refreshed).
+//! Creating a silence: what a new one must satisfy (1 to 32 matchers, regular expressions
+//! that compile as they are matched, anchored to the whole value, a comment, an end in the
+//! future) and how it takes effect (stored, then the evaluation's copy refreshed).
 
 use std::collections::BTreeMap;
 
 use crate::alert::Silence;
 use crate::api_error::ApiError;
 use crate::engine::Engine;
+use crate::labels::whole_value_regex;
 
 /// Most matchers in a silence.
 pub const MAX_MATCHERS: usize = 32;
@@ -47,8 +48,13 @@ impl Engine {
                 .strip_prefix("=~")
                 .or_else(|| value.strip_prefix("!~"))
             {
-                regex::Regex::new(re).map_err(|e| {
-                    ApiError::Invalid(format!("matcher '{name}': bad regular expression: {e}"))
+                // Checked in the form it is matched in: some patterns compile alone but not
+                // anchored, and a `!~` that never compiles would otherwise mute everything.
+                whole_value_regex(re).map_err(|e| {
+                    ApiError::Invalid(format!(
+                        "matcher '{name}': bad regular expression (it is matched against the \
+                         whole value, as ^(?:{re})$): {e}"
+                    ))
                 })?;
             }
         }
