@@ -1,11 +1,13 @@
 //! What is deployed, one truth for every gateway replica: canary splits live in PostgreSQL.
 //!
 //! A change (`SetCanary`, from an operator or an alert-manager action) is written in one
-//! transaction: the model's row in `gateway_canary_splits` at the next revision, a row of
-//! `gateway_canary_changes` (the deployment timeline: who, through which gateway, why) and a
-//! `NOTIFY` on [`CHANNEL`]; setting the split in force again changes nothing (as `kubectl
-//! apply` of an unchanged object), so a reconciler re-applying it every few minutes does not
-//! bury the timeline's real changes. Every replica listens and re-reads the table on each notification,
+//! transaction, under an advisory lock of the model's (changes of one model, through any
+//! replica, are made one at a time, its first one included): the model's row in
+//! `gateway_canary_splits` at the next revision, a row of `gateway_canary_changes` (the
+//! deployment timeline: who, through which gateway, why) and a `NOTIFY` on [`CHANNEL`];
+//! setting the split in force again changes nothing (as `kubectl apply` of an unchanged
+//! object), so a reconciler re-applying it every few minutes does not bury the timeline's real
+//! changes. Every replica listens and re-reads the table on each notification,
 //! and once a second in case one was missed; a split is applied only over an older revision
 //! (see [`CanaryTable::apply`]), so replicas converge on the last committed change whatever
 //! order the news arrives in. Calls read the in-memory table only, never the database.
@@ -53,6 +55,15 @@ CREATE INDEX IF NOT EXISTS gateway_canary_changes_model ON gateway_canary_change
 
 /// Advisory lock key that serialises schema creation ("gwcanary" in ASCII).
 const SCHEMA_LOCK: i64 = 0x6777_6361_6e61_7279;
+
+/// The class of the advisory locks that serialise the changes of one model's split ("gwsp"
+/// in ASCII). Their two-key form keeps them apart from every one-key lock (the schema's here,
+/// the alert manager's leader lock).
+const SPLIT_LOCK_CLASS: i32 = 0x6777_7370;
+
+/// Takes the lock of one model's split (`$1`: [`SPLIT_LOCK_CLASS`], `$2`: the model) until the
+/// transaction ends. Two models whose names hash alike only wait for each other.
+const LOCK_SPLIT: &str = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
 
 /// The longest reason kept on the timeline, in characters.
 pub const MAX_REASON_CHARS: usize = 256;
@@ -198,7 +209,16 @@ impl DeployedState {
     ) -> Result<Written, sqlx::Error> {
         let json = serde_json::to_value(weights).map_err(|e| sqlx::Error::Encode(e.into()))?;
         let mut tx = self.pool.begin().await?;
-        // The row is locked first, so that a change committed meanwhile is the one compared.
+        // Changes of one model are made one at a time: the model's lock is taken first, so
+        // that the split read next is the one any change before this committed. Locking the
+        // row alone would not do for a model's first change: there is no row yet to lock, and
+        // two first changes would both pass the compare, the second overwriting the first.
+        sqlx::query(LOCK_SPLIT)
+            .bind(SPLIT_LOCK_CLASS)
+            .bind(model)
+            .execute(&mut *tx)
+            .await?;
+        // The row is locked too, against a writer that does not take the model's lock.
         let in_force = sqlx::query(
             "SELECT weights = $2 AS same, weights, revision, changed_by,
                     (extract(epoch from changed_at) * 1000)::BIGINT AS at_ms
@@ -411,4 +431,169 @@ fn is_connection_error(err: &sqlx::Error) -> bool {
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    use super::*;
+
+    /// A database of its own on the PostgreSQL at 127.0.0.1:5432 (or `TEST_POSTGRES_URL`),
+    /// dropped at the end. Its name starts as the integration tests' ones do, so that a run
+    /// killed before dropping it is swept by the next of those.
+    async fn on_a_database_of_its_own<F, Fut>(test: F)
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let server = std::env::var("TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+        let admin = PgPool::connect(&format!("{server}/postgres"))
+            .await
+            .unwrap_or_else(|e| {
+                panic!("PostgreSQL at {server} (set TEST_POSTGRES_URL to another): {e}")
+            });
+        let name = format!(
+            "alerts_test_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+        );
+        // Copying template1 is refused while another session is connected to it (another
+        // test's CREATE DATABASE, for an instant): tried again.
+        let mut tries = 0;
+        while let Err(err) = sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+        {
+            tries += 1;
+            assert!(
+                tries < 20 && err.to_string().contains("is being accessed by other users"),
+                "CREATE DATABASE {name} on {server}: {err}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Run as a task, so that the database is dropped even when the test fails.
+        let outcome = tokio::spawn(test(format!("{server}/{name}"))).await;
+        let _ = sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .execute(&admin)
+            .await;
+        if let Err(err) = outcome {
+            std::panic::resume_unwind(err.into_panic());
+        }
+    }
+
+    const MODEL: &str = "minilm-l6";
+
+    fn weights(split: &[(i64, u32)]) -> Vec<VersionWeight> {
+        split
+            .iter()
+            .map(|&(version, weight)| VersionWeight { version, weight })
+            .collect()
+    }
+
+    /// Until a session of this database waits for a lock another holds.
+    async fn until_a_session_waits(pool: &PgPool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                 WHERE NOT l.granted AND a.datname = current_database()",
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            if waiting > 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the write never waited for the change in flight"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// `write` of `split` with `expected`, started while another gateway's first change of the
+    /// model (`first`, revision 1, on no timeline) is in flight: the other change commits once
+    /// the write waits for it. What the write answered, and the timeline's length then.
+    async fn write_behind_a_first_change(
+        url: &str,
+        first: &[(i64, u32)],
+        split: &[(i64, u32)],
+        expected: Option<i64>,
+    ) -> (Written, i64) {
+        let state = Arc::new(DeployedState::new(url).unwrap());
+        state.ensure_schema().await.unwrap();
+        let raw = PgPool::connect(url).await.unwrap();
+        // Another gateway's first change, as it writes one: under the model's lock.
+        let mut other = raw.begin().await.unwrap();
+        sqlx::query(LOCK_SPLIT)
+            .bind(SPLIT_LOCK_CLASS)
+            .bind(MODEL)
+            .execute(&mut *other)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO gateway_canary_splits (model, weights, revision, changed_by)
+             VALUES ($1, $2, 1, 'tenant-b/key-2')",
+        )
+        .bind(MODEL)
+        .bind(serde_json::to_value(weights(first)).unwrap())
+        .execute(&mut *other)
+        .await
+        .unwrap();
+        let writer = state.clone();
+        let split = weights(split);
+        let write = tokio::spawn(async move {
+            writer
+                .write(MODEL, &split, expected, "tenant-a/key-1", "canary")
+                .await
+        });
+        until_a_session_waits(&raw).await;
+        other.commit().await.unwrap();
+        let written = write.await.unwrap().unwrap();
+        let timeline: i64 = sqlx::query_scalar("SELECT count(*) FROM gateway_canary_changes")
+            .fetch_one(&raw)
+            .await
+            .unwrap();
+        (written, timeline)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_second_of_two_first_changes_expecting_none_is_stale() {
+        on_a_database_of_its_own(|url| async move {
+            let (written, timeline) = write_behind_a_first_change(
+                &url,
+                &[(1, 90), (2, 10)],
+                &[(1, 50), (2, 50)],
+                Some(0),
+            )
+            .await;
+            let Written::Stale(in_force) = written else {
+                panic!("expected revision 0 while revision 1 was committed, got {written:?}");
+            };
+            assert_eq!(in_force.revision, 1);
+            assert_eq!(in_force.weights, weights(&[(1, 90), (2, 10)]));
+            assert_eq!(timeline, 0, "the stale change is on the timeline");
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_split_another_gateway_just_set_set_again_is_no_change() {
+        on_a_database_of_its_own(|url| async move {
+            let split = [(1, 90), (2, 10)];
+            let (written, timeline) = write_behind_a_first_change(&url, &split, &split, None).await;
+            let Written::Unchanged(in_force) = written else {
+                panic!("the split in force set again, got {written:?}");
+            };
+            assert_eq!(in_force.revision, 1);
+            assert_eq!(timeline, 0, "the split set again is on the timeline");
+        })
+        .await;
+    }
 }
