@@ -1,6 +1,6 @@
-//! Creating a silence: what a new one must satisfy (1 to 32 matchers, regular expressions
-//! that compile as they are matched, anchored to the whole value, a comment, an end in the
-//! future) and how it takes effect (stored, then the evaluation's copy refreshed).
+//! Creating a silence: what a new one must satisfy (1 to 32 matchers, names and values of at
+//! most 256 bytes, regular expressions that compile as they are matched, anchored to the whole
+//! value, a comment of at most 4,096 bytes, an end in the future) and how it takes effect (stored, then the evaluation's copy refreshed).
 
 use std::collections::BTreeMap;
 
@@ -14,6 +14,10 @@ pub const MAX_MATCHERS: usize = 32;
 
 /// Longest comment kept.
 pub const MAX_COMMENT_BYTES: usize = 4096;
+
+/// Longest matcher name, and longest value a matcher compares with (after its `!=`, `=~` or
+/// `!~`): the metrics collector's limit on a label value, so no longer one can ever match.
+pub const MAX_MATCHER_BYTES: usize = 256;
 
 /// A silence as an operator asks for it.
 pub struct SilenceRequest {
@@ -44,6 +48,23 @@ impl Engine {
             )));
         }
         for (name, value) in &request.matchers {
+            if name.len() > MAX_MATCHER_BYTES {
+                return Err(ApiError::Invalid(format!(
+                    "a matcher name is {} bytes; at most {MAX_MATCHER_BYTES}",
+                    name.len()
+                )));
+            }
+            let operand = ["!=", "=~", "!~"]
+                .iter()
+                .find_map(|op| value.strip_prefix(op))
+                .unwrap_or(value);
+            if operand.len() > MAX_MATCHER_BYTES {
+                return Err(ApiError::Invalid(format!(
+                    "matcher '{name}': the value is {} bytes; at most {MAX_MATCHER_BYTES} \
+                     (after !=, =~ or !~)",
+                    operand.len()
+                )));
+            }
             if let Some(re) = value
                 .strip_prefix("=~")
                 .or_else(|| value.strip_prefix("!~"))
@@ -58,10 +79,16 @@ impl Engine {
                 })?;
             }
         }
-        if request.comment.trim().is_empty() || request.comment.len() > MAX_COMMENT_BYTES {
+        if request.comment.trim().is_empty() {
             return Err(ApiError::Invalid(
                 "comment is empty: say why alerts are silenced".to_owned(),
             ));
+        }
+        if request.comment.len() > MAX_COMMENT_BYTES {
+            return Err(ApiError::Invalid(format!(
+                "comment is {} bytes; at most {MAX_COMMENT_BYTES}",
+                request.comment.len()
+            )));
         }
         let starts = if request.starts_at_ms > 0 {
             request.starts_at_ms

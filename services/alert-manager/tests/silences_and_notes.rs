@@ -200,3 +200,46 @@ async fn a_silence_whose_regex_does_not_compile_as_used_is_refused() {
     assert_eq!(api.silences().await, vec![kept]);
     api.stop().await;
 }
+
+#[tokio::test]
+async fn silence_matcher_names_and_values_and_the_comment_are_bounded() {
+    let api = Api::start().await;
+    let long = "n".repeat(257);
+    assert_refused(
+        api.silence(&[(&long, "x")], "maintenance").await,
+        &["matcher name", "257 bytes", "256"],
+    );
+    let long_value = "v".repeat(257);
+    for spec in [
+        long_value.clone(),
+        format!("!={long_value}"),
+        format!("=~{long_value}"),
+    ] {
+        assert_refused(
+            api.silence(&[("model", &spec)], "maintenance").await,
+            &["matcher 'model'", "value", "257 bytes", "256"],
+        );
+    }
+    let comment = "c".repeat(4097);
+    let refused = api.silence(&[("model", "minilm")], &comment).await;
+    assert!(
+        !refused
+            .as_ref()
+            .is_err_and(|s| s.message().contains("empty")),
+        "a long comment is not an empty one: {refused:?}"
+    );
+    assert_refused(refused, &["comment", "4097 bytes", "4096"]);
+    assert!(
+        api.silences().await.is_empty(),
+        "a refused silence was stored"
+    );
+    // At the limits, all is taken.
+    let name = "n".repeat(256);
+    let value = format!("!={}", "v".repeat(256));
+    let kept = api
+        .silence(&[(&name, &value)], &"c".repeat(4096))
+        .await
+        .unwrap();
+    assert_eq!(api.silences().await, vec![kept]);
+    api.stop().await;
+}
