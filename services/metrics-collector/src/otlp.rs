@@ -567,6 +567,35 @@ mod tests {
             .into_inner()
     }
 
+    #[tokio::test]
+    async fn a_sum_that_would_become_infinite_is_refused_in_the_answer() {
+        let (receiver, store) = receiver();
+        let counter = |value: f64| Metric {
+            name: "shop.bytes".to_owned(),
+            data: Some(Data::Sum(opentelemetry_proto::tonic::metrics::v1::Sum {
+                data_points: vec![NumberDataPoint {
+                    value: Some(number_data_point::Value::AsDouble(value)),
+                    ..Default::default()
+                }],
+                aggregation_temporality: AggregationTemporality::Delta as i32,
+                is_monotonic: true,
+            })),
+            ..Default::default()
+        };
+        let first = export(&receiver, vec![counter(1e308)]).await;
+        assert_eq!(first.partial_success, None);
+        let second = export(&receiver, vec![counter(1e308)]).await;
+        let refused = second.partial_success.unwrap_or_default();
+        assert_eq!(refused.rejected_data_points, 1, "{refused:?}");
+        assert!(refused.error_message.contains("shop.bytes"), "{refused:?}");
+        let text = crate::prometheus::render(&store.snapshot(i64::MIN), store.refused(), None);
+        assert!(
+            text.contains("shop_bytes_total{job=\"shop\"} 100000000"),
+            "{text}"
+        );
+        assert!(text.contains("collector_refused_points_total 1"), "{text}");
+    }
+
     /// The label names of one exposition line, in order.
     fn label_names(line: &str) -> Vec<String> {
         let Some(open) = line.find('{') else {

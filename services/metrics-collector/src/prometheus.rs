@@ -187,9 +187,11 @@ pub fn render<'a>(
                     sum,
                     count,
                 } => {
-                    let mut cumulative = 0;
+                    // Saturating: the store keeps bucket counts adding up to the count, but a
+                    // state written by an older collector may not.
+                    let mut cumulative = 0_u64;
                     for (i, c) in counts.iter().enumerate() {
-                        cumulative += c;
+                        cumulative = cumulative.saturating_add(*c);
                         let le = bounds
                             .get(i)
                             .map_or_else(|| "+Inf".to_owned(), |b| number(*b));

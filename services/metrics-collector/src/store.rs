@@ -389,6 +389,18 @@ pub enum Refused {
     /// A value that is not a finite number.
     #[error("metric '{0}' has a non-finite value")]
     NotFinite(String),
+    /// A negative value of a monotonic sum (a counter only goes up).
+    #[error("metric '{0}' is a monotonic sum, which only goes up: a point may not be negative")]
+    Negative(String),
+    /// A histogram point whose bucket counts do not add up to its count (OTLP requires it).
+    #[error("histogram '{0}' has bucket counts adding up to {1}, not its count {2}")]
+    BucketsNotCount(String, u128, u64),
+    /// A point whose addition would take its series' total beyond what can be held (a sum
+    /// past the largest finite number, a count past 2^64 - 1); the total stays as it was.
+    #[error(
+        "metric '{0}': adding the point would take the series' total beyond the largest number it can hold; the total is kept as it was"
+    )]
+    Overflow(String),
     /// The store already holds its maximum number of metrics.
     #[error("the collector holds its maximum of {1} metrics; new metric '{0}' refused")]
     Families(String, usize),
@@ -429,46 +441,97 @@ pub struct MetricStore {
     wal: std::sync::OnceLock<Arc<crate::durable::wal::Wal>>,
 }
 
-fn add(into: &mut Value, delta: &Value) {
-    match (into, delta) {
-        (Value::Scalar(a), Value::Scalar(b)) => *a += b,
+/// Adds `new` to `total`, less `old` when given (the last cumulative point of the same start):
+/// `false`, with `total` as it was, when a number of it would overflow (a sum no longer finite,
+/// a count past `u64::MAX`), so that a total never becomes infinite nor wraps around.
+fn add(total: &mut Value, new: &Value, old: Option<&Value>) -> bool {
+    match (total, new) {
+        (Value::Scalar(t), Value::Scalar(n)) => {
+            let o = match old {
+                Some(Value::Scalar(o)) => *o,
+                _ => 0.0,
+            };
+            let next = *t + (n - o);
+            if !next.is_finite() {
+                return false;
+            }
+            *t = next;
+            true
+        }
         (
             Value::Histogram {
                 counts, sum, count, ..
             },
             Value::Histogram {
-                counts: dc,
-                sum: ds,
-                count: dn,
+                counts: nc,
+                sum: ns,
+                count: nn,
                 ..
             },
         ) => {
-            for (c, d) in counts.iter_mut().zip(dc) {
-                *c += d;
+            let (oc, os, on) = match old {
+                Some(Value::Histogram {
+                    counts, sum, count, ..
+                }) => (counts.as_slice(), *sum, *count),
+                _ => (&[][..], 0.0, 0),
+            };
+            let increase = |i: usize, n: u64| n.saturating_sub(oc.get(i).copied().unwrap_or(0));
+            let next_sum = *sum + (ns - os);
+            let Some(next_count) = count.checked_add(nn.saturating_sub(on)) else {
+                return false;
+            };
+            let buckets_fit = counts
+                .iter()
+                .zip(nc)
+                .enumerate()
+                .all(|(i, (c, n))| c.checked_add(increase(i, *n)).is_some());
+            if !next_sum.is_finite() || !buckets_fit {
+                return false;
             }
-            *sum += ds;
-            *count += dn;
+            for (i, (c, n)) in counts.iter_mut().zip(nc).enumerate() {
+                *c += increase(i, *n);
+            }
+            *sum = next_sum;
+            *count = next_count;
+            true
         }
-        _ => {}
+        _ => true,
     }
 }
 
+/// Whether a cumulative point went down from the last one: a reset (cumulative bucket counts
+/// never go down either).
 fn decreased(old: &Value, new: &Value) -> bool {
     match (old, new) {
         (Value::Scalar(a), Value::Scalar(b)) => b < a,
-        (Value::Histogram { count: a, .. }, Value::Histogram { count: b, .. }) => b < a,
+        (
+            Value::Histogram {
+                count: a,
+                counts: ac,
+                ..
+            },
+            Value::Histogram {
+                count: b,
+                counts: bc,
+                ..
+            },
+        ) => b < a || bc.iter().zip(ac).any(|(b, a)| b < a),
         _ => false,
     }
 }
 
-fn check(name: &str, value: &Value) -> Result<(), Refused> {
-    match value {
+/// Whether `point` can be stored in a metric of kind `kind`.
+fn check(name: &str, kind: Kind, point: &Point) -> Result<(), Refused> {
+    match &point.value {
         Value::Scalar(v) if !v.is_finite() => Err(Refused::NotFinite(name.to_owned())),
+        Value::Scalar(v) if kind == Kind::Counter && *v < 0.0 => {
+            Err(Refused::Negative(name.to_owned()))
+        }
         Value::Histogram {
             bounds,
             counts,
             sum,
-            ..
+            count,
         } => {
             if counts.len() != bounds.len() + 1 {
                 return Err(Refused::BadHistogram(
@@ -479,6 +542,10 @@ fn check(name: &str, value: &Value) -> Result<(), Refused> {
             }
             if !sum.is_finite() || bounds.iter().any(|b| !b.is_finite()) {
                 return Err(Refused::NotFinite(name.to_owned()));
+            }
+            let buckets: u128 = counts.iter().map(|c| u128::from(*c)).sum();
+            if buckets != u128::from(*count) {
+                return Err(Refused::BucketsNotCount(name.to_owned(), buckets, *count));
             }
             Ok(())
         }
@@ -687,17 +754,26 @@ impl MetricStore {
         let mut refused = 0;
         let mut first_error = None;
         for point in points {
-            match self.resolve(name, &mut family, &point, false) {
-                Ok((i, created)) => {
-                    if let Some(log) = &mut log {
-                        log.point(&family, i, created, &point);
-                    }
-                    Self::apply(now, &mut family, i, point);
-                }
-                Err(err) => {
-                    refused += 1;
-                    first_error.get_or_insert(err);
-                }
+            let applied =
+                self.resolve(name, &mut family, &point, false)
+                    .and_then(|(i, created)| {
+                        // Logged before it is applied (the record reads the series as it was), and
+                        // taken back out when it cannot be. A point that created its series always
+                        // applies: it is added to zero.
+                        let mark = log.as_mut().map(|log| {
+                            let mark = log.mark();
+                            log.point(&family, i, created, &point);
+                            mark
+                        });
+                        Self::apply(name, now, &mut family, i, point).inspect_err(|_| {
+                            if let (Some(log), Some(mark)) = (&mut log, mark) {
+                                log.rewind(mark);
+                            }
+                        })
+                    });
+            if let Err(err) = applied {
+                refused += 1;
+                first_error.get_or_insert(err);
             }
         }
         family.refused += refused as u64;
@@ -734,7 +810,7 @@ impl MetricStore {
         for _ in 0..header.points {
             let point = log::read_point(reader, &family)?;
             if let Ok((i, _)) = self.resolve(&header.name, &mut family, &point, true) {
-                Self::apply(header.now, &mut family, i, point);
+                let _ = Self::apply(&header.name, header.now, &mut family, i, point);
             }
         }
         let refused = reader.varint()?;
@@ -890,7 +966,11 @@ impl MetricStore {
         point: &Point,
         replaying: bool,
     ) -> Result<(usize, bool), Refused> {
-        check(name, &point.value)?;
+        // A logged point was checked when it was received (by the rules of then: checking it
+        // again by today's could leave out a series that later records name by its index).
+        if !replaying {
+            check(name, family.kind, point)?;
+        }
         match family.index.get(&point.labels).copied() {
             // Bucket bounds changed: the series starts again (its old columns stay reserved).
             Some(i) if shape_differs(&family.series[i].value, &point.value) => {
@@ -903,30 +983,45 @@ impl MetricStore {
         }
     }
 
-    /// Applies `point` to series `i` at second `now`.
-    fn apply(now: i64, family: &mut Family, i: usize, point: Point) {
+    /// Applies `point` to series `i` at second `now`; refused, with the series as it was, when
+    /// its total would overflow.
+    fn apply(
+        name: &str,
+        now: i64,
+        family: &mut Family,
+        i: usize,
+        point: Point,
+    ) -> Result<(), Refused> {
         let kind = family.kind;
         let series = &mut family.series[i];
         match (kind, point.delta) {
             (Kind::Gauge, _) => series.value = point.value,
-            (_, true) => add(&mut series.value, &point.value),
+            (_, true) => {
+                if !add(&mut series.value, &point.value, None) {
+                    return Err(Refused::Overflow(name.to_owned()));
+                }
+            }
             (_, false) => {
                 // Cumulative: expose offset + raw, where the offset absorbs every reset.
-                match series.last_raw.take() {
+                let since = match &series.last_raw {
                     Some((start, last))
-                        if start == point.start_time_ns && !decreased(&last, &point.value) =>
+                        if *start == point.start_time_ns && !decreased(last, &point.value) =>
                     {
-                        add_difference(&mut series.value, &point.value, &last);
+                        Some(last)
                     }
                     // First point, or a reset (new start time, or the value went down): the raw
                     // value is all new.
-                    _ => add(&mut series.value, &point.value),
+                    _ => None,
+                };
+                if !add(&mut series.value, &point.value, since) {
+                    return Err(Refused::Overflow(name.to_owned()));
                 }
                 series.last_raw = Some((point.start_time_ns, point.value));
             }
         }
         series.first = series.first.min(now);
         family.write_windows(i, now);
+        Ok(())
     }
 
     /// A copy of every family's current values at Unix second `now`, sorted by name; stale
@@ -971,37 +1066,6 @@ fn shape_differs(a: &Value, b: &Value) -> bool {
         (Value::Scalar(_), Value::Scalar(_)) => false,
         (Value::Histogram { bounds: x, .. }, Value::Histogram { bounds: y, .. }) => x != y,
         _ => true,
-    }
-}
-
-/// Adds `new - old` to `into` (cumulative points of one series, `new` not below `old`).
-fn add_difference(into: &mut Value, new: &Value, old: &Value) {
-    match (into, new, old) {
-        (Value::Scalar(a), Value::Scalar(n), Value::Scalar(o)) => *a += n - o,
-        (
-            Value::Histogram {
-                counts, sum, count, ..
-            },
-            Value::Histogram {
-                counts: nc,
-                sum: ns,
-                count: nn,
-                ..
-            },
-            Value::Histogram {
-                counts: oc,
-                sum: os,
-                count: on,
-                ..
-            },
-        ) => {
-            for ((c, n), o) in counts.iter_mut().zip(nc).zip(oc) {
-                *c += n.saturating_sub(*o);
-            }
-            *sum += ns - os;
-            *count += nn.saturating_sub(*on);
-        }
-        _ => {}
     }
 }
 
@@ -1210,6 +1274,60 @@ pub(crate) mod tests {
             family.at(&family.series[0], Tier::Seconds, 110),
             Some(&[110.0][..])
         );
+    }
+
+    #[test]
+    fn totals_that_would_overflow_are_refused_and_keep_their_value() {
+        let store = MetricStore::new(limits(10));
+        // A delta counter: the second 1e308 would make the total infinite.
+        record(&store, "big", Kind::Counter, point(1e308, 0, true)).unwrap();
+        let err = record(&store, "big", Kind::Counter, point(1e308, 0, true));
+        assert!(err.is_err(), "an infinite total was accepted");
+        assert_eq!(value(&store, "big"), Value::Scalar(1e308));
+        // A cumulative counter whose resets pile up past the largest number.
+        record(&store, "resets", Kind::Counter, point(1e308, 1, false)).unwrap();
+        assert!(record(&store, "resets", Kind::Counter, point(1e308, 2, false)).is_err());
+        assert_eq!(value(&store, "resets"), Value::Scalar(1e308));
+        // A monotonic sum never goes down, whether as a delta or as a cumulative value.
+        assert!(record(&store, "big", Kind::Counter, point(-1.0, 0, true)).is_err());
+        assert!(record(&store, "neg", Kind::Counter, point(-1.0, 5, false)).is_err());
+        assert_eq!(value(&store, "big"), Value::Scalar(1e308));
+
+        let histogram = |counts: Vec<u64>, count: u64| Point {
+            labels: vec![],
+            start_time_ns: 0,
+            delta: true,
+            value: Value::Histogram {
+                bounds: vec![1.0],
+                counts,
+                sum: 1.0,
+                count,
+            },
+        };
+        // OTLP: the bucket counts add up to the count.
+        assert!(
+            record(
+                &store,
+                "h",
+                Kind::Histogram,
+                histogram(vec![u64::MAX, 1], 0)
+            )
+            .is_err()
+        );
+        assert!(record(&store, "h", Kind::Histogram, histogram(vec![1, 1], 3)).is_err());
+        let most = u64::MAX - 1;
+        record(&store, "h", Kind::Histogram, histogram(vec![most, 0], most)).unwrap();
+        assert!(
+            record(&store, "h", Kind::Histogram, histogram(vec![1, 1], 2)).is_err(),
+            "a count past u64::MAX was accepted"
+        );
+        let text = crate::prometheus::render(&store.snapshot(i64::MIN), 0, None);
+        assert!(
+            text.contains(&format!("h_bucket{{le=\"+Inf\"}} {most}")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("h_count {most}")), "{text}");
+        assert_eq!(store.refused(), 7);
     }
 
     #[test]

@@ -126,6 +126,17 @@ impl Batch {
         self.points += 1;
     }
 
+    /// Where the record stands, for [`Batch::rewind`].
+    pub fn mark(&self) -> (usize, u32) {
+        (self.w.bytes.len(), self.points)
+    }
+
+    /// Takes back the points logged since `mark` (a point refused after it was logged).
+    pub fn rewind(&mut self, (len, points): (usize, u32)) {
+        self.w.bytes.truncate(len);
+        self.points = points;
+    }
+
     /// The record's bytes, with the number of points refused.
     pub fn finish(mut self, refused: usize) -> Vec<u8> {
         self.w.bytes[self.count_at..self.count_at + 4].copy_from_slice(&self.points.to_le_bytes());
