@@ -843,6 +843,89 @@ async fn two_replicas_notify_once_and_the_second_takes_over() {
     db.drop().await;
 }
 
+/// A leader that notified, and stopped before it could save its evaluation state (killed, or
+/// the database refused the save): the next leader does not notify the group again. The save
+/// is refused here by a trigger on the state's table, which stands for the instant between the
+/// two writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_gone_before_saving_its_state_is_not_followed_by_a_second_notification() {
+    let db = TestDatabase::create().await;
+    let mut collector = RunningCollector::start(&[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (receiver, received) = start_receiver().await;
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        STORM_RULES.replace("RECEIVER", &receiver.to_string()),
+    )
+    .unwrap();
+    // The schema first, then a trigger that refuses every save of the evaluation state.
+    alert_manager::incidents::IncidentStore::connect(&db.url)
+        .await
+        .unwrap();
+    let admin = sqlx::PgPool::connect(&db.url).await.unwrap();
+    for statement in [
+        "CREATE FUNCTION refuse_save() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'the evaluation state cannot be saved'; END $$",
+        "CREATE TRIGGER refuse_save BEFORE INSERT OR UPDATE ON engine_state \
+         FOR EACH ROW EXECUTE FUNCTION refuse_save()",
+    ] {
+        sqlx::query(statement).execute(&admin).await.unwrap();
+    }
+    let first = start_alert_manager(&collector.endpoint(), dir.path(), &db.url).await;
+    let otlp = MetricsServiceClient::new(connect(collector.grpc).await);
+    let (storming, storm) = keep_storming(&otlp);
+    eventually(
+        "one firing notification",
+        Duration::from_secs(20),
+        || async { (received_with(&received, "firing") >= 1).then_some(()) },
+    )
+    .await;
+    let _ = first.stop.send(());
+    first.task.await.unwrap().unwrap();
+    let saved: i64 = sqlx::query_scalar("SELECT count(*) FROM engine_state")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert_eq!(saved, 0, "the first leader's state was not saved");
+    sqlx::query("DROP TRIGGER refuse_save ON engine_state")
+        .execute(&admin)
+        .await
+        .unwrap();
+
+    // The second leads, finds the alert firing again, and then sees it resolve.
+    let second = start_alert_manager(&collector.endpoint(), dir.path(), &db.url).await;
+    eventually(
+        "the second replica leads and fires",
+        Duration::from_secs(20),
+        || async {
+            list_alerts(second.addr)
+                .await
+                .into_iter()
+                .find(|a| a.state == pb::AlertState::Firing as i32)
+        },
+    )
+    .await;
+    storming.store(false, std::sync::atomic::Ordering::Relaxed);
+    storm.await.unwrap();
+    eventually(
+        "one resolved notification",
+        Duration::from_secs(20),
+        || async { (received_with(&received, "resolved") == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        received_with(&received, "firing"),
+        1,
+        "the group was notified firing again: {:?}",
+        received.lock().unwrap()
+    );
+    let _ = second.stop.send(());
+    second.task.await.unwrap().unwrap();
+    admin.close().await;
+    collector.stop().await.unwrap();
+    db.drop().await;
+}
+
 fn now_unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

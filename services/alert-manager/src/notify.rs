@@ -78,6 +78,12 @@ impl Notifier {
         self.groups = groups.into_iter().collect();
     }
 
+    /// The timing of one group (`None`: the group has none, as after its resolution was
+    /// notified).
+    pub fn group(&self, key: &str) -> Option<GroupState> {
+        self.groups.get(key).cloned()
+    }
+
     /// The notifications due at `now_ms` for the given alerts (firing and recently resolved).
     pub fn due(
         &mut self,

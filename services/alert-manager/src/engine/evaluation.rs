@@ -113,13 +113,19 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let due = self.notifier.lock().unwrap_or_else(|p| p.into_inner()).due(
-            set,
-            &alerts,
-            &silences,
-            now_ms(),
-        );
-        for n in due {
+        // Each notification with its group's timing once it is sent (written with it).
+        let due: Vec<_> = {
+            let mut notifier = self.notifier.lock().unwrap_or_else(|p| p.into_inner());
+            let due = notifier.due(set, &alerts, &silences, now_ms());
+            due.into_iter()
+                .map(|n| {
+                    let group = notifier.group(&n.group_key);
+                    (n, group)
+                })
+                .collect()
+        };
+        let term = self.term();
+        for (n, group) in due {
             let outgoing: Vec<Outgoing> = set
                 .receivers
                 .iter()
@@ -132,6 +138,8 @@ impl Engine {
             self.queue(Write::Notify {
                 key: n.group_key,
                 outgoing,
+                group,
+                term,
                 at_ms: now_ms(),
             });
         }

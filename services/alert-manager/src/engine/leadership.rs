@@ -31,19 +31,30 @@ impl Engine {
         self.leader.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Becomes the leader: restores the alerts, their timers and the notification timing saved
-    /// by the previous leader (or the previous run), and the incidents it left active.
+    /// Becomes the leader: starts a new leadership term (what a replica that led before
+    /// decided is no longer written, see [`crate::incidents::IncidentStore::take_term`]), then
+    /// restores the alerts, their timers and the notification timing saved by the previous
+    /// leader (or the previous run), with the notifications written since that save, and the
+    /// incidents it left active.
     ///
     /// A leader that only lost its lock's connection for a while (the database restarted, say)
-    /// and got the lock back keeps what it has in memory: it is newer than what was saved.
+    /// and got the lock back keeps what it has in memory, as long as no other replica led
+    /// meanwhile: it is newer than what was saved.
     pub async fn take_lead(&self) -> Result<(), crate::incidents::IncidentError> {
         if self.is_leader() {
-            tracing::info!("the lead's lock is held again; leading on");
-            return Ok(());
+            if self.incidents.current_term().await? == Some(self.term()) {
+                tracing::info!("the lead's lock is held again; leading on");
+                return Ok(());
+            }
+            tracing::warn!(
+                "the lead's lock is held again, but another replica led meanwhile: restoring what it saved"
+            );
         }
+        let now = now_ms();
+        let term = self.incidents.take_term(now).await?;
         let active = self.incidents.active_groups().await?;
         let saved = self.incidents.load_state().await?;
-        let now = now_ms();
+        let notified = self.incidents.notified_since_saved().await?;
         let mut state = EngineState::default();
         match saved {
             Some((value, saved_at)) if now - saved_at <= self.state_max_age_ms => {
@@ -60,28 +71,56 @@ impl Engine {
             ),
             None => {}
         }
+        // Notifications written after that save: their groups are not notified again.
+        let mut applied = 0;
+        for (key, group, at_ms) in notified {
+            if now - at_ms > self.state_max_age_ms {
+                continue;
+            }
+            match group.map(serde_json::from_value::<notify::GroupState>) {
+                Some(Ok(group)) => {
+                    state.groups.insert(key, group);
+                }
+                None => {
+                    state.groups.remove(&key);
+                }
+                Some(Err(err)) => {
+                    tracing::warn!(error = %err, group = %key, "a group's notification timing is unreadable; left out");
+                    continue;
+                }
+            }
+            applied += 1;
+        }
         tracing::info!(
+            term,
             alerts = state.alerts.len(),
             groups = state.groups.len(),
+            notified_since_saved = applied,
             active_incidents = active.len(),
             "leading: evaluation state restored"
         );
         {
             let mut alerts = self.alerts.lock().unwrap_or_else(|p| p.into_inner());
             alerts.restore(state.alerts);
+            self.notifier
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .restore(state.groups);
             let mut saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
             saved.digest = self.state_digest(&alerts);
             saved.at = Some(tokio::time::Instant::now());
         }
-        self.notifier
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .restore(state.groups);
         *self.restored.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(active.into_iter().collect());
+        self.term.store(term, std::sync::atomic::Ordering::Release);
         self.leader
             .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
+    }
+
+    /// The leadership term this replica took when it last took the lead (0: never).
+    pub fn term(&self) -> i64 {
+        self.term.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The alerts as this replica knows them: its own when it leads (it evaluates), else the
@@ -168,8 +207,15 @@ impl Engine {
             (digest, state)
         };
         let value = serde_json::to_value(&state).unwrap_or_default();
-        match self.incidents.save_state(&value, now_ms()).await {
-            Ok(()) => {
+        match self
+            .incidents
+            .save_state(&value, self.term(), now_ms())
+            .await
+        {
+            Ok(false) => tracing::warn!(
+                "evaluation state not saved: another replica has taken the lead since this one did"
+            ),
+            Ok(true) => {
                 let mut saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
                 saved.digest = digest;
                 saved.at = Some(tokio::time::Instant::now());

@@ -89,6 +89,9 @@ pub struct Engine {
     writes_ready: tokio::sync::Notify,
     /// Whether this replica leads: evaluates, records and notifies (see [`crate::leader`]).
     leader: std::sync::atomic::AtomicBool,
+    /// The leadership term this replica took when it last took the lead (0: never): what it
+    /// decided is written only while the term is the current one.
+    term: std::sync::atomic::AtomicI64,
     /// The last save of the evaluation state.
     saved: Mutex<Saved>,
     /// A saved state older than this is not restored (its `for` timers would be stale).
@@ -127,6 +130,7 @@ impl Engine {
             actions: Arc::new(actions),
             writes_ready: tokio::sync::Notify::new(),
             leader: Default::default(),
+            term: Default::default(),
             saved: Mutex::new(Default::default()),
             state_max_age_ms: config.state_max_age_ms,
         }

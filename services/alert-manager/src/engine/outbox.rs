@@ -3,11 +3,16 @@
 
 use super::*;
 
+/// How much longer than a request's timeout a notification being sent stays claimed.
+const CLAIM_MARGIN: Duration = Duration::from_secs(5);
+
 impl Engine {
     /// Delivers queued notifications until `stop`: at once when some are queued, and every
     /// 250 ms for retries. Each receiver is served by a task of its own, so a receiver that
     /// accepts and never answers delays only its own notifications (each request gives up after
-    /// `timeout`); while its task runs, its notifications are not read again.
+    /// `timeout`); while its task runs, its notifications are not read again. A notification
+    /// is claimed in the database while it is sent, so a replica that takes the lead meanwhile
+    /// does not send it too.
     pub async fn deliver(self: Arc<Self>, stop: shared::shutdown::Shutdown, timeout: Duration) {
         let http = reqwest::Client::builder()
             .timeout(timeout)
@@ -17,6 +22,8 @@ impl Engine {
         let mut silences_read = tokio::time::Instant::now();
         let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
         let mut tasks = tokio::task::JoinSet::new();
+        // A notification being sent is claimed for longer than its request may take.
+        let claim = timeout + CLAIM_MARGIN;
         loop {
             // Only the leader delivers: two replicas never send one notification twice.
             if self.is_leader() {
@@ -36,7 +43,7 @@ impl Engine {
                             tasks.spawn(async move {
                                 if let Err(err) = engine
                                     .incidents
-                                    .deliver_to_receiver(&http, notifications)
+                                    .deliver_to_receiver(&http, notifications, claim)
                                     .await
                                 {
                                     tracing::warn!(error = %err, %receiver, "outbox not updated");

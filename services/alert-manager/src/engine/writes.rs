@@ -58,6 +58,14 @@ pub enum Write {
         key: String,
         /// One per receiver.
         outgoing: Vec<Outgoing>,
+        /// The group's notification timing once they are sent (`None`: they notify its
+        /// resolution, after which it has none).
+        #[serde(default)]
+        group: Option<notify::GroupState>,
+        /// The leadership term of the replica that decided them (0 in a log written before
+        /// terms existed: never written, the leader decides again).
+        #[serde(default)]
+        term: i64,
         /// When.
         at_ms: i64,
     },
@@ -247,14 +255,27 @@ impl Engine {
                 Write::Notify {
                     key,
                     outgoing,
+                    group,
+                    term,
                     at_ms,
-                } => self
-                    .incidents
-                    .enqueue(key, outgoing, *at_ms)
-                    .await
-                    .map(|()| {
-                        self.outbox_ready.notify_one();
-                    }),
+                } => {
+                    let group = group.as_ref().and_then(|g| serde_json::to_value(g).ok());
+                    self.incidents
+                        .enqueue(key, outgoing, group.as_ref(), *term, *at_ms)
+                        .await
+                        .map(|written| {
+                            if written {
+                                self.outbox_ready.notify_one();
+                            } else {
+                                tracing::warn!(
+                                    group = %key,
+                                    term,
+                                    "a notification decided while this replica led is not sent: another replica \
+                                     has taken the lead since, and decides the group's notifications from what was written"
+                                );
+                            }
+                        })
+                }
             };
             match result {
                 Ok(()) => self.pending.lock().unwrap_or_else(|p| p.into_inner()).pop(),

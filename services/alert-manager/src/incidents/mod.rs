@@ -14,6 +14,7 @@ mod silences;
 mod timeline;
 
 pub use deployments::DeploymentEvent;
+use engine_state::holds_term;
 pub use outbox::{Due, Outgoing};
 use timeline::*;
 pub use timeline::{Action, Event, Filter, Incident, IncidentState, Stat};

@@ -21,14 +21,22 @@ fn backoff_ms(attempts: i32) -> i64 {
 
 impl IncidentStore {
     /// Writes notifications of the group `group_key` to the outbox (with the group's active
-    /// incident, if any).
+    /// incident, if any), and the group's notification timing once they are sent (`group`;
+    /// `None` after its resolution), in one transaction: a leader that takes over never decides
+    /// them again. Only while `term` is the current leadership term: returns `false`, writing
+    /// nothing, when another replica has taken the lead since they were decided.
     pub async fn enqueue(
         &self,
         group_key: &str,
         outgoing: &[Outgoing],
+        group: Option<&serde_json::Value>,
+        term: i64,
         now_ms: i64,
-    ) -> Result<(), IncidentError> {
+    ) -> Result<bool, IncidentError> {
         let mut tx = self.pool.begin().await?;
+        if !holds_term(&mut tx, term).await? {
+            return Ok(false);
+        }
         let incident: Option<i64> =
             sqlx::query_scalar("SELECT max(id) FROM incidents WHERE group_key = $1")
                 .bind(group_key)
@@ -47,12 +55,22 @@ impl IncidentStore {
             .execute(&mut *tx)
             .await?;
         }
+        sqlx::query(
+            "INSERT INTO notification_groups (group_key, state, at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (group_key) DO UPDATE SET state = EXCLUDED.state, at_ms = EXCLUDED.at_ms",
+        )
+        .bind(group_key)
+        .bind(group)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// The notifications that are due, oldest first (at most 50), grouped by receiver, leaving
-    /// out the receivers in `busy` (a delivery to them is still running).
+    /// out the receivers in `busy` (a delivery to them is still running) and the notifications
+    /// another replica is sending (claimed, see [`IncidentStore::deliver_to_receiver`]).
     pub async fn due_notifications(
         &self,
         now_ms: i64,
@@ -61,6 +79,7 @@ impl IncidentStore {
         let rows = sqlx::query(
             "SELECT id, incident_id, receiver, url, payload, attempts FROM notifications \
              WHERE delivered_ms IS NULL AND next_attempt_ms <= $1 AND NOT (receiver = ANY($2)) \
+             AND (claimed_until_ms IS NULL OR claimed_until_ms <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint) \
              ORDER BY id LIMIT 50",
         )
         .bind(now_ms)
@@ -86,14 +105,32 @@ impl IncidentStore {
     /// (or not within the client's timeout) is tried again later with back-off, and its other
     /// notifications wait with it, so a dead receiver costs one timeout per back-off step.
     /// Returns how many were delivered.
+    ///
+    /// Each notification is claimed for `claim` (longer than the client's timeout) before it
+    /// is sent: a replica that took the lead meanwhile does not send it too. One that another
+    /// replica claimed or delivered since it was read ends the run (the rest keep their order).
     pub async fn deliver_to_receiver(
         &self,
         http: &reqwest::Client,
         due: Vec<Due>,
+        claim: std::time::Duration,
     ) -> Result<usize, IncidentError> {
         let mut delivered = 0;
         let ids: Vec<i64> = due.iter().map(|d| d.id).collect();
         for (i, n) in due.into_iter().enumerate() {
+            let claimed = sqlx::query(
+                "UPDATE notifications SET claimed_until_ms = (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $2 \
+                 WHERE id = $1 AND delivered_ms IS NULL \
+                 AND (claimed_until_ms IS NULL OR claimed_until_ms <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint)",
+            )
+            .bind(n.id)
+            .bind(i64::try_from(claim.as_millis()).unwrap_or(i64::MAX / 2))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            if claimed == 0 {
+                break;
+            }
             let outcome = http
                 .post(&n.url)
                 .json(&n.payload)
@@ -112,7 +149,7 @@ impl IncidentStore {
             match outcome {
                 Ok(()) => {
                     delivered += 1;
-                    sqlx::query("UPDATE notifications SET delivered_ms = $2, attempts = attempts + 1 WHERE id = $1")
+                    sqlx::query("UPDATE notifications SET delivered_ms = $2, attempts = attempts + 1, claimed_until_ms = NULL WHERE id = $1")
                         .bind(n.id)
                         .bind(now_ms)
                         .execute(&mut *tx)
@@ -140,7 +177,7 @@ impl IncidentStore {
                     tracing::warn!(receiver = %n.receiver, url = %n.url, attempt = n.attempts + 1, error = %err, "notification not delivered; retrying");
                     let next = now_ms + backoff_ms(n.attempts);
                     sqlx::query(
-                        "UPDATE notifications SET attempts = attempts + 1, last_error = $2, next_attempt_ms = $3 WHERE id = $1",
+                        "UPDATE notifications SET attempts = attempts + 1, last_error = $2, next_attempt_ms = $3, claimed_until_ms = NULL WHERE id = $1",
                     )
                     .bind(n.id)
                     .bind(&err)
