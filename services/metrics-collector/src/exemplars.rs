@@ -9,9 +9,9 @@ pub mod log;
 /// A slow or failed span.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Exemplar {
-    /// Trace id, hex.
+    /// Trace id (16 bytes, never all zeroes), hex.
     pub trace_id: String,
-    /// Span id, hex.
+    /// Span id (8 bytes, never all zeroes), hex.
     pub span_id: String,
     /// The sender's `service.name`.
     pub service: String,

@@ -110,8 +110,20 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Bytes of a trace id in OTLP.
+const TRACE_ID_BYTES: usize = 16;
+
+/// Bytes of a span id in OTLP.
+const SPAN_ID_BYTES: usize = 8;
+
+/// `id` in hex, when it is a valid OTLP id of `len` bytes: OTLP holds an id of another length,
+/// or of zeroes only, invalid, and no tracing backend would find a trace by it.
+fn valid_id(id: &[u8], len: usize) -> Option<String> {
+    (id.len() == len && id.iter().any(|b| *b != 0)).then(|| hex(id))
+}
+
 impl OtlpReceiver {
-    /// The exemplar of a span, if it is slow or failed.
+    /// The exemplar of a span, if it is slow or failed and its trace and span ids are valid.
     fn exemplar(&self, service: &str, span: &Span) -> Option<Exemplar> {
         let duration_ms = span
             .end_time_unix_nano
@@ -122,6 +134,18 @@ impl OtlpReceiver {
         if !self.exemplars.wanted(duration_ms, error) {
             return None;
         }
+        let (Some(trace_id), Some(span_id)) = (
+            valid_id(&span.trace_id, TRACE_ID_BYTES),
+            valid_id(&span.span_id, SPAN_ID_BYTES),
+        ) else {
+            tracing::debug!(
+                service,
+                trace_id_bytes = span.trace_id.len(),
+                span_id_bytes = span.span_id.len(),
+                "a slow or failed span without a valid trace or span id is kept as no exemplar"
+            );
+            return None;
+        };
         let attribute = |name: &str| {
             span.attributes
                 .iter()
@@ -130,8 +154,8 @@ impl OtlpReceiver {
                 .unwrap_or_default()
         };
         Some(Exemplar {
-            trace_id: hex(&span.trace_id),
-            span_id: hex(&span.span_id),
+            trace_id,
+            span_id,
             service: service.to_owned(),
             span_name: span.name.chars().take(MAX_LABEL_VALUE_BYTES).collect(),
             model: attribute("model"),
@@ -594,6 +618,63 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("collector_refused_points_total 1"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn spans_with_ids_of_the_wrong_length_leave_no_exemplar() {
+        use opentelemetry_proto::tonic::trace::v1::{
+            ResourceSpans, ScopeSpans, Status as SpanStatus,
+        };
+        let store = Arc::new(MetricStore::new(limits(100)));
+        let exemplars = Arc::new(ExemplarRings::new(10, 4, 100.0));
+        let receiver = OtlpReceiver::new(store, exemplars.clone(), Default::default());
+        let failed = |trace_id: Vec<u8>, span_id: Vec<u8>| Span {
+            trace_id,
+            span_id,
+            name: "checkout".to_owned(),
+            status: Some(SpanStatus {
+                code: StatusCode::Error as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let spans = vec![
+            failed(vec![7; 16], vec![9; 8]),
+            failed(vec![1; 3], vec![9; 8]),
+            failed(vec![7; 16], vec![9; 100]),
+            failed(vec![0; 16], vec![9; 8]),
+            failed(vec![7; 16], vec![0; 8]),
+        ];
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![string("service.name", "shop")],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        TraceService::export(&receiver, Request::new(request))
+            .await
+            .unwrap();
+        assert_eq!(receiver.spans_received(), 5, "every span is still counted");
+        let kept = exemplars.find(&crate::exemplars::Filter {
+            limit: 10,
+            ..Default::default()
+        });
+        let ids: Vec<(&str, &str)> = kept
+            .iter()
+            .map(|e| (e.trace_id.as_str(), e.span_id.as_str()))
+            .collect();
+        assert_eq!(
+            ids,
+            [("07".repeat(16).as_str(), "09".repeat(8).as_str())],
+            "only the span with valid ids is an exemplar"
+        );
     }
 
     /// The label names of one exposition line, in order.
