@@ -34,9 +34,13 @@ pub enum ApiError {
     /// New rules were refused; the previous ones stay in force.
     #[error("rules refused, the previous rules stay in force: {0}")]
     RulesRefused(String),
-    /// The incident database refused or could not be reached.
+    /// The incident database could not be reached or failed the call.
     #[error("the incident database is unavailable: {0}")]
     DatabaseDown(sqlx::Error),
+    /// The incident database refused what the request would store (a NUL byte in a text, a
+    /// value too large, a broken constraint): sent again as it is, it fails again.
+    #[error("the incident database refused what the request would store: {0}")]
+    Refused(sqlx::Error),
     /// Any other failure of the incident store.
     #[error(transparent)]
     Incident(IncidentError),
@@ -44,10 +48,40 @@ pub enum ApiError {
 
 impl From<IncidentError> for ApiError {
     fn from(err: IncidentError) -> ApiError {
+        let refusal = err.is_refusal();
         match err {
+            // The request's content, not the database's health: the client must change it.
+            IncidentError::Database(e @ (sqlx::Error::Database(_) | sqlx::Error::Encode(_)))
+                if refusal =>
+            {
+                ApiError::Refused(e)
+            }
             IncidentError::Database(e) => ApiError::DatabaseDown(e),
             other => ApiError::Incident(other),
         }
+    }
+}
+
+/// Refuses `text`, the `what` of a request (named so in the message), when it holds a control
+/// character; with `line_breaks`, line feeds, carriage returns and tabs are allowed. PostgreSQL
+/// cannot store a NUL byte at all, the others garble timelines and notifications, and no label
+/// holds one (the collector refuses them), so a matcher with one could never match.
+pub fn printable(what: &str, text: &str, line_breaks: bool) -> Result<(), ApiError> {
+    let layout = |c: char| line_breaks && matches!(c, '\n' | '\r' | '\t');
+    match text
+        .char_indices()
+        .find(|&(_, c)| c.is_control() && !layout(c))
+    {
+        None => Ok(()),
+        Some((at, c)) => Err(ApiError::Invalid(format!(
+            "{what} holds the control character U+{:04X} at byte {at}; {}",
+            c as u32,
+            if line_breaks {
+                "only line breaks and tabs are allowed"
+            } else {
+                "control characters are not allowed"
+            }
+        ))),
     }
 }
 
@@ -56,7 +90,7 @@ impl ServiceError for ApiError {
         match self {
             ApiError::NoKey(_) => ErrorKind::Unauthenticated,
             ApiError::NotAdmin { .. } => ErrorKind::PermissionDenied,
-            ApiError::Invalid(_) => ErrorKind::InvalidArgument,
+            ApiError::Invalid(_) | ApiError::Refused(_) => ErrorKind::InvalidArgument,
             ApiError::NoSilence(_) => ErrorKind::NotFound,
             ApiError::LeaderState(_) | ApiError::DatabaseDown(_) => ErrorKind::Unavailable,
             ApiError::RulesRefused(_) => ErrorKind::FailedPrecondition,

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use crate::alert::Silence;
 use crate::alert::{Alert, State};
-use crate::api_error::ApiError;
+use crate::api_error::{ApiError, printable};
 use crate::engine::{Engine, now_ms};
 use crate::incidents::{Action, Filter, Incident, IncidentState};
 use crate::silencing::SilenceRequest;
@@ -115,6 +115,7 @@ fn note(text: &str, required: bool) -> Result<String, ApiError> {
             text.len()
         )));
     }
+    printable("note", text, true)?;
     Ok(text.to_owned())
 }
 

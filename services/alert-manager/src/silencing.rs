@@ -1,11 +1,13 @@
 //! Creating a silence: what a new one must satisfy (1 to 32 matchers, names and values of at
 //! most 256 bytes, regular expressions that compile as they are matched, anchored to the whole
-//! value, a comment of at most 4,096 bytes, an end in the future) and how it takes effect (stored, then the evaluation's copy refreshed).
+//! value, a comment of at most 4,096 bytes, no control characters but line breaks and tabs
+//! (and none at all in names and plain values), an end in the future) and how it takes effect
+//! (stored, then the evaluation's copy refreshed).
 
 use std::collections::BTreeMap;
 
 use crate::alert::Silence;
-use crate::api_error::ApiError;
+use crate::api_error::{ApiError, printable};
 use crate::engine::Engine;
 use crate::labels::whole_value_regex;
 
@@ -54,6 +56,7 @@ impl Engine {
                     name.len()
                 )));
             }
+            printable("a matcher name", name, false)?;
             let operand = ["!=", "=~", "!~"]
                 .iter()
                 .find_map(|op| value.strip_prefix(op))
@@ -65,6 +68,9 @@ impl Engine {
                     operand.len()
                 )));
             }
+            // A regular expression may be laid out over lines (`(?x)`); a value may not.
+            let regex = value.starts_with("=~") || value.starts_with("!~");
+            printable(&format!("matcher '{name}': the value"), operand, regex)?;
             if let Some(re) = value
                 .strip_prefix("=~")
                 .or_else(|| value.strip_prefix("!~"))
@@ -90,6 +96,7 @@ impl Engine {
                 request.comment.len()
             )));
         }
+        printable("comment", &request.comment, true)?;
         let starts = if request.starts_at_ms > 0 {
             request.starts_at_ms
         } else {

@@ -4,11 +4,12 @@
 //! the database cannot store. A refusal is `INVALID_ARGUMENT` whose message says what to
 //! change; nothing refused is stored, and the database stays up.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use alert_manager::actions::{ActionConfig, ActionRunner};
-use alert_manager::engine::{Engine, EngineConfig};
+use alert_manager::engine::{Engine, EngineConfig, now_ms};
 use alert_manager::grpc::AlertService;
 use alert_manager::incidents::IncidentStore;
 use proto::monitoring::alerts::v1 as pb;
@@ -148,6 +149,36 @@ impl Api {
             .into_inner()
             .silences
     }
+
+    /// Opens an incident, as a firing alert of the group `group` does, and returns its id.
+    async fn incident(&self, group: &str) -> i64 {
+        let labels = BTreeMap::from([
+            ("alertname".to_owned(), "HighLatency".to_owned()),
+            ("severity".to_owned(), "page".to_owned()),
+            ("model".to_owned(), group.to_owned()),
+        ]);
+        let alert: alert_manager::alert::Alert = serde_json::from_value(serde_json::json!({
+            "rule": "HighLatency",
+            "labels": labels,
+            "annotations": {"summary": format!("{group} is slow")},
+            "state": "Firing",
+            "value": 2.5,
+            "active_since_ms": now_ms() - 60_000,
+            "fired_at_ms": now_ms(),
+            "resolved_at_ms": 0,
+            "last_held_ms": now_ms(),
+            "fingerprint": format!("fp-{group}"),
+        }))
+        .unwrap();
+        let (id, opened) = self
+            .engine
+            .incidents()
+            .alert_fired(group, &labels, &alert, now_ms())
+            .await
+            .unwrap();
+        assert!(opened);
+        id
+    }
 }
 
 /// `message` with the admin key.
@@ -241,5 +272,93 @@ async fn silence_matcher_names_and_values_and_the_comment_are_bounded() {
         .await
         .unwrap();
     assert_eq!(api.silences().await, vec![kept]);
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn a_note_or_silence_holding_a_nul_byte_is_refused_as_invalid() {
+    let api = Api::start().await;
+    let id = api.incident("minilm").await;
+    let act = |note: &str| {
+        admin(pb::IncidentActionRequest {
+            id,
+            note: note.to_owned(),
+        })
+    };
+    assert_refused(
+        api.service.annotate_incident(act("a\0b")).await,
+        &["note", "U+0000"],
+    );
+    assert_refused(
+        api.service.acknowledge_incident(act("a\0b")).await,
+        &["note", "U+0000"],
+    );
+    assert_refused(
+        api.silence(&[("model", "minilm")], "a\0b").await,
+        &["comment", "U+0000"],
+    );
+    assert_refused(
+        api.silence(&[("model", "=~a\0b")], "maintenance").await,
+        &["matcher 'model'", "U+0000"],
+    );
+    assert_refused(
+        api.silence(&[("a\0b", "minilm")], "maintenance").await,
+        &["matcher name", "U+0000"],
+    );
+    // Nothing was recorded, and the database still takes what it can store.
+    assert!(
+        api.silences().await.is_empty(),
+        "a refused silence was stored"
+    );
+    let done = api
+        .service
+        .acknowledge_incident(act("on it\n\tlooking at p99"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.state, pb::IncidentState::Acknowledged as i32);
+    let notes: Vec<_> = done.timeline.iter().map(|e| e.message.as_str()).collect();
+    assert!(!notes.iter().any(|m| m.contains('\0')), "{notes:?}");
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn content_the_database_refuses_is_invalid_argument_not_unavailable() {
+    let api = Api::start().await;
+    let id = api.incident("minilm").await;
+    let store = api.engine.incidents();
+    // Past the API's own checks, PostgreSQL refuses a NUL byte in a text (SQLSTATE 22021) and
+    // in a jsonb string (22P05): the request, not the database, is at fault.
+    let refused = store
+        .act(
+            id,
+            alert_manager::incidents::Action::Note,
+            "ops",
+            "a\0b",
+            now_ms(),
+        )
+        .await
+        .expect_err("PostgreSQL refuses a NUL byte in a text");
+    let status = Status::from(refused);
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(
+        status.message().contains("refused"),
+        "{:?} does not say it was refused",
+        status.message()
+    );
+    let silence = alert_manager::alert::Silence {
+        id: 0,
+        matchers: BTreeMap::from([("model".to_owned(), "a\0b".to_owned())]),
+        starts_at_ms: now_ms(),
+        ends_at_ms: now_ms() + 60_000,
+        author: "ops".to_owned(),
+        comment: "maintenance".to_owned(),
+    };
+    let refused = store
+        .create_silence(&silence, now_ms())
+        .await
+        .expect_err("PostgreSQL refuses a NUL byte in a jsonb string");
+    let status = Status::from(refused);
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
     api.stop().await;
 }
