@@ -20,6 +20,12 @@ pub const MAX_ITEMS: usize = 100;
 /// Feedback events kept per prediction; further ones are counted as unmatched.
 pub const MAX_EVENTS: usize = 256;
 
+/// How far ahead of the collector's clock a prediction's time may be, in milliseconds: clocks
+/// of the mesh drift by far less. A prediction further ahead is refused: predictions leave the
+/// join oldest first by arrival, and one timed in the future would stay until its time came,
+/// holding every later one past its window with it.
+pub const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
+
 /// What a prediction was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Task {
@@ -257,6 +263,15 @@ impl FeedbackJoin {
             return Err(BadRecord::Invalid(format!(
                 "prediction {} has a non-finite score",
                 prediction.request_id
+            )));
+        }
+        if prediction.at_ms > now_ms.saturating_add(MAX_CLOCK_SKEW_MS) {
+            return Err(BadRecord::Invalid(format!(
+                "prediction {} was served at Unix millisecond {}, {} s ahead of the collector's clock; at most {} s ahead is accepted (check the sender's clock)",
+                prediction.request_id,
+                prediction.at_ms,
+                prediction.at_ms.saturating_sub(now_ms) / 1000,
+                MAX_CLOCK_SKEW_MS / 1000
             )));
         }
         if !prediction.texts.is_empty() && prediction.texts.len() != prediction.items.len() {
@@ -579,6 +594,26 @@ mod tests {
             .unwrap();
         let (q, _) = join.quality("m", 0, 10, 20_000);
         assert_eq!(q[0].unmatched_predictions, 1);
+    }
+
+    #[test]
+    fn a_prediction_from_the_future_does_not_keep_older_ones_from_expiring() {
+        let join = FeedbackJoin::new(10_000, 100);
+        // A sender whose clock is a day ahead.
+        let day = 86_400_000;
+        let ahead = join.predict(prediction("future", 1, Task::Rank, &[0.5], day), 0);
+        assert!(ahead.is_err(), "a prediction a day ahead was accepted");
+        assert!(
+            ahead.unwrap_err().to_string().contains("future"),
+            "the refusal names the prediction"
+        );
+        join.predict(prediction("now", 1, Task::Rank, &[0.5], 0), 0)
+            .unwrap();
+        let (q, _) = join.quality("m", 0, 10, 20_000);
+        assert!(q.is_empty(), "the window passed, nothing is held: {q:?}");
+        // Within the allowed skew, a clock slightly ahead is accepted.
+        join.predict(prediction("close", 1, Task::Rank, &[0.5], 21_000), 20_000)
+            .unwrap();
     }
 
     #[test]
