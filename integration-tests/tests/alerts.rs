@@ -926,6 +926,131 @@ async fn a_leader_gone_before_saving_its_state_is_not_followed_by_a_second_notif
     db.drop().await;
 }
 
+/// `STORM_RULES` with a webhook action at `ACTION`.
+const ACTING_RULES: &str = r#"
+group_by: [alertname, model]
+route: {group_wait: 0s, group_interval: 1s}
+receivers:
+  - {name: ops, url: "http://RECEIVER/hook"}
+rules:
+  - name: Errors
+    kind: threshold
+    query: {metric: shop.errors, function: rate, window: 2s}
+    group_by: [model, replica]
+    op: ">"
+    threshold: 5
+    labels: {severity: critical}
+    actions:
+      - {kind: webhook, url: "http://ACTION/act"}
+"#;
+
+/// An action's target that holds its first call (never answered) and answers the others;
+/// each call is told on the returned channel.
+async fn first_call_held() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<usize>,
+) {
+    let (told, calls) = tokio::sync::mpsc::unbounded_channel();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = axum::Router::new().route(
+        "/act",
+        axum::routing::post(move || {
+            let (told, count) = (told.clone(), count.clone());
+            async move {
+                let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                let _ = told.send(n);
+                if n == 1 {
+                    std::future::pending::<()>().await;
+                }
+                "ok"
+            }
+        }),
+    );
+    let (listener, addr) = shared::testing::ephemeral_listener().await.unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, calls)
+}
+
+/// The leader is killed while its incident's actions run: the next leader says so on the
+/// timeline and runs them (they were in the database, not only in the killed process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_a_killed_leader_was_running_are_run_by_the_next() {
+    let db = TestDatabase::create().await;
+    let mut collector = RunningCollector::start(&[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (receiver, _received) = start_receiver().await;
+    let (action, mut calls) = first_call_held().await;
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        ACTING_RULES
+            .replace("RECEIVER", &receiver.to_string())
+            .replace("ACTION", &action.to_string()),
+    )
+    .unwrap();
+    let endpoint = collector.endpoint();
+    let first = ServiceProcess::start(
+        "alert-manager",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--collector",
+            &endpoint,
+            "--rules",
+            dir.path().to_str().unwrap(),
+            "--database-url",
+            &db.url,
+            "--evaluation-interval-ms",
+            "200",
+            "--api-keys",
+            TEST_KEYS,
+        ],
+    )
+    .await
+    .unwrap();
+    let otlp = MetricsServiceClient::new(connect(collector.grpc).await);
+    let (storming, storm) = keep_storming(&otlp);
+    assert_eq!(
+        calls.recv().await,
+        Some(1),
+        "the first leader runs the action"
+    );
+    first.kill().await;
+
+    let second = start_alert_manager(&endpoint, dir.path(), &db.url).await;
+    let client = AlertManagerClient::new(connect(second.addr).await);
+    let rerun = tokio::time::timeout(Duration::from_secs(20), calls.recv()).await;
+    assert_eq!(
+        rerun.ok().flatten(),
+        Some(2),
+        "the next leader did not run the action"
+    );
+    let id = all_incidents(&client).await[0].id;
+    let done = incident_when(
+        &client,
+        id,
+        "the action's outcome on the timeline",
+        Duration::from_secs(20),
+        |i| i.timeline.iter().any(|e| e.kind == "action_finished"),
+    )
+    .await;
+    let kinds: Vec<&str> = done.timeline.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == "actions_interrupted")
+            .count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(all_incidents(&client).await.len(), 1, "one incident");
+    storming.store(false, std::sync::atomic::Ordering::Relaxed);
+    storm.await.unwrap();
+    let _ = second.stop.send(());
+    second.task.await.unwrap().unwrap();
+    collector.stop().await.unwrap();
+    db.drop().await;
+}
+
 fn now_unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

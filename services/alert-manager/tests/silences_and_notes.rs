@@ -173,7 +173,7 @@ impl Api {
         let (id, opened) = self
             .engine
             .incidents()
-            .alert_fired(group, &labels, &alert, now_ms())
+            .alert_fired(group, &labels, &alert, None, now_ms())
             .await
             .unwrap();
         assert!(opened);

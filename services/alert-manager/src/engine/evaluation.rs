@@ -156,6 +156,7 @@ impl Engine {
                     key,
                     labels,
                     alert,
+                    term: self.term(),
                     at_ms: now,
                 }
             }

@@ -113,6 +113,9 @@ impl Engine {
         *self.restored.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(active.into_iter().collect());
         self.term.store(term, std::sync::atomic::Ordering::Release);
+        // Remediations left waiting or unfinished are looked for at once.
+        self.remediations_due
+            .store(true, std::sync::atomic::Ordering::Release);
         self.leader
             .store(true, std::sync::atomic::Ordering::Release);
         Ok(())

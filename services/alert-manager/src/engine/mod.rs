@@ -89,6 +89,8 @@ pub struct Engine {
     writes_ready: tokio::sync::Notify,
     /// Whether this replica leads: evaluates, records and notifies (see [`crate::leader`]).
     leader: std::sync::atomic::AtomicBool,
+    /// Whether a remediation was written since the leader last looked for some to run.
+    remediations_due: std::sync::atomic::AtomicBool,
     /// The leadership term this replica took when it last took the lead (0: never): what it
     /// decided is written only while the term is the current one.
     term: std::sync::atomic::AtomicI64,
@@ -131,6 +133,7 @@ impl Engine {
             writes_ready: tokio::sync::Notify::new(),
             leader: Default::default(),
             term: Default::default(),
+            remediations_due: Default::default(),
             saved: Mutex::new(Default::default()),
             state_max_age_ms: config.state_max_age_ms,
         }

@@ -135,15 +135,61 @@ impl Engine {
         });
     }
 
-    /// Runs the rule's remediation actions for a new incident, in order, each recorded on the
-    /// timeline with its outcome.
-    pub(super) fn spawn_actions(&self, set: &RuleSet, id: i64, alert: evaluator::Alert) {
-        let Some(rule) = set.rules.iter().find(|r| r.name == alert.rule).cloned() else {
-            return;
-        };
-        if rule.actions.is_empty() {
-            return;
+    /// Runs the remediations waiting for this leader (see
+    /// [`crate::incidents::IncidentStore::claim_remediations`]), each in the background.
+    pub(super) async fn start_remediations(&self) {
+        let term = self.term();
+        match self.incidents.claim_remediations(term, now_ms()).await {
+            Ok(claimed) => {
+                let set = self.rule_set();
+                for remediation in claimed {
+                    self.spawn_remediation(&set, remediation, term);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "remediations not read; trying again");
+                self.remediations_due
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
         }
+    }
+
+    /// Runs the rule's remediation actions for an incident, in order, each recorded on the
+    /// timeline with its outcome, then marks the remediation done.
+    fn spawn_remediation(
+        &self,
+        set: &RuleSet,
+        remediation: crate::incidents::Remediation,
+        term: i64,
+    ) {
+        let id = remediation.incident;
+        let incidents = self.incidents.clone();
+        let rule = set
+            .rules
+            .iter()
+            .find(|r| r.name == remediation.rule)
+            .cloned();
+        let alert = serde_json::from_value::<evaluator::Alert>(remediation.alert);
+        let (rule, alert) = match (rule, alert) {
+            (Some(rule), Ok(alert)) if !rule.actions.is_empty() => (rule, alert),
+            (rule, alert) => {
+                let why = match (rule, alert) {
+                    (_, Err(err)) => format!("the alert recorded with them is unreadable ({err})"),
+                    _ => format!("rule {} has no actions any more", remediation.rule),
+                };
+                tokio::spawn(async move {
+                    let message = format!("actions not run: {why}");
+                    if let Err(err) = incidents
+                        .record_event(id, "action_skipped", SELF, &message, now_ms())
+                        .await
+                    {
+                        tracing::error!(incident = id, error = %err, "action outcome not recorded");
+                    }
+                    let _ = incidents.finish_remediation(id, term).await;
+                });
+                return;
+            }
+        };
         let runner = self.actions.clone();
         let incidents = self.incidents.clone();
         let collector = self.collector_client();
@@ -206,6 +252,9 @@ impl Engine {
                 {
                     tracing::error!(incident = id, error = %err, "action outcome not recorded");
                 }
+            }
+            if let Err(err) = incidents.finish_remediation(id, term).await {
+                tracing::error!(incident = id, error = %err, "remediation not marked done; a next leader runs it again");
             }
             if let (true, Some(mut collector)) = (any_done, collector) {
                 let message = measure_effect(&mut collector, &rule, &alert).await;

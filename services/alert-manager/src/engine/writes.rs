@@ -17,6 +17,10 @@ const MAX_PENDING_WRITES: usize = 100_000;
 /// their notifications) are accepted up to here.
 const MAX_QUEUED: usize = 2 * MAX_PENDING_WRITES;
 
+/// How often the leader looks for remediations it has not been told of (written by a replica
+/// that no longer leads, or left unfinished by one that stopped).
+const READ_REMEDIATIONS_EVERY: Duration = Duration::from_secs(5);
+
 /// How often the open incidents are counted for the `alert_manager.incidents.open` gauge.
 const COUNT_OPEN_EVERY: Duration = Duration::from_secs(5);
 
@@ -31,6 +35,10 @@ pub enum Write {
         labels: crate::labels::LabelSet,
         /// The alert.
         alert: evaluator::Alert,
+        /// The leadership term of the replica that decided it (0 in a log written before terms
+        /// existed): its incident's remediation is written only while the term is current.
+        #[serde(default)]
+        term: i64,
         /// When.
         at_ms: i64,
     },
@@ -227,16 +235,32 @@ impl Engine {
                     key,
                     labels,
                     alert,
+                    term,
                     at_ms,
-                } => match self.incidents.alert_fired(key, labels, alert, *at_ms).await {
-                    Ok((id, true)) => {
-                        self.spawn_diagnosis(set, id, alert.clone());
-                        self.spawn_actions(set, id, alert.clone());
-                        Ok(())
+                } => {
+                    let remediate = set
+                        .rules
+                        .iter()
+                        .any(|r| r.name == alert.rule && !r.actions.is_empty())
+                        .then_some(*term);
+                    match self
+                        .incidents
+                        .alert_fired(key, labels, alert, remediate, *at_ms)
+                        .await
+                    {
+                        Ok((id, opened)) => {
+                            if opened {
+                                self.spawn_diagnosis(set, id, alert.clone());
+                            }
+                            if remediate.is_some() {
+                                self.remediations_due
+                                    .store(true, std::sync::atomic::Ordering::Release);
+                            }
+                            Ok(())
+                        }
+                        Err(err) => Err(err),
                     }
-                    Ok(_) => Ok(()),
-                    Err(err) => Err(err),
-                },
+                }
                 Write::Resolved {
                     key,
                     alert,
@@ -312,9 +336,19 @@ impl Engine {
         let mut stopped = std::pin::pin!(stop.wait());
         let mut counted = tokio::time::Instant::now();
         let mut severities = std::collections::BTreeSet::new();
+        let mut remediations_read = tokio::time::Instant::now();
         loop {
             self.sync_spill();
             self.flush().await;
+            if self.is_leader()
+                && (self
+                    .remediations_due
+                    .swap(false, std::sync::atomic::Ordering::AcqRel)
+                    || remediations_read.elapsed() >= READ_REMEDIATIONS_EVERY)
+            {
+                remediations_read = tokio::time::Instant::now();
+                self.start_remediations().await;
+            }
             self.save_state(false).await;
             if counted.elapsed() >= COUNT_OPEN_EVERY && self.is_leader() {
                 counted = tokio::time::Instant::now();

@@ -17,7 +17,7 @@ pub use deployments::DeploymentEvent;
 use engine_state::holds_term;
 pub use outbox::{Due, Outgoing};
 use timeline::*;
-pub use timeline::{Action, Event, Filter, Incident, IncidentState, Stat};
+pub use timeline::{Action, Event, Filter, Incident, IncidentState, Remediation, Stat};
 
 use std::collections::BTreeMap;
 

@@ -287,18 +287,42 @@ pub enum Action {
     Note,
 }
 
+/// A remediation the leader is to run: the actions of `rule` for the incident `incident`.
+#[derive(Debug)]
+pub struct Remediation {
+    /// The incident.
+    pub incident: i64,
+    /// The rule whose actions run.
+    pub rule: String,
+    /// The alert that opened the incident (JSON of [`Alert`]).
+    pub alert: serde_json::Value,
+    /// Whether a leader that stopped had started running them.
+    pub interrupted: bool,
+}
+
 impl IncidentStore {
     /// Records that `alert` fired: opens its group's incident (linked to the group's previous
     /// one) unless one is active, and adds the event. Returns the incident's id and whether this
     /// opened it.
+    ///
+    /// With `remediate` (the leadership term that decided it, when the alert's rule has
+    /// actions), the incident's remediation is written in the same transaction, unless it has
+    /// one, and only while that term is current: the leader runs it (see
+    /// [`IncidentStore::claim_remediations`]), so it is neither lost with a replica that stops
+    /// nor run by one that no longer leads.
     pub async fn alert_fired(
         &self,
         group_key: &str,
         group_labels: &LabelSet,
         alert: &Alert,
+        remediate: Option<i64>,
         now_ms: i64,
     ) -> Result<(i64, bool), IncidentError> {
         let mut tx = self.pool.begin().await?;
+        let remediate = match remediate {
+            Some(term) => holds_term(&mut tx, term).await?,
+            None => false,
+        };
         let active = sqlx::query(
             "SELECT id, severity FROM incidents WHERE group_key = $1 AND state <> 'resolved' FOR UPDATE",
         )
@@ -351,8 +375,83 @@ impl IncidentStore {
                 (id, true)
             }
         };
+        if remediate {
+            sqlx::query(
+                "INSERT INTO remediations (incident_id, rule, alert, state, created_ms) \
+                 VALUES ($1, $2, $3, 'pending', $4) ON CONFLICT (incident_id) DO NOTHING",
+            )
+            .bind(id.0)
+            .bind(&alert.rule)
+            .bind(serde_json::to_value(alert).unwrap_or_default())
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(id)
+    }
+
+    /// Takes the remediations waiting to run for the leader of `term`: those pending, and
+    /// those a leader of an earlier term was running when it stopped (`interrupted`; an event
+    /// on their incident says so). Nothing while `term` is not the current one.
+    pub async fn claim_remediations(
+        &self,
+        term: i64,
+        now_ms: i64,
+    ) -> Result<Vec<Remediation>, IncidentError> {
+        let mut tx = self.pool.begin().await?;
+        if !holds_term(&mut tx, term).await? {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT incident_id, rule, alert, state FROM remediations \
+             WHERE state = 'pending' OR (state = 'running' AND term < $1) \
+             ORDER BY incident_id LIMIT 100 FOR UPDATE",
+        )
+        .bind(term)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            let incident: i64 = row.try_get("incident_id")?;
+            let interrupted = row.try_get::<String, _>("state")? == "running";
+            if interrupted {
+                add_event(
+                    &mut tx,
+                    incident,
+                    "actions_interrupted",
+                    SELF_ACTOR,
+                    "the replica running the actions stopped before they finished; the leader runs them again",
+                    now_ms,
+                )
+                .await?;
+            }
+            sqlx::query(
+                "UPDATE remediations SET state = 'running', term = $2 WHERE incident_id = $1",
+            )
+            .bind(incident)
+            .bind(term)
+            .execute(&mut *tx)
+            .await?;
+            claimed.push(Remediation {
+                incident,
+                rule: row.try_get("rule")?,
+                alert: row.try_get("alert")?,
+                interrupted,
+            });
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    /// Marks the remediation of `incident` done (by the leader of `term`, which ran it).
+    pub async fn finish_remediation(&self, incident: i64, term: i64) -> Result<(), IncidentError> {
+        sqlx::query("UPDATE remediations SET state = 'done' WHERE incident_id = $1 AND term = $2")
+            .bind(incident)
+            .bind(term)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Group keys of the open and acknowledged incidents (restored after a restart).
