@@ -161,7 +161,7 @@ fn histogram_batch() -> Bytes {
                 attribute("replica", format!("replica-{u}")),
             ],
             time_unix_nano: now_ns(),
-            count: 78,
+            count: 66,
             sum: Some(1.0),
             bucket_counts: (0..12).collect(),
             explicit_bounds: bounds.clone(),
