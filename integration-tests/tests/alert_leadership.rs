@@ -161,3 +161,96 @@ async fn a_notification_one_replica_is_sending_is_not_sent_by_another() {
     );
     db.drop().await;
 }
+
+/// A firing alert of group `group`, as the evaluator records it.
+fn firing(group: &str) -> (alert_manager::labels::LabelSet, alert_manager::alert::Alert) {
+    let now = alert_manager::engine::now_ms();
+    let labels: alert_manager::labels::LabelSet = [
+        ("alertname".to_owned(), "Errors".to_owned()),
+        ("model".to_owned(), group.to_owned()),
+    ]
+    .into_iter()
+    .collect();
+    let alert = serde_json::from_value(serde_json::json!({
+        "rule": "Errors",
+        "labels": labels,
+        "annotations": {},
+        "state": "Firing",
+        "value": 12.0,
+        "active_since_ms": now,
+        "fired_at_ms": now,
+        "resolved_at_ms": 0,
+        "last_held_ms": now,
+        "fingerprint": format!("fp-{group}"),
+    }))
+    .unwrap();
+    (labels, alert)
+}
+
+#[tokio::test]
+async fn two_replicas_recording_a_group_s_first_alert_at_once_make_one_incident_and_lose_no_event()
+{
+    let db = TestDatabase::create().await;
+    let store = IncidentStore::connect(&db.url).await.unwrap();
+    let (labels, alert) = firing("m");
+    let now = alert_manager::engine::now_ms();
+    // The other replica's transaction has opened the group's incident and not committed yet.
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let mut other = pool.begin().await.unwrap();
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO incidents (group_key, title, state, labels, opened_at_ms) \
+         VALUES ('m', 'Errors (m)', 'open', '{}', $1) RETURNING id",
+    )
+    .bind(now)
+    .fetch_one(&mut *other)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO incident_events (incident_id, kind, actor, message, at_ms) \
+         VALUES ($1, 'fired', 'alert-manager', 'the other replica', $2)",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(&mut *other)
+    .await
+    .unwrap();
+    let recording = tokio::spawn({
+        let store = store.clone();
+        async move { store.alert_fired("m", &labels, &alert, None, now).await }
+    });
+    // This one's insert waits on the other's incident; then the other commits.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+             WHERE NOT l.granted AND a.datname = current_database()",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second record never waited for the first"
+        );
+        tokio::task::yield_now().await;
+    }
+    other.commit().await.unwrap();
+    let recorded = recording.await.unwrap();
+    assert!(
+        matches!(recorded, Ok((i, false)) if i == id),
+        "recorded on the other replica's incident: {recorded:?}"
+    );
+    let fired: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM incident_events WHERE incident_id = $1 AND kind = 'fired'",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(fired, 2, "both replicas' records are on the timeline");
+    pool.close().await;
+    db.drop().await;
+}

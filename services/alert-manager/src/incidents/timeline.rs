@@ -310,7 +310,33 @@ impl IncidentStore {
     /// one, and only while that term is current: the leader runs it (see
     /// [`IncidentStore::claim_remediations`]), so it is neither lost with a replica that stops
     /// nor run by one that no longer leads.
+    ///
+    /// Two replicas recording the same group's first alert at once (one that no longer leads
+    /// writing what it queued, say) both find no active incident; the second's insert then
+    /// meets the first's incident, and is recorded again on it.
     pub async fn alert_fired(
+        &self,
+        group_key: &str,
+        group_labels: &LabelSet,
+        alert: &Alert,
+        remediate: Option<i64>,
+        now_ms: i64,
+    ) -> Result<(i64, bool), IncidentError> {
+        match self
+            .try_alert_fired(group_key, group_labels, alert, remediate, now_ms)
+            .await
+        {
+            Err(IncidentError::Database(sqlx::Error::Database(db)))
+                if db.constraint() == Some("incidents_one_active_per_group") =>
+            {
+                self.try_alert_fired(group_key, group_labels, alert, remediate, now_ms)
+                    .await
+            }
+            outcome => outcome,
+        }
+    }
+
+    async fn try_alert_fired(
         &self,
         group_key: &str,
         group_labels: &LabelSet,
