@@ -16,14 +16,17 @@ pub struct CallContext {
     pub deadline: Option<Instant>,
     /// When the call arrived.
     pub arrived: Instant,
-    /// The model version the call was routed to (the canary's choice, else the newest known;
-    /// 0 before routing): failed calls are counted against it.
+    /// The model version the call was routed to (the one it named, else the canary's choice,
+    /// else the newest known; 0 before routing): failed calls are counted against it when
+    /// the gateway knows it is deployed ([`crate::metrics::call_labels`]).
     pub routed_version: std::sync::atomic::AtomicI64,
 }
 
 impl CallContext {
     /// The version a call with `outcome` counts against, in its metrics and its span: the
-    /// version that answered, or, for a failed call, the one it was routed to (0: unknown).
+    /// version that answered, or, for a failed call, the one it was routed to (0: unknown),
+    /// which may be one a caller made up: the metrics and the spans of `ModelInfer` name it
+    /// only when the gateway knows it is deployed.
     pub fn version_of<E>(&self, outcome: &Result<i64, E>) -> i64 {
         match outcome {
             Ok(version) => *version,

@@ -121,8 +121,9 @@ impl GatewayCore {
         if let Some(status) = cannot_tell {
             return Err(status);
         }
-        // Its versions are ready on the replicas: the model's name is a label from now on.
-        crate::metrics::name_model(model);
+        // Its versions are ready on the replicas: the model's name and the split's versions
+        // are labels from now on.
+        crate::metrics::name_versions(model, weights.iter().map(|w| w.version));
         match &self.deployed {
             Some(deployed) => {
                 let written = deployed
@@ -137,6 +138,10 @@ impl GatewayCore {
                         // A replica behind the database catches up now, so that the
                         // caller's next GetCanary reads what is in force.
                         if current > 0 {
+                            crate::metrics::name_versions(
+                                model,
+                                in_force.weights.iter().map(|w| w.version),
+                            );
                             self.canary.apply(model, in_force);
                         }
                         return Err(GatewayError::StaleSplit {

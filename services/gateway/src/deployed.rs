@@ -328,7 +328,7 @@ impl DeployedState {
             let weights = split.weights.clone();
             let revision = split.revision;
             if table.apply(&model, split) {
-                crate::metrics::name_model(&model);
+                crate::metrics::name_versions(&model, weights.iter().map(|w| w.version));
                 tracing::info!(%model, ?weights, revision, "canary split applied from the shared state");
             }
         }

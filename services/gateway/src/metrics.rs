@@ -1,10 +1,10 @@
 //! OpenTelemetry instruments of the gateway.
 
-use std::collections::HashSet;
-use std::sync::OnceLock;
+use std::collections::{HashMap, HashSet};
+use std::sync::{OnceLock, RwLock};
 
-use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram};
+use opentelemetry::{KeyValue, Value};
 use prost::Message;
 
 /// The gateway's instruments.
@@ -79,27 +79,54 @@ pub fn instruments() -> &'static Instruments {
 /// up) is counted as `unknown`, so that no caller can grow the metrics' label sets.
 const MAX_MODEL_LABELS: usize = 256;
 
-/// Models labelled by name: those that have answered at least once, and those named by the
-/// configuration or a canary split (see [`name_model`]).
-fn answered_models() -> &'static std::sync::RwLock<std::collections::HashSet<Box<str>>> {
-    static MODELS: std::sync::OnceLock<std::sync::RwLock<std::collections::HashSet<Box<str>>>> =
-        std::sync::OnceLock::new();
-    MODELS.get_or_init(Default::default)
+/// Most versions of one model kept as label values.
+const MAX_VERSION_LABELS: usize = 32;
+
+/// The label value of a model or a version the gateway does not know to be deployed.
+const UNKNOWN: &str = "unknown";
+
+/// Models labelled by name, each with the versions labelled by number: those a replica has
+/// answered with, and those named by the configuration or a canary split (see
+/// [`name_versions`]). A name or a version that only a caller sent is never added.
+fn labelled() -> &'static RwLock<HashMap<Box<str>, Vec<i64>>> {
+    static LABELLED: OnceLock<RwLock<HashMap<Box<str>, Vec<i64>>>> = OnceLock::new();
+    LABELLED.get_or_init(Default::default)
 }
 
-/// The label value of `model` for a call that `answered` (or not): the name of a model that
-/// has answered at least once or was named (at most [`MAX_MODEL_LABELS`] of them), else
-/// `unknown`.
-pub fn model_label(model: &str, answered: bool) -> String {
-    let known = answered_models()
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .contains(model);
-    if known || (answered && name_model(model)) {
-        model.to_owned()
-    } else {
-        "unknown".to_owned()
+/// Whether `model` is labelled by name, and `version` of it by number.
+fn labelled_as(model: &str, version: i64) -> (bool, bool) {
+    let labelled = labelled().read().unwrap_or_else(|p| p.into_inner());
+    labelled.get(model).map_or((false, false), |versions| {
+        (true, versions.contains(&version))
+    })
+}
+
+/// The label values of `model` and `version` for a call that `answered` with `version`, or
+/// failed after being routed to it. A model is named when it has answered at least once or
+/// was named (at most [`MAX_MODEL_LABELS`] of them), a version when a replica has answered
+/// with it or a canary split names it (at most [`MAX_VERSION_LABELS`] per model); anything
+/// else is `unknown`. A version a caller asks for is a caller's choice: counted under its
+/// number only once the gateway knows it is deployed, so that callers can neither add label
+/// values at will nor have their calls counted against a version that never served them.
+pub fn call_labels(model: &str, version: i64, answered: bool) -> (String, Value) {
+    let (mut model_known, mut version_known) = labelled_as(model, version);
+    // An answer names its model and, unless the replica left it out, its version.
+    if answered && !(model_known && (version_known || version < 1)) {
+        (model_known, version_known) = name_versions(model, [version]);
     }
+    let version = if version_known {
+        Value::from(version.to_string())
+    } else {
+        Value::from(UNKNOWN)
+    };
+    let model = if model_known { model } else { UNKNOWN };
+    (model.to_owned(), version)
+}
+
+/// Whether failed calls of `version` of `model` are counted under that version (see
+/// [`call_labels`]).
+pub fn knows_version(model: &str, version: i64) -> bool {
+    labelled_as(model, version).1
 }
 
 /// Labels `model` by its name from now on, before it has answered: a model that the gateway's
@@ -108,17 +135,37 @@ pub fn model_label(model: &str, answered: bool) -> String {
 /// and their actions act on. Returns whether the name is a label (false once
 /// [`MAX_MODEL_LABELS`] names are).
 pub fn name_model(model: &str) -> bool {
-    let mut known = answered_models().write().unwrap_or_else(|p| p.into_inner());
-    if known.len() < MAX_MODEL_LABELS {
-        known.insert(Box::from(model));
+    name_versions(model, []).0
+}
+
+/// Labels `model` by its name, and each of `versions` (those of a canary split, or one a
+/// replica answered with) by its number, from now on; versions below 1 are not versions.
+/// Returns whether the name is a label, and whether every one of `versions` is.
+pub fn name_versions(model: &str, versions: impl IntoIterator<Item = i64>) -> (bool, bool) {
+    let mut labelled = labelled().write().unwrap_or_else(|p| p.into_inner());
+    if labelled.len() >= MAX_MODEL_LABELS && !labelled.contains_key(model) {
+        return (false, false);
     }
-    known.contains(model)
+    let known = labelled.entry(Box::from(model)).or_default();
+    let mut all = true;
+    for version in versions {
+        if known.contains(&version) {
+            continue;
+        }
+        if version > 0 && known.len() < MAX_VERSION_LABELS {
+            known.push(version);
+        } else {
+            all = false;
+        }
+    }
+    (true, all)
 }
 
 /// Records one finished call: `gateway.requests` by rpc, model, version, tenant and status
 /// (the gRPC code's canonical name, `OK`, `UNAVAILABLE`, … as in `inference.requests`), and
 /// its duration by rpc, model and version. `outcome` is the version that answered, or the
-/// failure's code: a failed call counts against the version it was routed to.
+/// failure's code: a failed call counts against the version it was routed to, when the
+/// gateway knows that version is deployed, else against `unknown` ([`call_labels`]).
 pub fn finished_call(
     rpc: &'static str,
     model: &str,
@@ -126,12 +173,12 @@ pub fn finished_call(
     outcome: Result<i64, tonic::Code>,
     elapsed: std::time::Duration,
 ) {
-    let version = call.version_of(&outcome);
+    let (model, version) = call_labels(model, call.version_of(&outcome), outcome.is_ok());
     let status = outcome.map_or_else(shared::error::code_name, |_| "OK");
     let attributes = [
         KeyValue::new("rpc", rpc),
-        KeyValue::new("model", model_label(model, outcome.is_ok())),
-        KeyValue::new("model_version", version.to_string()),
+        KeyValue::new("model", model),
+        KeyValue::new("model_version", version),
         KeyValue::new("tenant", call.tenant.clone()),
         KeyValue::new("status", status),
     ];
@@ -296,21 +343,68 @@ pub fn deployed_state_connected(connected: bool) {
 mod tests {
     use super::*;
 
+    /// The label values of a call, as text.
+    fn labels(model: &str, version: i64, answered: bool) -> (String, String) {
+        let (model, version) = call_labels(model, version, answered);
+        (model, version.as_str().into_owned())
+    }
+
+    fn pair(model: &str, version: &str) -> (String, String) {
+        (model.to_owned(), version.to_owned())
+    }
+
     #[test]
     fn a_model_named_by_the_configuration_is_labelled_before_it_answers() {
-        assert_eq!(model_label("configured-model", false), "unknown");
+        assert_eq!(
+            labels("configured-model", 0, false),
+            pair("unknown", "unknown")
+        );
         name_model("configured-model");
-        assert_eq!(model_label("configured-model", false), "configured-model");
+        assert_eq!(
+            labels("configured-model", 0, false),
+            pair("configured-model", "unknown")
+        );
     }
 
     #[test]
     fn made_up_model_names_never_become_label_values() {
         let made_up = "x".repeat(10_000);
-        assert_eq!(model_label(&made_up, false), "unknown");
-        assert_eq!(model_label("minilm-l6", true), "minilm-l6");
+        assert_eq!(labels(&made_up, 3, false), pair("unknown", "unknown"));
+        assert_eq!(
+            labels("answering-model", 1, true),
+            pair("answering-model", "1")
+        );
         // Once it has answered, a failure of the same model keeps its name.
-        assert_eq!(model_label("minilm-l6", false), "minilm-l6");
-        assert_eq!(model_label(&made_up, false), "unknown");
+        assert_eq!(
+            labels("answering-model", 1, false),
+            pair("answering-model", "1")
+        );
+        assert_eq!(labels(&made_up, 1, false), pair("unknown", "unknown"));
+    }
+
+    #[test]
+    fn only_versions_that_served_or_that_a_split_names_become_label_values() {
+        assert_eq!(labels("split-model", 2, true), pair("split-model", "2"));
+        // A version a caller asked for that never served: its failures count as unknown.
+        for version in [918_273, 3, -1, 0] {
+            assert_eq!(
+                labels("split-model", version, false),
+                pair("split-model", "unknown")
+            );
+            assert!(!knows_version("split-model", version));
+        }
+        // A split names its versions before they serve; versions below 1 are not versions.
+        assert_eq!(name_versions("split-model", [3, 4]), (true, true));
+        assert_eq!(labels("split-model", 3, false), pair("split-model", "3"));
+        assert_eq!(name_versions("split-model", [0]), (true, false));
+        // The versions of one model kept as labels are bounded, whoever names them.
+        let (_, all) = name_versions("split-model", 10..10 + MAX_VERSION_LABELS as i64);
+        assert!(!all);
+        assert_eq!(
+            labels("split-model", 9 + MAX_VERSION_LABELS as i64, true),
+            pair("split-model", "unknown")
+        );
+        assert_eq!(labels("split-model", 2, false), pair("split-model", "2"));
     }
 
     #[test]

@@ -167,11 +167,14 @@ impl OipProxy {
             .map(|(_, version)| *version)
             .map_err(Status::code);
         // The span names the version its metrics count the call against: the exemplars of a
-        // failing canary are found by its version.
+        // failing canary are found by its version. A failed call may have named a version no
+        // replica serves: the span then names none, as the metrics count it as unknown.
         let version = call.version_of(&outcome);
         span.end(
             || {
-                (version > 0)
+                let known =
+                    outcome.is_ok() || crate::metrics::knows_version(&head.model_name, version);
+                (version > 0 && known)
                     .then(|| KeyValue::new("model_version", version))
                     .into_iter()
                     .collect()
