@@ -1,7 +1,9 @@
 //! Why the gateway refuses or fails a call, each reason with its gRPC code through
 //! [`ServiceError`]. Admission, the task API, the canary admin API and the replica clients
 //! return these; `shared::error` alone turns them into a status. A replica's own answer (a
-//! status it sent) is relayed as it came and is not one of these.
+//! status it sent) is relayed as it came and is not one of these, but for a `ModelInfer` the
+//! replica could not decode: that message came from the caller, a [`GatewayError::Invalid`]
+//! (see `model_infer`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

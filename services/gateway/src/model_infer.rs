@@ -10,6 +10,7 @@ use tonic::Status;
 
 use crate::call::CallContext;
 use crate::core::GatewayCore;
+use crate::error::GatewayError;
 
 /// The path of `ModelInfer`.
 pub const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
@@ -24,6 +25,25 @@ pub struct InferHead {
     /// The model's version; empty for the newest.
     #[prost(string, tag = "2")]
     pub model_version: String,
+}
+
+/// How a replica's status message starts when the request it was sent does not decode
+/// (tonic's codec answers prost's `DecodeError` as `INTERNAL` with this text).
+const UNDECODABLE: &str = "failed to decode Protobuf message: ";
+
+/// The status of a replica's answer to a `ModelInfer`: as it came, unless the replica could
+/// not decode the request. The gateway reads only the routing fields and passes the rest of
+/// the caller's message on as it came (with at most a well-formed version appended), so a
+/// message that does not decode (a string field that is not UTF-8, a cut nested message) is
+/// the caller's mistake: `INVALID_ARGUMENT` saying what is wrong, not the replica's
+/// `INTERNAL`, and not counted as the server's failure. Costs nothing on answered calls.
+fn caller_s_mistake(status: Status) -> Status {
+    match status.message().strip_prefix(UNDECODABLE) {
+        Some(why) if status.code() == tonic::Code::Internal => {
+            GatewayError::Invalid(format!("the ModelInferRequest cannot be decoded: {why}")).into()
+        }
+        _ => status,
+    }
 }
 
 /// `message` (an encoded `ModelInferRequest`) with its `model_version` set to `version`.
@@ -66,6 +86,7 @@ impl GatewayCore {
                 }
             })
             .await
+            .map_err(caller_s_mistake)
     }
 }
 
@@ -136,6 +157,32 @@ mod tests {
             before,
             "the gateway keeps state for model names no replica served"
         );
+    }
+
+    #[test]
+    fn a_request_the_replica_cannot_decode_is_the_caller_s_mistake() {
+        let undecodable = tonic::Status::internal(
+            "failed to decode Protobuf message: ModelInferRequest.id: invalid string value: \
+             data is not UTF-8 encoded",
+        );
+        let status = caller_s_mistake(undecodable);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert_eq!(
+            status.message(),
+            "the ModelInferRequest cannot be decoded: ModelInferRequest.id: invalid string \
+             value: data is not UTF-8 encoded"
+        );
+        // The replica's own failures are relayed as they came.
+        for status in [
+            tonic::Status::internal("the model's session failed"),
+            tonic::Status::unavailable("failed to decode Protobuf message: (not a decode)"),
+        ] {
+            let relayed = caller_s_mistake(status.clone());
+            assert_eq!(
+                (relayed.code(), relayed.message()),
+                (status.code(), status.message())
+            );
+        }
     }
 
     #[test]
