@@ -588,8 +588,8 @@ fn take(join: &FeedbackJoin, record: pb::Record, now: i64) -> Result<(), String>
                 request_id: f.request_id,
                 item_id: f.item_id,
                 event,
-            });
-            Ok(())
+            })
+            .map_err(|e| e.to_string())
         }
         None => Err("a record is neither a prediction nor feedback".into()),
     }

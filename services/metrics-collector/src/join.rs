@@ -5,9 +5,12 @@
 //!
 //! Memory is bounded: predictions leave after the join window or, when the join holds its
 //! maximum, oldest first (counted); each keeps at most [`MAX_ITEMS`] items and
-//! [`MAX_EVENTS`] events.
+//! [`MAX_EVENTS`] events; request ids, model names and item ids longer than [`MAX_ID_BYTES`]
+//! are refused, texts cut at [`MAX_TEXT_BYTES`]. The count of predictions that left unmatched
+//! is kept per model version for at most twice as many versions as predictions are held (see
+//! [`FeedbackJoin::unmatched_versions_cap`]).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 use crate::statistics;
@@ -19,6 +22,11 @@ pub const MAX_ITEMS: usize = 100;
 
 /// Feedback events kept per prediction; further ones are counted as unmatched.
 pub const MAX_EVENTS: usize = 256;
+
+/// Longest request id, model name and item id accepted, in bytes (the gateway refuses longer
+/// ids from its callers too). A record holding a longer one is refused, not cut: these are the
+/// join's keys, and two cut ones could merge two requests, two items or two models' figures.
+pub const MAX_ID_BYTES: usize = 256;
 
 /// How far ahead of the collector's clock a prediction's time may be, in milliseconds: clocks
 /// of the mesh drift by far less. A prediction further ahead is refused: predictions leave the
@@ -136,7 +144,9 @@ pub struct VersionQuality {
     pub ndcg_at_k: Option<f64>,
     /// Rankings NDCG was computed over.
     pub ndcg_rankings: u64,
-    /// Predictions that left the join window without feedback.
+    /// Predictions that left the join without feedback (counted afresh when the version's
+    /// count was dropped while none of its predictions was held, see
+    /// [`FeedbackJoin::unmatched_versions_cap`]).
     pub unmatched_predictions: u64,
 }
 
@@ -251,6 +261,32 @@ impl FeedbackJoin {
         if prediction.request_id.is_empty() {
             return Err(BadRecord::Invalid("prediction without request_id".into()));
         }
+        if prediction.request_id.len() > MAX_ID_BYTES {
+            return Err(BadRecord::Invalid(format!(
+                "a prediction's request_id is {} bytes; at most {MAX_ID_BYTES} are accepted",
+                prediction.request_id.len()
+            )));
+        }
+        if prediction.model.len() > MAX_ID_BYTES {
+            return Err(BadRecord::Invalid(format!(
+                "prediction {} names a model of {} bytes; at most {MAX_ID_BYTES} are accepted",
+                prediction.request_id,
+                prediction.model.len()
+            )));
+        }
+        if let Some((i, item)) = prediction
+            .items
+            .iter()
+            .take(MAX_ITEMS)
+            .enumerate()
+            .find(|(_, item)| item.len() > MAX_ID_BYTES)
+        {
+            return Err(BadRecord::Invalid(format!(
+                "prediction {} has an item id of {} bytes (item {i}); at most {MAX_ID_BYTES} are accepted",
+                prediction.request_id,
+                item.len()
+            )));
+        }
         if prediction.items.len() != prediction.scores.len() {
             return Err(BadRecord::Invalid(format!(
                 "prediction {} has {} items but {} scores",
@@ -298,7 +334,7 @@ impl FeedbackJoin {
             )));
         }
         while inner.held.len() >= self.max_predictions {
-            if !evict_oldest(&mut inner) {
+            if !self.evict_oldest(&mut inner) {
                 break;
             }
             inner.counts.evicted_predictions += 1;
@@ -315,8 +351,20 @@ impl FeedbackJoin {
         Ok(())
     }
 
-    /// Joins a feedback event to its prediction.
-    pub fn feedback(&self, feedback: Feedback) {
+    /// Joins a feedback event to its prediction; one naming an id longer than
+    /// [`MAX_ID_BYTES`] is refused (no prediction can hold it).
+    pub fn feedback(&self, feedback: Feedback) -> Result<(), BadRecord> {
+        for (what, id) in [
+            ("request_id", &feedback.request_id),
+            ("item_id", &feedback.item_id),
+        ] {
+            if id.len() > MAX_ID_BYTES {
+                return Err(BadRecord::Invalid(format!(
+                    "a feedback's {what} is {} bytes; at most {MAX_ID_BYTES} are accepted",
+                    id.len()
+                )));
+            }
+        }
         let mut inner = self.lock();
         self.log_feedback(&feedback);
         let joined = match inner.held.get_mut(&feedback.request_id) {
@@ -339,6 +387,7 @@ impl FeedbackJoin {
         if !joined {
             inner.counts.unmatched_feedback += 1;
         }
+        Ok(())
     }
 
     /// Counts records a sender dropped.
@@ -355,7 +404,7 @@ impl FeedbackJoin {
             match inner.held.get(id) {
                 Some(h) if h.prediction.at_ms >= horizon => break,
                 _ => {
-                    evict_oldest(inner);
+                    self.evict_oldest(inner);
                 }
             }
         }
@@ -449,21 +498,48 @@ impl FeedbackJoin {
 /// A version's quality so far, its scored classifier items, and its sum of NDCG values.
 type Accumulator = (VersionQuality, Vec<(f32, bool)>, f64);
 
-/// Removes the oldest held prediction, counting it unmatched when it got no feedback. False when
-/// nothing is held.
-fn evict_oldest(inner: &mut Inner) -> bool {
-    while let Some(id) = inner.order.pop_front() {
-        if let Some(held) = inner.held.remove(&id) {
-            if held.events.is_empty() {
-                *inner
-                    .unmatched_predictions
-                    .entry((held.prediction.model, held.prediction.version))
-                    .or_default() += 1;
-            }
-            return true;
-        }
+impl FeedbackJoin {
+    /// Most model versions whose unmatched predictions are counted at once: twice the
+    /// predictions held. A version's count is reported only while a prediction of it is held,
+    /// so at most `max_predictions` counts are ever shown; when the map reaches this cap, the
+    /// counts of versions with no prediction held are dropped (a version that comes back counts
+    /// afresh). Live versions never lose theirs, and none is folded into another's, so every
+    /// figure shown stays whole; the pruning runs once per `max_predictions` new versions.
+    pub fn unmatched_versions_cap(&self) -> usize {
+        self.max_predictions.saturating_mul(2)
     }
-    false
+
+    /// Removes the oldest held prediction, counting it unmatched when it got no feedback. False
+    /// when nothing is held.
+    fn evict_oldest(&self, inner: &mut Inner) -> bool {
+        while let Some(id) = inner.order.pop_front() {
+            if let Some(held) = inner.held.remove(&id) {
+                if held.events.is_empty() {
+                    let key = (held.prediction.model, held.prediction.version);
+                    if !inner.unmatched_predictions.contains_key(&key)
+                        && inner.unmatched_predictions.len() >= self.unmatched_versions_cap()
+                    {
+                        prune_unmatched(inner);
+                    }
+                    *inner.unmatched_predictions.entry(key).or_default() += 1;
+                }
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Drops the unmatched counts of versions with no prediction held (none of them is reported).
+fn prune_unmatched(inner: &mut Inner) {
+    let live: HashSet<(&str, i64)> = inner
+        .held
+        .values()
+        .map(|h| (h.prediction.model.as_str(), h.prediction.version))
+        .collect();
+    inner
+        .unmatched_predictions
+        .retain(|(model, version), _| live.contains(&(model.as_str(), *version)));
 }
 
 /// The class of a Classify item: an explicit label wins, then a purchase (1), then an
@@ -519,7 +595,8 @@ mod tests {
                 request_id: id.into(),
                 item_id: item.into(),
                 event: Event::Label(label),
-            });
+            })
+            .unwrap();
         }
         let found = join.labelled_examples("m", 10, 2);
         assert_eq!(found.len(), 2, "{found:?}");
@@ -559,12 +636,14 @@ mod tests {
         let join = FeedbackJoin::new(60_000, 100);
         join.predict(prediction("a", 1, Task::Classify, &[0.9, 0.2, 0.6], 0), 0)
             .unwrap();
-        join.feedback(feedback("a", "0", Event::Impression));
-        join.feedback(feedback("a", "0", Event::Purchase));
-        join.feedback(feedback("a", "1", Event::Impression));
-        join.feedback(feedback("a", "2", Event::Label(0)));
-        join.feedback(feedback("a", "7", Event::Click));
-        join.feedback(feedback("zzz", "0", Event::Click));
+        join.feedback(feedback("a", "0", Event::Impression))
+            .unwrap();
+        join.feedback(feedback("a", "0", Event::Purchase)).unwrap();
+        join.feedback(feedback("a", "1", Event::Impression))
+            .unwrap();
+        join.feedback(feedback("a", "2", Event::Label(0))).unwrap();
+        join.feedback(feedback("a", "7", Event::Click)).unwrap();
+        join.feedback(feedback("zzz", "0", Event::Click)).unwrap();
         let (q, counts) = join.quality("", 0, 10, 1000);
         assert_eq!(q[0].labelled, 3);
         // Labels 1, 0, 0 for scores 0.9, 0.2, 0.6: AUC 1, accuracy 2/3.
@@ -580,7 +659,7 @@ mod tests {
             .unwrap();
         join.predict(prediction("r2", 2, Task::Rank, &[0.9, 0.8], 0), 0)
             .unwrap();
-        join.feedback(feedback("r1", "1", Event::Click));
+        join.feedback(feedback("r1", "1", Event::Click)).unwrap();
         let (q, _) = join.quality("m", 0, 10, 5000);
         assert_eq!(q[0].rankings, 2);
         assert_eq!(q[0].ctr, Some(0.5));
@@ -617,13 +696,86 @@ mod tests {
     }
 
     #[test]
+    fn unmatched_counts_stay_bounded_and_live_versions_keep_theirs() {
+        let join = FeedbackJoin::new(1_000_000, 10);
+        // Every other prediction is of version 0, which always has predictions held; the
+        // others each of a version of their own, evicted unmatched when the join is full.
+        let total = 100_000;
+        for i in 0..total {
+            let version = if i % 2 == 0 { 0 } else { i };
+            join.predict(
+                prediction(&format!("r{i}"), version, Task::Rank, &[0.5], i),
+                i,
+            )
+            .unwrap();
+        }
+        let held = join.lock().unmatched_predictions.len();
+        assert!(
+            held <= 2 * 10,
+            "{held} unmatched counts held by a join of 10 predictions"
+        );
+        let (q, counts) = join.quality("m", 0, 10, total);
+        assert_eq!(counts.evicted_predictions, (total - 10) as u64);
+        let live = q.iter().find(|q| q.version == 0).unwrap();
+        assert_eq!(
+            live.unmatched_predictions,
+            (total as u64 - 10) / 2,
+            "version 0 still has predictions held: its count is whole"
+        );
+    }
+
+    #[test]
+    fn over_long_ids_model_names_and_items_are_refused() {
+        let join = FeedbackJoin::new(60_000, 100);
+        let huge = "x".repeat(1 << 20);
+        let long_id = prediction(&huge, 1, Task::Rank, &[0.5], 0);
+        let err = join.predict(long_id, 0).unwrap_err().to_string();
+        assert!(
+            err.contains("request_id") && err.contains(&MAX_ID_BYTES.to_string()),
+            "{}",
+            &err[..err.len().min(200)]
+        );
+        assert!(
+            err.len() < 500,
+            "the refusal echoes the id: {} bytes",
+            err.len()
+        );
+        let long_model = Prediction {
+            model: huge.clone(),
+            ..prediction("a", 1, Task::Rank, &[0.5], 0)
+        };
+        assert!(
+            join.predict(long_model, 0).is_err(),
+            "a 1 MiB model name was kept"
+        );
+        let mut long_item = prediction("b", 1, Task::Rank, &[0.5, 0.4], 0);
+        long_item.items[1] = huge.clone();
+        assert!(
+            join.predict(long_item, 0).is_err(),
+            "a 1 MiB item id was kept"
+        );
+        // At the limit: kept.
+        let at_limit = prediction(&"y".repeat(MAX_ID_BYTES), 1, Task::Rank, &[0.5], 0);
+        join.predict(at_limit, 0).unwrap();
+        // Feedback naming such an id cannot match anything: refused, not logged.
+        assert!(
+            join.feedback(feedback(&huge, "0", Event::Click)).is_err(),
+            "feedback with a 1 MiB request id was taken"
+        );
+        assert!(join.feedback(feedback("b", &huge, Event::Click)).is_err());
+        let (q, counts) = join.quality("", 0, 10, 1);
+        assert_eq!(q[0].predictions, 1);
+        assert_eq!(counts.unmatched_feedback, 0);
+    }
+
+    #[test]
     fn a_full_join_evicts_the_oldest_and_counts_it() {
         let join = FeedbackJoin::new(1_000_000, 2);
         for (i, id) in ["a", "b", "c"].iter().enumerate() {
             join.predict(prediction(id, 1, Task::Rank, &[0.1], i as i64), i as i64)
                 .unwrap();
         }
-        join.feedback(feedback("a", "0", Event::Click));
+        join.feedback(feedback("a", "0", Event::Click)).unwrap();
         let (q, counts) = join.quality("", 0, 10, 3);
         assert_eq!(q[0].predictions, 2);
         assert_eq!(counts.evicted_predictions, 1);

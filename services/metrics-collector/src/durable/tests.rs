@@ -119,11 +119,14 @@ fn traffic(running: &Running, from: i64) {
             from * 1000,
         )
         .unwrap();
-    running.join.feedback(Feedback {
-        request_id: id,
-        item_id: "y".into(),
-        event: Event::Click,
-    });
+    running
+        .join
+        .feedback(Feedback {
+            request_id: id,
+            item_id: "y".into(),
+            event: Event::Click,
+        })
+        .unwrap();
     // Five slow spans: the ring keeps the last three.
     for i in 0..5 {
         running.exemplars.offer(Exemplar {

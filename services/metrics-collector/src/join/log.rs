@@ -139,7 +139,8 @@ impl FeedbackJoin {
                     item_id: r.str()?,
                     event: read_event(r)?,
                 };
-                self.feedback(f);
+                // Logged only once taken: a refusal now cannot happen.
+                let _ = self.feedback(f);
             }
             RECORD_DROPPED => self.sender_dropped(r.varint()?),
             _ => return Err(BAD),
@@ -203,6 +204,10 @@ impl FeedbackJoin {
         for _ in 0..r.len(10)? {
             let key = (r.str()?, r.i64()?);
             state.unmatched_predictions.insert(key, r.varint()?);
+        }
+        // A state saved before the counts were bounded may hold more.
+        if state.unmatched_predictions.len() > self.unmatched_versions_cap() {
+            super::prune_unmatched(&mut state);
         }
         state.counts = JoinCounts {
             unmatched_feedback: r.varint()?,
