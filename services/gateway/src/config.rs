@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use shared::telemetry::TelemetryArgs;
 use shared::tls::TlsArgs;
 
+use crate::records::DEFAULT_RECORD_BUFFER_BYTES;
+
 /// The front door of the mesh: the `ecommerce.gateway.v1` task API and the Open Inference
 /// Protocol, with API-key auth, per-key rate limits, routing over inference replicas, canary
 /// splits between model versions and payload logging with personal data masked.
@@ -112,6 +114,12 @@ pub struct GatewayConfig {
     /// (and counted) beyond this.
     #[arg(long, env = "GATEWAY_RECORD_BUFFER", default_value_t = 10_000)]
     pub record_buffer: usize,
+
+    /// Bytes the buffered prediction and feedback records may hold (estimated per record);
+    /// the oldest are dropped (and counted) beyond this, so large Rank records cannot run the
+    /// gateway out of memory while the collector is down or slow.
+    #[arg(long, env = "GATEWAY_RECORD_BUFFER_BYTES", default_value_t = DEFAULT_RECORD_BUFFER_BYTES)]
+    pub record_buffer_bytes: usize,
 
     /// PostgreSQL holding what is deployed (canary splits), shared by every gateway replica,
     /// e.g. `postgres://gateway@db/mesh`: a change through any replica is applied by all

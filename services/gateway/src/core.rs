@@ -192,7 +192,7 @@ impl GatewayCore {
     pub fn new(
         pool: Arc<ReplicaPool>,
         cache_entries: usize,
-        record_buffer: usize,
+        records: RecordBuffer,
         payload_sample: f64,
         embed_model: &str,
         classify_model: &str,
@@ -202,7 +202,7 @@ impl GatewayCore {
             canary: Arc::default(),
             deployed: None,
             cache: EmbeddingCache::new(cache_entries),
-            records: Arc::new(RecordBuffer::new(record_buffer)),
+            records: Arc::new(records),
             payload: PayloadLogger::new(payload_sample),
             embed_model: Arc::from(embed_model),
             classify_model: Arc::from(classify_model),

@@ -116,7 +116,7 @@ pub async fn serve(
     let mut core = GatewayCore::new(
         pool.clone(),
         config.cache_entries,
-        config.record_buffer,
+        records::RecordBuffer::new(config.record_buffer, config.record_buffer_bytes),
         config.payload_log_sample,
         &config.embed_model,
         &config.classify_model,

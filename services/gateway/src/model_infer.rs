@@ -124,7 +124,14 @@ mod tests {
         )
         .await
         .unwrap();
-        GatewayCore::new(Arc::new(pool), 16, 16, 0.0, "minilm-l6", "distilbert-sst2")
+        GatewayCore::new(
+            Arc::new(pool),
+            16,
+            crate::records::RecordBuffer::new(16, 1024 * 1024),
+            0.0,
+            "minilm-l6",
+            "distilbert-sst2",
+        )
     }
 
     fn call() -> CallContext {
