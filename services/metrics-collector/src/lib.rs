@@ -67,8 +67,10 @@ pub struct Config {
     #[arg(long, env = "COLLECTOR_MAX_METRICS", default_value_t = 10_000)]
     pub max_metrics: usize,
 
-    /// Metrics one sender (its `service.name`) may create, so that one sender's made-up names
-    /// cannot take every other sender's room.
+    /// Metrics one sender may create and hold, so that one sender's made-up names cannot take
+    /// every other sender's room. A sender is the key it presents (`--api-keys`), or its
+    /// `service.name` when no key is configured; a metric whose series all went silent and
+    /// were retired (`--retire-after-hours`) no longer counts.
     #[arg(
         long,
         env = "COLLECTOR_MAX_METRICS_PER_SENDER",
@@ -111,7 +113,8 @@ pub struct Config {
 
     /// Hours without a point after which a series is removed with its windows, so that the
     /// room of replicas gone for good (each pod's series are its own) is given back; checked
-    /// every ten minutes. The default, a week, is the longest tier's reach: no query loses
+    /// every ten minutes; a metric left without series leaves the store (and its sender's
+    /// `--max-metrics-per-sender` count). The default, a week, is the longest tier's reach: no query loses
     /// anything it could still read. Lower it where pods come and go many times a week; 0
     /// keeps every series until the collector's state is removed.
     #[arg(long, env = "COLLECTOR_RETIRE_AFTER_HOURS", default_value_t = 168)]

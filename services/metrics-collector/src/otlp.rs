@@ -336,7 +336,9 @@ impl MetricsService for OtlpReceiver {
         &self,
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        self.senders.check(&request, "OTLP metric exports")?;
+        // The metric quota counts against the key presented; with writes open, against each
+        // resource's service.name.
+        let writer = self.senders.writer(&request, "OTLP metric exports")?;
         let now = unix_now();
         let mut rejected = 0_i64;
         let watched = self.updates.receiver_count() > 0;
@@ -393,7 +395,7 @@ impl MetricsService for OtlpReceiver {
                 if !decoded.points.is_empty()
                     && let Err((n, err)) = self.store.record_sent(
                         now,
-                        job,
+                        writer.as_deref().unwrap_or(job),
                         &name,
                         decoded.kind,
                         &description,
@@ -618,6 +620,96 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("collector_refused_points_total 1"), "{text}");
+    }
+
+    /// An export of `names` metrics under each of `services` (one resource each), presenting
+    /// `key` when given.
+    fn export_request(
+        services: &[&str],
+        names: usize,
+        key: Option<&str>,
+    ) -> Request<ExportMetricsServiceRequest> {
+        let resource_metrics = services
+            .iter()
+            .map(|service| ResourceMetrics {
+                resource: Some(Resource {
+                    attributes: vec![string("service.name", service)],
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: (0..names)
+                        .map(|i| gauge(&format!("{service}.m{i}"), vec![]))
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect();
+        let mut request = Request::new(ExportMetricsServiceRequest { resource_metrics });
+        if let Some(key) = key {
+            request
+                .metadata_mut()
+                .insert("authorization", shared::auth::bearer(key).unwrap());
+        }
+        request
+    }
+
+    #[tokio::test]
+    async fn one_key_cannot_pass_its_metric_quota_by_changing_service_name() {
+        let store = Arc::new(MetricStore::new(crate::store::Limits {
+            max_families_per_sender: 5,
+            ..limits(100)
+        }));
+        let keys = shared::auth::ApiKeys::load(
+            None,
+            &[
+                "key-one:shop:client".to_owned(),
+                "key-two:ads:client".to_owned(),
+            ],
+        )
+        .unwrap();
+        let receiver = OtlpReceiver::new(
+            store.clone(),
+            Arc::new(ExemplarRings::new(10, 4, 100.0)),
+            crate::senders::Senders::new(keys),
+        );
+        // One key, three made-up service names, three metrics each: 9 names, 5 allowed.
+        let request = export_request(&["s1", "s2", "s3"], 3, Some("key-one"));
+        let answer = MetricsService::export(&receiver, request)
+            .await
+            .unwrap()
+            .into_inner();
+        let refused = answer.partial_success.unwrap_or_default();
+        assert_eq!(refused.rejected_data_points, 4, "{refused:?}");
+        assert!(
+            refused.error_message.contains("maximum of 5 metrics"),
+            "{refused:?}"
+        );
+        assert_eq!(store.families().len(), 5);
+        // Another key has a quota of its own.
+        let request = export_request(&["s4"], 5, Some("key-two"));
+        let answer = MetricsService::export(&receiver, request)
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.partial_success, None);
+
+        // Without keys (writes open) the sender is its service.name, as before.
+        let store = Arc::new(MetricStore::new(crate::store::Limits {
+            max_families_per_sender: 5,
+            ..limits(100)
+        }));
+        let open = OtlpReceiver::new(
+            store.clone(),
+            Arc::new(ExemplarRings::new(10, 4, 100.0)),
+            Default::default(),
+        );
+        let answer = MetricsService::export(&open, export_request(&["s1", "s2"], 5, None))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.partial_success, None);
+        assert_eq!(store.families().len(), 10);
     }
 
     #[tokio::test]

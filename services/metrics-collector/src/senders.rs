@@ -30,12 +30,20 @@ impl Senders {
 
     /// Whether the call may write; `what` names the write in the refusal.
     pub fn check<T>(&self, request: &Request<T>, what: &str) -> Result<(), Status> {
+        self.writer(request, what).map(drop)
+    }
+
+    /// Whether the call may write, and who writes: the key presented, named by its id and
+    /// tenant (`key 1a2b3c4d of tenant shop`, never the key itself), or `None` when writes are
+    /// open. Quotas count against this name, which a sender cannot choose, rather than
+    /// against the `service.name` it sends.
+    pub fn writer<T>(&self, request: &Request<T>, what: &str) -> Result<Option<String>, Status> {
         if self.keys.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         self.keys
             .require(request.metadata(), Role::Client, what)
-            .map(drop)
+            .map(|p| Some(format!("key {} of tenant {}", p.key_id, p.tenant)))
             .map_err(|err| err.to_status())
     }
 }

@@ -202,8 +202,12 @@ pub struct Family {
     pub(crate) minutes: Columns,
     /// 1 h steps of every series.
     pub(crate) hours: Columns,
-    /// The sender (`service.name`) that created the metric; empty when not known.
+    /// The sender that created the metric, as [`MetricStore::record_sent`] named it (the key it
+    /// presented, or its `service.name` when writes are open); empty when not known.
     pub(crate) creator: String,
+    /// Set when its last series was retired and the metric left the store (its creator's count
+    /// given back): a writer that still holds it looks the name up again.
+    pub(crate) removed: bool,
     /// Changes whenever a series is added, so that cached groupings can tell they are stale.
     pub generation: u64,
     /// Groupings of the series computed by queries, reused while `generation` holds.
@@ -219,6 +223,7 @@ impl Family {
     pub(crate) fn new(kind: Kind, description: &str, unit: &str) -> Family {
         Family {
             creator: String::new(),
+            removed: false,
             kind,
             description: description.to_owned(),
             unit: unit.to_owned(),
@@ -405,7 +410,9 @@ pub enum Refused {
     #[error("the collector holds its maximum of {1} metrics; new metric '{0}' refused")]
     Families(String, usize),
     /// The sender already created its maximum number of metrics.
-    #[error("sender '{0}' already sent its maximum of {2} metrics; new metric '{1}' refused")]
+    #[error(
+        "sender '{0}' already sent its maximum of {2} metrics; new metric '{1}' refused (a metric whose series all went silent and were retired no longer counts)"
+    )]
     SenderFamilies(String, String, usize),
 }
 
@@ -418,7 +425,9 @@ pub struct Limits {
     pub max_window_bytes: u64,
     /// Metrics (families), all senders together.
     pub max_families: usize,
-    /// Metrics one sender (`service.name`) may create.
+    /// Metrics one sender may create and hold: the key it presents, or its `service.name` when
+    /// writes are open (see [`MetricStore::record_sent`]). A metric whose last series is retired
+    /// no longer counts.
     pub max_families_per_sender: usize,
     /// Unix nanoseconds when the collector started: cumulative points whose start time is later
     /// were counted entirely while the collector listened.
@@ -435,7 +444,7 @@ pub struct MetricStore {
     limits: Limits,
     window_bytes: AtomicU64,
     refused: AtomicU64,
-    /// Metrics created per sender, for [`Limits::max_families_per_sender`].
+    /// Metrics held per creator, for [`Limits::max_families_per_sender`].
     created_by: Mutex<HashMap<String, usize>>,
     /// Where every stored point is logged, when the collector keeps its state on disk.
     wal: std::sync::OnceLock<Arc<crate::durable::wal::Wal>>,
@@ -650,8 +659,9 @@ impl MetricStore {
             .collect()
     }
 
-    /// As [`MetricStore::record`], for points sent by `sender` (its `service.name`): a metric
-    /// not yet known is created only within [`Limits::max_families`] and the sender's
+    /// As [`MetricStore::record`], for points sent by `sender` (whom the quota counts: the key
+    /// it presented, or its `service.name` when writes are open): a metric not yet known is
+    /// created only within [`Limits::max_families`] and the sender's
     /// [`Limits::max_families_per_sender`], so one sender's names cannot fill the store.
     #[allow(clippy::too_many_arguments)]
     pub fn record_sent(
@@ -664,33 +674,7 @@ impl MetricStore {
         unit: &str,
         points: Vec<Point>,
     ) -> Result<(), (usize, Refused)> {
-        if self.family(name).is_none() {
-            let refusal = {
-                let families = self.families.read().unwrap_or_else(|p| p.into_inner());
-                let mut created = self.created_by.lock().unwrap_or_else(|p| p.into_inner());
-                let mine = created.get(sender).copied().unwrap_or(0);
-                if families.contains_key(name) {
-                    None
-                } else if families.len() >= self.limits.max_families {
-                    Some(Refused::Families(name.to_owned(), self.limits.max_families))
-                } else if mine >= self.limits.max_families_per_sender {
-                    Some(Refused::SenderFamilies(
-                        sender.to_owned(),
-                        name.to_owned(),
-                        self.limits.max_families_per_sender,
-                    ))
-                } else {
-                    *created.entry(sender.to_owned()).or_default() += 1;
-                    None
-                }
-            };
-            if let Some(refusal) = refusal {
-                let n = points.len();
-                self.refused.fetch_add(n as u64, Ordering::Relaxed);
-                return Err((n, refusal));
-            }
-        }
-        self.record_from(now, sender, name, kind, description, unit, points)
+        self.record_from(now, sender, true, name, kind, description, unit, points)
     }
 
     /// Stores the points of one metric, received at Unix second `now`. Points that cannot be
@@ -704,30 +688,98 @@ impl MetricStore {
         unit: &str,
         points: Vec<Point>,
     ) -> Result<(), (usize, Refused)> {
-        self.record_from(now, "", name, kind, description, unit, points)
+        self.record_from(now, "", false, name, kind, description, unit, points)
     }
 
-    /// The family called `name`, created (with `sender` as its creator) when new.
+    /// The family called `name`, created (with `sender` as its creator, counted for it) when
+    /// new; `limited`: only within [`Limits::max_families`] and the sender's
+    /// [`Limits::max_families_per_sender`]. Checked and created under the families' lock, so
+    /// that two exports cannot both take a sender's last place.
     fn family_or_new(
         &self,
         sender: &str,
+        limited: bool,
         name: &str,
         kind: Kind,
         description: &str,
         unit: &str,
-    ) -> Arc<RwLock<Family>> {
+    ) -> Result<Arc<RwLock<Family>>, Refused> {
         if let Some(family) = self.family(name) {
-            return family;
+            return Ok(family);
         }
         let mut families = self.families.write().unwrap_or_else(|p| p.into_inner());
-        families
-            .entry(name.to_owned())
-            .or_insert_with(|| {
-                let mut family = Family::new(kind, description, unit);
-                family.creator = sender.to_owned();
-                Arc::new(RwLock::new(family))
-            })
-            .clone()
+        if let Some(family) = families.get(name) {
+            return Ok(family.clone());
+        }
+        let mut created = self.created_by.lock().unwrap_or_else(|p| p.into_inner());
+        if limited {
+            if families.len() >= self.limits.max_families {
+                return Err(Refused::Families(name.to_owned(), self.limits.max_families));
+            }
+            if created.get(sender).copied().unwrap_or(0) >= self.limits.max_families_per_sender {
+                return Err(Refused::SenderFamilies(
+                    sender.to_owned(),
+                    name.to_owned(),
+                    self.limits.max_families_per_sender,
+                ));
+            }
+        }
+        if !sender.is_empty() {
+            *created.entry(sender.to_owned()).or_default() += 1;
+        }
+        let mut family = Family::new(kind, description, unit);
+        family.creator = sender.to_owned();
+        let family = Arc::new(RwLock::new(family));
+        families.insert(name.to_owned(), family.clone());
+        Ok(family)
+    }
+
+    /// Runs `f` on the family called `name` (see [`MetricStore::family_or_new`]), write-locked;
+    /// a family removed meanwhile (its last series retired) is looked up again.
+    #[allow(clippy::too_many_arguments)]
+    fn with_family<R>(
+        &self,
+        sender: &str,
+        limited: bool,
+        name: &str,
+        kind: Kind,
+        description: &str,
+        unit: &str,
+        f: impl FnOnce(&mut Family) -> R,
+    ) -> Result<R, Refused> {
+        loop {
+            let family = self.family_or_new(sender, limited, name, kind, description, unit)?;
+            let mut locked = family.write().unwrap_or_else(|p| p.into_inner());
+            if !locked.removed {
+                return Ok(f(&mut locked));
+            }
+            drop(locked);
+            self.unlist(name, &family);
+        }
+    }
+
+    /// Takes `family` out of the map under `name`, unless another family took its place.
+    fn unlist(&self, name: &str, family: &Arc<RwLock<Family>>) {
+        let mut families = self.families.write().unwrap_or_else(|p| p.into_inner());
+        if families.get(name).is_some_and(|f| Arc::ptr_eq(f, family)) {
+            families.remove(name);
+        }
+    }
+
+    /// Marks a family whose last series was retired as removed, and gives its place back to
+    /// its creator (called with the family locked, so that no point reaches it after).
+    fn free(&self, family: &mut Family) {
+        family.removed = true;
+        if family.creator.is_empty() {
+            return;
+        }
+        let mut created = self.created_by.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = created.get_mut(&family.creator) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                created.remove(&family.creator);
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -735,14 +787,33 @@ impl MetricStore {
         &self,
         now: i64,
         sender: &str,
+        limited: bool,
         name: &str,
         kind: Kind,
         description: &str,
         unit: &str,
         points: Vec<Point>,
     ) -> Result<(), (usize, Refused)> {
-        let family = self.family_or_new(sender, name, kind, description, unit);
-        let mut family = family.write().unwrap_or_else(|p| p.into_inner());
+        let n = points.len();
+        self.with_family(sender, limited, name, kind, description, unit, |family| {
+            self.record_in(now, sender, name, kind, family, points)
+        })
+        .unwrap_or_else(|refusal| {
+            self.refused.fetch_add(n as u64, Ordering::Relaxed);
+            Err((n, refusal))
+        })
+    }
+
+    /// Stores `points` in `family` (locked), logging them.
+    fn record_in(
+        &self,
+        now: i64,
+        sender: &str,
+        name: &str,
+        kind: Kind,
+        family: &mut Family,
+        points: Vec<Point>,
+    ) -> Result<(), (usize, Refused)> {
         if family.kind != kind {
             let n = points.len();
             family.refused += n as u64;
@@ -750,27 +821,27 @@ impl MetricStore {
             return Err((n, Refused::KindChanged(name.to_owned(), family.kind, kind)));
         }
         let wal = self.wal.get();
-        let mut log = wal.map(|_| log::Batch::start(now, sender, name, &family));
+        let mut log = wal.map(|_| log::Batch::start(now, sender, name, family));
         let mut refused = 0;
         let mut first_error = None;
         for point in points {
-            let applied =
-                self.resolve(name, &mut family, &point, false)
-                    .and_then(|(i, created)| {
-                        // Logged before it is applied (the record reads the series as it was), and
-                        // taken back out when it cannot be. A point that created its series always
-                        // applies: it is added to zero.
-                        let mark = log.as_mut().map(|log| {
-                            let mark = log.mark();
-                            log.point(&family, i, created, &point);
-                            mark
-                        });
-                        Self::apply(name, now, &mut family, i, point).inspect_err(|_| {
-                            if let (Some(log), Some(mark)) = (&mut log, mark) {
-                                log.rewind(mark);
-                            }
-                        })
+            let applied = self
+                .resolve(name, family, &point, false)
+                .and_then(|(i, created)| {
+                    // Logged before it is applied (the record reads the series as it was), and
+                    // taken back out when it cannot be. A point that created its series always
+                    // applies: it is added to zero.
+                    let mark = log.as_mut().map(|log| {
+                        let mark = log.mark();
+                        log.point(family, i, created, &point);
+                        mark
                     });
+                    Self::apply(name, now, family, i, point).inspect_err(|_| {
+                        if let (Some(log), Some(mark)) = (&mut log, mark) {
+                            log.rewind(mark);
+                        }
+                    })
+                });
             if let Err(err) = applied {
                 refused += 1;
                 first_error.get_or_insert(err);
@@ -794,34 +865,34 @@ impl MetricStore {
         header: log::Header,
         reader: &mut crate::durable::codec::Reader<'_>,
     ) -> Result<(), crate::durable::codec::Malformed> {
-        let exists = self.family(&header.name).is_some();
-        let family = self.family_or_new(
+        let replayed = self.with_family(
             &header.sender,
+            false,
             &header.name,
             header.kind,
             &header.description,
             &header.unit,
+            |family| {
+                for _ in 0..header.points {
+                    let point = log::read_point(reader, family)?;
+                    if let Ok((i, _)) = self.resolve(&header.name, family, &point, true) {
+                        let _ = Self::apply(&header.name, header.now, family, i, point);
+                    }
+                }
+                let refused = reader.varint()?;
+                family.refused += refused;
+                self.refused.fetch_add(refused, Ordering::Relaxed);
+                Ok(())
+            },
         );
-        if !exists && !header.sender.is_empty() {
-            let mut created = self.created_by.lock().unwrap_or_else(|p| p.into_inner());
-            *created.entry(header.sender.clone()).or_default() += 1;
-        }
-        let mut family = family.write().unwrap_or_else(|p| p.into_inner());
-        for _ in 0..header.points {
-            let point = log::read_point(reader, &family)?;
-            if let Ok((i, _)) = self.resolve(&header.name, &mut family, &point, true) {
-                let _ = Self::apply(&header.name, header.now, &mut family, i, point);
-            }
-        }
-        let refused = reader.varint()?;
-        family.refused += refused;
-        self.refused.fetch_add(refused, Ordering::Relaxed);
-        Ok(())
+        // Not limited: the family is always found or created.
+        replayed.unwrap_or(Ok(()))
     }
 
     /// Removes the series of every metric that have had no point since before Unix second
     /// `cutoff`, with their columns in every tier, so that the room of replicas gone for good
-    /// is given back; returns the series removed. Logged, so that a replay removes the same.
+    /// is given back; a metric left without series leaves the store and no longer counts for
+    /// its creator. Returns the series removed. Logged, so that a replay removes the same.
     pub fn retire_silent(&self, cutoff: i64) -> usize {
         let mut removed = 0;
         for (name, family) in self.families() {
@@ -829,10 +900,15 @@ impl MetricStore {
             if !silent(&family.read().unwrap_or_else(|p| p.into_inner())) {
                 continue;
             }
-            let mut family = family.write().unwrap_or_else(|p| p.into_inner());
-            removed += self.retire_in(&mut family, cutoff);
+            let mut locked = family.write().unwrap_or_else(|p| p.into_inner());
+            removed += self.retire_in(&mut locked, cutoff);
             if let Some(wal) = self.wal.get() {
                 wal.append(&log::retire_record(&name, cutoff));
+            }
+            let gone = locked.removed;
+            drop(locked);
+            if gone {
+                self.unlist(&name, &family);
             }
         }
         removed
@@ -841,13 +917,18 @@ impl MetricStore {
     /// Applies a logged [`MetricStore::retire_silent`] to one metric.
     pub(crate) fn replay_retire(&self, name: &str, cutoff: i64) {
         if let Some(family) = self.family(name) {
-            self.retire_in(
-                &mut family.write().unwrap_or_else(|p| p.into_inner()),
-                cutoff,
-            );
+            let mut locked = family.write().unwrap_or_else(|p| p.into_inner());
+            self.retire_in(&mut locked, cutoff);
+            let gone = locked.removed;
+            drop(locked);
+            if gone {
+                self.unlist(name, &family);
+            }
         }
     }
 
+    /// Removes `family`'s series silent since before `cutoff`; frees the family (see
+    /// [`MetricStore::free`]) when that was its last.
     fn retire_in(&self, family: &mut Family, cutoff: i64) -> usize {
         let (keep, gone): (Vec<Series>, Vec<Series>) = std::mem::take(&mut family.series)
             .into_iter()
@@ -877,6 +958,9 @@ impl MetricStore {
             }
         }
         family.generation += 1;
+        if family.series.is_empty() && !gone.is_empty() && !family.removed {
+            self.free(family);
+        }
         gone.len()
     }
 
@@ -1274,6 +1358,81 @@ pub(crate) mod tests {
             family.at(&family.series[0], Tier::Seconds, 110),
             Some(&[110.0][..])
         );
+    }
+
+    #[test]
+    fn a_metric_whose_last_series_was_retired_no_longer_counts_for_its_sender() {
+        let store = MetricStore::new(Limits {
+            max_families: 3,
+            max_families_per_sender: 2,
+            ..limits(10)
+        });
+        let send = |now: i64, name: &str| {
+            store.record_sent(
+                now,
+                "svc",
+                name,
+                Kind::Counter,
+                "",
+                "",
+                vec![point(1.0, 2000, false)],
+            )
+        };
+        send(100, "a").unwrap();
+        send(100, "b").unwrap();
+        assert!(
+            matches!(send(100, "c"), Err((1, Refused::SenderFamilies(..)))),
+            "the sender's third metric was accepted"
+        );
+        // `a` goes silent; `b` sends on. Retiring `a`'s only series frees the metric.
+        send(200, "b").unwrap();
+        assert_eq!(store.retire_silent(150), 1);
+        assert!(
+            store.family("a").is_none(),
+            "a metric without series is kept"
+        );
+        send(200, "c").expect("the retired metric still counts for its sender");
+        // `a` coming back is a new metric, within the quota again.
+        assert!(matches!(
+            send(210, "a"),
+            Err((1, Refused::SenderFamilies(..)))
+        ));
+        // Another sender fills the store's last place; freeing one gives it back.
+        store
+            .record_sent(
+                210,
+                "other",
+                "d",
+                Kind::Gauge,
+                "",
+                "",
+                vec![point(1.0, 0, false)],
+            )
+            .unwrap();
+        assert!(matches!(
+            store.record_sent(
+                220,
+                "other",
+                "e",
+                Kind::Gauge,
+                "",
+                "",
+                vec![point(1.0, 0, false)]
+            ),
+            Err((1, Refused::Families(..)))
+        ));
+        assert_eq!(store.retire_silent(205), 2, "b and c, silent since 200");
+        store
+            .record_sent(
+                220,
+                "other",
+                "e",
+                Kind::Gauge,
+                "",
+                "",
+                vec![point(1.0, 0, false)],
+            )
+            .unwrap();
     }
 
     #[test]

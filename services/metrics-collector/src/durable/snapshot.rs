@@ -371,6 +371,11 @@ pub fn write(
         let mut bytes = HEADER_BYTES as u64;
         let mut w = Writer::new();
         for (name, family) in store.families() {
+            let family = family.read().unwrap_or_else(|p| p.into_inner());
+            // Its last series was retired (logged before): it is leaving the store.
+            if family.removed {
+                continue;
+            }
             w.bytes.clear();
             let mut section = Chunked {
                 out,
@@ -381,7 +386,6 @@ pub fn write(
             w.str(&name);
             // Written while the family is locked, straight to the file: every change logged
             // before the LSN is in it, and only a megabyte at a time is held in memory.
-            let family = family.read().unwrap_or_else(|p| p.into_inner());
             w.u64(wal.next_lsn());
             encode_family(&mut w, &family, &mut |w| section.spill(w, CHUNK_BYTES));
             drop(family);

@@ -27,9 +27,15 @@ fn options(dir: &Path) -> Options {
 }
 
 fn open(dir: &Path) -> Running {
+    open_with(dir, usize::MAX)
+}
+
+/// As [`open`], each sender creating at most `per_sender` metrics.
+fn open_with(dir: &Path, per_sender: usize) -> Running {
     let recovery = Recovery::begin(options(dir)).unwrap();
     let store = Arc::new(MetricStore::new(Limits {
         started_ns: recovery.started_ns(),
+        max_families_per_sender: per_sender,
         ..limits(1000)
     }));
     let join = Arc::new(FeedbackJoin::new(3_600_000, 1000));
@@ -219,6 +225,48 @@ fn the_log_alone_rebuilds_the_state_and_a_snapshot_taken_under_way_changes_nothi
         before,
         "replaying the log gives another state"
     );
+}
+
+#[test]
+fn a_metric_freed_by_retiring_its_last_series_stays_free_after_a_restart() {
+    let send = |running: &Running, now: i64, name: &str| {
+        running.store.record_sent(
+            now,
+            "svc",
+            name,
+            Kind::Counter,
+            "",
+            "",
+            vec![counter("a", 1.0)],
+        )
+    };
+    for clean in [true, false] {
+        let dir = tempdir(if clean { "freed-clean" } else { "freed-log" });
+        let running = open_with(&dir, 2);
+        send(&running, 1_000, "a").unwrap();
+        send(&running, 1_100, "b").unwrap();
+        assert_eq!(running.store.retire_silent(1_050), 1);
+        send(&running, 1_100, "c").unwrap();
+        let before = state(&running);
+        if clean {
+            running.durable.close();
+        } else {
+            running.durable.abandon();
+        }
+        drop(running);
+        let again = open_with(&dir, 2);
+        assert_eq!(state(&again), before);
+        assert!(again.store.family("a").is_none());
+        assert!(
+            matches!(
+                send(&again, 1_200, "d"),
+                Err((1, crate::store::Refused::SenderFamilies(..)))
+            ),
+            "the sender holds b and c: a third is refused (clean stop: {clean})"
+        );
+        assert_eq!(again.store.retire_silent(1_150), 2);
+        send(&again, 1_200, "d").unwrap();
+    }
 }
 
 #[test]
