@@ -236,6 +236,32 @@ mod tests {
     use crate::store::{MetricStore, Point};
 
     #[test]
+    fn a_histogram_whose_count_nears_the_limit_renders_without_overflow() {
+        let store = MetricStore::new(limits(10));
+        let most = u64::MAX - 1;
+        let point = Point {
+            labels: vec![],
+            start_time_ns: 0,
+            delta: true,
+            value: Value::Histogram {
+                bounds: vec![1.0],
+                counts: vec![most, 0],
+                sum: 1.0,
+                count: most,
+            },
+        };
+        store
+            .record(1, "h", Kind::Histogram, "", "", vec![point])
+            .unwrap();
+        let text = render(&store.snapshot(i64::MIN), 0, None);
+        assert!(
+            text.contains(&format!("h_bucket{{le=\"+Inf\"}} {most}")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("h_count {most}")), "{text}");
+    }
+
+    #[test]
     fn names_labels_and_histograms_follow_the_compatibility_rules() {
         let store = MetricStore::new(limits(10));
         let labels = vec![
