@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use shared::telemetry::TelemetryArgs;
 use shared::tls::TlsArgs;
 
+use crate::cache::{DEFAULT_CACHE_BYTES, DEFAULT_CACHE_ENTRIES};
 use crate::records::DEFAULT_RECORD_BUFFER_BYTES;
 
 /// The front door of the mesh: the `ecommerce.gateway.v1` task API and the Open Inference
@@ -102,9 +103,14 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_RETRY_RATIO", default_value_t = 0.2)]
     pub retry_ratio: f64,
 
-    /// Embeddings kept in the cache (keyed by model, version and text).
-    #[arg(long, env = "GATEWAY_CACHE_ENTRIES", default_value_t = 100_000)]
+    /// Embeddings kept in the cache (keyed by model, version and text); 0 switches it off.
+    #[arg(long, env = "GATEWAY_CACHE_ENTRIES", default_value_t = DEFAULT_CACHE_ENTRIES)]
     pub cache_entries: usize,
+
+    /// Bytes the embedding cache may hold, each entry weighed by its text and its vector: long
+    /// texts leave room for fewer entries. 0 switches the cache off.
+    #[arg(long, env = "GATEWAY_CACHE_BYTES", default_value_t = DEFAULT_CACHE_BYTES)]
+    pub cache_bytes: u64,
 
     /// Fraction of calls whose payload summary is logged (0 = off), personal data masked.
     #[arg(long, env = "GATEWAY_PAYLOAD_LOG_SAMPLE", default_value_t = 0.0)]

@@ -191,7 +191,7 @@ impl GatewayCore {
     /// The core over `pool`.
     pub fn new(
         pool: Arc<ReplicaPool>,
-        cache_entries: usize,
+        cache: EmbeddingCache,
         records: RecordBuffer,
         payload_sample: f64,
         embed_model: &str,
@@ -201,7 +201,7 @@ impl GatewayCore {
             pool,
             canary: Arc::default(),
             deployed: None,
-            cache: EmbeddingCache::new(cache_entries),
+            cache,
             records: Arc::new(records),
             payload: PayloadLogger::new(payload_sample),
             embed_model: Arc::from(embed_model),

@@ -115,7 +115,7 @@ pub async fn serve(
     metrics::name_model(&config.classify_model);
     let mut core = GatewayCore::new(
         pool.clone(),
-        config.cache_entries,
+        cache::EmbeddingCache::new(config.cache_entries, config.cache_bytes),
         records::RecordBuffer::new(config.record_buffer, config.record_buffer_bytes),
         config.payload_log_sample,
         &config.embed_model,

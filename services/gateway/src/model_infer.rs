@@ -126,7 +126,7 @@ mod tests {
         .unwrap();
         GatewayCore::new(
             Arc::new(pool),
-            16,
+            crate::cache::EmbeddingCache::new(16, 1024 * 1024),
             crate::records::RecordBuffer::new(16, 1024 * 1024),
             0.0,
             "minilm-l6",
