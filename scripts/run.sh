@@ -147,11 +147,12 @@ if [ "$replicas" = 2 ]; then
 fi
 alerts_line="[run] alerts:    grpc 127.0.0.1:50054 (monitoring.alerts.v1), rules in ${MESH_RULES:-deploy/rules}"
 
-# Every service answers its health check before the traffic starts.
+# Every service answers its health check before the traffic starts. 90 s: a service whose
+# port a closing connection still holds waits up to 65 s for it (TIME_WAIT), then starts.
 GRPCURL=.venv/bin/grpcurl
 wait_healthy() {
-    local name=$1 address=$2
-    for _ in $(seq 1 300); do
+    local name=$1 address=$2 deadline=$((SECONDS + 90))
+    while [ "$SECONDS" -lt "$deadline" ]; do
         if ! kill -0 "${pid_of[$name]}" 2>/dev/null; then
             wait "${pid_of[$name]}"
             echo "[run] $name exited with status $? before it was serving (its error is above)" >&2
@@ -164,7 +165,7 @@ wait_healthy() {
         fi
         sleep 0.2
     done
-    echo "[run] $name did not become healthy on $address within 60 s" >&2
+    echo "[run] $name did not become healthy on $address within 90 s" >&2
     stop 1
 }
 wait_healthy metrics-collector 127.0.0.1:4317

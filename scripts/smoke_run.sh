@@ -90,12 +90,12 @@ env -u DATABASE_URL MESH_BIN="$BIN" MESH_TRAFFIC_RATE=2 MESH_RULES="$RULES" MESH
     bash scripts/run.sh >"$LOG" 2>&1 &
 run_pid=$!
 
-for _ in $(seq 1 600); do
+for _ in $(seq 1 900); do
     grep -q "\[run\] alert-manager-2 is serving" "$LOG" && break
     kill -0 "$run_pid" 2>/dev/null || fail "run.sh exited early"
     sleep 0.2
 done
-grep -q "\[run\] alert-manager-2 is serving" "$LOG" || fail "the services were not healthy within 120 s"
+grep -q "\[run\] alert-manager-2 is serving" "$LOG" || fail "the services were not healthy within 180 s"
 say "all four services are serving, two replicas of three of them"
 python3 - <<'PY' || fail "the collector keeps no state on disk (no collector_disk_bytes above 0 on /metrics)"
 import re, sys, urllib.request

@@ -14,6 +14,11 @@ use tokio::time::Instant;
 /// How long a service waits for its port to be given up.
 pub const BUSY_PATIENCE: Duration = Duration::from_secs(10);
 
+/// How long a service waits for its port while only connections on their way out hold it: a
+/// closed connection whose local port it was stays in TIME_WAIT for 60 s on Linux (and a
+/// listener cannot take the port from it), then surely gives it up.
+pub const CLOSING_PATIENCE: Duration = Duration::from_secs(65);
+
 /// Why a port could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {addr}: {source}{held}")]
@@ -25,7 +30,7 @@ pub struct ListenError {
 }
 
 /// Listens on `addr`; while another socket holds it, tries again every 250 ms for up to
-/// [`BUSY_PATIENCE`].
+/// [`BUSY_PATIENCE`], or [`CLOSING_PATIENCE`] while only closing connections hold it.
 pub async fn listen(addr: SocketAddr) -> Result<TcpListener, ListenError> {
     let started = Instant::now();
     let mut warned = false;
@@ -34,14 +39,14 @@ pub async fn listen(addr: SocketAddr) -> Result<TcpListener, ListenError> {
             Ok(listener) => return Ok(listener),
             Err(err)
                 if err.kind() == std::io::ErrorKind::AddrInUse
-                    && started.elapsed() < BUSY_PATIENCE =>
+                    && started.elapsed() < patience(addr.port()) =>
             {
                 if !warned {
                     tracing::warn!(
                         %addr,
                         held_by = holders(addr.port()).as_deref().unwrap_or("unknown"),
                         "port in use; trying again for up to {} s",
-                        BUSY_PATIENCE.as_secs()
+                        patience(addr.port()).as_secs()
                     );
                     warned = true;
                 }
@@ -61,9 +66,34 @@ pub async fn listen(addr: SocketAddr) -> Result<TcpListener, ListenError> {
     }
 }
 
-/// The TCP sockets with `port` as their local port, from `/proc/net/tcp` and `tcp6`: "a
-/// listener", or "a connection to 127.0.0.1:5432 (ESTABLISHED)"; `None` where unknown.
-fn holders(port: u16) -> Option<String> {
+/// How long to wait for `port`: [`CLOSING_PATIENCE`] when every socket holding it is a
+/// connection on its way out (TIME_WAIT and the other closing states), else
+/// [`BUSY_PATIENCE`].
+fn patience(port: u16) -> Duration {
+    let held = held_by(port);
+    let closing = [
+        "FIN_WAIT1",
+        "FIN_WAIT2",
+        "TIME_WAIT",
+        "CLOSE",
+        "LAST_ACK",
+        "CLOSING",
+    ];
+    let only_closing = !held.is_empty()
+        && held.iter().all(|h| {
+            closing
+                .iter()
+                .any(|state| h.ends_with(&format!("({state})")))
+        });
+    if only_closing {
+        CLOSING_PATIENCE
+    } else {
+        BUSY_PATIENCE
+    }
+}
+
+/// The TCP sockets with `port` as their local port, described as [`holder`] does.
+fn held_by(port: u16) -> Vec<String> {
     let mut found = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
@@ -71,6 +101,13 @@ fn holders(port: u16) -> Option<String> {
         };
         found.extend(text.lines().skip(1).filter_map(|line| holder(line, port)));
     }
+    found
+}
+
+/// The TCP sockets with `port` as their local port, from `/proc/net/tcp` and `tcp6`: "a
+/// listener", or "a connection to 127.0.0.1:5432 (ESTABLISHED)"; `None` where unknown.
+fn holders(port: u16) -> Option<String> {
+    let mut found = held_by(port);
     found.sort();
     found.dedup();
     found.truncate(4);
@@ -150,6 +187,53 @@ mod tests {
         if std::path::Path::new("/proc/net/tcp").exists() {
             assert!(message.ends_with("(held by a listener)"), "{message}");
         }
+    }
+
+    /// A port that was a closed connection's local port, in TIME_WAIT (Linux only).
+    async fn port_in_time_wait() -> Option<SocketAddr> {
+        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpSocket::new_v4().unwrap();
+        client.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = client.local_addr().unwrap();
+        let connection = client.connect(server.local_addr().unwrap()).await.unwrap();
+        let (mut accepted, _) = server.accept().await.unwrap();
+        // The client closes first, so its side waits in TIME_WAIT once the server closes.
+        drop(connection);
+        let mut rest = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut accepted, &mut rest)
+            .await
+            .unwrap();
+        drop(accepted);
+        for _ in 0..200 {
+            if held_by(port.port())
+                .iter()
+                .any(|h| h.ends_with("(TIME_WAIT)"))
+            {
+                return Some(port);
+            }
+            tokio::task::yield_now().await;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+
+    #[tokio::test]
+    async fn a_port_held_by_a_closing_connection_is_waited_for_until_it_must_be_free() {
+        let Some(addr) = port_in_time_wait().await else {
+            return; // no /proc/net/tcp to tell the state by
+        };
+        if TcpListener::bind(addr).await.is_ok() {
+            return; // this kernel lets a listener take a port from TIME_WAIT
+        }
+        tokio::time::pause();
+        let started = Instant::now();
+        // With time paused, the wait runs its course at once; the connection is still there.
+        let err = listen(addr).await.unwrap_err();
+        assert!(
+            started.elapsed() >= Duration::from_secs(60),
+            "gave up after {:?} on a port that TIME_WAIT gives back within 60 s: {err}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]
