@@ -193,3 +193,28 @@ impl MetricsService for OtlpReceiver {
         }))
     }
 }
+
+/// Sends this process's telemetry (as service `service`, plaintext, pretty logs at `info`) to
+/// `endpoint`, metrics every `metric_export_interval_ms`; kept while the guard lives.
+pub fn export_telemetry_to(
+    service: &str,
+    endpoint: String,
+    metric_export_interval_ms: u64,
+) -> shared::telemetry::TelemetryGuard {
+    shared::telemetry::init(
+        service,
+        &shared::telemetry::TelemetryArgs {
+            log_format: shared::telemetry::LogFormat::Pretty,
+            log_filter: "info,ort=warn".into(),
+            otlp_endpoint: Some(endpoint),
+            metric_export_interval_ms,
+            service_name: None,
+            service_instance_id: None,
+        },
+        &shared::tls::TlsArgs {
+            plaintext: true,
+            ..Default::default()
+        },
+    )
+    .expect("telemetry starts")
+}

@@ -36,22 +36,7 @@ fn replaced(message: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_with_a_string_that_is_not_utf8_is_the_caller_s_mistake() {
     let (receiver, endpoint) = OtlpReceiver::start().await;
-    let telemetry = shared::telemetry::init(
-        "gateway",
-        &shared::telemetry::TelemetryArgs {
-            log_format: shared::telemetry::LogFormat::Pretty,
-            log_filter: "info,ort=warn".into(),
-            otlp_endpoint: Some(endpoint),
-            metric_export_interval_ms: 60_000,
-            service_name: None,
-            service_instance_id: None,
-        },
-        &shared::tls::TlsArgs {
-            plaintext: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let telemetry = integration_tests::otlp::export_telemetry_to("gateway", endpoint, 60_000);
     let mut gateway = RunningGateway::start(gateway_config(&[shared_inference()], &[]))
         .await
         .unwrap();

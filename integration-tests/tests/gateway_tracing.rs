@@ -13,22 +13,8 @@ const PERSONAL: &str = "ship to jane.doe@example.com, call +1 (415) 555-2671, ca
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_holds_the_gateway_and_the_inference_spans() {
     let (receiver, endpoint) = OtlpReceiver::start().await;
-    let telemetry = shared::telemetry::init(
-        "gateway",
-        &shared::telemetry::TelemetryArgs {
-            log_format: shared::telemetry::LogFormat::Pretty,
-            log_filter: "info,ort=warn".into(),
-            otlp_endpoint: Some(endpoint.clone()),
-            metric_export_interval_ms: 60_000,
-            service_name: None,
-            service_instance_id: None,
-        },
-        &shared::tls::TlsArgs {
-            plaintext: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let telemetry =
+        integration_tests::otlp::export_telemetry_to("gateway", endpoint.clone(), 60_000);
     let inference = InferenceProcess::exporting_to(&endpoint).await.unwrap();
     let mut gateway = RunningGateway::start(gateway_config(
         &[inference.addr],

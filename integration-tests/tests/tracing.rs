@@ -10,22 +10,7 @@ use proto::serving::inference::v1::EmbedRequest;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_is_one_trace_and_feeds_the_metrics() {
     let (receiver, endpoint) = OtlpReceiver::start().await;
-    let telemetry = shared::telemetry::init(
-        "inference",
-        &shared::telemetry::TelemetryArgs {
-            log_format: shared::telemetry::LogFormat::Pretty,
-            log_filter: "info,ort=warn".into(),
-            otlp_endpoint: Some(endpoint),
-            metric_export_interval_ms: 1000,
-            service_name: None,
-            service_instance_id: None,
-        },
-        &shared::tls::TlsArgs {
-            plaintext: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let telemetry = integration_tests::otlp::export_telemetry_to("inference", endpoint, 1000);
 
     let mut server = RunningInference::start(inference_config(&models_dir(), &["minilm-l6"]))
         .await
