@@ -120,6 +120,10 @@ pub enum GatewayError {
     /// The caller's deadline passed while the replica worked.
     #[error("no answer from inference replica {0} within the caller's deadline")]
     ReplicaTimedOut(SocketAddr),
+    /// The caller's deadline passed before the call's work was done (waiting for a replica,
+    /// or for several).
+    #[error("the caller's deadline passed before the gateway had an answer")]
+    DeadlinePassed,
     /// The replica cancelled the call.
     #[error("inference replica {0} cancelled the call")]
     ReplicaCancelled(SocketAddr),
@@ -167,7 +171,9 @@ impl ServiceError for GatewayError {
             | GatewayError::ReadinessUnknown { .. }
             | GatewayError::ReplicaUnreachable { .. }
             | GatewayError::StateUnavailable(_) => ErrorKind::Unavailable,
-            GatewayError::ReplicaTimedOut(_) => ErrorKind::DeadlineExceeded,
+            GatewayError::ReplicaTimedOut(_) | GatewayError::DeadlinePassed => {
+                ErrorKind::DeadlineExceeded
+            }
             GatewayError::ReplicaHttp { .. } => ErrorKind::Unknown,
             GatewayError::BadAnswer(_) => ErrorKind::Internal,
         }

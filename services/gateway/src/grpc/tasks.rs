@@ -10,6 +10,7 @@ use tracing::Instrument;
 use super::call_context;
 use crate::call::CallContext;
 use crate::core::GatewayCore;
+use crate::error::GatewayError;
 use crate::metrics;
 use crate::payload::PayloadLogger;
 use crate::ranking::Candidate;
@@ -54,7 +55,13 @@ fn timings(call: &CallContext, inference: std::time::Duration) -> pb::Timings {
     }
 }
 
-/// Runs a handler body inside the call's span and records its outcome in the metrics.
+/// Runs a handler body inside the call's span, within the call's deadline, and records its
+/// outcome in the metrics.
+///
+/// The deadline is an instant (a little before the caller's), checked in this task each time
+/// the call is polled, before the server's own timeout on the same `grpc-timeout` is: the
+/// caller gets DEADLINE_EXCEEDED, counted, however late the work under it started its own
+/// timers (a call that waited for a replica's connection, say), never the server's CANCELLED.
 async fn observed<T>(
     rpc: &'static str,
     call: &CallContext,
@@ -64,7 +71,13 @@ async fn observed<T>(
 ) -> Result<Response<T>, Status> {
     span.record("model", model);
     let record = metrics::CallRecord::start(rpc, model, call, call.arrived);
-    let result = body.instrument(span.clone()).await;
+    let body = body.instrument(span.clone());
+    let result = match call.deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline.into(), body)
+            .await
+            .unwrap_or_else(|_| Err(GatewayError::DeadlinePassed.into())),
+        None => body.await,
+    };
     let outcome = result
         .as_ref()
         .map(|(_, version)| *version)
