@@ -849,13 +849,16 @@ impl TestDatabase {
         if on_this_machine(&server) {
             sweep_orphans(&admin).await;
         }
+        // Unique in this process too: tests starting at once may read the same clock.
+        static CREATED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let name = format!(
-            "{TEST_DATABASE_PREFIX}{}_{}",
+            "{TEST_DATABASE_PREFIX}{}_{}_{}",
             std::process::id(),
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
-                .subsec_nanos()
+                .subsec_nanos(),
+            CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
         // A database name cannot be a bound parameter; this one is built here from digits.
         // PostgreSQL refuses to copy template1 while another session is connected to it (as

@@ -37,13 +37,16 @@ impl TestDatabase {
             .unwrap_or_else(|e| {
                 panic!("PostgreSQL at {server} (set TEST_POSTGRES_URL to another): {e}")
             });
+        // Unique in this process too: tests starting at once may read the same clock.
+        static CREATED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let name = format!(
-            "alerts_test_{}_{}",
+            "alerts_test_{}_{}_{}",
             std::process::id(),
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
-                .subsec_nanos()
+                .subsec_nanos(),
+            CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
         // Copying template1 is refused while another session is connected to it (another
         // test's CREATE DATABASE, for an instant): tried again.
